@@ -1,0 +1,44 @@
+# Every target builds on `venv`: a fresh clone needs nothing but python3 and make.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: venv proto lint test test-fast bench demo sysdeps clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+sysdeps:
+	bash infra/scripts/ensure-system-deps.sh
+
+proto: venv
+	$(PY) scripts/gen_protos.py
+
+lint: venv
+	$(PY) scripts/gen_protos.py --check
+	cd protos && "$$(bash ../infra/scripts/ensure-buf.sh | tail -n 1)" lint
+	$(VENV)/bin/ruff check libs services tests scripts
+	$(VENV)/bin/mypy
+
+test: venv sysdeps
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+test-fast: venv
+	$(VENV)/bin/pytest -q -m "not slow"
+
+bench: venv sysdeps
+	$(PY) scripts/bench.py
+
+demo: venv
+	$(PY) -m mosaic.cli.main demo
+
+clean:
+	rm -rf $(VENV) .cache .bench .pytest_cache .mypy_cache .ruff_cache
