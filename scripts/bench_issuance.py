@@ -19,12 +19,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import cryptography
-from ca_service.backends.local import LocalCABackend, create_local_ca
-from ca_service.domain import validate_csr
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from ca_service.backends.local import LocalCABackend, create_local_ca
+from ca_service.domain import validate_csr
 
 
 def _make_csrs(count: int) -> list[x509.CertificateSigningRequest]:

@@ -25,9 +25,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from mosaic.x509ext import grant_extensions
 
 from ca_service.backends.base import CABackendMisconfigured, RevokeOutcome, SignedChain
+from mosaic.x509ext import grant_extensions
 
 __all__ = [
     "INTERMEDIATE_LIFETIME",

@@ -1,0 +1,73 @@
+"""The CLI's connections: the gateway's admin listener (admin token) and, for the doctor,
+every internal service (operator certificate)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import typer
+
+from mosaic.cli.output import fail
+from mosaic.config import GATEWAY, OPERATOR, ConfigError, InstanceConfig, load_config
+from mosaic.errors import RemoteError
+from mosaic.federation.v1 import gateway_pb2_grpc
+from mosaic.rpc.channels import internal_client_credentials, secure_channel
+
+T = TypeVar("T")
+
+
+def admin_channel(config: InstanceConfig) -> grpc.aio.Channel:
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=(config.internal_pki_dir / "ca.crt").read_bytes()
+    )
+    return secure_channel(config.admin_address, credentials, server_name=GATEWAY)
+
+
+def admin_metadata(config: InstanceConfig) -> tuple[tuple[str, str], ...]:
+    token = config.admin_token_file.read_text().strip()
+    return (("authorization", f"Bearer {token}"),)
+
+
+def operator_channel(config: InstanceConfig, service: str) -> grpc.aio.Channel:
+    return secure_channel(
+        config.internal_address(service),
+        internal_client_credentials(config, OPERATOR),
+        server_name=service,
+    )
+
+
+def load_or_fail(ctx: typer.Context, home: str | None) -> InstanceConfig:
+    try:
+        return load_config(home)
+    except ConfigError as exc:
+        fail(ctx, "CONFIG", exc.message, exc.remediation)
+
+
+def call_admin(
+    ctx: typer.Context,
+    config: InstanceConfig,
+    action: Callable[
+        [gateway_pb2_grpc.FederationAdminStub, tuple[tuple[str, str], ...]], Awaitable[T]
+    ],
+) -> T:
+    """Run one admin call; a failed RPC becomes the CLI's error output and exit code 1."""
+
+    async def run() -> T:
+        async with admin_channel(config) as channel:
+            stub = gateway_pb2_grpc.FederationAdminStub(channel)
+            return await action(stub, admin_metadata(config))
+
+    try:
+        return asyncio.run(run())
+    except grpc.aio.AioRpcError as err:
+        remote = RemoteError.from_rpc_error(err)
+        extra: dict[str, Any] = {}
+        if remote.violations:
+            extra["violations"] = [f"{f}: {d}" for f, d in remote.violations]
+        remediation = remote.remediation
+        if remote.code == grpc.StatusCode.UNAVAILABLE and not remediation:
+            remediation = "is the gateway running? start it with `mosaic up`"
+        fail(ctx, remote.reason, remote.message, remediation, extra=extra)

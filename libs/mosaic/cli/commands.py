@@ -1,0 +1,1 @@
+"""Imports every command module so its commands are registered (one line per area)."""

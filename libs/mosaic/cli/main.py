@@ -1,0 +1,349 @@
+"""`mosaic`: set up an instance, run its services, administer federation."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import grpc
+import typer
+
+from mosaic.cli.admin import admin_channel, admin_metadata, load_or_fail, operator_channel
+from mosaic.cli.federation import federation_app
+from mosaic.cli.output import CliState, emit, fail, state, table
+from mosaic.config import (
+    DEFAULT_PORT_BASE,
+    GATEWAY,
+    SERVICES,
+    START_ORDER,
+    ConfigError,
+    StepCAConfig,
+    resolve_home,
+)
+from mosaic.federation.v1 import common_pb2, common_pb2_grpc
+
+app = typer.Typer(
+    name="mosaic",
+    help="Mosaic Federation: scoped, audited, real-time access between self-hosted gateways.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+gateway_app = typer.Typer(help="Operate this gateway.", no_args_is_help=True)
+app.add_typer(gateway_app, name="gateway")
+app.add_typer(federation_app, name="federation")
+
+STOP_TIMEOUT_S = 10.0
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    home: Annotated[
+        str | None, typer.Option("--home", envvar="MOSAIC_HOME", help="Instance home directory.")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    ctx.obj = CliState(home=home, json=json_out)
+
+
+@app.command()
+def init(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Option(help="Instance name (also its SPIFFE trust domain).")] = "",
+    host: Annotated[
+        str, typer.Option(help="Host name or address peers use to reach us.")
+    ] = "127.0.0.1",
+    port_base: Annotated[
+        int, typer.Option(help="Every listener lies in N..N+99.")
+    ] = DEFAULT_PORT_BASE,
+    ca: Annotated[str, typer.Option(help="Certificate backend: local or step-ca.")] = "local",
+    db: Annotated[
+        str, typer.Option(help="postgresql://… (default: SQLite files in the home).")
+    ] = "",
+    valkey: Annotated[
+        str, typer.Option(help="redis://… to share rate limits across replicas.")
+    ] = "",
+    step_ca_url: Annotated[str, typer.Option(help="step-ca URL, https://host:port.")] = "",
+    step_ca_root: Annotated[
+        Path | None, typer.Option(help="step-ca root certificate (PEM).")
+    ] = None,
+    step_ca_dns_name: Annotated[str, typer.Option(help="A dnsName of the step-ca.")] = "",
+    step_ca_provisioner: Annotated[str, typer.Option(help="JWK provisioner name.")] = "mosaic-fed",
+    step_ca_provisioner_key: Annotated[
+        Path | None,
+        typer.Option(help="The provisioner's private JWK (JSON); sealed into the home."),
+    ] = None,
+    renew_internal: Annotated[
+        bool, typer.Option(help="Re-issue the internal service certificates of an existing home.")
+    ] = False,
+) -> None:
+    """Create an instance home: configuration, secrets, internal and federation PKI."""
+    from mosaic.cli.instance import create_instance, issue_internal_pki
+
+    home = resolve_home(state(ctx).home)
+    if renew_internal:
+        config = load_or_fail(ctx, str(home))
+        issue_internal_pki(config, reuse_ca=True)
+        emit(
+            ctx,
+            {"home": str(home), "renewed": [*SERVICES, "operator"]},
+            lambda: typer.echo(f"re-issued internal certificates in {config.internal_pki_dir}"),
+        )
+        return
+    if not name:
+        fail(ctx, "USAGE", "--name is required", "mosaic init --name NAME", exit_code=2)
+    step: StepCAConfig | None = None
+    jwk: dict[str, Any] | None = None
+    if ca == "step-ca":
+        if not (step_ca_url and step_ca_root and step_ca_dns_name and step_ca_provisioner_key):
+            fail(
+                ctx,
+                "USAGE",
+                "--ca step-ca needs --step-ca-url, --step-ca-root, --step-ca-dns-name and "
+                "--step-ca-provisioner-key",
+                exit_code=2,
+            )
+        try:
+            jwk = json.loads(step_ca_provisioner_key.read_text())
+        except (OSError, ValueError):
+            fail(
+                ctx,
+                "CONFIG",
+                "cannot read the provisioner key as JSON",
+                "pass the private JWK file",
+            )
+        root_dest = home / "pki" / "stepca" / "root.crt"
+        root_dest.parent.mkdir(parents=True, exist_ok=True)
+        root_dest.write_bytes(step_ca_root.read_bytes())
+        step = StepCAConfig(
+            url=step_ca_url,
+            root_file=str(root_dest),
+            dns_name=step_ca_dns_name,
+            provisioner=step_ca_provisioner,
+            kid=str(jwk.get("kid", "")) if isinstance(jwk, dict) else "",
+        )
+    try:
+        config = create_instance(
+            home,
+            name=name,
+            host=host,
+            port_base=port_base,
+            ca_backend=ca,
+            db_url=db,
+            valkey_url=valkey,
+            step_ca=step,
+            step_ca_private_jwk=jwk,
+        )
+    except ConfigError as exc:
+        fail(ctx, "CONFIG", exc.message, exc.remediation)
+    from ca_service.keys import root_fingerprint
+
+    ports = config.ports
+    doc = {
+        "home": str(home),
+        "name": config.name,
+        "federation_endpoint": config.federation_endpoint,
+        "enrollment_endpoint": config.enrollment_endpoint,
+        "admin_address": config.admin_address,
+        "ca_backend": config.ca_backend,
+        "database": "postgresql" if config.db_url else "sqlite",
+        "federation_root_sha256": root_fingerprint(config),
+        "ports": {
+            "admin": ports.admin,
+            "federation": ports.federation,
+            "enrollment": ports.enrollment,
+            **ports.internal,
+        },
+    }
+    emit(
+        ctx,
+        doc,
+        lambda: table(
+            "instance created",
+            ["field", "value"],
+            [(k, json.dumps(v) if isinstance(v, dict) else v) for k, v in doc.items()],
+        ),
+    )
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(help="One of: " + ", ".join(START_ORDER))],
+) -> None:
+    """Run one service in the foreground (compose runs each service this way)."""
+    if service not in SERVICES:
+        fail(
+            ctx,
+            "USAGE",
+            f"unknown service {service!r}",
+            "one of: " + ", ".join(START_ORDER),
+            exit_code=2,
+        )
+    config = load_or_fail(ctx, state(ctx).home)
+    module = importlib.import_module(SERVICES[service].module + ".app")
+    try:
+        asyncio.run(module.main(config))
+    except ConfigError as exc:
+        fail(ctx, "CONFIG", exc.message, exc.remediation)
+
+
+@app.command()
+def up(ctx: typer.Context) -> None:
+    """Run every service of this home in one foreground process tree, logs on stdout."""
+    config = load_or_fail(ctx, state(ctx).home)
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    stopping = False
+
+    def request_stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    for service in START_ORDER:
+        children[service] = subprocess.Popen(
+            [sys.executable, "-m", "mosaic.cli.main", "--home", str(config.home), "serve", service],
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    exit_code = 0
+    while not stopping:
+        for service, child in children.items():
+            if child.poll() is not None:
+                typer.echo(
+                    json.dumps(
+                        {
+                            "level": "error",
+                            "service": "mosaic-up",
+                            "msg": f"{service} exited with {child.returncode}; stopping",
+                        }
+                    ),
+                )
+                exit_code = 1
+                stopping = True
+                break
+        time.sleep(0.2)
+    for child in children.values():
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for child in children.values():
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            exit_code = 1
+    raise typer.Exit(exit_code)
+
+
+@gateway_app.command()
+def doctor(
+    ctx: typer.Context,
+    wait: Annotated[float, typer.Option(help="Retry for up to this many seconds until ok.")] = 0.0,
+) -> None:
+    """Check every service: health, database, migrations, certificates, seal secret."""
+    config = load_or_fail(ctx, state(ctx).home)
+    deadline = time.monotonic() + wait
+    while True:
+        checks = asyncio.run(_doctor_checks(config))
+        ok = all(c["ok"] for c in checks)
+        if ok or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    doc = {"ok": ok, "checks": checks}
+
+    def human() -> None:
+        table(
+            "gateway doctor: " + ("ok" if ok else "PROBLEMS"),
+            ["service", "check", "ok", "detail", "latency ms", "what to do"],
+            [
+                (
+                    c["service"],
+                    c["name"],
+                    "yes" if c["ok"] else "NO",
+                    c["detail"],
+                    f"{c['latency_ms']:.1f}" if c["latency_ms"] else "",
+                    c["remediation"],
+                )
+                for c in checks
+            ],
+        )
+
+    emit(ctx, doc, human)
+    if not ok:
+        raise typer.Exit(1)
+
+
+async def _doctor_checks(config: Any) -> list[dict[str, Any]]:
+    async def one(service: str) -> list[dict[str, Any]]:
+        if service == GATEWAY:
+            channel = admin_channel(config)
+            metadata: tuple[tuple[str, str], ...] = admin_metadata(config)
+        else:
+            channel = operator_channel(config, service)
+            metadata = ()
+        started = time.perf_counter()
+        try:
+            async with channel:
+                reply = await common_pb2_grpc.DiagnosticsStub(channel).SelfCheck(
+                    common_pb2.SelfCheckRequest(), metadata=metadata, timeout=5.0
+                )
+        except grpc.aio.AioRpcError as err:
+            address = (
+                config.admin_address if service == GATEWAY else config.internal_address(service)
+            )
+            return [
+                _check(
+                    service,
+                    "reachable",
+                    False,
+                    f"{err.code().name} at {address}",
+                    f"start it: `mosaic up` (all) or `mosaic serve {service}`",
+                    0.0,
+                )
+            ]
+        rtt = (time.perf_counter() - started) * 1000
+        out = [_check(service, "reachable", True, f"version {reply.version}", "", rtt)]
+        out += [
+            _check(service, c.name, c.ok, c.detail, c.remediation, c.latency_ms)
+            for c in reply.checks
+        ]
+        return out
+
+    results = await asyncio.gather(*(one(s) for s in START_ORDER))
+    return [c for group in results for c in group]
+
+
+def _check(
+    service: str, name: str, ok: bool, detail: str, remediation: str, latency: float
+) -> dict[str, Any]:
+    return {
+        "service": service,
+        "name": name,
+        "ok": ok,
+        "detail": detail,
+        "remediation": remediation,
+        "latency_ms": round(latency, 3),
+    }
+
+
+# Command modules register themselves on the groups above when imported.
+from mosaic.cli import commands  # noqa: E402,F401
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,314 @@
+"""The instance home: where one gateway's configuration, secrets, keys and data live.
+
+One loader for every service and the CLI. ``instance.toml`` holds the settings;
+environment variables override them (compose passes settings that way).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PORT_BASE = 7400
+CONFIG_FILE = "instance.toml"
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A service of the instance: its name, Python module, schema and listener offset."""
+
+    name: str
+    module: str
+    schema: str
+    port_offset: int
+    depends_on: tuple[str, ...] = ()
+
+
+CA = "ca-service"
+GRANTS = "grants-service"
+ENROLLMENT = "enrollment-service"
+RESOURCES = "resource-service"
+GATEWAY = "federation-gateway"
+OPERATOR = "operator"  # the CLI's identity towards internal services
+
+SERVICES: dict[str, ServiceSpec] = {
+    spec.name: spec
+    for spec in (
+        ServiceSpec(CA, "ca_service", "ca", 51),
+        ServiceSpec(GRANTS, "grants_service", "grants", 52, (CA,)),
+        ServiceSpec(ENROLLMENT, "enrollment_service", "enrollment", 53, (GRANTS, CA)),
+        ServiceSpec(RESOURCES, "resource_service", "resources", 54),
+        ServiceSpec(
+            GATEWAY, "federation_gateway", "gateway", 40, (CA, GRANTS, ENROLLMENT, RESOURCES)
+        ),
+    )
+}
+# Start order for `mosaic up`: dependencies first.
+START_ORDER: tuple[str, ...] = (CA, GRANTS, RESOURCES, ENROLLMENT, GATEWAY)
+
+
+class ConfigError(Exception):
+    """The instance home is missing or its configuration is invalid."""
+
+    def __init__(self, message: str, *, remediation: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.remediation = remediation
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Every listener of an instance; all inside port_base..port_base+99."""
+
+    admin: int
+    federation: int
+    enrollment: int
+    internal: Mapping[str, int]
+    metrics: Mapping[str, int]
+
+    @classmethod
+    def from_base(cls, base: int) -> Ports:
+        if not 1024 <= base <= 65535 - 99:
+            raise ConfigError(
+                f"port base {base} is out of range",
+                remediation="choose --port-base between 1024 and 65436",
+            )
+        internal = {name: base + s.port_offset for name, s in SERVICES.items() if name != GATEWAY}
+        metrics = {name: base + 64 + i for i, name in enumerate(START_ORDER)}
+        return cls(
+            admin=base + 40,
+            federation=base + 43,
+            enrollment=base + 44,
+            internal=internal,
+            metrics=metrics,
+        )
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    """Per-grant request rate: sustained requests per second and burst size."""
+
+    per_second: float = 20.0
+    burst: int = 40
+
+
+@dataclass(frozen=True)
+class StepCAConfig:
+    """Where step-ca is and which provisioner signs for us (its key is sealed in the home)."""
+
+    url: str
+    root_file: str
+    dns_name: str
+    provisioner: str = "mosaic-fed"
+    kid: str = ""
+
+
+@dataclass(frozen=True)
+class InstanceConfig:
+    """Everything a service or the CLI needs to know about one instance home."""
+
+    home: Path
+    name: str
+    host: str
+    port_base: int
+    ca_backend: str = "local"
+    db_url: str = ""
+    valkey_url: str = ""
+    bind_host: str = "127.0.0.1"
+    internal_hosts: Mapping[str, str] = field(default_factory=dict)
+    rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    cert_default_lifetime_s: int = 24 * 3600
+    cert_max_lifetime_s: int = 24 * 3600
+    step_ca: StepCAConfig | None = None
+
+    # ---- derived locations -------------------------------------------------
+    @property
+    def ports(self) -> Ports:
+        return Ports.from_base(self.port_base)
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.home / "secrets"
+
+    @property
+    def internal_pki_dir(self) -> Path:
+        return self.home / "pki" / "internal"
+
+    @property
+    def federation_pki_dir(self) -> Path:
+        return self.home / "pki" / "federation"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def seal_secret_file(self) -> Path:
+        return Path(os.environ.get("MOSAIC_SEAL_SECRET_FILE") or self.secrets_dir / "seal.key")
+
+    @property
+    def previous_seal_secret_file(self) -> Path:
+        return Path(
+            os.environ.get("MOSAIC_SEAL_PREVIOUS_SECRET_FILE")
+            or self.secrets_dir / "seal.previous.key"
+        )
+
+    @property
+    def admin_token_file(self) -> Path:
+        return Path(os.environ.get("MOSAIC_ADMIN_TOKEN_FILE") or self.secrets_dir / "admin.token")
+
+    @property
+    def trust_domain(self) -> str:
+        return self.name
+
+    def spiffe_id(self, service: str) -> str:
+        return f"spiffe://{self.trust_domain}/{service}"
+
+    def internal_address(self, service: str) -> str:
+        """host:port other services dial to reach ``service``'s internal listener."""
+        host = self.internal_hosts.get(service, "127.0.0.1")
+        port = self.ports.admin if service == GATEWAY else self.ports.internal[service]
+        return f"{host}:{port}"
+
+    def listen_address(self, port: int) -> str:
+        return f"{self.bind_host}:{port}"
+
+    @property
+    def admin_address(self) -> str:
+        return f"{self.internal_hosts.get(GATEWAY, '127.0.0.1')}:{self.ports.admin}"
+
+    @property
+    def federation_endpoint(self) -> str:
+        return f"{self.host}:{self.ports.federation}"
+
+    @property
+    def enrollment_endpoint(self) -> str:
+        return f"{self.host}:{self.ports.enrollment}"
+
+    def database_url(self, service: str) -> str:
+        """SQLAlchemy URL for ``service``: its own SQLite file, or the shared Postgres."""
+        if self.db_url:
+            return to_async_postgres_url(self.db_url)
+        return f"sqlite+aiosqlite:///{self.data_dir / (SERVICES[service].module + '.db')}"
+
+    # ---- persistence -------------------------------------------------------
+    def to_toml_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "name": self.name,
+            "host": self.host,
+            "port_base": self.port_base,
+            "bind_host": self.bind_host,
+            "ca": {
+                "backend": self.ca_backend,
+                "default_lifetime_seconds": self.cert_default_lifetime_s,
+                "max_lifetime_seconds": self.cert_max_lifetime_s,
+            },
+            "database": {"url": self.db_url},
+            "valkey": {"url": self.valkey_url},
+            "rate_limit": {
+                "per_second": self.rate_limit.per_second,
+                "burst": self.rate_limit.burst,
+            },
+        }
+        if self.step_ca is not None:
+            doc["ca"]["step_ca"] = {
+                "url": self.step_ca.url,
+                "root_file": self.step_ca.root_file,
+                "dns_name": self.step_ca.dns_name,
+                "provisioner": self.step_ca.provisioner,
+                "kid": self.step_ca.kid,
+            }
+        if self.internal_hosts:
+            doc["internal_hosts"] = dict(self.internal_hosts)
+        return doc
+
+
+def to_async_postgres_url(url: str) -> str:
+    """Accept postgres://, postgresql:// or postgresql+asyncpg:// and return the asyncpg form."""
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    raise ConfigError(
+        "database URL must start with postgresql://",
+        remediation="pass --db postgresql://USER:PASSWORD@HOST:PORT/DATABASE",
+    )
+
+
+def resolve_home(home: str | os.PathLike[str] | None) -> Path:
+    """The instance home: the argument, else $MOSAIC_HOME, else ~/.mosaic."""
+    chosen = home or os.environ.get("MOSAIC_HOME") or Path.home() / ".mosaic"
+    return Path(chosen).expanduser().resolve()
+
+
+def load_config(home: str | os.PathLike[str] | None = None) -> InstanceConfig:
+    """Read ``instance.toml`` from the home and apply environment overrides."""
+    path = resolve_home(home)
+    file = path / CONFIG_FILE
+    if not file.is_file():
+        raise ConfigError(
+            f"no instance at {path}",
+            remediation=f"run `mosaic init --name NAME --home {path}` first",
+        )
+    try:
+        doc = tomllib.loads(file.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(
+            f"cannot read {file}: {exc}", remediation="fix or re-create the file"
+        ) from exc
+    return _apply_env(_from_dict(path, doc))
+
+
+def _from_dict(home: Path, doc: Mapping[str, Any]) -> InstanceConfig:
+    try:
+        ca = doc.get("ca", {})
+        step = ca.get("step_ca")
+        rl = doc.get("rate_limit", {})
+        return InstanceConfig(
+            home=home,
+            name=str(doc["name"]),
+            host=str(doc.get("host", "127.0.0.1")),
+            port_base=int(doc.get("port_base", DEFAULT_PORT_BASE)),
+            bind_host=str(doc.get("bind_host", "127.0.0.1")),
+            ca_backend=str(ca.get("backend", "local")),
+            cert_default_lifetime_s=int(ca.get("default_lifetime_seconds", 24 * 3600)),
+            cert_max_lifetime_s=int(ca.get("max_lifetime_seconds", 24 * 3600)),
+            db_url=str(doc.get("database", {}).get("url", "")),
+            valkey_url=str(doc.get("valkey", {}).get("url", "")),
+            internal_hosts=dict(doc.get("internal_hosts", {})),
+            rate_limit=RateLimitConfig(
+                per_second=float(rl.get("per_second", RateLimitConfig.per_second)),
+                burst=int(rl.get("burst", RateLimitConfig.burst)),
+            ),
+            step_ca=StepCAConfig(**step) if step else None,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"invalid {CONFIG_FILE}: {exc}",
+            remediation="compare it with docs/SETUP.md or re-run `mosaic init`",
+        ) from exc
+
+
+def _apply_env(config: InstanceConfig) -> InstanceConfig:
+    """Environment overrides, used by compose where each service runs in its own container."""
+    env = os.environ
+    changes: dict[str, Any] = {}
+    if env.get("MOSAIC_DB_URL"):
+        changes["db_url"] = env["MOSAIC_DB_URL"]
+    if env.get("MOSAIC_VALKEY_URL"):
+        changes["valkey_url"] = env["MOSAIC_VALKEY_URL"]
+    if env.get("MOSAIC_BIND_HOST"):
+        changes["bind_host"] = env["MOSAIC_BIND_HOST"]
+    if env.get("MOSAIC_HOST"):
+        changes["host"] = env["MOSAIC_HOST"]
+    hosts = dict(config.internal_hosts)
+    for name in SERVICES:
+        key = "MOSAIC_" + name.upper().replace("-", "_") + "_HOST"
+        if env.get(key):
+            hosts[name] = env[key]
+    if hosts != dict(config.internal_hosts):
+        changes["internal_hosts"] = hosts
+    return replace(config, **changes) if changes else config

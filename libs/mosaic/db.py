@@ -1,0 +1,149 @@
+"""Storage: one async engine per service, on its own SQLite file or Postgres schema.
+
+Migrations (Alembic) run at start-up.
+
+On Postgres every service works inside its own schema: the connection's
+``search_path`` is that schema, so table definitions carry no schema name and the
+same models and migrations run unchanged on SQLite.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from alembic import command, context
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, MetaData, event, pool, text
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+
+class Database:
+    """An async engine bound to one service's schema, plus its migrations."""
+
+    def __init__(self, url: str, *, schema: str, migrations_dir: Path) -> None:
+        self.url = url
+        self.schema = schema
+        self.migrations_dir = migrations_dir
+        self.version_table = f"alembic_version_{schema}"
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            Path(url.split("///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+            self.engine: AsyncEngine = create_async_engine(
+                url, connect_args={"timeout": 30}, poolclass=pool.AsyncAdaptedQueuePool
+            )
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            self.engine = create_async_engine(
+                url,
+                pool_size=10,
+                max_overflow=10,
+                pool_pre_ping=True,
+                connect_args={"server_settings": {"search_path": schema}},
+            )
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    def session(self) -> AsyncSession:
+        return self.sessions()
+
+    def _alembic_config(self) -> Config:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(self.migrations_dir))
+        cfg.attributes["version_table"] = self.version_table
+        return cfg
+
+    async def migrate(self) -> None:
+        """Create the schema (Postgres) and upgrade to head; replicas serialize on a lock."""
+        async with self.engine.begin() as conn:
+            if not self.is_sqlite:
+                lock = zlib.crc32(f"mosaic-migrate-{self.schema}".encode())
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock})
+                await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
+            cfg = self._alembic_config()
+            await conn.run_sync(_upgrade, cfg)
+
+    async def revisions(self) -> tuple[str | None, str | None]:
+        """(current revision in the database, head revision of the migration scripts)."""
+        head = ScriptDirectory.from_config(self._alembic_config()).get_current_head()
+        async with self.engine.connect() as conn:
+            current = await conn.run_sync(
+                lambda c: MigrationContext.configure(
+                    c, opts={"version_table": self.version_table}
+                ).get_current_revision()
+            )
+        return current, head
+
+    async def ping_ms(self) -> float:
+        started = time.perf_counter()
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return (time.perf_counter() - started) * 1000
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _upgrade(conn: Connection, cfg: Config) -> None:
+    cfg.attributes["connection"] = conn
+    command.upgrade(cfg, "head")
+
+
+def run_migrations(
+    target_metadata: MetaData, include_object: Callable[..., bool] | None = None
+) -> None:
+    """Body of every service's ``migrations/env.py``.
+
+    At run time the connection comes from :meth:`Database.migrate`; for
+    ``alembic revision --autogenerate`` during development, pass ``-x url=...``.
+    """
+    config = context.config
+    connection: Connection | None = config.attributes.get("connection")
+    version_table = config.attributes.get("version_table") or config.get_main_option(
+        "version_table", "alembic_version"
+    )
+    if connection is None:
+        from sqlalchemy import create_engine
+
+        url = context.get_x_argument(as_dictionary=True)["url"]
+        with create_engine(url).connect() as conn:
+            _configure_and_run(conn, target_metadata, version_table, include_object)
+            conn.commit()
+        return
+    _configure_and_run(connection, target_metadata, version_table, include_object)
+
+
+def _configure_and_run(
+    conn: Connection,
+    target_metadata: MetaData,
+    version_table: str | None,
+    include_object: Callable[..., bool] | None,
+) -> None:
+    context.configure(
+        connection=conn,
+        target_metadata=target_metadata,
+        version_table=version_table or "alembic_version",
+        render_as_batch=conn.dialect.name == "sqlite",
+        include_object=include_object,
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()

@@ -1,0 +1,180 @@
+"""One error taxonomy: a gRPC status code, a stable reason, a message, a remediation.
+
+Servers raise :class:`ServiceError`; the server interceptor turns it into a status
+with ``google.rpc.ErrorInfo`` (reason, domain, metadata incl. remediation),
+``google.rpc.BadRequest`` (field violations) and ``google.rpc.RetryInfo``.
+Clients turn any ``grpc.aio.AioRpcError`` back into a :class:`RemoteError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+DOMAIN = "mosaic.federation"
+REMEDIATION_KEY = "remediation"
+
+# Stable reason codes shared by more than one service.
+INTERNAL = "INTERNAL"
+INVALID_ARGUMENT = "INVALID_ARGUMENT"
+CALLER_NOT_ALLOWED = "CALLER_NOT_ALLOWED"
+UNAUTHENTICATED = "UNAUTHENTICATED"
+NOT_FOUND = "NOT_FOUND"
+DEPENDENCY_UNAVAILABLE = "DEPENDENCY_UNAVAILABLE"
+RATE_LIMITED = "RATE_LIMITED"
+
+
+class ServiceError(Exception):
+    """An expected failure, reported to the caller with a stable reason code."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        reason: str,
+        message: str,
+        *,
+        remediation: str = "",
+        metadata: Mapping[str, str] | None = None,
+        violations: Sequence[tuple[str, str]] = (),
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.remediation = remediation
+        self.metadata = dict(metadata or {})
+        self.violations = tuple(violations)
+        self.retry_after_s = retry_after_s
+
+    def to_status(self) -> grpc.Status:
+        """The rich status the interceptor aborts with."""
+        meta = dict(self.metadata)
+        if self.remediation:
+            meta[REMEDIATION_KEY] = self.remediation
+        details = [
+            _pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=meta))
+        ]
+        if self.violations:
+            details.append(
+                _pack(
+                    error_details_pb2.BadRequest(
+                        field_violations=[
+                            error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                            for f, d in self.violations
+                        ]
+                    )
+                )
+            )
+        if self.retry_after_s is not None:
+            delay = duration_pb2.Duration()
+            delay.FromNanoseconds(int(self.retry_after_s * 1e9))
+            details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+        status = status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
+        return rpc_status.to_status(status)
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed
+
+
+def invalid_argument(reason: str, message: str, **kw: object) -> ServiceError:
+    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, reason, message, **kw)  # type: ignore[arg-type]
+
+
+def not_found(reason: str, message: str, **kw: object) -> ServiceError:
+    return ServiceError(grpc.StatusCode.NOT_FOUND, reason, message, **kw)  # type: ignore[arg-type]
+
+
+def failed_precondition(reason: str, message: str, **kw: object) -> ServiceError:
+    return ServiceError(grpc.StatusCode.FAILED_PRECONDITION, reason, message, **kw)  # type: ignore[arg-type]
+
+
+def permission_denied(reason: str, message: str, **kw: object) -> ServiceError:
+    return ServiceError(grpc.StatusCode.PERMISSION_DENIED, reason, message, **kw)  # type: ignore[arg-type]
+
+
+def unavailable(reason: str, message: str, **kw: object) -> ServiceError:
+    return ServiceError(grpc.StatusCode.UNAVAILABLE, reason, message, **kw)  # type: ignore[arg-type]
+
+
+def internal_error(request_id: str) -> ServiceError:
+    """The only thing a caller learns about an unexpected exception."""
+    return ServiceError(
+        grpc.StatusCode.INTERNAL,
+        INTERNAL,
+        f"internal error (request id {request_id})",
+        remediation="retry later; operators can find the request id in the service log",
+        metadata={"request_id": request_id},
+    )
+
+
+@dataclass
+class RemoteError(Exception):
+    """A failed RPC as the caller sees it: code, reason, message, remediation, details."""
+
+    code: grpc.StatusCode
+    reason: str
+    message: str
+    remediation: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    violations: list[tuple[str, str]] = field(default_factory=list)
+    retry_after_s: float | None = None
+
+    def __str__(self) -> str:
+        return f"{self.code.name} {self.reason}: {self.message}"
+
+    @classmethod
+    def from_rpc_error(cls, err: grpc.aio.AioRpcError | grpc.RpcError) -> RemoteError:
+        code: grpc.StatusCode = err.code()  # type: ignore[attr-defined]
+        message: str = err.details() or ""  # type: ignore[attr-defined]
+        out = cls(code=code, reason=code.name, message=message)
+        status = _status_from_error(err)
+        if status is None:
+            return out
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                out.reason = info.reason
+                out.metadata = dict(info.metadata)
+                out.remediation = out.metadata.pop(REMEDIATION_KEY, "")
+            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                out.violations = [(v.field, v.description) for v in bad.field_violations]
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry = error_details_pb2.RetryInfo()
+                detail.Unpack(retry)
+                out.retry_after_s = retry.retry_delay.ToNanoseconds() / 1e9
+        return out
+
+    def to_service_error(self) -> ServiceError:
+        """Re-raise a dependency's error to our own caller unchanged."""
+        return ServiceError(
+            self.code,
+            self.reason,
+            self.message,
+            remediation=self.remediation,
+            metadata=self.metadata,
+            violations=self.violations,
+            retry_after_s=self.retry_after_s,
+        )
+
+
+def _status_from_error(err: grpc.RpcError) -> status_pb2.Status | None:
+    trailing = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None  # type: ignore[attr-defined]
+    for key, value in trailing or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            status = status_pb2.Status.FromString(value)
+            if status.code == code_pb2.OK:
+                return None
+            return status
+    return None

@@ -1,0 +1,195 @@
+"""Server and client interceptors: request id, access log, error mapping, authorization, deadlines.
+
+A ``grpc.aio.ServerInterceptor`` sees only the method name and metadata, not the
+TLS identity, so authorization wraps the handler it returns: the check then runs
+with the request's own context (FIELD-NOTES: "grpc.aio and mTLS").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from mosaic.errors import ServiceError, internal_error
+from mosaic.logs import request_id_var
+from mosaic.rpc.options import DEFAULT_DEADLINE_S
+
+log = logging.getLogger("mosaic.rpc")
+
+REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+
+# Called with (full method name, context) before the handler; raises ServiceError to refuse.
+Authorizer = Callable[[str, grpc.aio.ServicerContext], Awaitable[None]]
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every handler of one listener with the service's cross-cutting behaviour."""
+
+    def __init__(self, *, authorize: Authorizer | None, trust_request_id: bool) -> None:
+        self._authorize = authorize
+        self._trust_request_id = trust_request_id
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        incoming = self._incoming_request_id(handler_call_details)
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, method, incoming),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, method, incoming),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self._wrap_stream(handler.stream_stream, method, incoming),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary(handler.stream_unary, method, incoming),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _incoming_request_id(self, details: grpc.HandlerCallDetails) -> str | None:
+        if not self._trust_request_id:
+            return None
+        for key, value in details.invocation_metadata or ():  # type: ignore[attr-defined]
+            if key == REQUEST_ID_HEADER and isinstance(value, str) and _REQUEST_ID_RE.match(value):
+                return value
+        return None
+
+    async def _begin(
+        self, method: str, context: grpc.aio.ServicerContext, incoming: str | None
+    ) -> str:
+        rid = incoming or new_request_id()
+        request_id_var.set(rid)
+        await context.send_initial_metadata(((REQUEST_ID_HEADER, rid),))
+        if self._authorize is not None:
+            await self._authorize(method, context)
+        return rid
+
+    def _wrap_unary(
+        self, behavior: Callable[..., Awaitable[Any]], method: str, incoming: str | None
+    ) -> Callable[..., Awaitable[Any]]:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            rid = ""
+            try:
+                rid = await self._begin(method, context, incoming)
+                response = await behavior(request, context)
+            except BaseException as exc:
+                await _fail(exc, method, context, rid, started)
+                raise  # unreachable: _fail always raises
+            _access_log(method, grpc.StatusCode.OK, started)
+            return response
+
+        return wrapped
+
+    def _wrap_stream(
+        self, behavior: Callable[..., AsyncIterator[Any]], method: str, incoming: str | None
+    ) -> Callable[..., AsyncIterator[Any]]:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            rid = ""
+            try:
+                rid = await self._begin(method, context, incoming)
+                async for item in behavior(request, context):
+                    yield item
+            except BaseException as exc:
+                await _fail(exc, method, context, rid, started)
+                raise
+            _access_log(method, grpc.StatusCode.OK, started)
+
+        return wrapped
+
+
+async def _fail(
+    exc: BaseException, method: str, context: grpc.aio.ServicerContext, rid: str, started: float
+) -> None:
+    """Turn an exception into the status the caller gets; always raises."""
+    if isinstance(exc, (asyncio.CancelledError, grpc.aio.AbortError, GeneratorExit)):
+        raise exc
+    if isinstance(exc, ServiceError):
+        _access_log(method, exc.code, started, reason=exc.reason)
+        await context.abort_with_status(exc.to_status())
+        raise exc
+    # Unexpected: the traceback stays in our log; the caller learns only the request id.
+    log.error("unhandled exception in %s", method, exc_info=exc)
+    _access_log(method, grpc.StatusCode.INTERNAL, started, reason="INTERNAL")
+    await context.abort_with_status(internal_error(rid or new_request_id()).to_status())
+    raise exc
+
+
+def _access_log(method: str, code: grpc.StatusCode, started: float, reason: str = "") -> None:
+    level = logging.DEBUG if code == grpc.StatusCode.OK else logging.INFO
+    if log.isEnabledFor(level):
+        log.log(
+            level,
+            "rpc",
+            extra={
+                "method": method,
+                "code": code.name,
+                "reason": reason,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+            },
+        )
+
+
+class _ClientCallDefaults:
+    """Adds a deadline to calls that have none and forwards the current request id."""
+
+    def __init__(self, default_deadline_s: float) -> None:
+        self._deadline = default_deadline_s
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        timeout = details.timeout if details.timeout is not None else self._deadline
+        metadata = grpc.aio.Metadata(*tuple(details.metadata or ()))
+        rid = request_id_var.get()
+        if rid and REQUEST_ID_HEADER not in metadata:
+            metadata.add(REQUEST_ID_HEADER, rid)
+        return grpc.aio.ClientCallDetails(
+            details.method, timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+
+class UnaryUnaryDefaults(_ClientCallDefaults, grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._details(client_call_details), request)
+
+
+class UnaryStreamDefaults(_ClientCallDefaults, grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return await continuation(self._details(client_call_details), request)
+
+
+def client_interceptors(
+    default_deadline_s: float = DEFAULT_DEADLINE_S,
+) -> list[grpc.aio.ClientInterceptor]:
+    return [UnaryUnaryDefaults(default_deadline_s), UnaryStreamDefaults(default_deadline_s)]

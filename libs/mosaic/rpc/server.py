@@ -1,0 +1,143 @@
+"""One way to start a server: listeners with health, reflection, interceptors and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from mosaic.rpc.interceptors import Authorizer, ServerInterceptor
+from mosaic.rpc.options import SERVER_OPTIONS
+
+log = logging.getLogger("mosaic.server")
+
+SHUTDOWN_GRACE_S = 8.0  # SIGTERM → stopped within 10 s, with room for closing the database
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class Listener:
+    """One listening port: a grpc.aio server with its own credentials and authorization."""
+
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        credentials: grpc.ServerCredentials,
+        *,
+        authorize: Authorizer | None = None,
+        trust_request_id: bool = True,
+        extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    ) -> None:
+        self.name = name
+        self.address = address
+        self._credentials = credentials
+        self.server = grpc.aio.server(
+            interceptors=[
+                ServerInterceptor(authorize=authorize, trust_request_id=trust_request_id),
+                *extra_interceptors,
+            ],
+            options=SERVER_OPTIONS,
+        )
+        self.health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.service_names: list[str] = [HEALTH_SERVICE]
+        self.port = 0
+
+    def add(
+        self, add_to_server: Callable[[Any, grpc.aio.Server], None], servicer: Any, name: str
+    ) -> None:
+        add_to_server(servicer, self.server)
+        self.service_names.append(name)
+
+    async def start(self) -> None:
+        reflection.enable_server_reflection(
+            [*self.service_names, reflection.SERVICE_NAME], self.server
+        )
+        for name in ["", *self.service_names]:
+            await self.health.set(name, NOT_SERVING)
+        self.port = self.server.add_secure_port(self.address, self._credentials)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.address} ({self.name})")
+        await self.server.start()
+        log.info("listening", extra={"listener": self.name, "address": self.address})
+
+    async def set_serving(self, serving: bool) -> None:
+        status = SERVING if serving else NOT_SERVING
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float) -> None:
+        await self.set_serving(False)
+        await self.server.stop(grace)
+
+
+ReadinessCheck = Callable[[], Awaitable[list[str]]]
+
+
+class ServiceHost:
+    """Runs a service's listeners until SIGTERM/SIGINT, reporting readiness through health.
+
+    Health says SERVING only while ``readiness()`` returns no problems (migrations ran
+    before the host starts; dependencies must answer).
+    """
+
+    def __init__(self, service: str, listeners: Iterable[Listener]) -> None:
+        self.service = service
+        self.listeners = list(listeners)
+        self._stop = asyncio.Event()
+        self._serving: bool | None = None
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(
+        self,
+        readiness: ReadinessCheck,
+        *,
+        on_stop: Callable[[], Awaitable[None]] | None = None,
+        background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
+        poll_s: float = 1.0,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+        for listener in self.listeners:
+            await listener.start()
+        tasks = [asyncio.create_task(job()) for job in background]
+        try:
+            while not self._stop.is_set():
+                problems = await readiness()
+                await self._set_serving(not problems, problems)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), poll_s)
+        finally:
+            log.info("shutting down", extra={"grace_s": SHUTDOWN_GRACE_S})
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*(ls.stop(SHUTDOWN_GRACE_S) for ls in self.listeners))
+            if on_stop is not None:
+                await on_stop()
+            log.info("stopped")
+
+    async def _set_serving(self, serving: bool, problems: list[str]) -> None:
+        if serving == self._serving:
+            return
+        self._serving = serving
+        for listener in self.listeners:
+            await listener.set_serving(serving)
+        if serving:
+            log.info("serving")
+        else:
+            log.warning("not serving", extra={"problems": "; ".join(problems)})

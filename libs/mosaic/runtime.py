@@ -1,0 +1,236 @@
+"""What every service process does the same way: logging, seal secret, database, channels,
+internal listener, diagnostics and the run loop."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mosaic import __version__
+from mosaic.config import SERVICES, ConfigError, InstanceConfig
+from mosaic.db import Database
+from mosaic.federation.v1 import common_pb2, common_pb2_grpc
+from mosaic.logs import configure_logging
+from mosaic.pki import certificate_not_after
+from mosaic.rpc.acl import acl_authorizer
+from mosaic.rpc.channels import InternalChannels, internal_server_credentials
+from mosaic.rpc.server import Listener, ServiceHost
+from mosaic.sealing import Sealer, WeakSecretError, parse_secret
+
+log = logging.getLogger("mosaic.runtime")
+
+CERT_EXPIRY_WARNING = dt.timedelta(days=14)
+DIAGNOSTICS_SERVICE = common_pb2.DESCRIPTOR.services_by_name["Diagnostics"].full_name
+
+ExtraCheck = Callable[[], Awaitable[common_pb2.Check]]
+
+
+def load_sealer(config: InstanceConfig) -> Sealer:
+    """The instance's sealer; a missing or weak secret is a ConfigError with a remediation."""
+    path = config.seal_secret_file
+    if not path.is_file():
+        raise ConfigError(
+            f"seal secret missing at {path}",
+            remediation="restore it from backup, or for a new instance run `mosaic init`",
+        )
+    previous: bytes | None = None
+    try:
+        current = parse_secret(path.read_text())
+        prev_path = config.previous_seal_secret_file
+        if prev_path.is_file():
+            previous = parse_secret(prev_path.read_text())
+    except WeakSecretError as exc:
+        raise ConfigError(f"seal secret is too weak: {exc}", remediation=exc.remediation) from exc
+    return Sealer(current, previous)
+
+
+class ServiceRuntime:
+    """Wiring shared by all five services; each app adds its own servicers and stores."""
+
+    def __init__(
+        self, config: InstanceConfig, service: str, *, migrations_dir: Path | None
+    ) -> None:
+        configure_logging(service)
+        self.config = config
+        self.service = service
+        self.spec = SERVICES[service]
+        self.sealer = load_sealer(config)
+        self.channels = InternalChannels(config, service)
+        self.db: Database | None = None
+        if migrations_dir is not None:
+            self.db = Database(
+                config.database_url(service), schema=self.spec.schema, migrations_dir=migrations_dir
+            )
+        self.extra_checks: list[ExtraCheck] = []
+
+    async def migrate(self) -> None:
+        if self.db is not None:
+            await self.db.migrate()
+            current, _ = await self.db.revisions()
+            log.info("migrations at head", extra={"revision": current})
+
+    def internal_listener(self, acl: Mapping[str, Iterable[str]]) -> Listener:
+        """The service's mTLS listener, where every RPC checks the caller's identity."""
+        listener = Listener(
+            "internal",
+            self.config.listen_address(self.config.ports.internal[self.service]),
+            internal_server_credentials(self.config, self.service),
+            authorize=acl_authorizer(self.config, acl),
+        )
+        self.add_diagnostics(listener)
+        return listener
+
+    def add_diagnostics(self, listener: Listener) -> None:
+        listener.add(
+            common_pb2_grpc.add_DiagnosticsServicer_to_server,
+            DiagnosticsServicer(self),
+            DIAGNOSTICS_SERVICE,
+        )
+
+    async def dependency_problems(self) -> list[str]:
+        """Names of dependencies that do not answer SERVING right now."""
+
+        async def check(dep: str) -> str | None:
+            stub = health_pb2_grpc.HealthStub(self.channels.get(dep))
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+            except grpc.aio.AioRpcError as err:
+                return f"{dep}: {err.code().name}"
+            if reply.status != health_pb2.HealthCheckResponse.SERVING:
+                return f"{dep}: not serving"
+            return None
+
+        results = await asyncio.gather(*(check(d) for d in self.spec.depends_on))
+        return [r for r in results if r]
+
+    async def run(
+        self,
+        listeners: Sequence[Listener],
+        *,
+        background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
+        on_stop: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        host = ServiceHost(self.service, listeners)
+
+        async def stop() -> None:
+            if on_stop is not None:
+                await on_stop()
+            await self.channels.close()
+            if self.db is not None:
+                await self.db.dispose()
+
+        await host.run(self.dependency_problems, background=background, on_stop=stop)
+
+    # ---- self checks for `mosaic gateway doctor` ------------------------------
+    async def self_checks(self) -> list[common_pb2.Check]:
+        checks = [await self._database_check(), *await self._migration_check()]
+        checks.append(self._certificate_check())
+        checks.append(self._seal_check())
+        deps = await self.dependency_problems()
+        checks.append(
+            common_pb2.Check(
+                name="dependencies",
+                ok=not deps,
+                detail="; ".join(deps) or ", ".join(self.spec.depends_on) or "none",
+                remediation="start the services named here (`mosaic up` starts them all)"
+                if deps
+                else "",
+            )
+        )
+        for extra in self.extra_checks:
+            checks.append(await extra())
+        return checks
+
+    async def _database_check(self) -> common_pb2.Check:
+        if self.db is None:
+            return common_pb2.Check(name="database", ok=True, detail="no tables")
+        try:
+            latency = await self.db.ping_ms()
+        except Exception as exc:
+            return common_pb2.Check(
+                name="database",
+                ok=False,
+                detail=f"unreachable ({type(exc).__name__})",
+                remediation="check that the database server is running and --db is right",
+            )
+        engine = "sqlite" if self.db.is_sqlite else "postgresql"
+        return common_pb2.Check(
+            name="database",
+            ok=True,
+            detail=f"{engine}, schema {self.db.schema}",
+            latency_ms=latency,
+        )
+
+    async def _migration_check(self) -> list[common_pb2.Check]:
+        if self.db is None:
+            return []
+        try:
+            current, head = await self.db.revisions()
+        except Exception as exc:
+            return [
+                common_pb2.Check(
+                    name="migrations",
+                    ok=False,
+                    detail=f"cannot read revision ({type(exc).__name__})",
+                    remediation="restart the service; it migrates at start-up",
+                )
+            ]
+        ok = current == head
+        return [
+            common_pb2.Check(
+                name="migrations",
+                ok=ok,
+                detail=f"at {current}" + ("" if ok else f", head is {head}"),
+                remediation="" if ok else "restart the service; it migrates at start-up",
+            )
+        ]
+
+    def _certificate_check(self) -> common_pb2.Check:
+        path = self.config.internal_pki_dir / f"{self.service}.crt"
+        try:
+            not_after = certificate_not_after(path.read_bytes())
+        except (OSError, ValueError):
+            return common_pb2.Check(
+                name="internal_certificate",
+                ok=False,
+                detail=f"unreadable: {path}",
+                remediation="re-run `mosaic init --renew-internal` for this home",
+            )
+        left = not_after - dt.datetime.now(dt.UTC)
+        ok = left > CERT_EXPIRY_WARNING
+        return common_pb2.Check(
+            name="internal_certificate",
+            ok=ok,
+            detail=f"expires {not_after.isoformat()} ({left.days} days)",
+            remediation="" if ok else "renew with `mosaic init --renew-internal`",
+        )
+
+    def _seal_check(self) -> common_pb2.Check:
+        try:
+            sealer = load_sealer(self.config)
+        except ConfigError as exc:
+            return common_pb2.Check(
+                name="seal_secret", ok=False, detail=exc.message, remediation=exc.remediation
+            )
+        return common_pb2.Check(name="seal_secret", ok=True, detail=f"key id {sealer.key_id}")
+
+
+class DiagnosticsServicer(common_pb2_grpc.DiagnosticsServicer):
+    def __init__(self, runtime: ServiceRuntime) -> None:
+        self._runtime = runtime
+
+    async def SelfCheck(
+        self, request: common_pb2.SelfCheckRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.SelfCheckResponse:
+        return common_pb2.SelfCheckResponse(
+            service=self._runtime.service,
+            version=__version__,
+            checks=await self._runtime.self_checks(),
+        )

@@ -1,0 +1,181 @@
+"""The local federation CA's key material in the instance home (keys sealed at rest).
+
+``pki/federation/`` holds the root and intermediate certificates, their private
+keys sealed with the instance seal secret (each bound to its file name), and the
+gateway's TLS server certificate for the federation and enrollment listeners.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ca_service.backends.base import CABackend, CABackendMisconfigured
+from ca_service.backends.local import (
+    LocalCABackend,
+    create_local_ca,
+    issue_server_certificate,
+    load_unencrypted_private_key_pem,
+    unencrypted_private_key_pem,
+)
+from mosaic.config import ConfigError, InstanceConfig
+from mosaic.pki import write_private, write_public
+from mosaic.sealing import Sealer, SealError, seal_context
+
+ROOT_CERT = "root.crt"
+INTERMEDIATE_CERT = "intermediate.crt"
+SERVER_CERT = "server.crt"  # leaf followed by the intermediate
+SERVER_KEY = "server.key"
+SEALED_KEYS = ("root.key.sealed", "intermediate.key.sealed")
+SERVER_CERT_LIFETIME = dt.timedelta(days=365)
+
+
+def _context(file_name: str) -> str:
+    return seal_context("files", "pki-federation", file_name)
+
+
+def create_federation_pki(config: InstanceConfig, sealer: Sealer) -> str:
+    """Make the root, intermediate and server certificate; return the root's SHA-256 pin."""
+    fed = config.federation_pki_dir
+    material = create_local_ca(config.name)
+    pem = serialization.Encoding.PEM
+    write_public(fed / ROOT_CERT, material.root_certificate.public_bytes(pem))
+    write_public(fed / INTERMEDIATE_CERT, material.intermediate_certificate.public_bytes(pem))
+    for name, key in zip(SEALED_KEYS, (material.root_key, material.intermediate_key), strict=True):
+        write_private(fed / name, sealer.seal(unencrypted_private_key_pem(key), _context(name)))
+    hosts = sorted({config.host, "localhost"})
+    dns = [h for h in hosts if not _is_ip(h)]
+    ips = sorted({"127.0.0.1", *(h for h in hosts if _is_ip(h))})
+    cert, key = issue_server_certificate(
+        material.intermediate_certificate,
+        material.intermediate_key,
+        common_name=f"{config.name} federation gateway",
+        dns_names=dns,
+        ip_addresses=ips,
+        lifetime=SERVER_CERT_LIFETIME,
+    )
+    write_public(
+        fed / SERVER_CERT,
+        cert.public_bytes(pem) + material.intermediate_certificate.public_bytes(pem),
+    )
+    write_private(fed / SERVER_KEY, unencrypted_private_key_pem(key))
+    return root_fingerprint(config)
+
+
+def root_fingerprint(config: InstanceConfig) -> str:
+    from mosaic.x509ext import sha256_fingerprint
+
+    root = x509.load_pem_x509_certificate((config.federation_pki_dir / ROOT_CERT).read_bytes())
+    return sha256_fingerprint(root)
+
+
+def load_local_backend(config: InstanceConfig, sealer: Sealer) -> LocalCABackend:
+    fed = config.federation_pki_dir
+    name = SEALED_KEYS[1]
+    key = load_unencrypted_private_key_pem(sealer.open((fed / name).read_bytes(), _context(name)))
+    return LocalCABackend(
+        x509.load_pem_x509_certificate((fed / ROOT_CERT).read_bytes()),
+        x509.load_pem_x509_certificate((fed / INTERMEDIATE_CERT).read_bytes()),
+        key,
+    )
+
+
+# step-ca must answer before the CA service's own callers give up (their default is 10 s).
+STEP_CA_TIMEOUT_S = 5.0
+
+
+def load_backend(config: InstanceConfig, sealer: Sealer) -> CABackend:
+    """The CA backend ``config.ca_backend`` names; ConfigError (with a remediation) if unusable."""
+    if config.ca_backend == "local":
+        try:
+            return load_local_backend(config, sealer)
+        except (OSError, SealError, ValueError, CABackendMisconfigured) as exc:
+            raise ConfigError(
+                f"the local federation CA in {config.federation_pki_dir} cannot be loaded "
+                f"({type(exc).__name__})",
+                remediation=(
+                    "restore pki/federation/ and the seal secret of this home from the same "
+                    "backup, or re-create the instance with `mosaic init`"
+                ),
+            ) from None
+    if config.ca_backend == "step-ca":
+        return load_step_ca_backend(config, sealer)
+    raise ConfigError(
+        f"unknown CA backend {config.ca_backend!r}",
+        remediation='set [ca] backend to "local" or "step-ca" in instance.toml',
+    )
+
+
+def load_step_ca_backend(config: InstanceConfig, sealer: Sealer) -> CABackend:
+    """A StepCABackend from ``[ca.step_ca]`` and the provisioner JWK sealed in ``secrets/``.
+
+    Messages never include the key: a failure says which file and what to do.
+    """
+    from ca_service.backends.stepca import StepCABackend
+    from mosaic.cli.instance import STEPCA_KEY_FILE, stepca_key_context
+
+    step = config.step_ca
+    if step is None:
+        raise ConfigError(
+            "the step-ca backend is selected but [ca.step_ca] is missing from instance.toml",
+            remediation="re-run `mosaic init --ca step-ca` with the --step-ca-* options",
+        )
+    key_file = config.secrets_dir / STEPCA_KEY_FILE
+    try:
+        jwk = json.loads(sealer.open(key_file.read_bytes(), stepca_key_context()))
+        root_pem = Path(step.root_file).read_bytes()
+    except (OSError, SealError, ValueError) as exc:
+        raise ConfigError(
+            f"the step-ca provisioner key ({key_file}) or root ({step.root_file}) cannot be "
+            f"read ({type(exc).__name__})",
+            remediation=(
+                "restore both files and the seal secret from the same backup, or re-run "
+                "`mosaic init --ca step-ca` with the provisioner's private JWK"
+            ),
+        ) from None
+    try:
+        return StepCABackend(
+            url=step.url,
+            root_pem=root_pem,
+            dns_name=step.dns_name,
+            provisioner_name=step.provisioner,
+            provisioner_jwk=jwk,
+            kid=step.kid or None,
+            timeout=STEP_CA_TIMEOUT_S,
+        )
+    except CABackendMisconfigured as exc:
+        raise ConfigError(exc.message, remediation=exc.remediation) from None
+
+
+def reseal_files(config: InstanceConfig, sealer: Sealer) -> int:
+    """Re-seal the sealed key files under the current secret; return how many changed.
+
+    Covers the federation CA keys and, when present, the step-ca provisioner key.
+    """
+    from mosaic.cli.instance import STEPCA_KEY_FILE, stepca_key_context
+
+    files = [(config.federation_pki_dir / name, _context(name)) for name in SEALED_KEYS]
+    files.append((config.secrets_dir / STEPCA_KEY_FILE, stepca_key_context()))
+    changed = 0
+    for path, context in files:
+        if not path.is_file():
+            continue
+        blob = path.read_bytes()
+        if sealer.needs_reseal(blob):
+            write_private(path, sealer.reseal(blob, context))
+            changed += 1
+    return changed
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,27 @@
+"""enrollment-service wiring: config, store, servicer, server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mosaic.config import ENROLLMENT, GATEWAY, InstanceConfig
+from mosaic.federation.v1 import enrollment_pb2, enrollment_pb2_grpc
+from mosaic.rpc.acl import methods
+from mosaic.runtime import ServiceRuntime
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+SERVICE_NAME = enrollment_pb2.DESCRIPTOR.services_by_name["Enrollment"].full_name
+
+ACL: dict[str, set[str]] = {m: {GATEWAY} for m in methods(SERVICE_NAME, ["CreateToken", "Redeem"])}
+
+
+async def main(config: InstanceConfig) -> None:
+    runtime = ServiceRuntime(config, ENROLLMENT, migrations_dir=MIGRATIONS)
+    await runtime.migrate()
+    listener = runtime.internal_listener(ACL)
+    listener.add(
+        enrollment_pb2_grpc.add_EnrollmentServicer_to_server,
+        enrollment_pb2_grpc.EnrollmentServicer(),  # type: ignore[abstract]  # replaced by its issue
+        SERVICE_NAME,
+    )
+    await runtime.run([listener])

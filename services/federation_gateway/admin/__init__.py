@@ -1,0 +1,1 @@
+"""The operator-facing FederationAdmin API, one mixin per area (grants, enrollment, query...)."""

@@ -1,0 +1,13 @@
+"""FederationAdmin: the composition of every admin mixin.
+
+Each area adds its mixin here; RPCs not yet provided by a mixin answer UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+from federation_gateway.admin.base import AdminBase
+from mosaic.federation.v1 import gateway_pb2_grpc
+
+
+class FederationAdminServicer(AdminBase, gateway_pb2_grpc.FederationAdminServicer):
+    pass

@@ -1,0 +1,54 @@
+"""Shared fixtures: throw-away Postgres and Redis servers, started once per session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.postgres import PostgresServer
+from tests.support.procs import ServerStartError, ServiceUnavailable, require_or_skip
+from tests.support.redis_server import RedisServer
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    try:
+        server.start()
+    except (ServiceUnavailable, ServerStartError) as exc:
+        require_or_skip(f"PostgreSQL unavailable: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    try:
+        server.start()
+    except (ServiceUnavailable, ServerStartError) as exc:
+        require_or_skip(f"redis-server unavailable: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+_db_counter = 0
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A fresh, empty database on the session's Postgres server."""
+    global _db_counter
+    _db_counter += 1
+    return postgres_server.create_database(f"mosaic_test_{_db_counter}")
+
+
+@pytest.fixture
+def tmp_home(tmp_path: Path) -> Path:
+    return tmp_path

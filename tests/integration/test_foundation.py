@@ -1,0 +1,240 @@
+"""The walking skeleton: five services start, migrate, and talk over internal mTLS.
+
+Every test here runs real process trees (`mosaic init` + `mosaic up`) on SQLite and
+on a real PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mosaic.config import SERVICES, load_config
+from mosaic.federation.v1 import common_pb2, common_pb2_grpc, grants_pb2, grants_pb2_grpc
+from mosaic.rpc.channels import secure_channel
+from tests.support.instances import Instance, internal_channel_as
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def instance(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Instance]:
+    db = ""
+    if request.param == "postgres":
+        server = request.getfixturevalue("postgres_server")
+        db = server.create_database(f"foundation_{id(request)}")
+    inst = Instance(tmp_path_factory.mktemp(request.param), "b", db=db)
+    inst.start()
+    yield inst
+    inst.stop()
+
+
+def test_doctor_reports_every_service_ok(instance: Instance) -> None:
+    code, doc, _ = instance.cli("gateway", "doctor")
+    assert code == 0, doc
+    assert doc["ok"] is True
+    services = {c["service"] for c in doc["checks"]}
+    assert services == set(SERVICES)
+    names = {(c["service"], c["name"]) for c in doc["checks"]}
+    for service in SERVICES:
+        for check in ("reachable", "database", "migrations", "internal_certificate", "seal_secret"):
+            assert (service, check) in names
+    engine = "postgresql" if instance.init_doc["database"] == "postgresql" else "sqlite"
+    db_checks = [c for c in doc["checks"] if c["name"] == "database"]
+    assert all(c["detail"].startswith(engine) for c in db_checks)
+    assert all(c["latency_ms"] > 0 for c in db_checks)
+
+
+async def test_services_report_serving_through_health(instance: Instance) -> None:
+    for service in ("ca-service", "grants-service", "enrollment-service", "resource-service"):
+        channel = internal_channel_as(instance.home, service, "operator")
+        async with channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=5
+            )
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_caller_not_on_allow_list_is_refused(instance: Instance) -> None:
+    # resource-service may not create grants; only the gateway may.
+    channel = internal_channel_as(instance.home, "grants-service", "resource-service")
+    async with channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await grants_pb2_grpc.GrantsStub(channel).ListGrants(
+                grants_pb2.ListGrantsRequest(), timeout=5
+            )
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "resource-service" in (err.value.details() or "")
+
+
+async def test_caller_on_allow_list_gets_through(instance: Instance) -> None:
+    channel = internal_channel_as(instance.home, "grants-service", "federation-gateway")
+    async with channel:
+        try:
+            await grants_pb2_grpc.GrantsStub(channel).ListGrants(
+                grants_pb2.ListGrantsRequest(), timeout=5
+            )
+        except grpc.aio.AioRpcError as err:  # not refused by the ACL, whatever else
+            assert err.code() not in (
+                grpc.StatusCode.PERMISSION_DENIED,
+                grpc.StatusCode.UNAUTHENTICATED,
+            )
+
+
+async def test_self_check_is_for_the_operator_only(instance: Instance) -> None:
+    channel = internal_channel_as(instance.home, "ca-service", "resource-service")
+    async with channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await common_pb2_grpc.DiagnosticsStub(channel).SelfCheck(
+                common_pb2.SelfCheckRequest(), timeout=5
+            )
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_no_client_certificate_fails_the_handshake(instance: Instance) -> None:
+    config = load_config(instance.home)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=(config.internal_pki_dir / "ca.crt").read_bytes()
+    )
+    channel = secure_channel(
+        config.internal_address("grants-service"), creds, server_name="grants-service"
+    )
+    async with channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_certificate_from_another_instance_fails_the_handshake(
+    instance: Instance, tmp_path: Path
+) -> None:
+    other = Instance(tmp_path, "b")  # same name, different internal CA
+    config = load_config(instance.home)
+    other_pki = load_config(other.home).internal_pki_dir
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=(config.internal_pki_dir / "ca.crt").read_bytes(),
+        private_key=(other_pki / "federation-gateway.key").read_bytes(),
+        certificate_chain=(other_pki / "federation-gateway.crt").read_bytes(),
+    )
+    channel = secure_channel(
+        config.internal_address("grants-service"), creds, server_name="grants-service"
+    )
+    async with channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await grants_pb2_grpc.GrantsStub(channel).ListGrants(
+                grants_pb2.ListGrantsRequest(), timeout=5
+            )
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_sigterm_stops_everything_within_ten_seconds(tmp_path: Path) -> None:
+    inst = Instance(tmp_path, "s")
+    inst.start()
+    took = inst.stop(timeout=30)
+    assert inst.proc is not None and inst.proc.returncode == 0
+    assert took < 10, f"shutdown took {took:.1f} s"
+    log = inst.log_text()
+    for service in SERVICES:
+        assert f'"service":"{service}"' in log and '"msg":"stopped"' in log
+
+
+def test_doctor_on_a_stopped_service_fails_with_remediation(tmp_path: Path) -> None:
+    """Run every service but resource-service, each with `mosaic serve`."""
+    import subprocess
+    import sys
+
+    inst = Instance(tmp_path, "d")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mosaic.cli.main", "--home", str(inst.home), "serve", s],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for s in SERVICES
+        if s != "resource-service"
+    ]
+    try:
+        code, doc, _ = inst.cli("gateway", "doctor", "--wait", "3", timeout=60)
+        assert code == 1
+        assert doc["ok"] is False
+        failing = [c for c in doc["checks"] if not c["ok"]]
+        assert any(c["service"] == "resource-service" and c["name"] == "reachable" for c in failing)
+        # The gateway depends on resource-service and says so.
+        assert any(
+            c["service"] == "federation-gateway"
+            and c["name"] == "dependencies"
+            and "resource-service" in c["detail"]
+            for c in failing
+        )
+        assert all(c["remediation"] for c in failing)
+        ok = {(c["service"], c["name"]) for c in doc["checks"] if c["ok"]}
+        assert ("ca-service", "reachable") in ok
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(15)
+
+
+def test_doctor_without_an_instance_explains_itself(tmp_path: Path) -> None:
+    from tests.support.instances import cli
+
+    code, doc, _ = cli(tmp_path / "nothing", "gateway", "doctor")
+    assert code == 1
+    assert doc["error"]["code"] == "CONFIG"
+    assert "mosaic init" in doc["error"]["remediation"]
+
+
+def test_init_refuses_to_overwrite(tmp_path: Path) -> None:
+    inst = Instance(tmp_path, "x")
+    code, doc, _ = inst.cli("init", "--name", "x")
+    assert code == 1
+    assert "already exists" in doc["error"]["message"]
+
+
+def test_init_bad_name_and_usage(tmp_path: Path) -> None:
+    from tests.support.instances import cli
+
+    code, doc, _ = cli(tmp_path / "h", "init", "--name", "Bad_Name")
+    assert code == 1 and "invalid instance name" in doc["error"]["message"]
+    code, _, _ = cli(tmp_path / "h2", "init")
+    assert code == 2
+
+
+def test_serve_refuses_unknown_service(tmp_path: Path) -> None:
+    inst = Instance(tmp_path, "u")
+    code, _, _ = inst.cli("serve", "nope")
+    assert code == 2
+
+
+def test_secret_files_are_private(tmp_path: Path) -> None:
+    inst = Instance(tmp_path, "p")
+    config = load_config(inst.home)
+    private = [
+        config.seal_secret_file,
+        config.admin_token_file,
+        config.internal_pki_dir / "ca.key",
+        *(config.internal_pki_dir / f"{s}.key" for s in SERVICES),
+        config.federation_pki_dir / "server.key",
+        config.federation_pki_dir / "intermediate.key.sealed",
+    ]
+    for path in private:
+        assert path.stat().st_mode & 0o077 == 0, path
+    # The federation CA keys are sealed: no PEM private key on disk for them.
+    for name in ("root.key.sealed", "intermediate.key.sealed"):
+        assert b"PRIVATE KEY" not in (config.federation_pki_dir / name).read_bytes()
+
+
+def test_event_loop_is_clean() -> None:
+    # Guard against a fixture leaking a running loop into sync tests.
+    with pytest.raises(RuntimeError):
+        asyncio.get_running_loop()

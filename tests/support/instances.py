@@ -1,0 +1,140 @@
+"""Real instances for tests: `mosaic init` + `mosaic up` as a process tree, driven by the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.support.procs import port_is_open
+
+REPO = Path(__file__).resolve().parents[2]
+MOSAIC = [sys.executable, "-m", "mosaic.cli.main"]
+
+
+def free_port_base() -> int:
+    """A port base N whose listeners N+40..N+68 are all free right now."""
+    for _ in range(200):
+        base = random.randrange(20000, 60000, 100)
+        if not any(port_is_open("127.0.0.1", base + off, 0.05) for off in range(40, 69)):
+            return base
+    raise RuntimeError("no free port range found")
+
+
+def cli(
+    home: Path,
+    *args: str,
+    json_out: bool = True,
+    timeout: float = 60,
+    check: bool = False,
+    env: dict[str, str] | None = None,
+) -> tuple[int, Any, str]:
+    """Run `mosaic --home HOME [--json] ARGS`; return (exit code, parsed stdout, stderr)."""
+    argv = [*MOSAIC, "--home", str(home), *(["--json"] if json_out else []), *args]
+    proc = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+    out: Any = proc.stdout
+    if json_out and proc.stdout.strip():
+        try:
+            out = json.loads(proc.stdout)
+        except ValueError:
+            out = proc.stdout
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"mosaic {' '.join(args)} exited {proc.returncode}: {proc.stdout} {proc.stderr}"
+        )
+    return proc.returncode, out, proc.stderr
+
+
+class Instance:
+    """One instance home and, once started, its `mosaic up` process tree."""
+
+    def __init__(
+        self, root: Path, name: str, *, db: str = "", extra_init: tuple[str, ...] = ()
+    ) -> None:
+        self.home = root / name
+        self.name = name
+        self.port_base = free_port_base()
+        self.log_path = root / f"{name}-up.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        code, out, err = cli(
+            self.home,
+            "init",
+            "--name",
+            name,
+            "--port-base",
+            str(self.port_base),
+            *(["--db", db] if db else []),
+            *extra_init,
+        )
+        if code != 0:
+            raise AssertionError(f"mosaic init failed: {out} {err}")
+        self.init_doc = out
+
+    def cli(self, *args: str, **kw: Any) -> tuple[int, Any, str]:
+        return cli(self.home, *args, **kw)
+
+    def start(self, wait: float = 30.0) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [*MOSAIC, "--home", str(self.home), "up"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        code, doc, _ = self.cli("gateway", "doctor", "--wait", str(wait), timeout=wait + 30)
+        if code != 0:
+            self.stop()
+            raise AssertionError(
+                f"instance {self.name} not healthy: {json.dumps(doc)[:3000]}\n"
+                f"log tail: {self.log_tail()}"
+            )
+
+    def stop(self, timeout: float = 15.0) -> float:
+        """SIGTERM the process tree; return how long it took to exit."""
+        if self.proc is None or self.proc.poll() is not None:
+            return 0.0
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        return time.monotonic() - started
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def internal_channel_as(home: Path, target: str, identity: str):  # type: ignore[no-untyped-def]
+    """An aio channel to ``target``'s internal listener presenting ``identity``'s certificate.
+
+    Create it inside a running event loop; close it with ``await channel.close()``.
+    """
+    from mosaic.config import load_config
+    from mosaic.rpc.channels import internal_client_credentials, secure_channel
+
+    config = load_config(home)
+    return secure_channel(
+        config.internal_address(target),
+        internal_client_credentials(config, identity),
+        server_name=target,
+    )

@@ -1,0 +1,141 @@
+"""The server bootstrap's error mapping and request ids, through a real mTLS listener."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from mosaic.cli.instance import create_instance
+from mosaic.config import InstanceConfig
+from mosaic.errors import RemoteError, invalid_argument
+from mosaic.federation.v1 import common_pb2, common_pb2_grpc
+from mosaic.rpc.acl import acl_authorizer
+from mosaic.rpc.channels import (
+    internal_client_credentials,
+    internal_server_credentials,
+    secure_channel,
+)
+from mosaic.rpc.interceptors import REQUEST_ID_HEADER, UnaryUnaryDefaults
+from mosaic.rpc.server import Listener
+from tests.support.instances import free_port_base
+
+SECRET = "hunter2-database-password"
+
+
+class Exploding(common_pb2_grpc.DiagnosticsServicer):
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    async def SelfCheck(self, request, context):  # type: ignore[no-untyped-def]
+        if self.mode == "crash":
+            raise RuntimeError(f"cannot connect with {SECRET}")
+        if self.mode == "expected":
+            raise invalid_argument(
+                "THING_INVALID",
+                "the thing is wrong",
+                remediation="send a better thing",
+                violations=[("items[0].id", "not a UUID")],
+            )
+        return common_pb2.SelfCheckResponse(service="ok")
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> InstanceConfig:
+    return create_instance(tmp_path / "home", name="t", port_base=free_port_base())
+
+
+async def _serve(config: InstanceConfig, mode: str) -> Listener:
+    port = config.ports.internal["ca-service"]
+    listener = Listener(
+        "internal",
+        f"127.0.0.1:{port}",
+        internal_server_credentials(config, "ca-service"),
+        authorize=acl_authorizer(config, {}),
+    )
+    listener.add(
+        common_pb2_grpc.add_DiagnosticsServicer_to_server,
+        Exploding(mode),
+        "mosaic.federation.v1.Diagnostics",
+    )
+    await listener.start()
+    return listener
+
+
+async def test_unexpected_exception_reaches_caller_as_generic_internal(
+    config: InstanceConfig,
+) -> None:
+    listener = await _serve(config, "crash")
+    channel = secure_channel(
+        config.internal_address("ca-service"),
+        internal_client_credentials(config, "operator"),
+        server_name="ca-service",
+    )
+    try:
+        call = common_pb2_grpc.DiagnosticsStub(channel).SelfCheck(
+            common_pb2.SelfCheckRequest(), timeout=5
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.INTERNAL
+        details = err.value.details() or ""
+        assert SECRET not in details and "RuntimeError" not in details
+        remote = RemoteError.from_rpc_error(err.value)
+        assert remote.reason == "INTERNAL"
+        request_id = dict(await call.initial_metadata())[REQUEST_ID_HEADER]
+        assert request_id in details and remote.metadata["request_id"] == request_id
+    finally:
+        await channel.close()
+        await listener.stop(0)
+
+
+async def test_service_error_carries_reason_remediation_and_violations(
+    config: InstanceConfig,
+) -> None:
+    listener = await _serve(config, "expected")
+    channel = secure_channel(
+        config.internal_address("ca-service"),
+        internal_client_credentials(config, "operator"),
+        server_name="ca-service",
+    )
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await common_pb2_grpc.DiagnosticsStub(channel).SelfCheck(
+                common_pb2.SelfCheckRequest(), timeout=5
+            )
+        remote = RemoteError.from_rpc_error(err.value)
+        assert remote.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert remote.reason == "THING_INVALID"
+        assert remote.remediation == "send a better thing"
+        assert remote.violations == [("items[0].id", "not a UUID")]
+    finally:
+        await channel.close()
+        await listener.stop(0)
+
+
+async def test_unknown_method_is_refused_closed(config: InstanceConfig) -> None:
+    """A method missing from the ACL is refused even for an instance identity."""
+    listener = await _serve(config, "ok")
+    channel = secure_channel(
+        config.internal_address("ca-service"),
+        internal_client_credentials(config, "grants-service"),
+        server_name="ca-service",
+    )
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await common_pb2_grpc.DiagnosticsStub(channel).SelfCheck(
+                common_pb2.SelfCheckRequest(), timeout=5
+            )
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        await channel.close()
+        await listener.stop(0)
+
+
+def test_outbound_calls_get_a_default_deadline() -> None:
+    defaults = UnaryUnaryDefaults(3.0)
+    details = grpc.aio.ClientCallDetails("/x.Y/Z", None, None, None, None)
+    assert defaults._details(details).timeout == 3.0
+    explicit = grpc.aio.ClientCallDetails("/x.Y/Z", 0.5, None, None, None)
+    assert defaults._details(explicit).timeout == 0.5
