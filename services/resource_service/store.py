@@ -1,24 +1,248 @@
-"""resource-service tables: the reference data source's rows."""
+"""resource-service tables and queries: the reference data source's rows.
+
+Every read is one statement. Visibility is part of the WHERE clause, so a row outside it
+is indistinguishable from a missing one. Lists walk ``ix_resources_owner_kind_id``
+(owner_user_id, resource, id) in id order; search uses the full-text index made by
+migration ``resources_0002`` (SQLite: FTS5 table ``resources_fts``; Postgres: generated
+``search_tsv`` column with a GIN index). On Postgres ``id`` uses the "C" collation
+(``resources_0003``) so ids sort bytewise on both engines.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import Column, Index, MetaData, String, Table, Text, Uuid
+import functools
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
 
+from sqlalchemy import Column as SAColumn
+from sqlalchemy import (
+    ColumnElement,
+    Index,
+    Integer,
+    MetaData,
+    Row,
+    Select,
+    String,
+    Table,
+    Text,
+    Uuid,
+    and_,
+    bindparam,
+    column,
+    false,
+    func,
+    literal_column,
+    or_,
+    select,
+    table,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import TSVECTOR
+
+from mosaic.db import Database
 from mosaic.sqltypes import UtcDateTime
+from resource_service.domain import ResourceRow, Visibility
 
 metadata = MetaData()
-
-RESOURCE_KINDS = ("tasks", "notes", "memory", "credentials", "api_keys")
 
 resources = Table(
     "resources",
     metadata,
-    Column("id", String(64), primary_key=True),
-    Column("resource", String(16), nullable=False),
-    Column("owner_user_id", Uuid, nullable=False),
-    Column("team_id", Uuid, nullable=True),
-    Column("title", Text, nullable=False),
-    Column("body", Text, nullable=False),
-    Column("updated_at", UtcDateTime, nullable=False),
+    SAColumn(
+        "id",
+        String(64).with_variant(String(64, collation="C"), "postgresql"),
+        primary_key=True,
+    ),
+    SAColumn("resource", String(16), nullable=False),
+    SAColumn("owner_user_id", Uuid, nullable=False),
+    SAColumn("team_id", Uuid, nullable=True),
+    SAColumn("title", Text, nullable=False),
+    SAColumn("body", Text, nullable=False),
+    SAColumn("updated_at", UtcDateTime, nullable=False),
     Index("ix_resources_owner_kind_id", "owner_user_id", "resource", "id"),
 )
+
+# Search artifacts made by raw SQL in resources_0002; not part of `metadata` because they
+# exist on one engine each (migrations/env.py keeps autogenerate away from them).
+FTS_TABLE = "resources_fts"  # SQLite FTS5, external content = resources, keyed by rowid
+SEARCH_COLUMN = "search_tsv"  # Postgres: tsvector GENERATED ALWAYS AS (...) STORED
+SEARCH_INDEX = "ix_resources_search"
+
+_c = resources.c
+ROW_COLUMNS = (_c.id, _c.resource, _c.owner_user_id, _c.team_id, _c.title, _c.body, _c.updated_at)
+
+_OWNER = bindparam("owner", type_=Uuid)
+_KIND = bindparam("kind", type_=String)
+_TEAMS = bindparam("teams", type_=Uuid, expanding=True)
+_LIMIT = bindparam("limit", type_=Integer)
+
+
+Shape = tuple[bool, bool]  # (include_personal, has teams): the three visibility clauses
+
+
+def _shape(visibility: Visibility) -> Shape:
+    return visibility.include_personal, bool(visibility.teams)
+
+
+def _visible(shape: Shape) -> ColumnElement[bool]:
+    """owner matches AND (personal row and personal included, or team row of an included team).
+
+    Built from fixed bind parameters only: one statement per shape, built once and reused.
+    """
+    personal, teams = shape
+    if personal and teams:
+        team_clause: ColumnElement[bool] = or_(_c.team_id.is_(None), _c.team_id.in_(_TEAMS))
+    elif personal:
+        team_clause = _c.team_id.is_(None)
+    elif teams:
+        team_clause = _c.team_id.in_(_TEAMS)
+    else:
+        team_clause = false()
+    return and_(_c.owner_user_id == _OWNER, _c.resource == _KIND, team_clause)
+
+
+@functools.cache
+def _list_statement(shape: Shape) -> Select[Any]:
+    return (
+        select(*ROW_COLUMNS)
+        .where(_visible(shape), _c.id > bindparam("after_id", type_=String))
+        .order_by(_c.id)
+        .limit(_LIMIT)
+    )
+
+
+@functools.cache
+def _get_statement(shape: Shape) -> Select[Any]:
+    return select(*ROW_COLUMNS).where(_c.id == bindparam("row_id", type_=String), _visible(shape))
+
+
+def _params(kind: str, visibility: Visibility, **extra: Any) -> dict[str, Any]:
+    params: dict[str, Any] = {"owner": visibility.owner, "kind": kind, **extra}
+    if visibility.teams:
+        params["teams"] = list(visibility.teams)
+    return params
+
+
+class ResourceStore:
+    """The only place that touches the ``resources`` table."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._search_statement: Callable[[Shape], Select[Any]] = (
+            _sqlite_search_statement if db.is_sqlite else _postgres_search_statement
+        )
+        # SQLite gets a quoted FTS5 expression; Postgres the raw text for plainto_tsquery.
+        self._match_param: Callable[[str], str | None] = (
+            _sqlite_match_expression if db.is_sqlite else _postgres_match_text
+        )
+
+    async def list_page(
+        self, kind: str, visibility: Visibility, after_id: str, limit: int
+    ) -> tuple[Sequence[Row[Any]], bool]:
+        """Up to ``limit`` visible rows with id > ``after_id`` in id order, and whether more
+        follow (one extra row is fetched to know)."""
+        if visibility.sees_nothing:
+            return [], False
+        stmt = _list_statement(_shape(visibility))
+        params = _params(kind, visibility, after_id=after_id, limit=limit + 1)
+        async with self._db.engine.connect() as conn:
+            rows = (await conn.execute(stmt, params)).all()
+        if len(rows) > limit:
+            return rows[:limit], True
+        return rows, False
+
+    async def get(self, kind: str, visibility: Visibility, row_id: str) -> Row[Any] | None:
+        """The row, or None when it is missing or outside the visibility (same answer)."""
+        if visibility.sees_nothing:
+            return None
+        stmt = _get_statement(_shape(visibility))
+        async with self._db.engine.connect() as conn:
+            result = await conn.execute(stmt, _params(kind, visibility, row_id=row_id))
+            return result.first()
+
+    async def search(
+        self, kind: str, visibility: Visibility, query: str, limit: int
+    ) -> Sequence[Row[Any]]:
+        """Visible rows matching every word of ``query``, best first, then by id."""
+        if visibility.sees_nothing:
+            return []
+        match = self._match_param(query)
+        if match is None:
+            return []
+        stmt = self._search_statement(_shape(visibility))
+        params = _params(kind, visibility, limit=limit, match=match)
+        async with self._db.engine.connect() as conn:
+            return (await conn.execute(stmt, params)).all()
+
+    async def upsert(self, rows: Sequence[ResourceRow]) -> int:
+        """Insert or replace every row in one transaction."""
+        if not rows:
+            return 0
+        dialect = sqlite if self._db.is_sqlite else postgresql
+        insert = dialect.insert(resources)
+        stmt = insert.on_conflict_do_update(
+            index_elements=[_c.id],
+            set_={c.name: insert.excluded[c.name] for c in ROW_COLUMNS if c is not _c.id},
+        )
+        values = [
+            {
+                "id": r.id,
+                "resource": r.resource,
+                "owner_user_id": r.owner_user_id,
+                "team_id": r.team_id,
+                "title": r.title,
+                "body": r.body,
+                "updated_at": r.updated_at,
+            }
+            for r in rows
+        ]
+        async with self._db.engine.begin() as conn:
+            await conn.execute(stmt, values)
+        return len(rows)
+
+
+_MATCH = bindparam("match", type_=Text)
+_WORD = re.compile(r"[^\W_]+")
+
+
+def _sqlite_match_expression(query: str) -> str | None:
+    """Every word of ``query`` as an FTS5 string ("word", quotes doubled), ANDed.
+
+    Words are runs of letters and digits, as FTS5's unicode61 tokenizer and Postgres'
+    plainto_tsquery see them, so both engines answer "rows containing all these words".
+    Inside a string FTS5 sees only tokens: never an operator, column filter or prefix.
+    None when the text has no word at all (nothing can match).
+    """
+    terms = ['"' + word.replace('"', '""') + '"' for word in _WORD.findall(query)]
+    return " AND ".join(terms) if terms else None
+
+
+@functools.cache
+def _sqlite_search_statement(shape: Shape) -> Select[Any]:
+    fts = table(FTS_TABLE, column("rowid", Integer))
+    fts_name: ColumnElement[Any] = literal_column(FTS_TABLE)
+    return (
+        select(*ROW_COLUMNS)
+        .select_from(resources.join(fts, fts.c.rowid == literal_column("resources.rowid")))
+        .where(fts_name.op("MATCH")(_MATCH), _visible(shape))
+        .order_by(func.bm25(fts_name), _c.id)
+        .limit(_LIMIT)
+    )
+
+
+def _postgres_match_text(query: str) -> str | None:
+    return query
+
+
+@functools.cache
+def _postgres_search_statement(shape: Shape) -> Select[Any]:
+    # plainto_tsquery ANDs the words and ignores every operator character: never syntax.
+    tsquery = func.plainto_tsquery(literal_column("'simple'::regconfig"), _MATCH)
+    tsv = literal_column(f"resources.{SEARCH_COLUMN}", TSVECTOR)
+    return (
+        select(*ROW_COLUMNS)
+        .where(tsv.bool_op("@@")(tsquery), _visible(shape))
+        .order_by(func.ts_rank(tsv, tsquery).desc(), _c.id)
+        .limit(_LIMIT)
+    )

@@ -1,0 +1,126 @@
+"""ResourceSource: proto in, domain checks, one store call, proto out.
+
+The federation gateway calls List/Get/Search on its hot path with the visibility a grant
+allows; Import is reached through the gateway's admin API (`mosaic resources import`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from sqlalchemy import Row
+
+from mosaic.errors import ServiceError, invalid_argument, not_found
+from mosaic.federation.v1 import common_pb2, resources_pb2, resources_pb2_grpc
+from mosaic.sqltypes import utcnow
+from resource_service import domain
+from resource_service.store import ResourceStore
+
+# One message for "missing" and "not visible": callers must not learn which it was.
+_NOT_FOUND_MESSAGE = "no such resource"
+
+
+def _refused(exc: domain.InvalidInput) -> ServiceError:
+    """A domain refusal as INVALID_ARGUMENT with its reason and every violation."""
+    return invalid_argument(exc.reason, exc.message, violations=exc.violations)
+
+
+def _visibility(v: common_pb2.Visibility) -> domain.Visibility:
+    return domain.parse_visibility(v.owner_user_id, v.include_teams, v.include_personal)
+
+
+def _items(rows: Sequence[Row[Any]]) -> list[common_pb2.ResourceItem]:
+    items = []
+    for row in rows:
+        item = common_pb2.ResourceItem(
+            id=row.id,
+            resource=row.resource,
+            owner_user_id=str(row.owner_user_id),
+            team_id=str(row.team_id) if row.team_id is not None else "",
+            title=row.title,
+            body=row.body,
+        )
+        item.updated_at.FromDatetime(row.updated_at)
+        items.append(item)
+    return items
+
+
+def _row_input(item: common_pb2.ResourceItem) -> domain.RowInput:
+    updated_at: dt.datetime | None = None
+    problem = ""
+    if item.HasField("updated_at"):
+        try:
+            updated_at = item.updated_at.ToDatetime(tzinfo=dt.UTC)
+        except (ValueError, OverflowError):
+            problem = "not a valid timestamp"
+    return domain.RowInput(
+        id=item.id,
+        resource=item.resource,
+        owner_user_id=item.owner_user_id,
+        team_id=item.team_id,
+        title=item.title,
+        body=item.body,
+        updated_at=updated_at,
+        updated_at_problem=problem,
+    )
+
+
+class ResourceSourceServicer(resources_pb2_grpc.ResourceSourceServicer):
+    def __init__(self, store: ResourceStore) -> None:
+        self._store = store
+
+    async def ListResources(
+        self, request: resources_pb2.ListResourcesRequest, context: grpc.aio.ServicerContext
+    ) -> resources_pb2.ListResourcesResponse:
+        try:
+            kind = domain.check_kind(request.resource)
+            visibility = _visibility(request.visibility)
+            limit = domain.check_limit(request.limit)
+            after_id = domain.parse_after_id(request.after_id)
+        except domain.InvalidInput as exc:
+            raise _refused(exc) from None
+        rows, more = await self._store.list_page(kind, visibility, after_id, limit)
+        return resources_pb2.ListResourcesResponse(
+            items=_items(rows), next_after_id=rows[-1].id if more else ""
+        )
+
+    async def GetResource(
+        self, request: resources_pb2.GetResourceRequest, context: grpc.aio.ServicerContext
+    ) -> resources_pb2.GetResourceResponse:
+        try:
+            kind = domain.check_kind(request.resource)
+            visibility = _visibility(request.visibility)
+            row_id = domain.check_id(request.id)
+        except domain.InvalidInput as exc:
+            raise _refused(exc) from None
+        row = await self._store.get(kind, visibility, row_id)
+        if row is None:
+            raise not_found(domain.RESOURCE_NOT_FOUND, _NOT_FOUND_MESSAGE)
+        return resources_pb2.GetResourceResponse(item=_items([row])[0])
+
+    async def SearchResources(
+        self, request: resources_pb2.SearchResourcesRequest, context: grpc.aio.ServicerContext
+    ) -> resources_pb2.SearchResourcesResponse:
+        try:
+            kind = domain.check_kind(request.resource)
+            visibility = _visibility(request.visibility)
+            query = domain.check_query(request.query)
+            limit = domain.check_limit(request.limit)
+        except domain.InvalidInput as exc:
+            raise _refused(exc) from None
+        rows = await self._store.search(kind, visibility, query, limit)
+        return resources_pb2.SearchResourcesResponse(items=_items(rows))
+
+    async def ImportResources(
+        self, request: resources_pb2.ImportResourcesRequest, context: grpc.aio.ServicerContext
+    ) -> resources_pb2.ImportResourcesResponse:
+        try:
+            domain.check_batch_size(len(request.items))
+            rows = domain.validate_rows([_row_input(i) for i in request.items], utcnow())
+        except domain.InvalidInput as exc:
+            raise _refused(exc) from None
+        imported = await self._store.upsert(rows)
+        return resources_pb2.ImportResourcesResponse(imported=imported)
