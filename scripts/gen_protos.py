@@ -41,7 +41,11 @@ def generate(out_root: Path) -> None:
         f"--mypy_grpc_out={out_root}",
         *protos,
     ]
-    subprocess.run(cmd, check=True, cwd=PROTOS)
+    # protoc-gen-mypy announces every file it writes; keep CI logs quiet unless it fails.
+    done = subprocess.run(cmd, cwd=PROTOS, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout + done.stderr)
+        raise SystemExit(done.returncode)
     for pkg in (Path("mosaic/federation"), PACKAGE_DIR):
         (out_root / pkg / "__init__.py").touch()
 
