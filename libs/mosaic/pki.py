@@ -119,10 +119,15 @@ def issue_internal_certificate(ca: KeyPair, trust_domain: str, service: str) -> 
 def write_private(path: Path, data: bytes) -> None:
     """Write a secret file readable by its owner only (created 0600, never world-readable)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # Write a sibling and rename over the target: a crash never leaves a half-written key.
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
-    os.chmod(path, 0o600)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
 
 
 def write_public(path: Path, data: bytes) -> None:

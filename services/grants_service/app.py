@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from grants_service.servicer import ChangeNotifier, GrantsServicer
+from grants_service.store import GrantsStore
 from mosaic.config import ENROLLMENT, GATEWAY, GRANTS, InstanceConfig
 from mosaic.federation.v1 import grants_pb2, grants_pb2_grpc
 from mosaic.rpc.acl import methods
-from mosaic.runtime import ServiceRuntime
+from mosaic.runtime import ServiceRuntime, load_sealer
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE_NAME = grants_pb2.DESCRIPTOR.services_by_name["Grants"].full_name
@@ -34,10 +36,18 @@ ACL: dict[str, set[str]] = {
 async def main(config: InstanceConfig) -> None:
     runtime = ServiceRuntime(config, GRANTS, migrations_dir=MIGRATIONS)
     await runtime.migrate()
+    assert runtime.db is not None
+    notifier = ChangeNotifier()
     listener = runtime.internal_listener(ACL)
     listener.add(
         grants_pb2_grpc.add_GrantsServicer_to_server,
-        grants_pb2_grpc.GrantsServicer(),  # type: ignore[abstract]  # replaced by its issue
+        GrantsServicer(
+            GrantsStore(runtime.db),
+            runtime.sealer,
+            notifier,
+            sealer_on_disk=lambda: load_sealer(config),
+        ),
         SERVICE_NAME,
     )
-    await runtime.run([listener])
+    # Cancelled first at shutdown: ends open WatchChanges streams before the listener drains.
+    await runtime.run([listener], background=[notifier.close_when_cancelled])

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import uuid
+from dataclasses import dataclass, fields
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -11,12 +16,23 @@ from sqlalchemy import (
     Index,
     LargeBinary,
     MetaData,
+    Row,
     String,
     Table,
     Text,
     Uuid,
+    delete,
+    or_,
+    select,
+    update,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from grants_service import domain
+from mosaic.db import Database
 from mosaic.sqltypes import UtcDateTime
 
 metadata = MetaData()
@@ -58,9 +74,7 @@ federation_grants = Table(
     Column("peer_id", Uuid, ForeignKey("federation_peers.id", ondelete="CASCADE"), nullable=False),
     Column("subject_user_id", Uuid, nullable=False),
     Column("scope", JSON, nullable=False),
-    Column(
-        "status", Enum(*GRANT_STATUSES, name="grant_status", native_enum=False), nullable=False
-    ),
+    Column("status", Enum(*GRANT_STATUSES, name="grant_status", native_enum=False), nullable=False),
     Column("sensitive", Boolean, nullable=False, default=False),
     Column("created_at", UtcDateTime, nullable=False),
     Column("activated_at", UtcDateTime, nullable=True),
@@ -71,3 +85,400 @@ federation_grants = Table(
     Index("ix_federation_grants_peer_id", "peer_id"),
     Index("ix_federation_grants_status", "status"),
 )
+
+
+# ---- rows as the rest of the service sees them -----------------------------------------
+
+
+@dataclass(frozen=True)
+class GrantRow:
+    id: uuid.UUID
+    peer_id: uuid.UUID
+    peer_name: str
+    subject_user_id: uuid.UUID
+    scope: dict[str, Any]
+    status: str
+    sensitive: bool
+    created_at: dt.datetime
+    activated_at: dt.datetime | None
+    expires_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+    revoke_reason: str | None
+    enrollment_token_id: uuid.UUID | None
+
+
+@dataclass(frozen=True)
+class PeerRow:
+    """A peer without its sealed key (only GetPeerCredentials reads that)."""
+
+    id: uuid.UUID
+    name: str
+    display_name: str
+    direction: str
+    state: str
+    state_reason: str | None
+    endpoint: str | None
+    cert_pem: str | None
+    cert_serial: str | None
+    cert_not_after: dt.datetime | None
+    ca_bundle_pem: str | None
+    has_client_key: bool
+    remote_grant_id: uuid.UUID | None
+    remote_subject_user_id: uuid.UUID | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+_G = federation_grants
+_P = federation_peers
+_GRANT_COLUMNS = [*_G.c, _P.c.name.label("peer_name")]
+_PEER_COLUMNS = [
+    *(c for c in _P.c if c.name != "sealed_client_key"),
+    _P.c.sealed_client_key.is_not(None).label("has_client_key"),
+]
+_GRANT_SELECT = select(*_GRANT_COLUMNS).select_from(_G.join(_P, _G.c.peer_id == _P.c.id))
+_PEER_SELECT = select(*_PEER_COLUMNS)
+
+
+def _grant(row: Row[Any]) -> GrantRow:
+    m = row._mapping
+    return GrantRow(**{f.name: m[f.name] for f in fields(GrantRow)})
+
+
+def _peer(row: Row[Any]) -> PeerRow:
+    m = row._mapping
+    values = {f.name: m[f.name] for f in fields(PeerRow)}
+    values["has_client_key"] = bool(values["has_client_key"])
+    return PeerRow(**values)
+
+
+class GrantsStore:
+    """Every query of grants-service; transitions are conditional updates (one winner)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._engine = db.engine
+
+    # ---- grants --------------------------------------------------------------------
+
+    async def create_grant(
+        self, new: domain.NewGrant, *, now: dt.datetime
+    ) -> tuple[GrantRow, PeerRow, bool]:
+        """Insert a pending grant, and its pending inbound peer placeholder if the name is new.
+
+        Returns (grant, peer, whether the peer was created). The placeholder is inserted
+        first with ON CONFLICT DO NOTHING, so concurrent creators of one name agree on a
+        single peer and, on SQLite, the transaction starts with a write (no snapshot upgrade).
+        """
+        new_peer_id = uuid.uuid4()
+        grant_id = uuid.uuid4()
+        insert = _dialect_insert(self._db)(_P).values(
+            id=new_peer_id,
+            name=new.peer_name,
+            display_name=new.peer_name,
+            direction="inbound",
+            state="pending",
+            created_at=now,
+            updated_at=now,
+        )
+        async with self._engine.begin() as conn:
+            await conn.execute(insert.on_conflict_do_nothing(index_elements=[_P.c.name]))
+            peer_row = (
+                await conn.execute(
+                    # FOR SHARE (Postgres) holds off a concurrent revoke until we commit, so
+                    # its cascade to grants sees ours.
+                    _PEER_SELECT.where(_P.c.name == new.peer_name).with_for_update(read=True)
+                )
+            ).one()
+            peer = _peer(peer_row)
+            created = peer.id == new_peer_id
+            if not created:
+                domain.peer_for_new_grant(peer.direction, peer.state, peer.name)
+            await conn.execute(
+                _G.insert().values(
+                    id=grant_id,
+                    peer_id=peer.id,
+                    subject_user_id=new.subject_user_id,
+                    scope=new.scope.to_dict(),
+                    status="pending",
+                    sensitive=new.sensitive,
+                    created_at=now,
+                    expires_at=new.expires_at,
+                )
+            )
+            grant = await self._grant_in(conn, grant_id)
+        return grant, peer, created
+
+    async def get_grant(self, grant_id: uuid.UUID) -> GrantRow:
+        async with self._engine.connect() as conn:
+            return await self._grant_in(conn, grant_id)
+
+    async def list_grants(
+        self, *, peer_id: uuid.UUID | None = None, status: str | None = None
+    ) -> list[GrantRow]:
+        query = _GRANT_SELECT.order_by(_G.c.created_at.desc(), _G.c.id)
+        if peer_id is not None:
+            query = query.where(_G.c.peer_id == peer_id)
+        if status is not None:
+            query = query.where(_G.c.status == status)
+        async with self._engine.connect() as conn:
+            return [_grant(r) for r in (await conn.execute(query)).all()]
+
+    async def expire_due(
+        self, now: dt.datetime, grant_id: uuid.UUID | None = None
+    ) -> list[uuid.UUID]:
+        """Move every grant (or one) whose expiry has passed to expired; return their ids."""
+        stmt = (
+            update(_G)
+            .where(
+                _G.c.status.in_(sorted(domain.grant_sources("expire"))),
+                _G.c.expires_at.is_not(None),
+                _G.c.expires_at <= now,
+            )
+            .values(status="expired")
+            .returning(_G.c.id)
+        )
+        if grant_id is not None:
+            stmt = stmt.where(_G.c.id == grant_id)
+        async with self._engine.begin() as conn:
+            return list((await conn.execute(stmt)).scalars().all())
+
+    async def revoke_grant(self, grant_id: uuid.UUID, *, reason: str, now: dt.datetime) -> GrantRow:
+        """pending|active → revoked; exactly one of concurrent callers wins."""
+        async with self._engine.begin() as conn:
+            won = await conn.execute(
+                update(_G)
+                .where(_G.c.id == grant_id, _G.c.status.in_(sorted(domain.grant_sources("revoke"))))
+                .values(status="revoked", revoked_at=now, revoke_reason=reason or None)
+                .returning(_G.c.id)
+            )
+            if won.first() is None:
+                current = await self._grant_in(conn, grant_id)
+                raise domain.grant_refusal("revoke", current.status)
+            return await self._grant_in(conn, grant_id)
+
+    async def activate_grant_and_peer(
+        self,
+        *,
+        grant_id: uuid.UUID,
+        peer_id: uuid.UUID,
+        cert_serial: str,
+        cert_pem: str,
+        cert_not_after: dt.datetime | None,
+        token_id: uuid.UUID | None,
+        now: dt.datetime,
+    ) -> tuple[GrantRow, PeerRow]:
+        """In one transaction: grant pending → active and peer pending|active → active.
+
+        Both updates are conditional; if either matches nothing the transaction rolls back
+        and the refusal names the state that stopped it.
+        """
+        async with self._engine.begin() as conn:
+            grant_won = await conn.execute(
+                update(_G)
+                .where(
+                    _G.c.id == grant_id,
+                    _G.c.peer_id == peer_id,
+                    _G.c.status.in_(sorted(domain.grant_sources("activate"))),
+                    or_(_G.c.expires_at.is_(None), _G.c.expires_at > now),
+                )
+                .values(status="active", activated_at=now, enrollment_token_id=token_id)
+                .returning(_G.c.id)
+            )
+            peer_won = None
+            grant_activated = grant_won.first() is not None
+            if grant_activated:
+                peer_won = (
+                    await conn.execute(
+                        update(_P)
+                        .where(
+                            _P.c.id == peer_id,
+                            _P.c.direction == "inbound",
+                            _P.c.state.in_(sorted(domain.PEER_ACTIVATION_SOURCES)),
+                        )
+                        .values(
+                            state="active",
+                            state_reason=None,
+                            cert_serial=cert_serial,
+                            cert_pem=cert_pem,
+                            cert_not_after=cert_not_after,
+                            updated_at=now,
+                        )
+                        .returning(_P.c.id)
+                    )
+                ).first()
+            if peer_won is None:
+                grant = await self._grant_in(conn, grant_id)
+                peer = await self._peer_in(conn, peer_id)
+                raise domain.activation_refusal(
+                    # Our own (rolled back) update made it active; it was pending before.
+                    grant_status="pending" if grant_activated else grant.status,
+                    grant_peer_id=str(grant.peer_id),
+                    peer_id=str(peer_id),
+                    peer_state=peer.state if peer.direction == "inbound" else "outbound",
+                )
+            return await self._grant_in(conn, grant_id), await self._peer_in(conn, peer_id)
+
+    # ---- peers ---------------------------------------------------------------------
+
+    async def get_peer(self, key: str) -> PeerRow:
+        """A peer by id, or by its unique name."""
+        async with self._engine.connect() as conn:
+            try:
+                return await self._peer_in(conn, uuid.UUID(key))
+            except (ValueError, domain.PeerNotFound):
+                pass
+            row = (await conn.execute(_PEER_SELECT.where(_P.c.name == key))).first()
+            if row is None:
+                raise domain.PeerNotFound(key)
+            return _peer(row)
+
+    async def list_peers(
+        self, *, direction: str | None = None, state: str | None = None
+    ) -> list[PeerRow]:
+        query = _PEER_SELECT.order_by(_P.c.name)
+        if direction is not None:
+            query = query.where(_P.c.direction == direction)
+        if state is not None:
+            query = query.where(_P.c.state == state)
+        async with self._engine.connect() as conn:
+            return [_peer(r) for r in (await conn.execute(query)).all()]
+
+    async def set_peer_state(
+        self, peer_id: uuid.UUID, *, target: str, reason: str, now: dt.datetime
+    ) -> tuple[PeerRow, list[uuid.UUID]]:
+        """Move a peer to ``target`` if allowed; revoking it revokes its live grants too.
+
+        Returns the peer and the ids of the grants revoked with it.
+        """
+        async with self._engine.begin() as conn:
+            won = await conn.execute(
+                update(_P)
+                .where(_P.c.id == peer_id, _P.c.state.in_(sorted(domain.peer_sources(target))))
+                .values(state=target, state_reason=reason or None, updated_at=now)
+                .returning(_P.c.id)
+            )
+            if won.first() is None:
+                current = await self._peer_in(conn, peer_id)
+                raise domain.peer_refusal(target, current.state)
+            revoked: list[uuid.UUID] = []
+            if target == "revoked":
+                revoked = list(
+                    (
+                        await conn.execute(
+                            update(_G)
+                            .where(
+                                _G.c.peer_id == peer_id,
+                                _G.c.status.in_(sorted(domain.grant_sources("revoke"))),
+                            )
+                            .values(
+                                status="revoked",
+                                revoked_at=now,
+                                revoke_reason=f"peer revoked: {reason}"
+                                if reason
+                                else "peer revoked",
+                            )
+                            .returning(_G.c.id)
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
+            return await self._peer_in(conn, peer_id), revoked
+
+    async def remove_peer(
+        self, peer_id: uuid.UUID, *, now: dt.datetime
+    ) -> tuple[PeerRow, list[uuid.UUID]]:
+        """Delete a peer; its grants go with it (ON DELETE CASCADE). Returns their ids."""
+        async with self._engine.begin() as conn:
+            # Write first: on Postgres this locks the row, on SQLite it takes the write lock
+            # before we read, so the grant list matches what the cascade deletes.
+            touched = await conn.execute(
+                update(_P).where(_P.c.id == peer_id).values(updated_at=now).returning(_P.c.id)
+            )
+            if touched.first() is None:
+                raise domain.PeerNotFound(str(peer_id))
+            peer = await self._peer_in(conn, peer_id)
+            grant_ids = list(
+                (await conn.execute(select(_G.c.id).where(_G.c.peer_id == peer_id))).scalars().all()
+            )
+            await conn.execute(delete(_P).where(_P.c.id == peer_id))
+        return peer, grant_ids
+
+    async def register_outbound_peer(
+        self,
+        peer_id: uuid.UUID,
+        new: domain.NewOutboundPeer,
+        *,
+        sealed_key: bytes,
+        now: dt.datetime,
+    ) -> PeerRow:
+        """Insert an active outbound peer whose client key is already sealed for ``peer_id``."""
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    _P.insert().values(
+                        id=peer_id,
+                        name=new.name,
+                        display_name=new.name,
+                        direction="outbound",
+                        state="active",
+                        endpoint=new.endpoint,
+                        cert_pem=new.cert_pem,
+                        cert_serial=new.cert_serial,
+                        cert_not_after=new.cert_not_after,
+                        ca_bundle_pem=new.ca_bundle_pem,
+                        sealed_client_key=sealed_key,
+                        remote_grant_id=new.remote_grant_id,
+                        remote_subject_user_id=new.remote_subject_user_id,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                return await self._peer_in(conn, peer_id)
+        except IntegrityError:
+            raise domain.PeerNameTaken(new.name) from None
+
+    async def sealed_client_key(self, peer_id: uuid.UUID) -> tuple[PeerRow, bytes | None]:
+        async with self._engine.connect() as conn:
+            peer = await self._peer_in(conn, peer_id)
+            blob = (
+                await conn.execute(select(_P.c.sealed_client_key).where(_P.c.id == peer_id))
+            ).scalar_one_or_none()
+        return peer, blob
+
+    async def sealed_client_keys(self) -> list[tuple[uuid.UUID, bytes]]:
+        query = select(_P.c.id, _P.c.sealed_client_key).where(_P.c.sealed_client_key.is_not(None))
+        async with self._engine.connect() as conn:
+            return [(r.id, bytes(r.sealed_client_key)) for r in (await conn.execute(query)).all()]
+
+    async def replace_sealed_client_key(
+        self, peer_id: uuid.UUID, old: bytes, new: bytes, *, now: dt.datetime
+    ) -> bool:
+        """Swap a sealed key only if it is still ``old`` (a concurrent rotation wins otherwise)."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(_P)
+                .where(_P.c.id == peer_id, _P.c.sealed_client_key == old)
+                .values(sealed_client_key=new, updated_at=now)
+                .returning(_P.c.id)
+            )
+            return result.first() is not None
+
+    # ---- helpers -------------------------------------------------------------------
+
+    async def _grant_in(self, conn: AsyncConnection, grant_id: uuid.UUID) -> GrantRow:
+        row = (await conn.execute(_GRANT_SELECT.where(_G.c.id == grant_id))).first()
+        if row is None:
+            raise domain.GrantNotFound(str(grant_id))
+        return _grant(row)
+
+    async def _peer_in(self, conn: AsyncConnection, peer_id: uuid.UUID) -> PeerRow:
+        row = (await conn.execute(_PEER_SELECT.where(_P.c.id == peer_id))).first()
+        if row is None:
+            raise domain.PeerNotFound(str(peer_id))
+        return _peer(row)
+
+
+def _dialect_insert(db: Database) -> Any:
+    return sqlite_insert if db.is_sqlite else postgresql_insert

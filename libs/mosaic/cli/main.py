@@ -18,6 +18,7 @@ import typer
 
 from mosaic.cli.admin import admin_channel, admin_metadata, load_or_fail, operator_channel
 from mosaic.cli.commands_resources import resources_app
+from mosaic.cli.commands_seal import seal_app
 from mosaic.cli.federation import federation_app
 from mosaic.cli.output import CliState, emit, fail, state, table
 from mosaic.config import (
@@ -41,6 +42,7 @@ app = typer.Typer(
 gateway_app = typer.Typer(help="Operate this gateway.", no_args_is_help=True)
 app.add_typer(gateway_app, name="gateway")
 app.add_typer(federation_app, name="federation")
+app.add_typer(seal_app, name="seal")
 app.add_typer(resources_app, name="resources")
 
 STOP_TIMEOUT_S = 10.0

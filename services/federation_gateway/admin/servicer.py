@@ -6,11 +6,13 @@ Each area adds its mixin here; RPCs not yet provided by a mixin answer UNIMPLEME
 from __future__ import annotations
 
 from federation_gateway.admin.base import AdminBase
+from federation_gateway.admin.grants import GrantsAdminMixin
 from federation_gateway.admin.resources import ResourcesAdminMixin
 from mosaic.federation.v1 import gateway_pb2_grpc
 
 
 class FederationAdminServicer(
+    GrantsAdminMixin,
     ResourcesAdminMixin,
     AdminBase,
     gateway_pb2_grpc.FederationAdminServicer,
