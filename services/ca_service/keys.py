@@ -152,21 +152,15 @@ def load_step_ca_backend(config: InstanceConfig, sealer: Sealer) -> CABackend:
 
 
 def reseal_files(config: InstanceConfig, sealer: Sealer) -> int:
-    """Re-seal the sealed key files under the current secret; return how many changed.
-
-    Covers the federation CA keys and, when present, the step-ca provisioner key.
-    """
-    from mosaic.cli.instance import STEPCA_KEY_FILE, stepca_key_context
-
-    files = [(config.federation_pki_dir / name, _context(name)) for name in SEALED_KEYS]
-    files.append((config.secrets_dir / STEPCA_KEY_FILE, stepca_key_context()))
+    """Re-seal the sealed key files under the current secret; return how many changed."""
     changed = 0
-    for path, context in files:
+    for name in SEALED_KEYS:
+        path: Path = config.federation_pki_dir / name
         if not path.is_file():
             continue
         blob = path.read_bytes()
         if sealer.needs_reseal(blob):
-            write_private(path, sealer.reseal(blob, context))
+            write_private(path, sealer.reseal(blob, _context(name)))
             changed += 1
     return changed
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
+import weakref
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -19,7 +23,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from mosaic.sqltypes import UtcDateTime
 
@@ -77,9 +81,28 @@ def _record(row: RowMapping) -> IssuedRecord:
     )
 
 
+_sqlite_write_locks: weakref.WeakKeyDictionary[AsyncEngine, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+@contextlib.asynccontextmanager
+async def _write(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A write transaction. On SQLite, writers of this process queue here instead of in
+    SQLite's busy handler, which sleeps up to 100 ms between retries (seconds-long tails
+    under concurrent issuance); Postgres needs no such queue."""
+    if engine.dialect.name != "sqlite":
+        async with engine.begin() as conn:
+            yield conn
+        return
+    lock = _sqlite_write_locks.setdefault(engine, asyncio.Lock())
+    async with lock, engine.begin() as conn:
+        yield conn
+
+
 async def record_issued(engine: AsyncEngine, record: IssuedRecord) -> None:
     """Insert the record of a certificate about to be handed out."""
-    async with engine.begin() as conn:
+    async with _write(engine) as conn:
         await conn.execute(
             insert(issued_certificates).values(
                 serial=record.serial,
@@ -131,7 +154,7 @@ async def revoke(
         if serial is not None
         else table.c.grant_id == uuid.UUID(str(grant_id))
     )
-    async with engine.begin() as conn:
+    async with _write(engine) as conn:
         newly = (
             (
                 await conn.execute(

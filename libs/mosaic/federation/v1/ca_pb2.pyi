@@ -275,9 +275,24 @@ class GetTrustBundleResponse(_message.Message):
     ROOT_PEM_FIELD_NUMBER: _builtins.int
     INTERMEDIATES_PEM_FIELD_NUMBER: _builtins.int
     ROOT_SHA256_FIELD_NUMBER: _builtins.int
+    SERVER_ROOT_PEM_FIELD_NUMBER: _builtins.int
+    SERVER_ROOT_SHA256_FIELD_NUMBER: _builtins.int
+    BACKEND_FIELD_NUMBER: _builtins.int
     root_pem: _builtins.str
+    """The root that peer client certificates chain to: what the federation listener
+    trusts for client authentication (step-ca's root with the step-ca backend).
+    """
     root_sha256: _builtins.str
-    """Hex SHA-256 of the root certificate's DER: what peers pin."""
+    """Lowercase hex SHA-256 of root_pem's DER."""
+    server_root_pem: _builtins.str
+    """The root of this gateway's own TLS server certificate (federation and enrollment
+    listeners, always the local federation PKI): what peers pin through the
+    enrollment URL. Equal to root_pem with the local backend.
+    """
+    server_root_sha256: _builtins.str
+    """Lowercase hex SHA-256 of server_root_pem's DER (the enrollment URL fingerprint)."""
+    backend: _builtins.str
+    """"local" or "step-ca"."""
     @_builtins.property
     def intermediates_pem(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -286,10 +301,13 @@ class GetTrustBundleResponse(_message.Message):
         root_pem: _builtins.str = ...,
         intermediates_pem: _abc.Iterable[_builtins.str] | None = ...,
         root_sha256: _builtins.str = ...,
+        server_root_pem: _builtins.str = ...,
+        server_root_sha256: _builtins.str = ...,
+        backend: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["intermediates_pem", b"intermediates_pem", "root_pem", b"root_pem", "root_sha256", b"root_sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "intermediates_pem", b"intermediates_pem", "root_pem", b"root_pem", "root_sha256", b"root_sha256", "server_root_pem", b"server_root_pem", "server_root_sha256", b"server_root_sha256"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

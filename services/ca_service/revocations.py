@@ -1,0 +1,141 @@
+"""The revocation feed behind WatchRevocations: every new revocation, to every watcher.
+
+A revocation made by this process is published at once (:meth:`RevocationFeed.publish`).
+One made by another ca-service replica sharing the database is found by polling the
+table about once a second, so a gateway watching any replica learns of every
+revocation. Polling reads a sliding window of recent revocations (not a high-water
+mark) so a replica whose clock is behind ours by less than the window is not missed.
+Watchers de-duplicate by serial: the same revocation may arrive both ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterable, Iterator
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ca_service import store
+from ca_service.store import IssuedRecord
+from mosaic.sqltypes import utcnow
+
+log = logging.getLogger("ca_service.revocations")
+
+POLL_INTERVAL_S = 1.0
+POLL_WINDOW = timedelta(minutes=10)
+
+
+class FeedClosed(Exception):
+    """The feed stopped (the service is shutting down); watchers should reconnect."""
+
+
+class Subscription:
+    """One watcher's queue of revocation batches."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[list[IssuedRecord] | None] = asyncio.Queue()
+        self._sent: set[str] = set()
+
+    def mark_sent(self, records: Iterable[IssuedRecord]) -> None:
+        self._sent.update(r.serial for r in records)
+
+    def put(self, records: list[IssuedRecord] | None) -> None:
+        self._queue.put_nowait(records)
+
+    async def batches(self) -> AsyncIterator[list[IssuedRecord]]:
+        """New revocations not yet sent to this watcher; raises FeedClosed at shutdown."""
+        while True:
+            batch = await self._queue.get()
+            if batch is None:
+                raise FeedClosed
+            fresh = [r for r in batch if r.serial not in self._sent]
+            if fresh:
+                self.mark_sent(fresh)
+                yield fresh
+
+
+class RevocationFeed:
+    """Fans revocations out to watchers; :meth:`run` polls the table for other replicas'."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        poll_interval_s: float = POLL_INTERVAL_S,
+        window: timedelta = POLL_WINDOW,
+    ) -> None:
+        self._engine = engine
+        self._poll_interval_s = poll_interval_s
+        self._window = window
+        self._subscribers: set[Subscription] = set()
+        # serial -> revoked_at of revocations already fanned out, pruned to the window.
+        self._known: dict[str, datetime] = {}
+        self._closed = False
+
+    @contextlib.contextmanager
+    def subscribe(self) -> Iterator[Subscription]:
+        """Register a watcher. Subscribe *before* reading the snapshot so nothing falls between."""
+        if self._closed:
+            raise FeedClosed
+        subscription = Subscription()
+        self._subscribers.add(subscription)
+        try:
+            yield subscription
+        finally:
+            self._subscribers.discard(subscription)
+
+    def publish(self, records: list[IssuedRecord]) -> None:
+        """Hand revocations this process just committed to every watcher."""
+        fresh = [r for r in records if r.serial not in self._known]
+        for record in fresh:
+            self._known[record.serial] = record.revoked_at or utcnow()
+        if fresh:
+            for subscription in self._subscribers:
+                subscription.put(fresh)
+
+    async def run(self) -> None:
+        """Poll for revocations committed by other replicas until cancelled."""
+        try:
+            await self._prime()
+            while True:
+                await asyncio.sleep(self._poll_interval_s)
+                try:
+                    await self._poll_once()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    # A database hiccup must not end the feed; the next poll catches up.
+                    log.warning("revocation poll failed", extra={"error": type(exc).__name__})
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """End every watch stream (they get UNAVAILABLE and reconnect elsewhere)."""
+        self._closed = True
+        for subscription in list(self._subscribers):
+            subscription.put(None)
+
+    async def _prime(self) -> None:
+        while True:
+            try:
+                recent = await store.list_revoked(
+                    self._engine, revoked_since=utcnow() - self._window
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("revocation poll failed", extra={"error": type(exc).__name__})
+                await asyncio.sleep(self._poll_interval_s)
+                continue
+            for record in recent:
+                self._known.setdefault(record.serial, record.revoked_at or utcnow())
+            return
+
+    async def _poll_once(self) -> None:
+        since = utcnow() - self._window
+        recent = await store.list_revoked(self._engine, revoked_since=since)
+        self.publish(recent)
+        self._known = {serial: at for serial, at in self._known.items() if at >= since}
