@@ -27,6 +27,7 @@ lint: venv
 	cd protos && "$$(bash ../infra/scripts/ensure-buf.sh | tail -n 1)" lint
 	$(VENV)/bin/ruff check libs services tests scripts
 	$(VENV)/bin/mypy
+	bash scripts/check_compose.sh
 
 test: venv sysdeps
 	$(VENV)/bin/pytest -q -p no:cacheprovider

@@ -25,6 +25,17 @@
 #   MOSAIC_STEPCA_PROVISIONER     default "mosaic-fed"
 #   MOSAIC_STEPCA_TEMPLATE        default /mosaic/step-ca/templates/federation.tpl
 #                                 (mount infra/step-ca/templates there)
+#   MOSAIC_STEPCA_EXPORT_DIR      when set (docker-compose.federated.yml: $STEPPATH/export),
+#                                 every start copies what `mosaic init --ca step-ca` needs
+#                                 into this directory, world-readable: root_ca.crt and
+#                                 ca.json. Neither is secret on its own: the provisioner key
+#                                 in ca.json (encryptedKey) is a JWE under the password, and
+#                                 the CA keys stay in $STEPPATH/secrets (0700, this user).
+#                                 $STEPPATH becomes 0711 so another user can reach the export
+#                                 directory without listing anything else. The mosaic-init
+#                                 container mounts this volume read-only, decrypts the
+#                                 provisioner key with the same password and seals it into
+#                                 the instance home (docs/SETUP.md, "step-ca").
 set -eu
 
 STEPPATH="${STEPPATH:-/home/step}"
@@ -52,6 +63,14 @@ if [ ! -f "$PASSWORD_FILE" ]; then
         exit 1
     fi
 fi
+
+case "$(head -n 1 "$PASSWORD_FILE")" in
+    CHANGE-ME*)
+        echo "init.sh: $PASSWORD_FILE still holds the placeholder from password.txt.example;" \
+             "write a random password there (openssl rand -hex 32)" >&2
+        exit 1
+        ;;
+esac
 
 if [ ! -f "$CONFIG" ]; then
     if [ ! -f "$TEMPLATE_SRC" ]; then
@@ -88,6 +107,20 @@ if [ ! -f "$CONFIG" ]; then
 
     echo "init.sh: root fingerprint (SHA-256):" \
          "$(step certificate fingerprint "$STEPPATH/certs/root_ca.crt")" >&2
+fi
+
+if [ -n "${MOSAIC_STEPCA_EXPORT_DIR:-}" ]; then
+    mkdir -p "$MOSAIC_STEPCA_EXPORT_DIR"
+    chmod 711 "$STEPPATH"
+    chmod 755 "$MOSAIC_STEPCA_EXPORT_DIR"
+    for pair in "certs/root_ca.crt:root_ca.crt" "config/ca.json:ca.json"; do
+        src="$STEPPATH/${pair%%:*}"
+        dest="$MOSAIC_STEPCA_EXPORT_DIR/${pair#*:}"
+        cp "$src" "$dest.tmp"
+        chmod 644 "$dest.tmp"
+        mv -f "$dest.tmp" "$dest"
+    done
+    echo "init.sh: exported root_ca.crt and ca.json to $MOSAIC_STEPCA_EXPORT_DIR" >&2
 fi
 
 exec step-ca --password-file "$PASSWORD_FILE" "$CONFIG"
