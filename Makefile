@@ -39,7 +39,7 @@ bench: venv sysdeps
 	$(PY) scripts/bench.py
 
 demo: venv
-	$(PY) -m mosaic.cli.main demo
+	$(VENV)/bin/mosaic demo
 
 clean:
 	rm -rf $(VENV) .cache .bench .pytest_cache .mypy_cache .ruff_cache

@@ -39,7 +39,7 @@ from mosaic.config import CA, ENROLLMENT, load_config
 from mosaic.federation.v1 import ca_pb2, ca_pb2_grpc
 from mosaic.rpc.channels import internal_client_credentials, secure_channel
 
-MOSAIC = [sys.executable, "-m", "mosaic.cli.main"]
+MOSAIC = [sys.executable, "-m", "mosaic.cli"]
 
 
 def _port_open(port: int) -> bool:

@@ -155,7 +155,7 @@ def test_doctor_on_a_stopped_service_fails_with_remediation(tmp_path: Path) -> N
     inst = Instance(tmp_path, "d")
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "mosaic.cli.main", "--home", str(inst.home), "serve", s],
+            [sys.executable, "-m", "mosaic.cli", "--home", str(inst.home), "serve", s],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

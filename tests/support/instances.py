@@ -15,7 +15,7 @@ from typing import Any
 from tests.support.procs import port_is_open
 
 REPO = Path(__file__).resolve().parents[2]
-MOSAIC = [sys.executable, "-m", "mosaic.cli.main"]
+MOSAIC = [sys.executable, "-m", "mosaic.cli"]
 
 
 def free_port_base() -> int:

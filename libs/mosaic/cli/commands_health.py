@@ -8,7 +8,6 @@ only when the service answers SERVING; any other answer, or none, is exit 1.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from typing import Annotated
 
@@ -17,27 +16,11 @@ import typer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mosaic.cli.admin import admin_channel, admin_metadata, load_or_fail, operator_channel
+from mosaic.cli.apps import gateway_app
 from mosaic.cli.output import EXIT_USAGE, emit, fail, state
 from mosaic.config import GATEWAY, SERVICES, START_ORDER, InstanceConfig
 
 HEALTH_STATUS = health_pb2.HealthCheckResponse.ServingStatus
-
-
-def _running_gateway_app() -> typer.Typer:
-    """The ``gateway`` group of the CLI that is running, to register on.
-
-    Under ``python -m mosaic.cli.main`` (how `mosaic up` starts services, and how the tests
-    run the CLI) the running module is ``__main__``; importing ``mosaic.cli.main`` there
-    would build a second CLI and register this command on that one instead.
-    """
-    running = sys.modules.get("__main__")
-    spec = getattr(running, "__spec__", None)
-    if spec is not None and spec.name == "mosaic.cli.main":
-        app: typer.Typer = running.gateway_app  # type: ignore[union-attr]
-        return app
-    from mosaic.cli.main import gateway_app
-
-    return gateway_app
 
 
 async def check_health(
@@ -60,7 +43,7 @@ async def check_health(
     return HEALTH_STATUS.Name(reply.status), (time.perf_counter() - started) * 1000, address
 
 
-@_running_gateway_app().command()
+@gateway_app.command()
 def health(
     ctx: typer.Context,
     service: Annotated[str, typer.Argument(help="One of: " + ", ".join(START_ORDER))],

@@ -17,6 +17,7 @@ import grpc
 import typer
 
 from mosaic.cli.admin import admin_channel, admin_metadata, load_or_fail, operator_channel
+from mosaic.cli.apps import app, gateway_app
 from mosaic.cli.commands_resources import resources_app
 from mosaic.cli.commands_seal import seal_app
 from mosaic.cli.federation import federation_app
@@ -32,14 +33,6 @@ from mosaic.config import (
 )
 from mosaic.federation.v1 import common_pb2, common_pb2_grpc
 
-app = typer.Typer(
-    name="mosaic",
-    help="Mosaic Federation: scoped, audited, real-time access between self-hosted gateways.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-gateway_app = typer.Typer(help="Operate this gateway.", no_args_is_help=True)
 app.add_typer(gateway_app, name="gateway")
 app.add_typer(federation_app, name="federation")
 app.add_typer(seal_app, name="seal")
@@ -216,7 +209,7 @@ def up(ctx: typer.Context) -> None:
     signal.signal(signal.SIGINT, request_stop)
     for service in START_ORDER:
         children[service] = subprocess.Popen(
-            [sys.executable, "-m", "mosaic.cli.main", "--home", str(config.home), "serve", service],
+            [sys.executable, "-m", "mosaic.cli", "--home", str(config.home), "serve", service],
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     exit_code = 0
@@ -348,6 +341,3 @@ def run() -> None:
     """Console-script entry point."""
     app()
 
-
-if __name__ == "__main__":
-    run()
