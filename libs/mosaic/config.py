@@ -90,10 +90,13 @@ class Ports:
 
 @dataclass(frozen=True)
 class RateLimitConfig:
-    """Per-grant request rate: sustained requests per second and burst size."""
+    """Per-grant request rate: sustained requests per second and burst size; and the
+    enrollment redeem attempts allowed per source address."""
 
     per_second: float = 20.0
     burst: int = 40
+    redeem_per_second: float = 0.1
+    redeem_burst: int = 5
 
 
 @dataclass(frozen=True)
@@ -124,11 +127,23 @@ class InstanceConfig:
     cert_default_lifetime_s: int = 24 * 3600
     cert_max_lifetime_s: int = 24 * 3600
     step_ca: StepCAConfig | None = None
+    # Per-process listener ports that differ from the port base (environment only, never
+    # in instance.toml): lets several gateway replicas of one home run on one host.
+    port_overrides: Mapping[str, int] = field(default_factory=dict)
 
     # ---- derived locations -------------------------------------------------
     @property
     def ports(self) -> Ports:
-        return Ports.from_base(self.port_base)
+        ports = Ports.from_base(self.port_base)
+        if not self.port_overrides:
+            return ports
+        return Ports(
+            admin=self.port_overrides.get("admin", ports.admin),
+            federation=self.port_overrides.get("federation", ports.federation),
+            enrollment=self.port_overrides.get("enrollment", ports.enrollment),
+            internal=ports.internal,
+            metrics=ports.metrics,
+        )
 
     @property
     def secrets_dir(self) -> Path:
@@ -212,6 +227,8 @@ class InstanceConfig:
             "rate_limit": {
                 "per_second": self.rate_limit.per_second,
                 "burst": self.rate_limit.burst,
+                "redeem_per_second": self.rate_limit.redeem_per_second,
+                "redeem_burst": self.rate_limit.redeem_burst,
             },
         }
         if self.step_ca is not None:
@@ -282,6 +299,10 @@ def _from_dict(home: Path, doc: Mapping[str, Any]) -> InstanceConfig:
             rate_limit=RateLimitConfig(
                 per_second=float(rl.get("per_second", RateLimitConfig.per_second)),
                 burst=int(rl.get("burst", RateLimitConfig.burst)),
+                redeem_per_second=float(
+                    rl.get("redeem_per_second", RateLimitConfig.redeem_per_second)
+                ),
+                redeem_burst=int(rl.get("redeem_burst", RateLimitConfig.redeem_burst)),
             ),
             step_ca=StepCAConfig(**step) if step else None,
         )
@@ -311,4 +332,22 @@ def _apply_env(config: InstanceConfig) -> InstanceConfig:
             hosts[name] = env[key]
     if hosts != dict(config.internal_hosts):
         changes["internal_hosts"] = hosts
+    # MOSAIC_ADMIN_PORT / MOSAIC_FEDERATION_PORT / MOSAIC_ENROLLMENT_PORT: a second gateway
+    # replica of the same home on one host (the CLI honours MOSAIC_ADMIN_PORT too).
+    overrides: dict[str, int] = {}
+    for listener in ("admin", "federation", "enrollment"):
+        value = env.get(f"MOSAIC_{listener.upper()}_PORT")
+        if value:
+            try:
+                port = int(value)
+            except ValueError:
+                port = 0
+            if not 1 <= port <= 65535:
+                raise ConfigError(
+                    f"MOSAIC_{listener.upper()}_PORT={value!r} is not a port",
+                    remediation="set it to a port number between 1 and 65535, or unset it",
+                )
+            overrides[listener] = port
+    if overrides:
+        changes["port_overrides"] = overrides
     return replace(config, **changes) if changes else config

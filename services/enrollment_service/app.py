@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mosaic.config import ENROLLMENT, GATEWAY, InstanceConfig
-from mosaic.federation.v1 import enrollment_pb2, enrollment_pb2_grpc
+from enrollment_service.servicer import EnrollmentServicer
+from enrollment_service.store import TokenStore
+from mosaic.config import CA, ENROLLMENT, GATEWAY, GRANTS, InstanceConfig
+from mosaic.federation.v1 import ca_pb2_grpc, enrollment_pb2, enrollment_pb2_grpc, grants_pb2_grpc
 from mosaic.rpc.acl import methods
 from mosaic.runtime import ServiceRuntime
 
@@ -18,10 +20,15 @@ ACL: dict[str, set[str]] = {m: {GATEWAY} for m in methods(SERVICE_NAME, ["Create
 async def main(config: InstanceConfig) -> None:
     runtime = ServiceRuntime(config, ENROLLMENT, migrations_dir=MIGRATIONS)
     await runtime.migrate()
+    assert runtime.db is not None
     listener = runtime.internal_listener(ACL)
     listener.add(
         enrollment_pb2_grpc.add_EnrollmentServicer_to_server,
-        enrollment_pb2_grpc.EnrollmentServicer(),  # type: ignore[abstract]  # replaced by its issue
+        EnrollmentServicer(
+            TokenStore(runtime.db),
+            grants_pb2_grpc.GrantsStub(runtime.channels.get(GRANTS)),
+            ca_pb2_grpc.CertificateAuthorityStub(runtime.channels.get(CA)),
+        ),
         SERVICE_NAME,
     )
     await runtime.run([listener])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from pathlib import Path
 
 import grpc
@@ -9,12 +12,17 @@ import grpc
 from federation_gateway.admin.servicer import FederationAdminServicer
 from federation_gateway.admin_auth import admin_token_authorizer
 from federation_gateway.context import GatewayContext
-from mosaic.config import GATEWAY, InstanceConfig
-from mosaic.federation.v1 import gateway_pb2, gateway_pb2_grpc
+from federation_gateway.federation import FederationServicer
+from federation_gateway.peer_enrollment import PeerEnrollmentServicer
+from mosaic.config import CA, GATEWAY, ConfigError, InstanceConfig
+from mosaic.federation.v1 import ca_pb2, ca_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from mosaic.rpc.server import Listener
 from mosaic.runtime import ServiceRuntime
 
+log = logging.getLogger("mosaic.gateway")
+
 MIGRATIONS = Path(__file__).parent / "migrations"
+TRUST_BUNDLE_WAIT_S = 60.0
 _services = gateway_pb2.DESCRIPTOR.services_by_name
 ADMIN_SERVICE = _services["FederationAdmin"].full_name
 FEDERATION_SERVICE = _services["Federation"].full_name
@@ -50,11 +58,47 @@ def federation_server_credentials(
     )
 
 
+async def federation_client_roots(runtime: ServiceRuntime) -> bytes:
+    """The roots peer client certificates must chain to, from ca-service GetTrustBundle
+    (retried until ca-service answers, for at most TRUST_BUNDLE_WAIT_S).
+
+    Root and intermediates are both trusted, so a peer sending only its leaf still verifies.
+    """
+    ca = ca_pb2_grpc.CertificateAuthorityStub(runtime.channels.get(CA))
+    deadline = time.monotonic() + TRUST_BUNDLE_WAIT_S
+    delay = 0.1
+    while True:
+        try:
+            bundle = await ca.GetTrustBundle(ca_pb2.GetTrustBundleRequest(), timeout=2.0)
+        except grpc.aio.AioRpcError as err:
+            if time.monotonic() + delay > deadline:
+                raise ConfigError(
+                    f"ca-service did not hand out the federation trust bundle ({err.code().name})",
+                    remediation="start ca-service first (`mosaic up` starts every service)",
+                ) from None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            continue
+        if not bundle.root_pem:
+            raise ConfigError(
+                "ca-service returned an empty trust bundle",
+                remediation="check the CA backend with `mosaic gateway doctor`",
+            )
+        log.info("federation client trust loaded", extra={"backend": bundle.backend})
+        return "".join([bundle.root_pem, *bundle.intermediates_pem]).encode()
+
+
 def enrollment_server_credentials(config: InstanceConfig) -> grpc.ServerCredentials:
-    """Server TLS only: peers pin our federation root; the token authenticates them."""
+    """Server TLS only: peers pin our federation root; the token authenticates them.
+
+    The chain sent here ends with the root itself: a peer holding only the root's
+    fingerprint (from the enrollment URL) takes the root from this handshake, checks it
+    against the pin, and only then trusts it (federation_gateway.admin.enrollment).
+    """
     fed = config.federation_pki_dir
+    chain = (fed / "server.crt").read_bytes().rstrip(b"\n") + b"\n"
     return grpc.ssl_server_credentials(
-        [((fed / "server.key").read_bytes(), (fed / "server.crt").read_bytes())]
+        [((fed / "server.key").read_bytes(), chain + (fed / "root.crt").read_bytes())]
     )
 
 
@@ -72,14 +116,12 @@ async def main(config: InstanceConfig) -> None:
     federation = Listener(
         "federation",
         config.listen_address(config.ports.federation),
-        federation_server_credentials(
-            config, (config.federation_pki_dir / "root.crt").read_bytes()
-        ),
+        federation_server_credentials(config, await federation_client_roots(runtime)),
         trust_request_id=False,
     )
     federation.add(
         gateway_pb2_grpc.add_FederationServicer_to_server,
-        gateway_pb2_grpc.FederationServicer(),  # type: ignore[abstract]  # replaced by its issue
+        FederationServicer(gateway),
         FEDERATION_SERVICE,
     )
     enrollment = Listener(
@@ -90,7 +132,11 @@ async def main(config: InstanceConfig) -> None:
     )
     enrollment.add(
         gateway_pb2_grpc.add_PeerEnrollmentServicer_to_server,
-        gateway_pb2_grpc.PeerEnrollmentServicer(),  # type: ignore[abstract]  # replaced by its issue
+        PeerEnrollmentServicer(gateway),
         PEER_ENROLLMENT_SERVICE,
     )
-    await runtime.run([admin, federation, enrollment], on_stop=gateway.close)
+    await runtime.run(
+        [admin, federation, enrollment],
+        background=[gateway.follow_revocations, gateway.follow_grant_changes],
+        on_stop=gateway.close,
+    )

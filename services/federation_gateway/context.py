@@ -1,11 +1,17 @@
-"""What the gateway's servicers share: runtime, audit writer, rate limiters."""
+"""What the gateway's servicers share: runtime, audit writer, rate limiters, and the
+in-memory state of the federation path (revoked serials, grant cache, outbound client)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from federation_gateway.audit import AuditWriter
+from federation_gateway.authz import GrantCache, watch_changes
+from federation_gateway.client import FederationClient
 from federation_gateway.ratelimit import LocalGcra, RateLimiter, make_limiter
+from federation_gateway.revocations import RevokedSerials
+from mosaic.config import CA, GRANTS
+from mosaic.federation.v1 import ca_pb2_grpc, grants_pb2_grpc
 from mosaic.runtime import ServiceRuntime
 
 # Enrollment redeem attempts per source address: a few tries, then one every 10 s.
@@ -21,6 +27,15 @@ class GatewayContext:
     redeem_limiter: RateLimiter = field(
         default_factory=lambda: LocalGcra(REDEEM_PER_SECOND, REDEEM_BURST)
     )
+    revoked: RevokedSerials = field(init=False)
+    grant_cache: GrantCache = field(init=False)
+    federation_client: FederationClient = field(init=False)
+
+    def __post_init__(self) -> None:
+        grants = grants_pb2_grpc.GrantsStub(self.runtime.channels.get(GRANTS))
+        self.revoked = RevokedSerials()
+        self.grant_cache = GrantCache(grants)
+        self.federation_client = FederationClient(grants)
 
     @classmethod
     def build(cls, runtime: ServiceRuntime) -> GatewayContext:
@@ -37,13 +52,24 @@ class GatewayContext:
             ),
             redeem_limiter=make_limiter(
                 config.valkey_url,
-                REDEEM_PER_SECOND,
-                REDEEM_BURST,
+                config.rate_limit.redeem_per_second,
+                config.rate_limit.redeem_burst,
                 prefix=f"mosaic:{config.name}:redeem",
             ),
         )
 
+    async def follow_revocations(self) -> None:
+        """Background job: keep the revoked-serial set current (ca-service WatchRevocations)."""
+        ca = ca_pb2_grpc.CertificateAuthorityStub(self.runtime.channels.get(CA))
+        await self.revoked.run(ca)
+
+    async def follow_grant_changes(self) -> None:
+        """Background job: drop cached grants and flush peer channels named by WatchChanges."""
+        grants = grants_pb2_grpc.GrantsStub(self.runtime.channels.get(GRANTS))
+        await watch_changes(grants, self.grant_cache, self.federation_client)
+
     async def close(self) -> None:
+        await self.federation_client.close()
         await self.audit.close()
         await self.grant_limiter.close()
         await self.redeem_limiter.close()

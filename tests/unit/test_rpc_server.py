@@ -83,7 +83,7 @@ async def test_unexpected_exception_reaches_caller_as_generic_internal(
         assert SECRET not in details and "RuntimeError" not in details
         remote = RemoteError.from_rpc_error(err.value)
         assert remote.reason == "INTERNAL"
-        request_id = dict(await call.initial_metadata())[REQUEST_ID_HEADER]
+        request_id = dict(await call.trailing_metadata())[REQUEST_ID_HEADER]
         assert request_id in details and remote.metadata["request_id"] == request_id
     finally:
         await channel.close()

@@ -90,7 +90,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     ) -> str:
         rid = incoming or new_request_id()
         request_id_var.set(rid)
-        await context.send_initial_metadata(((REQUEST_ID_HEADER, rid),))
+        # Trailing metadata rides on the status frame: no extra send on the hot path.
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
         if self._authorize is not None:
             await self._authorize(method, context)
         return rid
@@ -138,13 +139,30 @@ async def _fail(
         raise exc
     if isinstance(exc, ServiceError):
         _access_log(method, exc.code, started, reason=exc.reason)
-        await context.abort_with_status(exc.to_status())
+        await context.abort_with_status(_with_request_id(exc.to_status(), rid))
         raise exc
     # Unexpected: the traceback stays in our log; the caller learns only the request id.
     log.error("unhandled exception in %s", method, exc_info=exc)
     _access_log(method, grpc.StatusCode.INTERNAL, started, reason="INTERNAL")
-    await context.abort_with_status(internal_error(rid or new_request_id()).to_status())
+    rid = rid or new_request_id()
+    await context.abort_with_status(_with_request_id(internal_error(rid).to_status(), rid))
     raise exc
+
+
+def _with_request_id(status: grpc.Status, rid: str) -> grpc.Status:
+    """The status with the request id added to its trailing metadata (abort replaces it)."""
+    if not rid:
+        return status
+    metadata = (*(status.trailing_metadata or ()), (REQUEST_ID_HEADER, rid))
+    return status._replace(trailing_metadata=metadata)  # type: ignore[attr-defined,no-any-return]
+
+
+def response_request_id(metadata: Any) -> str:
+    """The request id a server returned (in trailing metadata), or ""."""
+    for key, value in metadata or ():
+        if key == REQUEST_ID_HEADER and isinstance(value, str):
+            return value
+    return ""
 
 
 def _access_log(method: str, code: grpc.StatusCode, started: float, reason: str = "") -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 
 from federation_gateway.admin.base import AdminBase
 from mosaic.config import GRANTS
-from mosaic.federation.v1 import gateway_pb2, grants_pb2
+from mosaic.federation.v1 import ca_pb2, gateway_pb2, grants_pb2
+
+log = logging.getLogger("mosaic.admin")
 
 
 class GrantsAdminMixin(AdminBase):
@@ -30,7 +34,15 @@ class GrantsAdminMixin(AdminBase):
     async def RevokeGrant(
         self, request: grants_pb2.RevokeGrantRequest, context: grpc.aio.ServicerContext
     ) -> grants_pb2.RevokeGrantResponse:
-        return await self.forward(self.grants.RevokeGrant(request))
+        """Revoke the grant, then every certificate issued for it.
+
+        The grant's status alone already stops every request; revoking the
+        certificates too puts their serials on every gateway's revoked set and, with
+        step-ca, at the CA.
+        """
+        reply = await self.forward(self.grants.RevokeGrant(request))
+        await self._revoke_certificates([reply.grant.id], request.reason or "grant revoked")
+        return reply
 
     async def GetPeer(
         self, request: grants_pb2.GetPeerRequest, context: grpc.aio.ServicerContext
@@ -45,7 +57,28 @@ class GrantsAdminMixin(AdminBase):
     async def SetPeerState(
         self, request: grants_pb2.SetPeerStateRequest, context: grpc.aio.ServicerContext
     ) -> grants_pb2.SetPeerStateResponse:
-        return await self.forward(self.grants.SetPeerState(request))
+        reply = await self.forward(self.grants.SetPeerState(request))
+        if request.state == grants_pb2.PEER_STATE_REVOKED:
+            grants = await self.forward(
+                self.grants.ListGrants(grants_pb2.ListGrantsRequest(peer_id=reply.peer.id))
+            )
+            await self._revoke_certificates(
+                [g.id for g in grants.grants], request.reason or "peer revoked"
+            )
+        return reply
+
+    async def _revoke_certificates(self, grant_ids: list[str], reason: str) -> None:
+        """Best effort: a CA that is down must not undo a revocation that already holds."""
+        for grant_id in grant_ids:
+            try:
+                await self.ca.RevokeCertificate(
+                    ca_pb2.RevokeCertificateRequest(grant_id=grant_id, reason=reason)
+                )
+            except grpc.aio.AioRpcError as err:
+                log.warning(
+                    "certificates of a revoked grant not revoked at the CA",
+                    extra={"grant_id": grant_id, "code": err.code().name},
+                )
 
     async def RemovePeer(
         self, request: grants_pb2.RemovePeerRequest, context: grpc.aio.ServicerContext

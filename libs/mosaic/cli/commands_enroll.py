@@ -1,0 +1,90 @@
+"""`mosaic federation grant token` (serving side) and `peer add` (querying side)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from mosaic.cli.admin import call_admin, load_or_fail
+from mosaic.cli.commands_grants import iso, peer_doc
+from mosaic.cli.federation import grant_app, peer_app
+from mosaic.cli.output import EXIT_USAGE, console, emit, fail, fields, state
+from mosaic.enrollment_url import EnrollmentURLError, parse_enrollment_url
+from mosaic.federation.v1 import enrollment_pb2, gateway_pb2
+
+# The admin call of `peer add` waits for the other gateway (TLS probe, CA issuance).
+ADD_PEER_TIMEOUT_S = 90.0
+CREATE_TOKEN_TIMEOUT_S = 20.0
+
+
+@grant_app.command("token")
+def grant_token(
+    ctx: typer.Context,
+    grant_id: Annotated[str, typer.Argument(metavar="ID", help="A pending grant.")],
+    ttl: Annotated[
+        int, typer.Option("--ttl", help="Seconds the token stays valid (1-900; default 900).")
+    ] = 0,
+) -> None:
+    """Make a single-use enrollment URL for a pending grant (hand it to the peer's admin)."""
+    if ttl < 0 or ttl > 900:
+        fail(ctx, "USAGE", "--ttl must be between 1 and 900 seconds", exit_code=EXIT_USAGE)
+    config = load_or_fail(ctx, state(ctx).home)
+    request = enrollment_pb2.CreateTokenRequest(grant_id=grant_id, ttl_seconds=ttl)
+    reply = call_admin(
+        ctx,
+        config,
+        lambda stub, md: stub.CreateToken(request, metadata=md, timeout=CREATE_TOKEN_TIMEOUT_S),
+    )
+    doc: dict[str, Any] = {
+        "token": reply.token,
+        "enrollment_url": reply.enrollment_url,
+        "expires_at": iso(reply.expires_at, reply.HasField("expires_at")),
+        "grant_id": reply.grant_id,
+        "peer_id": reply.peer_id,
+    }
+
+    def human() -> None:
+        console.print("enrollment URL for grant " + reply.grant_id + ":", highlight=False)
+        console.print()
+        console.print(reply.enrollment_url, soft_wrap=True, highlight=False, markup=False)
+        console.print()
+        console.print(
+            f"[yellow]This URL is a secret.[/] It can be used once, until {doc['expires_at']}. "
+            "Send it to the other gateway's administrator over a private channel; they run "
+            "`mosaic federation peer add URL`.",
+            highlight=False,
+        )
+
+    emit(ctx, doc, human)
+
+
+@peer_app.command("add")
+def peer_add(
+    ctx: typer.Context,
+    url: Annotated[
+        str, typer.Argument(metavar="URL", help="The enrollment URL (mosaic-enroll://…).")
+    ],
+    name: Annotated[
+        str, typer.Option("--name", help="Local name for the peer (default: its host).")
+    ] = "",
+) -> None:
+    """Enroll with a gateway that granted us access: pin its CA, redeem, store the peer."""
+    try:
+        parse_enrollment_url(url)
+    except EnrollmentURLError as exc:
+        fail(
+            ctx,
+            "ENROLLMENT_URL_INVALID",
+            str(exc),
+            "paste the URL exactly as `mosaic federation grant token` printed it",
+        )
+    config = load_or_fail(ctx, state(ctx).home)
+    request = gateway_pb2.AddPeerRequest(enrollment_url=url.strip(), name=name)
+    reply = call_admin(
+        ctx,
+        config,
+        lambda stub, md: stub.AddPeer(request, metadata=md, timeout=ADD_PEER_TIMEOUT_S),
+    )
+    doc = peer_doc(reply.peer)
+    emit(ctx, doc, lambda: fields(f"peer {doc['name']} added", doc))

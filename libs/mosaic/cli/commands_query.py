@@ -1,0 +1,253 @@
+"""`mosaic federation query PEER …` and `mosaic federation audit list`.
+
+A query goes to this gateway's admin API, which asks the peer over mTLS (FederationClient);
+nothing the peer returns is written to disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Annotated, Any
+
+import grpc
+import typer
+from google.protobuf import timestamp_pb2
+
+from mosaic.cli.admin import admin_channel, admin_metadata, call_admin, load_or_fail
+from mosaic.cli.federation import audit_app, query_app
+from mosaic.cli.output import EXIT_USAGE, emit, fail, fields, state, table
+from mosaic.errors import RemoteError
+from mosaic.federation.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+
+_PEER_KEY = "mosaic.query.peer"
+
+
+def _iso(ts: timestamp_pb2.Timestamp, present: bool = True) -> str | None:
+    if not present:
+        return None
+    return ts.ToDatetime(tzinfo=dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def item_doc(item: common_pb2.ResourceItem) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "resource": item.resource,
+        "title": item.title,
+        "body": item.body,
+        "owner_user_id": item.owner_user_id,
+        "team_id": item.team_id or None,
+        "updated_at": _iso(item.updated_at, item.HasField("updated_at")),
+    }
+
+
+def query_doc(reply: gateway_pb2.QueryResponse) -> dict[str, Any]:
+    """DESIGN.md field names: items, next_page_token, stale, fetched_at (+ request_id)."""
+    doc: dict[str, Any] = {}
+    verb = reply.WhichOneof("result")
+    if verb == "capabilities":
+        caps = reply.capabilities
+        doc["capabilities"] = {
+            "resources": list(caps.resources),
+            "verbs": list(caps.verbs),
+            "max_rows_per_query": caps.max_rows_per_query,
+            "rate_limit_per_second": caps.rate_limit_per_second,
+            "rate_limit_burst": caps.rate_limit_burst,
+            "server_version": caps.server_version,
+            "grant_id": caps.grant_id,
+            "subject_user_id": caps.subject_user_id,
+        }
+    elif verb == "list":
+        doc["items"] = [item_doc(i) for i in reply.list.items]
+        doc["next_page_token"] = reply.list.next_page_token or None
+    elif verb == "get":
+        doc["items"] = [item_doc(reply.get.item)]
+    elif verb == "search":
+        doc["items"] = [item_doc(i) for i in reply.search.items]
+    doc["stale"] = reply.stale
+    doc["fetched_at"] = _iso(reply.fetched_at, reply.HasField("fetched_at"))
+    doc["request_id"] = reply.request_id
+    return doc
+
+
+@query_app.callback()
+def query(
+    ctx: typer.Context,
+    peer: Annotated[str, typer.Argument(metavar="PEER", help="Peer id or name (outbound).")],
+) -> None:
+    """Query a peer gateway we enrolled with: capabilities, list, get or search."""
+    ctx.meta[_PEER_KEY] = peer
+
+
+def _query(ctx: typer.Context, request: gateway_pb2.QueryRequest) -> gateway_pb2.QueryResponse:
+    """Like call_admin, but a failure also shows the peer's own reason and request id."""
+    config = load_or_fail(ctx, state(ctx).home)
+
+    async def run() -> gateway_pb2.QueryResponse:
+        async with admin_channel(config) as channel:
+            stub = gateway_pb2_grpc.FederationAdminStub(channel)
+            return await stub.Query(request, metadata=admin_metadata(config), timeout=30)
+
+    try:
+        return asyncio.run(run())
+    except grpc.aio.AioRpcError as err:
+        remote = RemoteError.from_rpc_error(err)
+        extra: dict[str, Any] = {
+            k: v for k, v in remote.metadata.items() if k in ("server_reason", "request_id")
+        }
+        if remote.retry_after_s is not None:
+            extra["retry_after_s"] = remote.retry_after_s
+        if remote.violations:
+            extra["violations"] = [f"{f}: {d}" for f, d in remote.violations]
+        remediation = remote.remediation
+        if remote.code == grpc.StatusCode.UNAVAILABLE and not remediation:
+            remediation = "is the gateway running? start it with `mosaic up`"
+        fail(ctx, remote.reason, remote.message, remediation, extra=extra)
+
+
+def _run(ctx: typer.Context, request: gateway_pb2.QueryRequest) -> None:
+    request.peer = ctx.meta[_PEER_KEY]
+    doc = query_doc(_query(ctx, request))
+
+    def human() -> None:
+        note = " (STALE: peer unreachable, cached answer)" if doc["stale"] else ""
+        if "capabilities" in doc:
+            fields(f"capabilities of {request.peer}{note}", doc["capabilities"])
+        else:
+            table(
+                f"{request.peer}: {len(doc['items'])} row(s){note}",
+                ["id", "resource", "title", "team", "updated"],
+                [
+                    (i["id"], i["resource"], i["title"], i["team_id"] or "", i["updated_at"])
+                    for i in doc["items"]
+                ],
+            )
+            if doc.get("next_page_token"):
+                typer.echo(f"next page: --page-token {doc['next_page_token']}")
+        typer.echo(f"fetched at {doc['fetched_at']}, peer request id {doc['request_id']}")
+
+    emit(ctx, doc, human)
+
+
+@query_app.command("capabilities")
+def query_capabilities(ctx: typer.Context) -> None:
+    """What the grant lets us read: resources, verbs, row cap, rate limit."""
+    _run(ctx, gateway_pb2.QueryRequest(capabilities=gateway_pb2.CapabilitiesRequest()))
+
+
+@query_app.command("list")
+def query_list(
+    ctx: typer.Context,
+    resource: Annotated[str, typer.Argument(metavar="RESOURCE")],
+    limit: Annotated[int, typer.Option("--limit", help="Rows per page (capped by B).")] = 0,
+    page_token: Annotated[
+        str, typer.Option("--page-token", help="next_page_token of the previous page.")
+    ] = "",
+) -> None:
+    """One page of RESOURCE rows, in id order."""
+    if limit < 0:
+        fail(ctx, "USAGE", "--limit must not be negative", exit_code=EXIT_USAGE)
+    _run(
+        ctx,
+        gateway_pb2.QueryRequest(
+            list=gateway_pb2.ListRequest(resource=resource, page_size=limit, page_token=page_token)
+        ),
+    )
+
+
+@query_app.command("get")
+def query_get(
+    ctx: typer.Context,
+    resource: Annotated[str, typer.Argument(metavar="RESOURCE")],
+    row_id: Annotated[str, typer.Argument(metavar="ID")],
+) -> None:
+    """One row by id."""
+    _run(ctx, gateway_pb2.QueryRequest(get=gateway_pb2.GetRequest(resource=resource, id=row_id)))
+
+
+@query_app.command("search")
+def query_search(
+    ctx: typer.Context,
+    resource: Annotated[str, typer.Argument(metavar="RESOURCE")],
+    text: Annotated[str, typer.Argument(metavar="TEXT")],
+    limit: Annotated[int, typer.Option("--limit", help="Most rows to return.")] = 0,
+) -> None:
+    """Rows of RESOURCE containing every word of TEXT."""
+    if limit < 0:
+        fail(ctx, "USAGE", "--limit must not be negative", exit_code=EXIT_USAGE)
+    _run(
+        ctx,
+        gateway_pb2.QueryRequest(
+            search=gateway_pb2.SearchRequest(resource=resource, query=text, limit=limit)
+        ),
+    )
+
+
+@audit_app.command("list")
+def audit_list(
+    ctx: typer.Context,
+    peer: Annotated[str | None, typer.Option("--peer", help="Peer id or name.")] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="ISO 8601 time; rows at or after it.")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", help="Most rows (1-1000).")] = 100,
+) -> None:
+    """Peer requests this gateway served or refused, newest first."""
+    if not 1 <= limit <= 1000:
+        fail(ctx, "USAGE", "--limit must be between 1 and 1000", exit_code=EXIT_USAGE)
+    request = gateway_pb2.ListAuditRequest(peer_id=peer or "", limit=limit)
+    if since is not None:
+        try:
+            parsed = dt.datetime.fromisoformat(since)
+        except ValueError:
+            fail(
+                ctx,
+                "USAGE",
+                f"--since must be an ISO 8601 time, got {since!r}",
+                "e.g. 2030-01-31T12:00:00Z",
+                exit_code=EXIT_USAGE,
+            )
+        request.since.FromDatetime(parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC))
+    config = load_or_fail(ctx, state(ctx).home)
+    reply = call_admin(ctx, config, lambda stub, md: stub.ListAudit(request, metadata=md))
+    docs = [
+        {
+            "id": e.id,
+            "created_at": _iso(e.created_at),
+            "request_id": e.request_id,
+            "peer_id": e.peer_id or None,
+            "grant_id": e.grant_id or None,
+            "subject_user_id": e.subject_user_id or None,
+            "verb": e.verb,
+            "resource": e.resource or None,
+            "status": e.status,
+            "outcome": e.outcome,
+            "reason": e.reason or None,
+            "query_hash": e.query_hash or None,
+            "bytes_out": e.bytes_out,
+            "latency_ms": round(e.latency_ms, 3),
+            "source_address": e.source_address or None,
+        }
+        for e in reply.entries
+    ]
+    emit(
+        ctx,
+        {"entries": docs},
+        lambda: table(
+            f"audit ({len(docs)})",
+            ["time", "request id", "peer", "verb", "resource", "status", "outcome", "reason"],
+            [
+                (
+                    d["created_at"],
+                    d["request_id"],
+                    d["peer_id"] or "",
+                    d["verb"],
+                    d["resource"] or "",
+                    d["status"],
+                    d["outcome"],
+                    d["reason"] or "",
+                )
+                for d in docs
+            ],
+        ),
+    )

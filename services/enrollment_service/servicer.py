@@ -1,0 +1,428 @@
+"""Enrollment: single-use tokens, and the redeem that turns one into an active grant.
+
+Redeem, step by step (only the gateway calls it):
+
+1. claim the token (``unused → redeeming``, one conditional UPDATE: exactly one of any
+   number of concurrent redeems wins; the others are told why from the row they lost);
+2. read the grant: it must still be pending and bound to the token's peer;
+3. have the CA issue the certificate — on failure the claim is released, the token stays
+   usable, and the CA's error goes back unchanged (a bad CSR is INVALID_ARGUMENT);
+4. in one grants-service transaction activate grant and peer (both conditionally) —
+   on failure the just-issued certificate is revoked and the claim released;
+5. mark the token used.
+
+Refusals say what happened to *this* token with their own reason code and a generic
+message; the grant and peer ids go in the error metadata for the gateway's audit row
+(the gateway strips them before answering the peer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Final
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from enrollment_service import domain
+from enrollment_service.store import TokenRow, TokenStore
+from mosaic.errors import (
+    INVALID_ARGUMENT,
+    RemoteError,
+    ServiceError,
+    failed_precondition,
+    invalid_argument,
+)
+from mosaic.federation.v1 import (
+    ca_pb2,
+    ca_pb2_grpc,
+    enrollment_pb2,
+    enrollment_pb2_grpc,
+    grants_pb2,
+    grants_pb2_grpc,
+)
+from mosaic.logs import token_hint
+from mosaic.sqltypes import utcnow
+
+log = logging.getLogger("enrollment_service")
+
+# Deadlines inside one redeem; together well below domain.CLAIM_DURATION.
+GRANTS_TIMEOUT_S: Final = 10.0
+CA_TIMEOUT_S: Final = 20.0
+ABORTED_REASON: Final = "enrollment aborted"
+
+REMEDIATION: Final = (
+    "ask the serving gateway's administrator for a new enrollment URL "
+    "(`mosaic federation grant token GRANT_ID`)"
+)
+_STATUS_FOR_REASON: Final = {
+    domain.TOKEN_UNKNOWN: grpc.StatusCode.UNAUTHENTICATED,
+    domain.TOKEN_EXPIRED: grpc.StatusCode.UNAUTHENTICATED,
+    domain.TOKEN_ALREADY_USED: grpc.StatusCode.UNAUTHENTICATED,
+    domain.TOKEN_BINDING_MISMATCH: grpc.StatusCode.UNAUTHENTICATED,
+    domain.TOKEN_IN_USE: grpc.StatusCode.ABORTED,
+    domain.GRANT_NOT_PENDING: grpc.StatusCode.FAILED_PRECONDITION,
+}
+_GRANT_PENDING = grants_pb2.GRANT_STATUS_PENDING
+_ENROLLABLE_PEER_STATES = (grants_pb2.PEER_STATE_PENDING, grants_pb2.PEER_STATE_ACTIVE)
+
+
+@dataclass
+class _Progress:
+    """How far one redeem got: once the grant is active the claim is never released."""
+
+    activated: bool = False
+
+
+class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
+    def __init__(
+        self,
+        store: TokenStore,
+        grants: grants_pb2_grpc.GrantsStub,
+        ca: ca_pb2_grpc.CertificateAuthorityStub,
+    ) -> None:
+        self._store = store
+        self._grants = grants
+        self._ca = ca
+
+    # ---- CreateToken -----------------------------------------------------------------
+
+    async def CreateToken(
+        self, request: enrollment_pb2.CreateTokenRequest, context: grpc.aio.ServicerContext
+    ) -> enrollment_pb2.CreateTokenResponse:
+        try:
+            ttl = domain.token_ttl(request.ttl_seconds)
+        except domain.InvalidTTL as exc:
+            raise invalid_argument(
+                domain.TOKEN_TTL_INVALID,
+                str(exc),
+                violations=[("ttl_seconds", f"0 (default) or 1..{domain.MAX_TTL_S}")],
+            ) from None
+        grant_id = _uuid_argument("grant_id", request.grant_id)
+        reply = await self._get_grant(str(grant_id))
+        grant, peer = reply.grant, reply.peer
+        if grant.status != _GRANT_PENDING:
+            raise failed_precondition(
+                domain.GRANT_NOT_PENDING,
+                f"grant {grant.id} is {_grant_status(grant.status)}; tokens are only made "
+                "for pending grants",
+                remediation="create a new grant with `mosaic federation grant create`",
+                metadata={"current_state": _grant_status(grant.status)},
+            )
+        if (
+            peer.id != grant.peer_id
+            or peer.direction != grants_pb2.PEER_DIRECTION_INBOUND
+            or peer.state not in _ENROLLABLE_PEER_STATES
+        ):
+            raise failed_precondition(
+                domain.TOKEN_BINDING_MISMATCH,
+                f"grant {grant.id}'s peer cannot enroll (it is not a pending or active "
+                "gateway we serve)",
+                remediation="resume the peer or create a new grant for it",
+            )
+        now = utcnow()
+        new = domain.new_token(now, ttl)
+        row = await self._store.create(
+            new, grant_id=grant_id, peer_id=uuid.UUID(grant.peer_id), now=now
+        )
+        log.info(
+            "enrollment token created",
+            extra={
+                "token_id": str(row.id),
+                "token": token_hint(new.token),
+                "grant_id": str(row.grant_id),
+                "peer_id": str(row.peer_id),
+                "expires_at": row.expires_at.isoformat(),
+            },
+        )
+        return enrollment_pb2.CreateTokenResponse(
+            token=new.token,
+            expires_at=_timestamp(row.expires_at),
+            grant_id=str(row.grant_id),
+            peer_id=str(row.peer_id),
+        )
+
+    # ---- Redeem --------------------------------------------------------------------
+
+    async def Redeem(
+        self, request: enrollment_pb2.RedeemRequest, context: grpc.aio.ServicerContext
+    ) -> enrollment_pb2.RedeemResponse:
+        if not request.csr_pem:
+            raise invalid_argument(
+                "CSR_REQUIRED", "csr_pem is required", violations=[("csr_pem", "is required")]
+            )
+        token = request.token
+        hint = token_hint(token)
+        if not domain.is_well_formed_token(token):
+            raise _refused(domain.RedeemRefused(domain.TOKEN_UNKNOWN), None, hint)
+        token_hash = domain.hash_token(token)
+        now = utcnow()
+        row = await self._store.claim(token_hash, now=now, until=now + domain.CLAIM_DURATION)
+        if row is None:
+            found = await self._store.find(token_hash)
+            refusal = domain.refusal_for_unclaimable(found.view() if found else None, utcnow())
+            raise _refused(refusal, found, hint)
+        progress = _Progress()
+        try:
+            return await self._redeem_claimed(row, request.csr_pem, hint, progress)
+        except BaseException:
+            # Whatever stopped the redeem before the grant became active (refusal, CA or
+            # grants failure, cancellation), the token goes back to unused. Shielded so a
+            # cancelled caller cannot leave the claim behind.
+            if not progress.activated:
+                await asyncio.shield(self._release(row))
+            raise
+
+    async def _redeem_claimed(
+        self, row: TokenRow, csr_pem: str, hint: str, progress: _Progress
+    ) -> enrollment_pb2.RedeemResponse:
+        grant_reply = await self._get_grant(str(row.grant_id))
+        grant = grant_reply.grant
+        if grant.status != _GRANT_PENDING:
+            raise _refused(
+                domain.RedeemRefused(
+                    domain.GRANT_NOT_PENDING,
+                    "the grant this enrollment token is for is no longer pending",
+                ),
+                row,
+                hint,
+            )
+        if grant.peer_id != str(row.peer_id) or grant.id != str(row.grant_id):
+            raise _refused(domain.RedeemRefused(domain.TOKEN_BINDING_MISMATCH), row, hint)
+
+        try:
+            issued = await self._ca.IssueCertificate(
+                ca_pb2.IssueCertificateRequest(
+                    csr_pem=csr_pem,
+                    grant_id=grant.id,
+                    subject_user_id=grant.subject_user_id,
+                    peer_id=grant.peer_id,
+                ),
+                timeout=CA_TIMEOUT_S,
+            )
+        except grpc.aio.AioRpcError as err:
+            remote = RemoteError.from_rpc_error(err)
+            log.info(
+                "redeem failed at the CA; the token stays usable",
+                extra=_ids(row, hint) | {"reason": remote.reason, "code": remote.code.name},
+            )
+            raise remote.to_service_error() from None
+
+        await self._activate(row, grant, issued, hint)
+        progress.activated = True
+        try:
+            marked = await asyncio.shield(
+                self._store.mark_used(row.id, serial=issued.serial, now=utcnow())
+            )
+        except Exception:
+            # The grant is active with this certificate, so a later claim of this token
+            # finds the grant no longer pending: still single use. Hand out the result.
+            log.exception("could not mark the enrollment token used", extra=_ids(row, hint))
+            marked = False
+        if not marked:
+            log.warning("enrollment token was not marked used", extra=_ids(row, hint))
+        log.info(
+            "enrollment token redeemed",
+            extra=_ids(row, hint) | {"serial": issued.serial},
+        )
+        trust = await self._trust_bundle()
+        chain = list(issued.chain_pem)
+        # With the step-ca backend the client certificate chains to step-ca's root, not
+        # to the root the peer pinned: send that root along (over the pinned channel) so
+        # the peer can verify the whole chain.
+        if trust.root_pem and trust.root_sha256 != trust.server_root_sha256:
+            chain.append(trust.root_pem)
+        return enrollment_pb2.RedeemResponse(
+            certificate_pem=issued.certificate_pem,
+            chain_pem=chain,
+            grant_id=grant.id,
+            subject_user_id=grant.subject_user_id,
+            peer_id=grant.peer_id,
+            serial=issued.serial,
+            not_after=issued.not_after,
+        )
+
+    async def _activate(
+        self,
+        row: TokenRow,
+        grant: grants_pb2.Grant,
+        issued: ca_pb2.IssueCertificateResponse,
+        hint: str,
+    ) -> None:
+        """Activate grant and peer with the new certificate; revoke it if that fails."""
+        request = grants_pb2.ActivateGrantAndPeerRequest(
+            grant_id=grant.id,
+            peer_id=grant.peer_id,
+            cert_serial=issued.serial,
+            cert_pem=issued.certificate_pem,
+            cert_not_after=issued.not_after,
+            token_id=str(row.id),
+        )
+        try:
+            await self._grants.ActivateGrantAndPeer(request, timeout=GRANTS_TIMEOUT_S)
+            return
+        except grpc.aio.AioRpcError as err:
+            remote = RemoteError.from_rpc_error(err)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._settle_cancelled(row, grant, issued, hint))
+            raise
+        if remote.code not in _DEFINITE_REFUSALS and await self._activated_with(
+            grant.id, issued.serial
+        ):
+            # The transaction committed but its answer was lost.
+            return
+        log.info(
+            "activation refused; revoking the certificate just issued",
+            extra=_ids(row, hint) | {"reason": remote.reason, "serial": issued.serial},
+        )
+        await self._undo_issuance(row, grant, issued, hint)
+        raise remote.to_service_error()
+
+    async def _settle_cancelled(
+        self,
+        row: TokenRow,
+        grant: grants_pb2.Grant,
+        issued: ca_pb2.IssueCertificateResponse,
+        hint: str,
+    ) -> None:
+        """The caller went away during activation: finish whichever way it went."""
+        if await self._activated_with(grant.id, issued.serial):
+            await self._store.mark_used(row.id, serial=issued.serial, now=utcnow())
+        else:
+            await self._undo_issuance(row, grant, issued, hint)
+
+    async def _activated_with(self, grant_id: str, serial: str) -> bool:
+        try:
+            reply = await self._grants.GetGrant(
+                grants_pb2.GetGrantRequest(id=grant_id), timeout=GRANTS_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError:
+            return False
+        return (
+            reply.grant.status == grants_pb2.GRANT_STATUS_ACTIVE
+            and reply.peer.cert_serial == serial
+        )
+
+    async def _undo_issuance(
+        self,
+        row: TokenRow,
+        grant: grants_pb2.Grant,
+        issued: ca_pb2.IssueCertificateResponse,
+        hint: str,
+    ) -> None:
+        try:
+            await self._ca.RevokeCertificate(
+                ca_pb2.RevokeCertificateRequest(serial=issued.serial, reason=ABORTED_REASON),
+                timeout=CA_TIMEOUT_S,
+            )
+        except grpc.aio.AioRpcError as err:
+            # It is recorded as issued for a grant that never became active; the grant
+            # cannot be activated with it any more, so it opens nothing.
+            log.error(
+                "could not revoke the certificate of an aborted enrollment",
+                extra=_ids(row, hint) | {"serial": issued.serial, "code": err.code().name},
+            )
+
+    async def _release(self, row: TokenRow) -> None:
+        try:
+            await self._store.release(row.id, failed=True)
+        except Exception:
+            log.exception(
+                "could not release an enrollment token claim; it frees itself when the "
+                "claim times out",
+                extra={"token_id": str(row.id)},
+            )
+
+    async def _get_grant(self, grant_id: str) -> grants_pb2.GetGrantResponse:
+        try:
+            reply: grants_pb2.GetGrantResponse = await self._grants.GetGrant(
+                grants_pb2.GetGrantRequest(id=grant_id), timeout=GRANTS_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as err:
+            remote = RemoteError.from_rpc_error(err)
+            if remote.code == grpc.StatusCode.NOT_FOUND:
+                raise ServiceError(
+                    grpc.StatusCode.NOT_FOUND,
+                    remote.reason,
+                    f"no grant {grant_id}",
+                    remediation="list grants with `mosaic federation grant list`",
+                ) from None
+            raise remote.to_service_error() from None
+        return reply
+
+    async def _trust_bundle(self) -> ca_pb2.GetTrustBundleResponse:
+        try:
+            reply: ca_pb2.GetTrustBundleResponse = await self._ca.GetTrustBundle(
+                ca_pb2.GetTrustBundleRequest(), timeout=CA_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as err:
+            # The certificate is issued and the grant active: answer without the extra
+            # root rather than fail (the local backend never needs it).
+            log.warning("trust bundle unavailable", extra={"code": err.code().name})
+            return ca_pb2.GetTrustBundleResponse()
+        return reply
+
+
+# A refusal that certainly did not commit (anything else may have committed unseen).
+_DEFINITE_REFUSALS: Final = frozenset(
+    {
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+    }
+)
+
+
+def _refused(refusal: domain.RedeemRefused, row: TokenRow | None, hint: str) -> ServiceError:
+    metadata: dict[str, str] = {}
+    if row is not None:
+        metadata = {"grant_id": str(row.grant_id), "peer_id": str(row.peer_id)}
+    log.info(
+        "redeem refused",
+        extra={"reason": refusal.reason, "token": hint}
+        | ({"token_id": str(row.id)} if row is not None else {}),
+    )
+    return ServiceError(
+        _STATUS_FOR_REASON[refusal.reason],
+        refusal.reason,
+        refusal.message,
+        remediation=REMEDIATION,
+        metadata=metadata,
+    )
+
+
+def _ids(row: TokenRow, hint: str) -> dict[str, str]:
+    return {
+        "token_id": str(row.id),
+        "token": hint,
+        "grant_id": str(row.grant_id),
+        "peer_id": str(row.peer_id),
+    }
+
+
+def _uuid_argument(field: str, value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise invalid_argument(
+            INVALID_ARGUMENT,
+            f"{field} must be a UUID",
+            violations=[(field, "must be a UUID (8-4-4-4-12 hex digits)")],
+        ) from None
+
+
+def _grant_status(status: grants_pb2.GrantStatus.ValueType) -> str:
+    name: str = grants_pb2.GrantStatus.Name(status)
+    return name.removeprefix("GRANT_STATUS_").lower()
+
+
+def _timestamp(moment: dt.datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp

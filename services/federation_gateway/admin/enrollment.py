@@ -1,0 +1,434 @@
+"""FederationAdmin: enrollment tokens (serving side) and `peer add` (querying side).
+
+``AddPeer`` is the whole querying side of flow 3 (DESIGN.md):
+
+1. parse the enrollment URL; refuse a peer name already in use before spending the token;
+2. open a TLS connection to the serving gateway's enrollment listener *without*
+   verification, only to read the chain it presents, and take from it the root whose
+   SHA-256 equals the pin — none matches: abort (CA_PIN_MISMATCH) before anything is sent;
+3. make a P-256 key and a CSR, dial the listener trusting only that root, redeem;
+4. check the answer: the certificate chains to the pinned root (or to a root the serving
+   gateway sent over that pinned channel), its grant extensions are what it reported,
+   and its key is ours;
+5. hand everything to grants-service, which seals the private key bound to the new
+   outbound peer's row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import ssl
+from dataclasses import dataclass
+from typing import Final
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.x509.oid import NameOID
+
+from federation_gateway.admin.base import AdminBase
+from mosaic.enrollment_url import (
+    EnrollmentURL,
+    EnrollmentURLError,
+    build_enrollment_url,
+    parse_enrollment_url,
+)
+from mosaic.errors import (
+    RemoteError,
+    ServiceError,
+    failed_precondition,
+    invalid_argument,
+    unavailable,
+)
+from mosaic.federation.v1 import (
+    enrollment_pb2,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    grants_pb2,
+)
+from mosaic.logs import token_hint
+from mosaic.rpc.channels import secure_channel
+from mosaic.x509ext import (
+    ChainError,
+    InvalidGrantExtension,
+    canonical_uuid,
+    certs_to_pem,
+    grant_identity,
+    serial_hex,
+    sha256_fingerprint,
+    verify_chain,
+)
+
+log = logging.getLogger("federation_gateway.enrollment")
+
+CREATE_TOKEN_TIMEOUT_S: Final = 15.0
+PROBE_TIMEOUT_S: Final = 10.0
+REDEEM_TIMEOUT_S: Final = 60.0
+ROOT_CERT: Final = "root.crt"
+
+CA_PIN_MISMATCH: Final = "CA_PIN_MISMATCH"
+ENROLLMENT_URL_INVALID: Final = "ENROLLMENT_URL_INVALID"
+INVALID_RESPONSE: Final = "INVALID_RESPONSE"
+NETWORK: Final = "NETWORK"
+PEER_NAME_TAKEN: Final = "PEER_NAME_TAKEN"
+PEER_NAME_INVALID: Final = "PEER_NAME_INVALID"
+# grants-service's rule for peer names, checked here too so that a bad --name is refused
+# before the single-use token is spent.
+_PEER_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_ENDPOINT: Final = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}")
+
+
+class EnrollmentAdminMixin(AdminBase):
+    """grant token (B) and peer add (A)."""
+
+    # ---- serving side ------------------------------------------------------------------
+
+    async def CreateToken(
+        self, request: enrollment_pb2.CreateTokenRequest, context: grpc.aio.ServicerContext
+    ) -> enrollment_pb2.CreateTokenResponse:
+        reply: enrollment_pb2.CreateTokenResponse = await self.forward(
+            self.enrollment.CreateToken(request, timeout=CREATE_TOKEN_TIMEOUT_S)
+        )
+        reply.enrollment_url = build_enrollment_url(
+            self.config.host,
+            self.config.ports.enrollment,
+            reply.token,
+            self._server_root_fingerprint(),
+        )
+        log.info(
+            "enrollment URL made",
+            extra={"token": token_hint(reply.token), "grant_id": reply.grant_id},
+        )
+        return reply
+
+    def _server_root_fingerprint(self) -> str:
+        root = x509.load_pem_x509_certificate(
+            (self.config.federation_pki_dir / ROOT_CERT).read_bytes()
+        )
+        return sha256_fingerprint(root)
+
+    # ---- querying side -----------------------------------------------------------------
+
+    async def AddPeer(
+        self, request: gateway_pb2.AddPeerRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.AddPeerResponse:
+        try:
+            target = parse_enrollment_url(request.enrollment_url)
+        except EnrollmentURLError as exc:
+            raise invalid_argument(
+                ENROLLMENT_URL_INVALID,
+                str(exc),
+                remediation="paste the URL exactly as `mosaic federation grant token` printed it",
+                violations=[("enrollment_url", str(exc))],
+            ) from None
+        name = request.name or target.host
+        await self._check_name_free(name)
+
+        root = await fetch_pinned_root(target)
+        key = ec.generate_private_key(ec.SECP256R1())
+        csr = _csr(key, self.config.name)
+        reply = await self._redeem(target, root, csr)
+        accepted = _accept(reply, key, root, target)
+
+        try:
+            registered: grants_pb2.RegisterOutboundPeerResponse = (
+                await self.grants.RegisterOutboundPeer(
+                    grants_pb2.RegisterOutboundPeerRequest(
+                        name=name,
+                        endpoint=reply.federation_endpoint,
+                        cert_pem=accepted.cert_chain_pem,
+                        ca_bundle_pem=accepted.ca_bundle_pem,
+                        client_key_pem=_private_pem(key),
+                        remote_grant_id=accepted.grant_id,
+                        remote_subject_user_id=accepted.subject_user_id,
+                    )
+                )
+            )
+        except grpc.aio.AioRpcError as err:
+            remote = RemoteError.from_rpc_error(err)
+            log.error(
+                "enrolled, but the peer could not be stored; the token is spent",
+                extra={"reason": remote.reason, "serial": accepted.serial, "peer_name": name},
+            )
+            raise ServiceError(
+                remote.code,
+                remote.reason,
+                f"enrolled with {target.endpoint}, but storing the peer failed: {remote.message}",
+                remediation=(
+                    "the enrollment token is spent: ask the serving gateway's administrator "
+                    f"to revoke grant {accepted.grant_id} and make a new grant and token"
+                ),
+                violations=remote.violations,
+            ) from None
+        peer = registered.peer
+        log.info(
+            "peer added",
+            extra={
+                "peer_id": peer.id,
+                "peer_name": peer.name,
+                "endpoint": peer.endpoint,
+                "serial": peer.cert_serial,
+                "token": token_hint(target.token),
+            },
+        )
+        return gateway_pb2.AddPeerResponse(peer=peer)
+
+    async def _check_name_free(self, name: str) -> None:
+        if _PEER_NAME.fullmatch(name) is None:
+            raise invalid_argument(
+                PEER_NAME_INVALID,
+                f"peer name {name!r} is not allowed; use 1-128 letters, digits, '.', '_' "
+                "and '-', starting with a letter or digit",
+                violations=[("name", "letters, digits, '.', '_', '-'")],
+            )
+        try:
+            await self.grants.GetPeer(grants_pb2.GetPeerRequest(id=name))
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                return
+            raise RemoteError.from_rpc_error(err).to_service_error() from None
+        raise ServiceError(
+            grpc.StatusCode.ALREADY_EXISTS,
+            PEER_NAME_TAKEN,
+            f"a peer named {name!r} already exists",
+            remediation="pass another --name (the enrollment token was not used)",
+        )
+
+    async def _redeem(
+        self, target: EnrollmentURL, root: x509.Certificate, csr: x509.CertificateSigningRequest
+    ) -> enrollment_pb2.RedeemResponse:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=root.public_bytes(serialization.Encoding.PEM)
+        )
+        channel = secure_channel(target.endpoint, credentials)
+        try:
+            stub = gateway_pb2_grpc.PeerEnrollmentStub(channel)
+            reply: enrollment_pb2.RedeemResponse = await stub.Redeem(
+                gateway_pb2.PeerRedeemRequest(
+                    token=target.token,
+                    csr_pem=csr.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+                ),
+                timeout=REDEEM_TIMEOUT_S,
+            )
+        except grpc.aio.AioRpcError as err:
+            raise _redeem_error(RemoteError.from_rpc_error(err), target) from None
+        finally:
+            await channel.close()
+        return reply
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    cert_chain_pem: str  # our certificate, then the intermediates to present with it
+    ca_bundle_pem: str  # roots we trust for the serving gateway's TLS certificate
+    grant_id: str
+    subject_user_id: str
+    serial: str
+
+
+async def fetch_pinned_root(target: EnrollmentURL) -> x509.Certificate:
+    """The certificate in the listener's presented chain whose SHA-256 is the pin.
+
+    Verification is off for this one connection: nothing is sent over it, and what it
+    yields is trusted only if its hash equals the pin from the enrollment URL.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(target.host, target.port, ssl=context),
+            PROBE_TIMEOUT_S,
+        )
+    except (OSError, TimeoutError, ssl.SSLError) as exc:
+        raise unavailable(
+            NETWORK,
+            f"cannot reach the serving gateway's enrollment listener at {target.endpoint} "
+            f"({type(exc).__name__})",
+            remediation="check the host and port in the URL, and that the serving gateway "
+            "is running and reachable from here",
+            metadata={"endpoint": target.endpoint},
+        ) from None
+    try:
+        presented = _presented_chain(writer.get_extra_info("ssl_object"))
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+    for der in presented:
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except ValueError:
+            continue
+        if sha256_fingerprint(cert) == target.ca_sha256:
+            return cert
+    raise failed_precondition(
+        CA_PIN_MISMATCH,
+        f"the enrollment listener at {target.endpoint} does not present a CA root with the "
+        "fingerprint in the enrollment URL; nothing was sent and the token was not used",
+        remediation=(
+            "check that the URL is complete and points at the right gateway; its "
+            "administrator can show the fingerprint (federation_root_sha256 of `mosaic init`)"
+        ),
+        metadata={"endpoint": target.endpoint},
+    )
+
+
+def _presented_chain(ssl_object: ssl.SSLObject | None) -> list[bytes]:
+    """DER certificates the server sent, leaf first (unverified)."""
+    if ssl_object is None:
+        return []
+    public = getattr(ssl_object, "get_unverified_chain", None)  # Python 3.13+
+    if public is not None:
+        return [bytes(c) for c in public() or []]
+    # Python 3.10-3.12 have it on the underlying _ssl socket only.
+    inner = getattr(ssl_object, "_sslobj", None)
+    getter = getattr(inner, "get_unverified_chain", None)
+    if getter is None:
+        der = ssl_object.getpeercert(binary_form=True)
+        return [der] if der else []
+    return [c.public_bytes(ssl._ssl.ENCODING_DER) for c in getter() or []]  # type: ignore[attr-defined]
+
+
+def _csr(key: ec.EllipticCurvePrivateKey, common_name: str) -> x509.CertificateSigningRequest:
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .sign(key, hashes.SHA256())
+    )
+
+
+def _private_pem(key: ec.EllipticCurvePrivateKey) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode("ascii")
+
+
+def _redeem_error(remote: RemoteError, target: EnrollmentURL) -> ServiceError:
+    """The serving gateway's refusal as it gave it; a transport failure as NETWORK."""
+    no_details = remote.reason == remote.code.name
+    if no_details and remote.code in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    ):
+        return unavailable(
+            NETWORK,
+            f"the enrollment call to {target.endpoint} failed ({remote.code.name}); whether "
+            "the token was used is not known",
+            remediation="run `mosaic federation peer add` again with the same URL; if the "
+            "token was used, ask for a new one",
+            metadata={"endpoint": target.endpoint},
+        )
+    return ServiceError(
+        remote.code,
+        remote.reason,
+        f"the serving gateway refused the enrollment: {remote.message}",
+        remediation=remote.remediation,
+        metadata={"endpoint": target.endpoint},
+        violations=remote.violations,
+        retry_after_s=remote.retry_after_s,
+    )
+
+
+def _accept(
+    reply: enrollment_pb2.RedeemResponse,
+    key: ec.EllipticCurvePrivateKey,
+    pinned_root: x509.Certificate,
+    target: EnrollmentURL,
+) -> _Accepted:
+    """Check what the serving gateway issued; refuse (INVALID_RESPONSE) anything off."""
+    try:
+        return _check_reply(reply, key, pinned_root)
+    except _Refused as exc:
+        log.error(
+            "the serving gateway's certificate was refused",
+            extra={"endpoint": target.endpoint, "problem": str(exc), "serial": reply.serial},
+        )
+        raise ServiceError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            INVALID_RESPONSE,
+            f"the serving gateway at {target.endpoint} issued a certificate that cannot be "
+            f"accepted: {exc}",
+            remediation=(
+                "the enrollment token is spent: ask that gateway's administrator to revoke "
+                f"grant {reply.grant_id or '(unknown)'} and make a new grant and token"
+            ),
+            metadata={"endpoint": target.endpoint},
+        ) from None
+
+
+class _Refused(Exception):
+    pass
+
+
+def _check_reply(
+    reply: enrollment_pb2.RedeemResponse,
+    key: ec.EllipticCurvePrivateKey,
+    pinned_root: x509.Certificate,
+) -> _Accepted:
+    try:
+        leaf = x509.load_pem_x509_certificate(reply.certificate_pem.encode())
+        chain = [x509.load_pem_x509_certificate(pem.encode()) for pem in reply.chain_pem]
+        bundle = (
+            x509.load_pem_x509_certificates(reply.ca_bundle_pem.encode())
+            if reply.ca_bundle_pem.strip()
+            else []
+        )
+    except ValueError:
+        raise _Refused("a certificate in the answer does not parse") from None
+    intermediates = [c for c in chain if not _self_signed(c)]
+    # Roots sent over the pinned channel are vouched for by the gateway we pinned (the
+    # step-ca backend issues client certificates under its own root).
+    roots = [pinned_root, *(c for c in chain if _self_signed(c))]
+    try:
+        verify_chain(leaf, intermediates, roots)
+    except ChainError as exc:
+        raise _Refused(str(exc)) from None
+    try:
+        identity = grant_identity(leaf)
+        reported = (canonical_uuid(reply.grant_id), canonical_uuid(reply.subject_user_id))
+    except (InvalidGrantExtension, ValueError) as exc:
+        raise _Refused(f"grant identity: {exc}") from None
+    if (identity.grant_id, identity.subject_user_id) != reported:
+        raise _Refused(
+            "the certificate's grant extensions differ from the grant the gateway reported"
+        )
+    if _spki(leaf.public_key()) != _spki(key.public_key()):
+        raise _Refused("the certificate is not for the key this gateway generated")
+    serial = serial_hex(leaf.serial_number)
+    if reply.serial and reply.serial != serial:
+        raise _Refused("the certificate's serial differs from the one reported")
+    if _ENDPOINT.fullmatch(reply.federation_endpoint) is None:
+        raise _Refused("the federation endpoint is missing or not host:port")
+    trusted = [pinned_root, *(c for c in bundle if c != pinned_root and _self_signed(c))]
+    return _Accepted(
+        cert_chain_pem=certs_to_pem([leaf, *intermediates]),
+        ca_bundle_pem=certs_to_pem(trusted),
+        grant_id=identity.grant_id,
+        subject_user_id=identity.subject_user_id,
+        serial=serial,
+    )
+
+
+def _self_signed(cert: x509.Certificate) -> bool:
+    if cert.issuer != cert.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(cert)
+    except Exception:  # a bad signature or an unsupported key type alike: not a root
+        return False
+    return True
+
+
+def _spki(public_key: CertificatePublicKeyTypes) -> bytes:
+    return public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )

@@ -1,0 +1,74 @@
+"""FederationAdmin: querying a peer (`mosaic federation query`) and reading our audit log."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import grpc
+
+from federation_gateway.admin.base import AdminBase
+from federation_gateway.client import PeerError
+from mosaic.errors import invalid_argument
+from mosaic.federation.v1 import gateway_pb2, grants_pb2
+
+DEFAULT_AUDIT_LIMIT = 100
+MAX_AUDIT_LIMIT = 1000
+
+
+class QueryAdminMixin(AdminBase):
+    """Query goes through the gateway's FederationClient; ListAudit reads federation_audit_log."""
+
+    async def Query(
+        self, request: gateway_pb2.QueryRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.QueryResponse:
+        try:
+            return await self.gateway.federation_client.query(request)
+        except PeerError as exc:
+            raise exc.to_service_error() from None
+
+    async def ListAudit(
+        self, request: gateway_pb2.ListAuditRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.ListAuditResponse:
+        if not 0 <= request.limit <= MAX_AUDIT_LIMIT:
+            raise invalid_argument(
+                "LIMIT_INVALID",
+                f"limit must be between 1 and {MAX_AUDIT_LIMIT}",
+                violations=[("limit", "out of range")],
+            )
+        peer_id: uuid.UUID | None = None
+        if request.peer_id:
+            try:
+                peer_id = uuid.UUID(request.peer_id)
+            except ValueError:
+                reply = await self.forward(
+                    self.grants.GetPeer(grants_pb2.GetPeerRequest(id=request.peer_id))
+                )
+                peer_id = uuid.UUID(reply.peer.id)
+        since = request.since.ToDatetime(tzinfo=dt.UTC) if request.HasField("since") else None
+        rows = await self.gateway.audit.list(
+            peer_id=peer_id, since=since, limit=request.limit or DEFAULT_AUDIT_LIMIT
+        )
+        return gateway_pb2.ListAuditResponse(entries=[_entry(row) for row in rows])
+
+
+def _entry(row: dict[str, Any]) -> gateway_pb2.AuditEntry:
+    entry = gateway_pb2.AuditEntry(
+        id=str(row["id"]),
+        request_id=row["request_id"],
+        peer_id=str(row["peer_id"] or ""),
+        grant_id=str(row["grant_id"] or ""),
+        subject_user_id=str(row["subject_user_id"] or ""),
+        verb=row["verb"],
+        resource=row["resource"] or "",
+        status=row["status"],
+        outcome=row["outcome"],
+        reason=row["reason"] or "",
+        query_hash=row["query_hash"] or "",
+        bytes_out=row["bytes_out"],
+        latency_ms=row["latency_ms"],
+        source_address=row["source_address"] or "",
+    )
+    entry.created_at.FromDatetime(row["created_at"])
+    return entry

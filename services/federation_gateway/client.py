@@ -1,0 +1,373 @@
+"""The outbound federation client: this gateway (A) querying a peer (B) that enrolled us.
+
+* One channel per peer, built once even under concurrent first use (a lock per peer),
+  from grants-service GetPeerCredentials: our client certificate and unsealed key, and
+  B's CA bundle as the only trust roots (never the public roots).
+* :meth:`FederationClient.flush` closes a peer's channel; the next call rebuilds it with
+  fresh credentials. The gateway flushes on every WatchChanges event naming the peer
+  (suspend, remove, renew) and flushes everything when that stream breaks.
+* Every call has a deadline. Failures are :class:`PeerError` with a client-side code of
+  DESIGN.md's taxonomy and, when B refused, B's own reason code.
+* Successful answers are kept in memory only, for :data:`CACHE_TTL_S` at most and
+  :data:`CACHE_MAX_ENTRIES` at most; one is served — marked stale, with its original
+  fetch time — only when B cannot be reached (NETWORK).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from mosaic.errors import DEPENDENCY_UNAVAILABLE, ServiceError
+from mosaic.federation.v1 import gateway_pb2, gateway_pb2_grpc, grants_pb2, grants_pb2_grpc
+from mosaic.rpc.channels import secure_channel
+from mosaic.rpc.interceptors import response_request_id
+
+log = logging.getLogger("mosaic.gateway.client")
+
+CALL_DEADLINE_S = 5.0
+CREDENTIALS_DEADLINE_S = 5.0
+CACHE_TTL_S = 30.0
+CACHE_MAX_ENTRIES = 1000
+CLOSE_GRACE_S = 1.0
+
+# Client-side codes (DESIGN.md "Errors").
+PEER_NOT_FOUND = "PEER_NOT_FOUND"
+PEER_INACTIVE = "PEER_INACTIVE"
+PEER_MISCONFIGURED = "PEER_MISCONFIGURED"
+NETWORK = "NETWORK"
+FORBIDDEN = "FORBIDDEN"
+NOT_FOUND = "NOT_FOUND"
+RATE_LIMITED = "RATE_LIMITED"
+INVALID_RESPONSE = "INVALID_RESPONSE"
+UNAUTHENTICATED = "UNAUTHENTICATED"
+
+_CODE_FOR_STATUS = {
+    grpc.StatusCode.UNAVAILABLE: NETWORK,
+    grpc.StatusCode.DEADLINE_EXCEEDED: NETWORK,
+    grpc.StatusCode.PERMISSION_DENIED: FORBIDDEN,
+    grpc.StatusCode.NOT_FOUND: NOT_FOUND,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: RATE_LIMITED,
+    grpc.StatusCode.UNAUTHENTICATED: UNAUTHENTICATED,
+}
+# The status our own caller (the admin API) gets for each client-side code.
+_STATUS_FOR_CODE = {
+    PEER_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    PEER_INACTIVE: grpc.StatusCode.FAILED_PRECONDITION,
+    PEER_MISCONFIGURED: grpc.StatusCode.FAILED_PRECONDITION,
+    NETWORK: grpc.StatusCode.UNAVAILABLE,
+    FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
+    NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    INVALID_RESPONSE: grpc.StatusCode.FAILED_PRECONDITION,
+    # Not UNAUTHENTICATED: on the admin API that would read as "wrong admin token".
+    UNAUTHENTICATED: grpc.StatusCode.FAILED_PRECONDITION,
+}
+_REMEDIATION = {
+    PEER_NOT_FOUND: "list the peers you can query with `mosaic federation peer list`",
+    PEER_INACTIVE: "resume the peer (`mosaic federation peer resume`) or enroll again",
+    PEER_MISCONFIGURED: "remove the peer and enroll again with a fresh enrollment URL",
+    NETWORK: "check that the peer gateway is running and reachable",
+    FORBIDDEN: "ask the peer's operator to check the grant",
+    NOT_FOUND: "",
+    RATE_LIMITED: "retry after the delay given",
+    INVALID_RESPONSE: "",
+    UNAUTHENTICATED: "the peer no longer accepts our certificate; renew or enroll again",
+}
+
+
+class PeerError(Exception):
+    """A query to a peer failed: a client-side ``code``, and B's ``server_reason`` if any."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        server_reason: str = "",
+        server_status: grpc.StatusCode | None = None,
+        request_id: str = "",
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.server_reason = server_reason
+        self.server_status = server_status
+        self.request_id = request_id
+        self.retry_after_s = retry_after_s
+
+    def to_service_error(self) -> ServiceError:
+        """For our admin API: reason = the client-side code; B's reason in the metadata."""
+        metadata = {}
+        if self.server_reason:
+            metadata["server_reason"] = self.server_reason
+        if self.request_id:
+            metadata["request_id"] = self.request_id
+        status = _STATUS_FOR_CODE[self.code]
+        if self.server_status == grpc.StatusCode.INVALID_ARGUMENT:
+            status = grpc.StatusCode.INVALID_ARGUMENT  # our caller's input, e.g. a page token
+        return ServiceError(
+            status,
+            self.code,
+            self.message,
+            remediation=_REMEDIATION[self.code],
+            metadata=metadata,
+            retry_after_s=self.retry_after_s,
+        )
+
+
+@dataclass
+class _PeerChannel:
+    peer_id: str
+    name: str
+    channel: grpc.aio.Channel
+    stub: gateway_pb2_grpc.FederationStub
+
+
+@dataclass
+class _Cached:
+    response: gateway_pb2.QueryResponse
+    expires: float  # monotonic
+
+
+@dataclass
+class FederationClient:
+    """Queries peers this gateway enrolled with; one per gateway process."""
+
+    grants: grants_pb2_grpc.GrantsStub
+    call_deadline_s: float = CALL_DEADLINE_S
+    cache_ttl_s: float = CACHE_TTL_S
+    cache_max_entries: int = CACHE_MAX_ENTRIES
+    builds: int = 0  # channels built so far (tests and diagnostics)
+    _channels: dict[str, _PeerChannel] = field(default_factory=dict)
+    _aliases: dict[str, str] = field(default_factory=dict)  # id or name -> peer id
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    _cache: collections.OrderedDict[tuple[str, bytes], _Cached] = field(
+        default_factory=collections.OrderedDict
+    )
+    _closing: set[asyncio.Task[None]] = field(default_factory=set)
+
+    # ---- queries -------------------------------------------------------------------
+
+    async def query(self, request: gateway_pb2.QueryRequest) -> gateway_pb2.QueryResponse:
+        """Ask the peer ``request.peer`` (id or name); raise PeerError on failure."""
+        verb = request.WhichOneof("verb")
+        if verb is None:
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "VERB_REQUIRED",
+                "one of capabilities, list, get or search is required",
+            )
+        peer = await self.channel(request.peer)
+        inner = getattr(request, verb)
+        key = (peer.peer_id, verb.encode() + b"\x00" + inner.SerializeToString(deterministic=True))
+        method = {
+            "capabilities": peer.stub.Capabilities,
+            "list": peer.stub.List,
+            "get": peer.stub.Get,
+            "search": peer.stub.Search,
+        }[verb]
+        call = method(inner, timeout=self.call_deadline_s)
+        try:
+            answer = await call
+            request_id = response_request_id(await call.trailing_metadata())
+        except grpc.aio.AioRpcError as err:
+            error = _peer_error(err)
+            if error.code == NETWORK:
+                cached = self._cached(key)
+                if cached is not None:
+                    log.info(
+                        "peer unreachable; serving a stale answer",
+                        extra={"peer_id": peer.peer_id},
+                    )
+                    return cached
+            raise error from None
+        _check_answer(verb, inner, answer)
+        response = gateway_pb2.QueryResponse(request_id=request_id)
+        getattr(response, verb).CopyFrom(answer)
+        response.fetched_at.GetCurrentTime()
+        self._remember(key, response)
+        return response
+
+    def _cached(self, key: tuple[str, bytes]) -> gateway_pb2.QueryResponse | None:
+        entry = self._cache.get(key)
+        if entry is None:
+            return None
+        if entry.expires <= time.monotonic():
+            del self._cache[key]
+            return None
+        stale = gateway_pb2.QueryResponse()
+        stale.CopyFrom(entry.response)
+        stale.stale = True
+        return stale
+
+    def _remember(self, key: tuple[str, bytes], response: gateway_pb2.QueryResponse) -> None:
+        self._cache[key] = _Cached(response, time.monotonic() + self.cache_ttl_s)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_max_entries:
+            self._cache.popitem(last=False)
+
+    def _forget_answers(self, peer_id: str) -> None:
+        for key in [k for k in self._cache if k[0] == peer_id]:
+            del self._cache[key]
+
+    # ---- channels ------------------------------------------------------------------
+
+    async def channel(self, key: str) -> _PeerChannel:
+        """The peer's channel, built on first use; concurrent first callers share one build."""
+        if not key:
+            raise PeerError(PEER_NOT_FOUND, "a peer id or name is required")
+        found = self._channels.get(self._aliases.get(key, key))
+        if found is not None:
+            return found
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            found = self._channels.get(self._aliases.get(key, key))
+            if found is not None:
+                return found
+            peer, client_key = await self._credentials(key)
+            found = self._channels.get(peer.id)  # built meanwhile under another alias
+            if found is None:
+                found = self._build(peer, client_key)
+                self._channels[peer.id] = found
+            self._aliases[key] = peer.id
+            self._aliases[peer.id] = peer.id
+            return found
+
+    async def _credentials(self, key: str) -> tuple[grants_pb2.Peer, str]:
+        try:
+            reply = await self.grants.GetPeerCredentials(
+                grants_pb2.GetPeerCredentialsRequest(id=key), timeout=CREDENTIALS_DEADLINE_S
+            )
+        except grpc.aio.AioRpcError as err:
+            code = err.code()
+            if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                raise PeerError(PEER_NOT_FOUND, f"no peer {key!r} to query") from None
+            if code == grpc.StatusCode.FAILED_PRECONDITION:
+                raise PeerError(
+                    PEER_MISCONFIGURED, "this peer has no usable client credentials"
+                ) from None
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE,
+                DEPENDENCY_UNAVAILABLE,
+                "grants-service is not answering",
+                remediation="start it (`mosaic up` starts every service)",
+            ) from None
+        peer = reply.peer
+        if peer.direction != grants_pb2.PEER_DIRECTION_OUTBOUND:
+            raise PeerError(PEER_NOT_FOUND, f"{key!r} is a peer we serve, not one we query")
+        if peer.state != grants_pb2.PEER_STATE_ACTIVE:
+            self._forget_answers(peer.id)
+            state = grants_pb2.PeerState.Name(peer.state).removeprefix("PEER_STATE_").lower()
+            raise PeerError(PEER_INACTIVE, f"peer {peer.name} is {state}")
+        return peer, reply.client_key_pem
+
+    def _build(self, peer: grants_pb2.Peer, client_key_pem: str) -> _PeerChannel:
+        """A new mTLS channel to the peer; checks the stored material before using it."""
+        try:
+            leaf = x509.load_pem_x509_certificate(peer.cert_pem.encode())
+            key = serialization.load_pem_private_key(client_key_pem.encode(), password=None)
+            roots = x509.load_pem_x509_certificates(peer.ca_bundle_pem.encode())
+        except ValueError:
+            raise PeerError(
+                PEER_MISCONFIGURED, "the stored certificate, key or CA bundle does not parse"
+            ) from None
+        if key.public_key() != leaf.public_key():
+            raise PeerError(PEER_MISCONFIGURED, "the stored key does not match the certificate")
+        host, sep, _port = peer.endpoint.rpartition(":")
+        if not sep or not host:
+            raise PeerError(PEER_MISCONFIGURED, "the stored endpoint is not host:port")
+        # Send intermediates from the bundle with the leaf so B can build the chain.
+        chain = peer.cert_pem.encode()
+        for cert in roots:
+            if cert.issuer != cert.subject:
+                pem = cert.public_bytes(serialization.Encoding.PEM)
+                if pem not in chain:
+                    chain += b"\n" + pem
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=peer.ca_bundle_pem.encode(),  # pinned: never the public roots
+            private_key=client_key_pem.encode(),
+            certificate_chain=chain,
+        )
+        channel = secure_channel(peer.endpoint, credentials, server_name=host.strip("[]"))
+        self.builds += 1
+        log.info("peer channel built", extra={"peer_id": peer.id, "endpoint": peer.endpoint})
+        return _PeerChannel(peer.id, peer.name, channel, gateway_pb2_grpc.FederationStub(channel))
+
+    def flush(self, peer_id: str) -> None:
+        """Close the peer's channel (revocation, suspension, renewal); the next call rebuilds."""
+        found = self._channels.pop(peer_id, None)
+        for alias in [a for a, p in self._aliases.items() if p == peer_id]:
+            del self._aliases[alias]
+        if found is not None:
+            log.info("peer channel flushed", extra={"peer_id": peer_id})
+            task = asyncio.get_running_loop().create_task(found.channel.close(CLOSE_GRACE_S))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    # ---- change events (GrantCacheListener) ---------------------------------------
+
+    def on_change(self, change: grants_pb2.WatchChangesResponse) -> None:
+        for peer_id in change.peer_ids:
+            self.flush(peer_id)
+
+    def clear(self) -> None:
+        for peer_id in list(self._channels):
+            self.flush(peer_id)
+
+    async def close(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        self._aliases.clear()
+        self._cache.clear()
+        for found in channels:
+            with contextlib.suppress(Exception):
+                await found.channel.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+def _peer_error(err: grpc.aio.AioRpcError) -> PeerError:
+    from mosaic.errors import RemoteError
+
+    remote = RemoteError.from_rpc_error(err)
+    code = _CODE_FOR_STATUS.get(err.code(), INVALID_RESPONSE)
+    server_reason = remote.reason if remote.reason != err.code().name else ""
+    message = remote.message or err.code().name
+    if code == NETWORK:
+        message = f"the peer did not answer ({err.code().name})"
+    return PeerError(
+        code,
+        message,
+        server_reason=server_reason,
+        server_status=err.code(),
+        request_id=response_request_id(err.trailing_metadata()),
+        retry_after_s=remote.retry_after_s,
+    )
+
+
+def _check_answer(verb: str, request: object, answer: object) -> None:
+    """Refuse answers that cannot be right (B returned rows we did not ask for)."""
+    items: list[object] = []
+    resource = getattr(request, "resource", "")
+    if verb in ("list", "search"):
+        items = list(answer.items)  # type: ignore[attr-defined]
+        cap = request.page_size if verb == "list" else request.limit  # type: ignore[attr-defined]
+        if cap > 0 and len(items) > cap:
+            raise PeerError(INVALID_RESPONSE, f"the peer returned more than {cap} rows")
+    elif verb == "get":
+        item = answer.item  # type: ignore[attr-defined]
+        if item.id != request.id:  # type: ignore[attr-defined]
+            raise PeerError(INVALID_RESPONSE, "the peer returned another row than asked for")
+        items = [item]
+    for item in items:
+        if item.resource != resource:  # type: ignore[attr-defined]
+            raise PeerError(INVALID_RESPONSE, "the peer returned rows of another resource")

@@ -1,0 +1,517 @@
+"""Federation: the peer-facing queries, over mTLS, under the grant the certificate carries.
+
+Every request, whatever its verb, goes through the same gate in this order (cheapest
+first; each refusal has its own reason code):
+
+1. identity — the verified client certificate's grant id and subject (parsed once per
+   certificate); none → UNAUTHENTICATED ``CERT_NO_GRANT``;
+2. revocations — the in-memory revoked-serial set must be loaded (else UNAVAILABLE
+   ``REVOCATIONS_NOT_LOADED``, fail closed) and must not hold the serial (``CERT_REVOKED``);
+3. grant and peer — grant active and unexpired, peer active, inbound and bound to the
+   grant, the certificate its current one for the grant's subject (authz.py);
+4. rate limit — per grant, GCRA; RESOURCE_EXHAUSTED ``RATE_LIMITED`` with RetryInfo;
+5. scope — the resource granted and not excluded, then input checks, then resource-service
+   with the Visibility the scope allows; rows coming back are checked against the scope
+   again before they are sent.
+
+Each request writes one audit row, allowed or not, and its answer (or refusal) is sent
+only after that row is committed (group commit: audit.py).
+
+Page size: 0 means ``min(50, max_rows_per_query)``; a larger page size than
+``max_rows_per_query`` is clamped to it (Capabilities reports the cap); negative is
+INVALID_ARGUMENT ``PAGE_SIZE_INVALID``. Search ``limit`` follows the same rule.
+Get answers NOT_FOUND ``RESOURCE_NOT_FOUND`` alike for a missing row and a row outside
+the scope.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from cryptography import x509
+
+from federation_gateway.audit import AuditRecord
+from federation_gateway.authz import GrantView, Refusal, check_certificate, refused
+from federation_gateway.context import GatewayContext
+from federation_gateway.pagetoken import PageTokenInvalid, PageTokens
+from mosaic import __version__
+from mosaic.config import RESOURCES as RESOURCE_SERVICE
+from mosaic.errors import (
+    DEPENDENCY_UNAVAILABLE,
+    RATE_LIMITED,
+    RemoteError,
+    ServiceError,
+    internal_error,
+    invalid_argument,
+    not_found,
+    unavailable,
+)
+from mosaic.federation.v1 import (
+    common_pb2,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    resources_pb2,
+    resources_pb2_grpc,
+)
+from mosaic.logs import request_id_var
+from mosaic.scope import RESOURCES
+from mosaic.x509ext import InvalidGrantExtension, grant_identity, serial_hex
+
+log = logging.getLogger("mosaic.gateway.federation")
+
+VERBS = ("capabilities", "list", "get", "search")
+DEFAULT_PAGE_SIZE = 50
+SOURCE_DEADLINE_S = 5.0
+# Reads in flight to resource-service at once. More gains nothing: on SQLite every
+# concurrent read there holds its own connection thread, and beyond a few they only
+# contend for its GIL (measured: CPU per read grows several-fold at 16 in flight).
+SOURCE_CONCURRENCY = 4
+MAX_QUERY_CHARS = 1000
+_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+# Reason codes answered here (authz.py has the grant and peer ones).
+CERT_MISSING = "CERT_MISSING"
+CERT_NO_GRANT = "CERT_NO_GRANT"
+CERT_REVOKED = "CERT_REVOKED"
+REVOCATIONS_NOT_LOADED = "REVOCATIONS_NOT_LOADED"
+RATE_LIMITER_UNAVAILABLE = "RATE_LIMITER_UNAVAILABLE"
+RESOURCE_UNKNOWN = "RESOURCE_UNKNOWN"
+RESOURCE_NOT_GRANTED = "RESOURCE_NOT_GRANTED"
+RESOURCE_EXCLUDED = "RESOURCE_EXCLUDED"
+RESOURCE_NOT_FOUND = "RESOURCE_NOT_FOUND"
+PAGE_SIZE_INVALID = "PAGE_SIZE_INVALID"
+PAGE_TOKEN_INVALID = "PAGE_TOKEN_INVALID"  # noqa: S105 - a reason code, not a secret
+ID_INVALID = "ID_INVALID"
+QUERY_INVALID = "QUERY_INVALID"
+LIMIT_INVALID = "LIMIT_INVALID"
+NOT_IMPLEMENTED = "NOT_IMPLEMENTED"
+
+_NOT_FOUND_MESSAGE = "no such resource"
+# How an answer is classified in the audit log; everything else is "error".
+_DENIED = frozenset(
+    {
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+_ALLOWED = frozenset({grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND})
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class CertIdentity:
+    """What a client certificate says: its serial and the grant it carries."""
+
+    serial: str
+    grant_id: str
+    subject_user_id: str
+    grant_uuid: uuid.UUID
+    subject_uuid: uuid.UUID
+
+
+@functools.lru_cache(maxsize=4096)
+def certificate_identity(pem: bytes) -> CertIdentity | None:
+    """Parse once per distinct certificate; None when it carries no valid grant."""
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+        identity = grant_identity(cert)
+        serial = serial_hex(cert.serial_number)
+    except (ValueError, InvalidGrantExtension):
+        return None
+    return CertIdentity(
+        serial=serial,
+        grant_id=identity.grant_id,
+        subject_user_id=identity.subject_user_id,
+        grant_uuid=uuid.UUID(identity.grant_id),
+        subject_uuid=uuid.UUID(identity.subject_user_id),
+    )
+
+
+def query_hash(verb: str, request: Any) -> str:
+    """SHA-256 of the verb and the canonical (deterministic) encoding of the request."""
+    return hashlib.sha256(
+        verb.encode() + b"\x00" + request.SerializeToString(deterministic=True)
+    ).hexdigest()
+
+
+def outcome_of(code: grpc.StatusCode) -> str:
+    if code in _ALLOWED:
+        return "allowed"
+    if code in _DENIED:
+        return "denied"
+    return "error"
+
+
+def _page_size(requested: int, cap: int, field: str, reason: str) -> int:
+    if requested < 0:
+        raise invalid_argument(
+            reason, f"{field} must not be negative", violations=[(field, "negative")]
+        )
+    if requested == 0:
+        return min(DEFAULT_PAGE_SIZE, cap)
+    return min(requested, cap)
+
+
+class FederationServicer(gateway_pb2_grpc.FederationServicer):
+    """Capabilities, List, Get and Search for the peer whose certificate carries a grant."""
+
+    def __init__(self, gateway: GatewayContext) -> None:
+        runtime = gateway.runtime
+        self._revoked = gateway.revoked
+        self._grants = gateway.grant_cache
+        self._resources = resources_pb2_grpc.ResourceSourceStub(
+            runtime.channels.get(RESOURCE_SERVICE)
+        )
+        self._limiter = gateway.grant_limiter
+        self._audit = gateway.audit
+        self._tokens = PageTokens(runtime.sealer.derive_key("page-token"))
+        self._rate_limit = runtime.config.rate_limit
+        # Audit rows of cancelled calls are written in the background; keep them referenced.
+        self._background: set[asyncio.Task[None]] = set()
+        self._source_slots = asyncio.Semaphore(SOURCE_CONCURRENCY)
+        # Identical resource-service reads in flight right now (see _read).
+        self._inflight: dict[tuple[Any, bytes], asyncio.Future[Any]] = {}
+
+    # ---- the verbs -----------------------------------------------------------------
+
+    async def Capabilities(
+        self, request: gateway_pb2.CapabilitiesRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.CapabilitiesResponse:
+        return await self._serve("capabilities", "", request, context, self._capabilities)
+
+    async def List(
+        self, request: gateway_pb2.ListRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.ListResponse:
+        return await self._serve("list", request.resource, request, context, self._list)
+
+    async def Get(
+        self, request: gateway_pb2.GetRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.GetResponse:
+        return await self._serve("get", request.resource, request, context, self._get)
+
+    async def Search(
+        self, request: gateway_pb2.SearchRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.SearchResponse:
+        return await self._serve("search", request.resource, request, context, self._search)
+
+    async def RenewCertificate(
+        self, request: gateway_pb2.RenewCertificateRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.RenewCertificateResponse:
+        async def not_yet(
+            view: GrantView, request: gateway_pb2.RenewCertificateRequest
+        ) -> gateway_pb2.RenewCertificateResponse:
+            raise ServiceError(
+                grpc.StatusCode.UNIMPLEMENTED,
+                NOT_IMPLEMENTED,
+                "certificate renewal is not available on this gateway yet",
+            )
+
+        return await self._serve("renew", "", request, context, not_yet)
+
+    # ---- the gate and the audit row ------------------------------------------------
+
+    async def _serve(
+        self,
+        verb: str,
+        resource: str,
+        request: Any,
+        context: grpc.aio.ServicerContext,
+        handler: Callable[[GrantView, Any], Awaitable[R]],
+    ) -> R:
+        started = time.perf_counter()
+        record = AuditRecord(
+            request_id=request_id_var.get(),
+            verb=verb,
+            status="OK",
+            outcome="allowed",
+            # Only allowlisted names reach the table (the column is short; input is hostile).
+            resource=resource if resource in RESOURCES else ("(invalid)" if resource else None),
+            query_hash=query_hash(verb, request),
+            source_address=(context.peer() or "")[:128] or None,
+        )
+        try:
+            view = await self._authorize(context, record)
+            response: Any = await handler(view, request)
+        except ServiceError as exc:
+            self._finish(record, exc.code, started, reason=exc.reason)
+            await self._audit.record(record)
+            raise
+        except asyncio.CancelledError:
+            # The caller went away (or its deadline passed): still one row per request.
+            self._finish(record, grpc.StatusCode.CANCELLED, started, reason="CANCELLED")
+            task = asyncio.create_task(self._audit.record(record))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            raise
+        except Exception:
+            log.exception("federation %s failed", verb)
+            self._finish(record, grpc.StatusCode.INTERNAL, started, reason="INTERNAL")
+            await self._audit.record(record)
+            raise internal_error(record.request_id) from None
+        record.bytes_out = response.ByteSize()
+        record.latency_ms = (time.perf_counter() - started) * 1000
+        await self._audit.record(record)
+        return response  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _finish(record: AuditRecord, code: grpc.StatusCode, started: float, *, reason: str) -> None:
+        record.status = code.name
+        record.outcome = outcome_of(code)
+        record.reason = reason
+        record.latency_ms = (time.perf_counter() - started) * 1000
+
+    async def _authorize(self, context: grpc.aio.ServicerContext, record: AuditRecord) -> GrantView:
+        pems = context.auth_context().get("x509_pem_cert")
+        if not pems:
+            raise ServiceError(
+                grpc.StatusCode.UNAUTHENTICATED, CERT_MISSING, "a client certificate is required"
+            )
+        identity = certificate_identity(pems[0])
+        if identity is None:
+            raise ServiceError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                CERT_NO_GRANT,
+                "the client certificate carries no valid grant",
+                remediation="use the certificate this gateway issued at enrollment",
+            )
+        record.grant_id = identity.grant_uuid
+        record.subject_user_id = identity.subject_uuid
+        revoked = self._revoked
+        if not revoked.loaded:
+            raise unavailable(
+                REVOCATIONS_NOT_LOADED,
+                "the gateway has not loaded the revocation list yet",
+                remediation="retry shortly",
+                retry_after_s=1.0,
+            )
+        if identity.serial in revoked.serials:
+            raise refused(CERT_REVOKED, "this certificate has been revoked")
+        result = await self._grants.get(identity.grant_id)
+        if isinstance(result, Refusal):
+            if result.peer_id:
+                record.peer_id = uuid.UUID(result.peer_id)
+            raise result.error()
+        record.peer_id = result.peer_uuid
+        refusal = check_certificate(
+            result,
+            serial=identity.serial,
+            subject_user_id=identity.subject_user_id,
+            now=time.time(),
+        )
+        if refusal is not None:
+            raise refusal.error()
+        try:
+            decision = await self._limiter.acquire(identity.grant_id)
+        except Exception as exc:  # Valkey down: refuse rather than serve unlimited
+            log.warning("rate limiter failed", extra={"error": type(exc).__name__})
+            raise unavailable(
+                RATE_LIMITER_UNAVAILABLE,
+                "the gateway cannot check its rate limit right now",
+                remediation="retry shortly",
+                retry_after_s=1.0,
+            ) from None
+        if not decision.allowed:
+            raise ServiceError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                RATE_LIMITED,
+                "rate limit exceeded for this grant",
+                remediation="retry after the delay in RetryInfo",
+                retry_after_s=decision.retry_after_s,
+            )
+        return result
+
+    @staticmethod
+    def _access(view: GrantView, resource: str) -> Any:
+        access = view.access.get(resource)
+        if access is not None:
+            return access
+        if resource in view.scope.excluded_resources:
+            raise refused(RESOURCE_EXCLUDED, f"{resource} is excluded by this grant")
+        if resource in RESOURCES:
+            raise refused(RESOURCE_NOT_GRANTED, f"{resource} is not granted")
+        raise invalid_argument(
+            RESOURCE_UNKNOWN,
+            "unknown resource; expected one of " + ", ".join(RESOURCES),
+            violations=[("resource", "not a known resource")],
+        )
+
+    # ---- handlers ------------------------------------------------------------------
+
+    async def _capabilities(
+        self, view: GrantView, request: gateway_pb2.CapabilitiesRequest
+    ) -> gateway_pb2.CapabilitiesResponse:
+        return gateway_pb2.CapabilitiesResponse(
+            resources=list(view.access),
+            verbs=list(VERBS),
+            max_rows_per_query=view.scope.max_rows_per_query,
+            rate_limit_per_second=self._rate_limit.per_second,
+            rate_limit_burst=self._rate_limit.burst,
+            server_version=__version__,
+            grant_id=view.grant_id,
+            subject_user_id=view.subject_user_id,
+        )
+
+    async def _list(
+        self, view: GrantView, request: gateway_pb2.ListRequest
+    ) -> gateway_pb2.ListResponse:
+        access = self._access(view, request.resource)
+        limit = _page_size(
+            request.page_size, view.scope.max_rows_per_query, "page_size", PAGE_SIZE_INVALID
+        )
+        after_id = ""
+        if request.page_token:
+            try:
+                after_id = self._tokens.after_id(
+                    request.page_token, grant_id=view.grant_id, resource=request.resource
+                )
+            except PageTokenInvalid as exc:
+                raise invalid_argument(
+                    PAGE_TOKEN_INVALID, str(exc), violations=[("page_token", "invalid")]
+                ) from None
+        reply = await self._read(
+            self._resources.ListResources,
+            resources_pb2.ListResourcesRequest(
+                resource=request.resource,
+                visibility=access.visibility,
+                limit=limit,
+                after_id=after_id,
+            ),
+        )
+        items = reply.items
+        if not _all_visible(view, access, request.resource, items):
+            items = [i for i in items if _visible(view, access, request.resource, i)]
+        next_token = (
+            self._tokens.make(
+                grant_id=view.grant_id, resource=request.resource, after_id=reply.next_after_id
+            )
+            if reply.next_after_id
+            else ""
+        )
+        return gateway_pb2.ListResponse(items=items, next_page_token=next_token)
+
+    async def _get(
+        self, view: GrantView, request: gateway_pb2.GetRequest
+    ) -> gateway_pb2.GetResponse:
+        access = self._access(view, request.resource)
+        if _ID.fullmatch(request.id) is None:
+            raise invalid_argument(
+                ID_INVALID,
+                "invalid id: 1 to 64 characters of A-Z a-z 0-9 . _ : -",
+                violations=[("id", "not a valid id")],
+            )
+        reply = await self._read(
+            self._resources.GetResource,
+            resources_pb2.GetResourceRequest(
+                resource=request.resource, id=request.id, visibility=access.visibility
+            ),
+        )
+        if not _visible(view, access, request.resource, reply.item) or reply.item.id != request.id:
+            raise not_found(RESOURCE_NOT_FOUND, _NOT_FOUND_MESSAGE)
+        return gateway_pb2.GetResponse(item=reply.item)
+
+    async def _search(
+        self, view: GrantView, request: gateway_pb2.SearchRequest
+    ) -> gateway_pb2.SearchResponse:
+        access = self._access(view, request.resource)
+        text = request.query
+        if not text.strip() or len(text) > MAX_QUERY_CHARS or "\x00" in text:
+            raise invalid_argument(
+                QUERY_INVALID,
+                f"query must be 1 to {MAX_QUERY_CHARS} characters of text",
+                violations=[("query", "empty, too long or contains NUL")],
+            )
+        limit = _page_size(request.limit, view.scope.max_rows_per_query, "limit", LIMIT_INVALID)
+        reply = await self._read(
+            self._resources.SearchResources,
+            resources_pb2.SearchResourcesRequest(
+                resource=request.resource,
+                query=text,
+                visibility=access.visibility,
+                limit=limit,
+            ),
+        )
+        items = reply.items
+        if not _all_visible(view, access, request.resource, items):
+            items = [i for i in items if _visible(view, access, request.resource, i)]
+        return gateway_pb2.SearchResponse(items=items[:limit])
+
+    async def _read(self, method: Callable[..., Awaitable[R]], request: Any) -> R:
+        """Call resource-service: at most SOURCE_CONCURRENCY calls at once, and identical
+        concurrent reads share one call.
+
+        Identical means the same method and byte-identical request (resource, visibility,
+        cursor, limit), so every sharer is entitled to exactly the same rows; each request
+        is still authorized, rate-limited and audited on its own.
+        """
+        key = (method, request.SerializeToString(deterministic=True))
+        shared = self._inflight.get(key)
+        if shared is None:
+            shared = asyncio.ensure_future(self._call_source(method, request))
+            self._inflight[key] = shared
+            shared.add_done_callback(functools.partial(self._read_done, key))
+        return await self._source(asyncio.shield(shared))
+
+    async def _call_source(self, method: Callable[..., Awaitable[R]], request: Any) -> R:
+        async with self._source_slots:
+            return await method(request, timeout=SOURCE_DEADLINE_S)
+
+    def _read_done(self, key: tuple[Any, bytes], shared: asyncio.Future[Any]) -> None:
+        self._inflight.pop(key, None)
+        if not shared.cancelled():
+            shared.exception()  # retrieved: every sharer may have gone away
+
+    async def _source(self, call: Awaitable[R]) -> R:
+        """Await resource-service; its refusals become ours, its outages UNAVAILABLE."""
+        try:
+            return await call
+        except grpc.aio.AioRpcError as err:
+            code = err.code()
+            if code == grpc.StatusCode.NOT_FOUND:
+                raise not_found(RESOURCE_NOT_FOUND, _NOT_FOUND_MESSAGE) from None
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                remote = RemoteError.from_rpc_error(err)
+                raise invalid_argument(
+                    remote.reason, remote.message, violations=remote.violations
+                ) from None
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise unavailable(
+                    DEPENDENCY_UNAVAILABLE,
+                    "the data source is not answering",
+                    remediation="retry shortly",
+                    retry_after_s=1.0,
+                ) from None
+            log.error("resource-service failed", extra={"code": code.name})
+            raise
+
+
+def _visible(view: GrantView, access: Any, resource: str, item: common_pb2.ResourceItem) -> bool:
+    """Defence in depth: the row is the subject's, of this resource, and inside the filter."""
+    if item.owner_user_id != view.subject_user_id or item.resource != resource:
+        return False
+    team = item.team_id
+    return access.include_personal if not team else team in access.teams
+
+
+def _all_visible(view: GrantView, access: Any, resource: str, items: Any) -> bool:
+    for item in items:
+        if not _visible(view, access, resource, item):
+            log.error(
+                "resource-service returned a row outside the scope; dropped",
+                extra={"grant_id": view.grant_id, "resource": resource},
+            )
+            return False
+    return True

@@ -1,0 +1,51 @@
+"""Revoked certificate serials, in memory, fed by ca-service WatchRevocations.
+
+The first message of every watch is a full snapshot; later ones add revocations. Until a
+snapshot has arrived — at start-up and again after the stream breaks — the set is not
+*loaded* and the federation servicer refuses every request (fail closed): a serial
+revoked while we were not listening must never be honoured.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from federation_gateway.watch import follow
+from mosaic.federation.v1 import ca_pb2, ca_pb2_grpc
+
+log = logging.getLogger("mosaic.gateway.revocations")
+
+
+class RevokedSerials:
+    """The set of revoked serials (lowercase hex) and whether it is complete right now."""
+
+    def __init__(self) -> None:
+        self.serials: set[str] = set()
+        self.loaded = False
+
+    def apply(self, message: ca_pb2.WatchRevocationsResponse) -> None:
+        serials = {r.serial for r in message.revocations}
+        if message.snapshot:
+            self.serials = serials
+            self.loaded = True
+            log.info("revocations loaded", extra={"revoked": len(serials)})
+        elif self.loaded:
+            self.serials |= serials
+            log.info("serials revoked", extra={"count": len(serials)})
+        else:
+            # A delta before any snapshot breaks the protocol; wait for the snapshot.
+            self.serials |= serials
+
+    def lost(self) -> None:
+        """The watch broke: refuse until a new snapshot proves the set is complete."""
+        self.loaded = False
+
+    async def run(self, ca: ca_pb2_grpc.CertificateAuthorityStub) -> None:
+        """Background job: keep following WatchRevocations until cancelled."""
+
+        def open_stream():  # type: ignore[no-untyped-def]
+            # Long-lived stream: no deadline (the default-deadline interceptor adds one
+            # only when timeout is None, so pass a very long one explicitly).
+            return ca.WatchRevocations(ca_pb2.WatchRevocationsRequest(), timeout=10 * 365 * 86400)
+
+        await follow("revocations", open_stream, self.apply, self.lost)

@@ -1,0 +1,67 @@
+"""GCRA rate limits: the in-process limiter exactly, and the Valkey/Redis one against a
+real redis-server shared by two limiter instances (two replicas)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from federation_gateway import ratelimit
+from federation_gateway.ratelimit import LocalGcra, RedisGcra
+from tests.support.redis_server import RedisServer
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(ratelimit.time, "monotonic", fake)
+    return fake
+
+
+async def test_local_burst_then_refusal_with_retry_after(clock: Clock) -> None:
+    limiter = LocalGcra(per_second=2, burst=5)
+    decisions = [await limiter.acquire("g") for _ in range(6)]
+    assert [d.allowed for d in decisions] == [True] * 5 + [False]
+    assert decisions[-1].retry_after_s == pytest.approx(0.5)
+    clock.now += 0.5  # one interval later, exactly one more
+    assert (await limiter.acquire("g")).allowed
+    assert not (await limiter.acquire("g")).allowed
+
+
+async def test_local_keys_are_independent(clock: Clock) -> None:
+    limiter = LocalGcra(per_second=1, burst=1)
+    assert (await limiter.acquire("a")).allowed
+    assert not (await limiter.acquire("a")).allowed
+    assert (await limiter.acquire("b")).allowed
+
+
+def test_invalid_limits_are_refused() -> None:
+    with pytest.raises(ValueError):
+        LocalGcra(0, 1)
+    with pytest.raises(ValueError):
+        LocalGcra(1, 0)
+
+
+@pytest.mark.redis
+async def test_redis_limit_is_shared_by_two_replicas(redis_server: RedisServer) -> None:
+    prefix = f"test:{uuid.uuid4().hex}"
+    one = RedisGcra(redis_server.url, per_second=0.1, burst=5, prefix=prefix)
+    two = RedisGcra(redis_server.url, per_second=0.1, burst=5, prefix=prefix)
+    try:
+        decisions = await asyncio.gather(*(limiter.acquire("grant") for limiter in [one, two] * 6))
+    finally:
+        await one.close()
+        await two.close()
+    assert sum(d.allowed for d in decisions) == 5
+    refused = [d for d in decisions if not d.allowed]
+    assert len(refused) == 7 and all(d.retry_after_s > 0 for d in refused)
