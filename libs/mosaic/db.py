@@ -19,7 +19,7 @@ from alembic import command, context
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, MetaData, event, pool, text
+from sqlalchemy import Connection, Engine, MetaData, create_engine, event, pool, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -52,9 +52,27 @@ class Database:
                 connect_args={"server_settings": {"search_path": schema}},
             )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._sqlite_reader: Engine | None = None
 
     def session(self) -> AsyncSession:
         return self.sessions()
+
+    def sqlite_reader(self) -> Engine:
+        """A synchronous engine on the same SQLite file, for short indexed reads on the loop.
+
+        A read of a few rows through an index takes microseconds; handing it to
+        aiosqlite's worker thread and back costs more than the read itself, so hot read
+        paths on SQLite run it inline. Writes keep going through the async engine.
+        """
+        if not self.is_sqlite:
+            raise RuntimeError("sqlite_reader() is for SQLite databases only")
+        if self._sqlite_reader is None:
+            path = self.url.split("///", 1)[1]
+            self._sqlite_reader = create_engine(
+                f"sqlite+pysqlite:///{path}", connect_args={"timeout": 30}
+            )
+            event.listen(self._sqlite_reader, "connect", _sqlite_pragmas)
+        return self._sqlite_reader
 
     def _alembic_config(self) -> Config:
         cfg = Config()
@@ -91,6 +109,8 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self._sqlite_reader is not None:
+            self._sqlite_reader.dispose()
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -146,8 +146,7 @@ class ResourceStore:
             return [], False
         stmt = _list_statement(_shape(visibility))
         params = _params(kind, visibility, after_id=after_id, limit=limit + 1)
-        async with self._db.engine.connect() as conn:
-            rows = (await conn.execute(stmt, params)).all()
+        rows = await self._read_all(stmt, params)
         if len(rows) > limit:
             return rows[:limit], True
         return rows, False
@@ -156,10 +155,10 @@ class ResourceStore:
         """The row, or None when it is missing or outside the visibility (same answer)."""
         if visibility.sees_nothing:
             return None
-        stmt = _get_statement(_shape(visibility))
-        async with self._db.engine.connect() as conn:
-            result = await conn.execute(stmt, _params(kind, visibility, row_id=row_id))
-            return result.first()
+        rows = await self._read_all(
+            _get_statement(_shape(visibility)), _params(kind, visibility, row_id=row_id)
+        )
+        return rows[0] if rows else None
 
     async def search(
         self, kind: str, visibility: Visibility, query: str, limit: int
@@ -171,7 +170,13 @@ class ResourceStore:
         if match is None:
             return []
         stmt = self._search_statement(_shape(visibility))
-        params = _params(kind, visibility, limit=limit, match=match)
+        return await self._read_all(stmt, _params(kind, visibility, limit=limit, match=match))
+
+    async def _read_all(self, stmt: Select[Any], params: dict[str, Any]) -> Sequence[Row[Any]]:
+        """Run a read: inline on SQLite (see Database.sqlite_reader), via asyncpg otherwise."""
+        if self._db.is_sqlite:
+            with self._db.sqlite_reader().connect() as sync_conn:
+                return sync_conn.execute(stmt, params).all()
         async with self._db.engine.connect() as conn:
             return (await conn.execute(stmt, params)).all()
 
