@@ -7,4 +7,5 @@ from mosaic.cli import (  # noqa: F401
     commands_query,
     commands_resources,
     commands_seal,
+    demo,
 )
