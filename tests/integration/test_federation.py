@@ -552,6 +552,22 @@ async def test_revoked_serial_is_refused_on_the_next_request(b: Instance) -> Non
     assert err.code == grpc.StatusCode.PERMISSION_DENIED and err.reason == "CERT_REVOKED"
 
 
+async def test_grant_revoke_through_the_admin_api_revokes_its_certificates(b: Instance) -> None:
+    """`grant revoke` puts the grant's serials on every gateway's revoked set, not only the
+    grant's status: the certificate is dead even if the grant row were ever restored."""
+    cert = await grant_with_cert(b, MAIN_SCOPE)
+    code, _, err = b.cli("federation", "grant", "revoke", cert.grant_id, "--reason", "test")
+    assert code == 0, err
+    async with internal_channel_as(b.home, "ca-service", "federation-gateway") as channel:
+        listed = await ca_pb2_grpc.CertificateAuthorityStub(channel).ListRevocations(
+            ca_pb2.ListRevocationsRequest(), timeout=10
+        )
+    revoked = {r.serial: r for r in listed.revocations}
+    assert cert.serial in revoked
+    assert revoked[cert.serial].grant_id == cert.grant_id
+    assert revoked[cert.serial].reason == "test"
+
+
 async def _next_refusal(peer: Peer) -> RemoteError:
     """The next request after a change; the change reaches the gateway over a watch stream,
     so allow the documented bound (≤ 1 s) rather than assume it is instantaneous."""
