@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import ssl
@@ -258,9 +257,10 @@ async def fetch_pinned_root(target: EnrollmentURL) -> x509.Certificate:
     try:
         presented = _presented_chain(writer.get_extra_info("ssl_object"))
     finally:
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
+        # Abort rather than close: a graceful TLS close waits for the server's
+        # close_notify, which a gRPC server may never send (asyncio then waits its 30 s
+        # SSL shutdown timeout). Nothing was sent on this connection, so nothing is lost.
+        writer.transport.abort()
     for der in presented:
         try:
             cert = x509.load_der_x509_certificate(der)
