@@ -7,7 +7,6 @@ Skips locally when step-ca cannot be built or started; fails in CI (require_or_s
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -33,60 +32,22 @@ from mosaic.x509ext import (
     verify_chain,
 )
 from tests.support.instances import Instance, internal_channel_as
-from tests.support.stepca import BROKEN_TEMPLATE_TEXT, StepCAServer
+from tests.support.stepca import BROKEN_TEMPLATE_TEXT, StepCAServer, stepca_instance
 
 pytestmark = [pytest.mark.stepca, pytest.mark.slow]
 
 CA = "ca-service"
 
 
-def _write_private(path: Path, data: str) -> Path:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(data)
-    return path
-
-
-def stepca_instance(root: Path, name: str, stepca: StepCAServer) -> Instance:
-    """`mosaic init --ca step-ca` with the provisioner's private JWK from a file, then start."""
-    root.mkdir(parents=True, exist_ok=True)
-    key_file = _write_private(root / f"{name}-provisioner.jwk.json", json.dumps(stepca.private_jwk))
-    root_file = root / f"{name}-stepca-root.crt"
-    root_file.write_bytes(stepca.root_pem)
-    instance = Instance(
-        root,
-        name,
-        extra_init=(
-            "--ca",
-            "step-ca",
-            "--step-ca-url",
-            stepca.url,
-            "--step-ca-root",
-            str(root_file),
-            "--step-ca-dns-name",
-            stepca.dns_name,
-            "--step-ca-provisioner-key",
-            str(key_file),
-        ),
-    )
-    # The key file was only needed by `mosaic init`, which sealed it into the home.
-    key_file.unlink()
+def started_stepca_instance(root: Path, name: str, stepca: StepCAServer) -> Instance:
+    instance = stepca_instance(root, name, stepca)
     instance.start()
     return instance
 
 
 @pytest.fixture(scope="module")
-def stepca() -> Iterator[StepCAServer]:
-    server = StepCAServer().start_or_skip()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
 def instance(stepca: StepCAServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Instance]:
-    inst = stepca_instance(tmp_path_factory.mktemp("stepca-ok"), "b", stepca)
+    inst = started_stepca_instance(tmp_path_factory.mktemp("stepca-ok"), "b", stepca)
     try:
         yield inst
     finally:
@@ -203,7 +164,7 @@ async def test_lifetime_above_step_ca_maximum_is_a_failed_precondition(
     """step-ca refuses (403) what its provisioner's claims forbid: the operator must align
     the CA service's max lifetime with step-ca's, the caller can do nothing about it."""
     with StepCAServer(max_lifetime="1h") as short:
-        inst = stepca_instance(tmp_path, "short", short)
+        inst = started_stepca_instance(tmp_path, "short", short)
         try:
             async with internal_channel_as(inst.home, CA, ENROLLMENT) as channel:
                 stub = ca_pb2_grpc.CertificateAuthorityStub(channel)
@@ -223,7 +184,7 @@ async def test_certificate_without_the_grant_oids_is_never_returned(tmp_path: Pa
     template = tmp_path / "broken.tpl"
     template.write_text(BROKEN_TEMPLATE_TEXT)
     with StepCAServer(template=template) as broken:
-        inst = stepca_instance(tmp_path, "broken", broken)
+        inst = started_stepca_instance(tmp_path, "broken", broken)
         try:
             async with internal_channel_as(inst.home, CA, ENROLLMENT) as channel:
                 stub = ca_pb2_grpc.CertificateAuthorityStub(channel)
@@ -249,7 +210,7 @@ async def test_certificate_without_the_grant_oids_is_never_returned(tmp_path: Pa
 
 async def test_stopped_step_ca_is_unavailable_with_a_remediation(tmp_path: Path) -> None:
     with StepCAServer() as down:
-        inst = stepca_instance(tmp_path, "down", down)
+        inst = started_stepca_instance(tmp_path, "down", down)
         try:
             async with internal_channel_as(inst.home, CA, ENROLLMENT) as channel:
                 stub = ca_pb2_grpc.CertificateAuthorityStub(channel)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
 import tomllib
 import uuid
 from collections.abc import Iterator
@@ -34,27 +33,11 @@ from mosaic.federation.v1 import gateway_pb2, gateway_pb2_grpc, grants_pb2, gran
 from mosaic.x509ext import grant_identity, load_pem_certificates, serial_hex, verify_chain
 from tests.support.instances import Instance, internal_channel_as
 from tests.support.postgres import PostgresServer
-from tests.support.stepca import StepCAServer
+from tests.support.stepca import StepCAServer, stepca_instance
 
 pytestmark = [pytest.mark.stepca, pytest.mark.postgres, pytest.mark.slow]
 
 CONCURRENT_REDEEMS = 24
-
-
-def _write_private(path: Path, data: str) -> Path:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(data)
-    return path
-
-
-@pytest.fixture(scope="module")
-def stepca() -> Iterator[StepCAServer]:
-    server = StepCAServer().start_or_skip()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -64,27 +47,12 @@ def gateways(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Instance, Instance]]:
     root = tmp_path_factory.mktemp("enroll-stepca")
-    key_file = _write_private(root / "provisioner.jwk.json", json.dumps(stepca.private_jwk))
-    root_file = root / "stepca-root.crt"
-    root_file.write_bytes(stepca.root_pem)
-    b = Instance(
+    b = stepca_instance(
         root,
         "b",
+        stepca,
         db=postgres_server.create_database(f"enroll_stepca_{uuid.uuid4().hex[:8]}"),
-        extra_init=(
-            "--ca",
-            "step-ca",
-            "--step-ca-url",
-            stepca.url,
-            "--step-ca-root",
-            str(root_file),
-            "--step-ca-dns-name",
-            stepca.dns_name,
-            "--step-ca-provisioner-key",
-            str(key_file),
-        ),
     )
-    key_file.unlink()  # sealed into B's home by `mosaic init`
     config_file = b.home / "instance.toml"
     doc = tomllib.loads(config_file.read_text())
     # One machine makes every attempt from 127.0.0.1: allow the concurrency test's burst.

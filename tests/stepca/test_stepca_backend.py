@@ -59,15 +59,6 @@ def _debug_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def stepca() -> Iterator[StepCAServer]:
-    server = StepCAServer(with_db=True).start_or_skip()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
 def stepca_nodb() -> Iterator[StepCAServer]:
     server = StepCAServer(with_db=False).start_or_skip()
     try:

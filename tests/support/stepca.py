@@ -49,6 +49,7 @@ from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 from cryptography.x509.oid import NameOID
 
 from ca_service.backends.stepca import StepCABackend
+from tests.support.instances import Instance
 from tests.support.procs import (
     LOOPBACK,
     PortInUse,
@@ -464,3 +465,38 @@ class StepCAServer:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+
+
+def stepca_instance(root: Path, name: str, server: StepCAServer, *, db: str = "") -> Instance:
+    """`mosaic init --ca step-ca` against ``server`` (not started yet).
+
+    The provisioner's private JWK goes to `mosaic init` in a 0600 file, which init seals
+    into the home; the clear file is removed straight after.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    key_file = root / f"{name}-provisioner.jwk.json"
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(server.private_jwk))
+    root_file = root / f"{name}-stepca-root.crt"
+    root_file.write_bytes(server.root_pem)
+    try:
+        return Instance(
+            root,
+            name,
+            db=db,
+            extra_init=(
+                "--ca",
+                "step-ca",
+                "--step-ca-url",
+                server.url,
+                "--step-ca-root",
+                str(root_file),
+                "--step-ca-dns-name",
+                server.dns_name,
+                "--step-ca-provisioner-key",
+                str(key_file),
+            ),
+        )
+    finally:
+        key_file.unlink()
