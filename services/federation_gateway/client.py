@@ -34,6 +34,7 @@ from mosaic.rpc.interceptors import response_request_id
 log = logging.getLogger("mosaic.gateway.client")
 
 CALL_DEADLINE_S = 5.0
+RENEW_DEADLINE_S = 60.0
 CREDENTIALS_DEADLINE_S = 5.0
 CACHE_TTL_S = 30.0
 CACHE_MAX_ENTRIES = 1000
@@ -197,6 +198,26 @@ class FederationClient:
         response.fetched_at.GetCurrentTime()
         self._remember(key, response)
         return response
+
+    async def renew(self, key: str, csr_pem: str) -> gateway_pb2.RenewCertificateResponse:
+        """Ask the peer to re-issue our certificate for the CSR (flow 6), over the peer's
+        channel, so with the certificate it replaces; raise PeerError on failure."""
+        peer = await self.channel(key)
+        try:
+            answer: gateway_pb2.RenewCertificateResponse = await peer.stub.RenewCertificate(
+                gateway_pb2.RenewCertificateRequest(csr_pem=csr_pem),
+                timeout=RENEW_DEADLINE_S,
+            )
+        except grpc.aio.AioRpcError as err:
+            raise _peer_error(err) from None
+        return answer
+
+    async def credentials(self, key: str) -> tuple[grants_pb2.Peer, str]:
+        """An active outbound peer (id or name) and its unsealed client key; PeerError if
+        there is none."""
+        if not key:
+            raise PeerError(PEER_NOT_FOUND, "a peer id or name is required")
+        return await self._credentials(key)
 
     def _cached(self, key: tuple[str, bytes]) -> gateway_pb2.QueryResponse | None:
         entry = self._cache.get(key)

@@ -1,4 +1,5 @@
-"""Federation: the peer-facing queries, over mTLS, under the grant the certificate carries.
+"""Federation: the peer-facing queries, over mTLS, under the grant the certificate carries,
+and certificate renewal (flow 6) for that grant.
 
 Every request, whatever its verb, goes through the same gate in this order (cheapest
 first; each refusal has its own reason code):
@@ -45,6 +46,7 @@ from federation_gateway.authz import GrantView, Refusal, check_certificate, refu
 from federation_gateway.context import GatewayContext
 from federation_gateway.pagetoken import PageTokenInvalid, PageTokens
 from mosaic import __version__
+from mosaic.config import CA, GRANTS
 from mosaic.config import RESOURCES as RESOURCE_SERVICE
 from mosaic.errors import (
     DEPENDENCY_UNAVAILABLE,
@@ -57,9 +59,13 @@ from mosaic.errors import (
     unavailable,
 )
 from mosaic.federation.v1 import (
+    ca_pb2,
+    ca_pb2_grpc,
     common_pb2,
     gateway_pb2,
     gateway_pb2_grpc,
+    grants_pb2,
+    grants_pb2_grpc,
     resources_pb2,
     resources_pb2_grpc,
 )
@@ -77,6 +83,8 @@ SOURCE_DEADLINE_S = 5.0
 # contend for its GIL (measured: CPU per read grows several-fold at 16 in flight).
 SOURCE_CONCURRENCY = 4
 MAX_QUERY_CHARS = 1000
+RENEW_CA_DEADLINE_S = 30.0
+RENEW_GRANTS_DEADLINE_S = 10.0
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 # Reason codes answered here (authz.py has the grant and peer ones).
@@ -94,7 +102,6 @@ PAGE_TOKEN_INVALID = "PAGE_TOKEN_INVALID"  # noqa: S105 - a reason code, not a s
 ID_INVALID = "ID_INVALID"
 QUERY_INVALID = "QUERY_INVALID"
 LIMIT_INVALID = "LIMIT_INVALID"
-NOT_IMPLEMENTED = "NOT_IMPLEMENTED"
 
 _NOT_FOUND_MESSAGE = "no such resource"
 # How an answer is classified in the audit log; everything else is "error".
@@ -167,12 +174,15 @@ def _page_size(requested: int, cap: int, field: str, reason: str) -> int:
 
 
 class FederationServicer(gateway_pb2_grpc.FederationServicer):
-    """Capabilities, List, Get and Search for the peer whose certificate carries a grant."""
+    """Capabilities, List, Get and Search for the peer whose certificate carries a grant, and
+    RenewCertificate (flow 6) for the same grant."""
 
     def __init__(self, gateway: GatewayContext) -> None:
         runtime = gateway.runtime
         self._revoked = gateway.revoked
         self._grants = gateway.grant_cache
+        self._ca = ca_pb2_grpc.CertificateAuthorityStub(runtime.channels.get(CA))
+        self._grant_store = grants_pb2_grpc.GrantsStub(runtime.channels.get(GRANTS))
         self._resources = resources_pb2_grpc.ResourceSourceStub(
             runtime.channels.get(RESOURCE_SERVICE)
         )
@@ -181,7 +191,7 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         self._tokens = PageTokens(runtime.sealer.derive_key("page-token"))
         self._rate_limit = runtime.config.rate_limit
         # Audit rows of cancelled calls are written in the background; keep them referenced.
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
         self._source_slots = asyncio.Semaphore(SOURCE_CONCURRENCY)
         # Identical resource-service reads in flight right now (see _read).
         self._inflight: dict[tuple[Any, bytes], asyncio.Future[Any]] = {}
@@ -211,16 +221,7 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
     async def RenewCertificate(
         self, request: gateway_pb2.RenewCertificateRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.RenewCertificateResponse:
-        async def not_yet(
-            view: GrantView, request: gateway_pb2.RenewCertificateRequest
-        ) -> gateway_pb2.RenewCertificateResponse:
-            raise ServiceError(
-                grpc.StatusCode.UNIMPLEMENTED,
-                NOT_IMPLEMENTED,
-                "certificate renewal is not available on this gateway yet",
-            )
-
-        return await self._serve("renew", "", request, context, not_yet)
+        return await self._serve("renew", "", request, context, self._renew)
 
     # ---- the gate and the audit row ------------------------------------------------
 
@@ -449,6 +450,103 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
             items = [i for i in items if _visible(view, access, request.resource, i)]
         return gateway_pb2.SearchResponse(items=items[:limit])
 
+    async def _renew(
+        self, view: GrantView, request: gateway_pb2.RenewCertificateRequest
+    ) -> gateway_pb2.RenewCertificateResponse:
+        """Flow 6 (serving side): re-issue for the same grant, subject and peer; the new
+        certificate replaces the presented one (which the gate found current) at grants-service
+        only if it is still current, then the old serial is revoked.
+
+        Once the CA has issued, the rest runs to the end even if the caller goes away, so
+        nothing is left half-done: either the peer's certificate is the new one and the old
+        one is revoked, or the new one is revoked and the old one stays current.
+        """
+        try:
+            issued: ca_pb2.IssueCertificateResponse = await self._ca.IssueCertificate(
+                ca_pb2.IssueCertificateRequest(
+                    csr_pem=request.csr_pem,
+                    grant_id=view.grant_id,
+                    subject_user_id=view.subject_user_id,
+                    peer_id=view.peer_id,
+                ),
+                timeout=RENEW_CA_DEADLINE_S,
+            )
+        except grpc.aio.AioRpcError as err:
+            raise RemoteError.from_rpc_error(err).to_service_error() from None
+        task = asyncio.ensure_future(self._record_renewal(view, issued))
+        self._background.add(task)
+        task.add_done_callback(_renewal_done)
+        task.add_done_callback(self._background.discard)
+        return await asyncio.shield(task)
+
+    async def _record_renewal(
+        self, view: GrantView, issued: ca_pb2.IssueCertificateResponse
+    ) -> gateway_pb2.RenewCertificateResponse:
+        old_serial = view.cert_serial
+        ids = {"grant_id": view.grant_id, "peer_id": view.peer_id, "serial": issued.serial}
+        try:
+            await self._grant_store.RotatePeerCertificate(
+                grants_pb2.RotatePeerCertificateRequest(
+                    peer_id=view.peer_id,
+                    expected_serial=old_serial,
+                    cert_serial=issued.serial,
+                    cert_pem=issued.certificate_pem,
+                    cert_not_after=issued.not_after,
+                ),
+                timeout=RENEW_GRANTS_DEADLINE_S,
+            )
+        except grpc.aio.AioRpcError as err:
+            remote = RemoteError.from_rpc_error(err)
+            log.warning("renewal not recorded; revoking the new certificate", extra=ids)
+            await self._revoke_serial(issued.serial, "renewal not recorded", view)
+            raise remote.to_service_error() from None
+        self._grants.invalidate(grant_ids=[view.grant_id])
+        await self._revoke_serial(old_serial, "superseded by renewal", view)
+        log.info("peer certificate renewed", extra=ids | {"old_serial": old_serial})
+        chain = list(issued.chain_pem)
+        root = await self._client_root()
+        if root:
+            chain.append(root)
+        return gateway_pb2.RenewCertificateResponse(
+            certificate_pem=issued.certificate_pem,
+            chain_pem=chain,
+            serial=issued.serial,
+            not_after=issued.not_after,
+        )
+
+    async def _revoke_serial(self, serial: str, reason: str, view: GrantView) -> None:
+        """Best effort: the grants-service record already decides which serial is current."""
+        try:
+            await self._ca.RevokeCertificate(
+                ca_pb2.RevokeCertificateRequest(serial=serial, reason=reason),
+                timeout=RENEW_CA_DEADLINE_S,
+            )
+        except grpc.aio.AioRpcError as err:
+            log.warning(
+                "certificate not revoked at the CA",
+                extra={
+                    "serial": serial,
+                    "grant_id": view.grant_id,
+                    "peer_id": view.peer_id,
+                    "revocation_reason": reason,
+                    "code": err.code().name,
+                },
+            )
+
+    async def _client_root(self) -> str:
+        """With the step-ca backend, the root client certificates chain to (sent along, as
+        enrollment does, so the peer can verify the whole chain); "" with the local CA."""
+        try:
+            trust: ca_pb2.GetTrustBundleResponse = await self._ca.GetTrustBundle(
+                ca_pb2.GetTrustBundleRequest(), timeout=RENEW_CA_DEADLINE_S
+            )
+        except grpc.aio.AioRpcError as err:
+            log.warning("trust bundle unavailable", extra={"code": err.code().name})
+            return ""
+        if trust.root_pem and trust.root_sha256 != trust.server_root_sha256:
+            return trust.root_pem
+        return ""
+
     async def _read(self, method: Callable[..., Awaitable[R]], request: Any) -> R:
         """Call resource-service: at most SOURCE_CONCURRENCY calls at once, and identical
         concurrent reads share one call.
@@ -496,6 +594,11 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
                 ) from None
             log.error("resource-service failed", extra={"code": code.name})
             raise
+
+
+def _renewal_done(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: the caller may have gone away meanwhile
 
 
 def _visible(view: GrantView, access: Any, resource: str, item: common_pb2.ResourceItem) -> bool:

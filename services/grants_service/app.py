@@ -23,6 +23,8 @@ _GATEWAY_ONLY = [
     "RemovePeer",
     "RegisterOutboundPeer",
     "GetPeerCredentials",
+    "RotatePeerCertificate",
+    "UpdateOutboundPeerCredentials",
     "Reseal",
     "WatchChanges",
 ]

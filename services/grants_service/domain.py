@@ -50,6 +50,8 @@ __all__ = [
     "peer_for_new_grant",
     "peer_refusal",
     "peer_sources",
+    "rotation_refusal",
+    "validate_new_certificate",
     "validate_new_grant",
     "validate_outbound_peer",
     "validate_peer_name",
@@ -92,6 +94,8 @@ GRANT_REQUEST_INVALID: Final = "GRANT_REQUEST_INVALID"
 SENSITIVE_NOT_ALLOWED: Final = "SENSITIVE_NOT_ALLOWED"
 PEER_NAME_TAKEN: Final = "PEER_NAME_TAKEN"
 GRANT_PEER_MISMATCH: Final = "GRANT_PEER_MISMATCH"
+CERT_NOT_CURRENT: Final = "CERT_NOT_CURRENT"
+PEER_DIRECTION_MISMATCH: Final = "PEER_DIRECTION_MISMATCH"
 
 
 class InvalidGrantRequest(ValueError):
@@ -406,6 +410,65 @@ def activation_refusal(
         )
     # The grant was pending and the peer activatable, so the grant's expiry had passed.
     return grant_refusal("activate", "expired")
+
+
+@dataclass(frozen=True)
+class NewCertificate:
+    """A validated replacement certificate (renewal): serial and expiry read from it."""
+
+    cert_pem: str
+    cert_serial: str
+    cert_not_after: dt.datetime
+
+
+def validate_new_certificate(cert_pem: str, client_key_pem: str | None = None) -> NewCertificate:
+    """Check a renewed certificate (and, for a peer we query, its new key) before storing.
+
+    ``cert_pem`` may carry intermediates after the leaf; the first certificate is the leaf.
+    """
+    violations: list[tuple[str, str]] = []
+    serial = ""
+    not_after = dt.datetime.min.replace(tzinfo=dt.UTC)
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem.encode())
+        serial = serial_hex(cert.serial_number)
+        not_after = cert.not_valid_after_utc
+    except ValueError:
+        violations.append(("cert_pem", "must be a PEM certificate"))
+    if client_key_pem is not None and "PRIVATE KEY" not in client_key_pem:
+        violations.append(("client_key_pem", "must be a PEM private key"))
+    if violations:
+        listed = "; ".join(f"{field}: {problem}" for field, problem in violations)
+        raise InvalidGrantRequest(
+            "CERTIFICATE_INVALID", f"invalid certificate: {listed}", tuple(violations)
+        )
+    return NewCertificate(cert_pem=cert_pem, cert_serial=serial, cert_not_after=not_after)
+
+
+def rotation_refusal(
+    *, direction: str, state: str, expected_direction: str, serial_matches: bool
+) -> TransitionRefused:
+    """Why a certificate rotation (renewal) did not apply, from what the peer looks like now."""
+    if direction != expected_direction:
+        return PeerRefused(
+            PEER_DIRECTION_MISMATCH,
+            f"peer is {direction}; only {expected_direction} peers are renewed here",
+            state,
+        )
+    if state != "active":
+        return PeerRefused(
+            _state_reason("PEER", state, already=False),
+            f"peer is {state} and its certificate cannot be renewed",
+            state,
+        )
+    if not serial_matches:
+        return PeerRefused(
+            CERT_NOT_CURRENT,
+            "the certificate being renewed is no longer the peer's current one",
+            state,
+            remediation="another renewal won; use the peer's current certificate",
+        )
+    return PeerRefused(_state_reason("PEER", state, already=False), "peer changed", state)
 
 
 def is_due_to_expire(status: str, expires_at: dt.datetime | None, now: dt.datetime) -> bool:

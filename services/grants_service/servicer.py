@@ -315,6 +315,82 @@ class GrantsServicer(grants_pb2_grpc.GrantsServicer):
         self._notifier.publish(peer_ids=[peer.id])
         return grants_pb2.RegisterOutboundPeerResponse(peer=peer_proto(peer))
 
+    async def RotatePeerCertificate(
+        self, request: grants_pb2.RotatePeerCertificateRequest, context: grpc.aio.ServicerContext
+    ) -> grants_pb2.RotatePeerCertificateResponse:
+        """Renewal (serving side): the inbound peer's current certificate becomes the new one,
+        only if it is still ``expected_serial``; concurrent renewals have one winner and the
+        others get FAILED_PRECONDITION CERT_NOT_CURRENT."""
+        peer_id = _uuid("peer_id", request.peer_id)
+        if not request.expected_serial:
+            raise invalid_argument(
+                "EXPECTED_SERIAL_REQUIRED",
+                "expected_serial is required",
+                violations=[("expected_serial", "is required")],
+            )
+        try:
+            new = domain.validate_new_certificate(request.cert_pem)
+        except domain.InvalidGrantRequest as exc:
+            raise _mapped(exc) from None
+        if request.cert_serial and request.cert_serial != new.cert_serial:
+            raise invalid_argument(
+                "CERT_SERIAL_MISMATCH",
+                "cert_serial differs from the certificate's serial",
+                violations=[("cert_serial", "must be the serial of cert_pem")],
+            )
+        try:
+            peer = await self._store.rotate_peer_certificate(
+                peer_id, expected_serial=request.expected_serial, new=new, now=utcnow()
+            )
+        except (domain.PeerNotFound, domain.TransitionRefused) as exc:
+            raise _mapped(exc) from None
+        log.info(
+            "peer certificate rotated",
+            extra={
+                "peer_id": str(peer.id),
+                "old_serial": request.expected_serial,
+                "serial": peer.cert_serial,
+            },
+        )
+        self._notifier.publish(peer_ids=[peer.id])
+        return grants_pb2.RotatePeerCertificateResponse(peer=peer_proto(peer))
+
+    async def UpdateOutboundPeerCredentials(
+        self,
+        request: grants_pb2.UpdateOutboundPeerCredentialsRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> grants_pb2.UpdateOutboundPeerCredentialsResponse:
+        """Renewal (querying side): store an outbound peer's new certificate and CA bundle, and
+        its new key sealed bound to the peer's row."""
+        peer_id = _uuid("peer_id", request.peer_id)
+        try:
+            new = domain.validate_new_certificate(request.cert_pem, request.client_key_pem)
+        except domain.InvalidGrantRequest as exc:
+            raise _mapped(exc) from None
+        if not request.ca_bundle_pem.strip():
+            raise invalid_argument(
+                "CA_BUNDLE_REQUIRED",
+                "ca_bundle_pem is required",
+                violations=[("ca_bundle_pem", "is required")],
+            )
+        sealed = self._sealer.seal(request.client_key_pem.encode(), sealed_key_context(peer_id))
+        try:
+            peer = await self._store.update_outbound_credentials(
+                peer_id,
+                new=new,
+                ca_bundle_pem=request.ca_bundle_pem,
+                sealed_key=sealed,
+                now=utcnow(),
+            )
+        except (domain.PeerNotFound, domain.TransitionRefused) as exc:
+            raise _mapped(exc) from None
+        log.info(
+            "outbound peer credentials updated",
+            extra={"peer_id": str(peer.id), "serial": peer.cert_serial},
+        )
+        self._notifier.publish(peer_ids=[peer.id])
+        return grants_pb2.UpdateOutboundPeerCredentialsResponse(peer=peer_proto(peer))
+
     async def GetPeerCredentials(
         self, request: grants_pb2.GetPeerCredentialsRequest, context: grpc.aio.ServicerContext
     ) -> grants_pb2.GetPeerCredentialsResponse:

@@ -439,6 +439,77 @@ class GrantsStore:
         except IntegrityError:
             raise domain.PeerNameTaken(new.name) from None
 
+    async def rotate_peer_certificate(
+        self,
+        peer_id: uuid.UUID,
+        *,
+        expected_serial: str,
+        new: domain.NewCertificate,
+        now: dt.datetime,
+    ) -> PeerRow:
+        """An active inbound peer's certificate becomes ``new`` only if its current serial is
+        still ``expected_serial``: of concurrent renewals exactly one wins."""
+        async with self._engine.begin() as conn:
+            won = await conn.execute(
+                update(_P)
+                .where(
+                    _P.c.id == peer_id,
+                    _P.c.direction == "inbound",
+                    _P.c.state == "active",
+                    _P.c.cert_serial == expected_serial,
+                )
+                .values(
+                    cert_serial=new.cert_serial,
+                    cert_pem=new.cert_pem,
+                    cert_not_after=new.cert_not_after,
+                    updated_at=now,
+                )
+                .returning(_P.c.id)
+            )
+            if won.first() is None:
+                current = await self._peer_in(conn, peer_id)
+                raise domain.rotation_refusal(
+                    direction=current.direction,
+                    state=current.state,
+                    expected_direction="inbound",
+                    serial_matches=current.cert_serial == expected_serial,
+                )
+            return await self._peer_in(conn, peer_id)
+
+    async def update_outbound_credentials(
+        self,
+        peer_id: uuid.UUID,
+        *,
+        new: domain.NewCertificate,
+        ca_bundle_pem: str,
+        sealed_key: bytes,
+        now: dt.datetime,
+    ) -> PeerRow:
+        """An active outbound peer's certificate, CA bundle and sealed key, replaced at once."""
+        async with self._engine.begin() as conn:
+            won = await conn.execute(
+                update(_P)
+                .where(_P.c.id == peer_id, _P.c.direction == "outbound", _P.c.state == "active")
+                .values(
+                    cert_serial=new.cert_serial,
+                    cert_pem=new.cert_pem,
+                    cert_not_after=new.cert_not_after,
+                    ca_bundle_pem=ca_bundle_pem,
+                    sealed_client_key=sealed_key,
+                    updated_at=now,
+                )
+                .returning(_P.c.id)
+            )
+            if won.first() is None:
+                current = await self._peer_in(conn, peer_id)
+                raise domain.rotation_refusal(
+                    direction=current.direction,
+                    state=current.state,
+                    expected_direction="outbound",
+                    serial_matches=True,
+                )
+            return await self._peer_in(conn, peer_id)
+
     async def sealed_client_key(self, peer_id: uuid.UUID) -> tuple[PeerRow, bytes | None]:
         async with self._engine.connect() as conn:
             peer = await self._peer_in(conn, peer_id)

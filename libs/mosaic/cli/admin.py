@@ -52,8 +52,14 @@ def call_admin(
     action: Callable[
         [gateway_pb2_grpc.FederationAdminStub, tuple[tuple[str, str], ...]], Awaitable[T]
     ],
+    *,
+    error_metadata: tuple[str, ...] = (),
 ) -> T:
-    """Run one admin call; a failed RPC becomes the CLI's error output and exit code 1."""
+    """Run one admin call; a failed RPC becomes the CLI's error output and exit code 1.
+
+    ``error_metadata`` names ErrorInfo metadata keys copied into the error document (e.g.
+    the peer's own ``server_reason`` for calls that reach another gateway).
+    """
 
     async def run() -> T:
         async with admin_channel(config) as channel:
@@ -64,7 +70,7 @@ def call_admin(
         return asyncio.run(run())
     except grpc.aio.AioRpcError as err:
         remote = RemoteError.from_rpc_error(err)
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {k: v for k, v in remote.metadata.items() if k in error_metadata}
         if remote.violations:
             extra["violations"] = [f"{f}: {d}" for f, d in remote.violations]
         remediation = remote.remediation

@@ -1,4 +1,4 @@
-"""`mosaic federation grant token` (serving side) and `peer add` (querying side)."""
+"""`mosaic federation grant token` (serving side), `peer add` and `peer renew` (querying side)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from mosaic.federation.v1 import enrollment_pb2, gateway_pb2
 # The admin call of `peer add` waits for the other gateway (TLS probe, CA issuance).
 ADD_PEER_TIMEOUT_S = 90.0
 CREATE_TOKEN_TIMEOUT_S = 20.0
+# `peer renew` waits for the other gateway (its CA issues) and for grants-service.
+RENEW_PEER_TIMEOUT_S = 90.0
 
 
 @grant_app.command("token")
@@ -88,3 +90,21 @@ def peer_add(
     )
     doc = peer_doc(reply.peer)
     emit(ctx, doc, lambda: fields(f"peer {doc['name']} added", doc))
+
+
+@peer_app.command("renew")
+def peer_renew(
+    ctx: typer.Context,
+    peer: Annotated[str, typer.Argument(metavar="ID", help="A peer we query (id or name).")],
+) -> None:
+    """Renew our certificate for a peer we query, over mTLS, for the same grant."""
+    config = load_or_fail(ctx, state(ctx).home)
+    request = gateway_pb2.RenewPeerRequest(id=peer)
+    reply = call_admin(
+        ctx,
+        config,
+        lambda stub, md: stub.RenewPeer(request, metadata=md, timeout=RENEW_PEER_TIMEOUT_S),
+        error_metadata=("server_reason", "request_id"),
+    )
+    doc = peer_doc(reply.peer)
+    emit(ctx, doc, lambda: fields(f"peer {doc['name']} renewed", doc))

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import re
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -347,7 +348,7 @@ def _accept(
     """Check what the serving gateway issued; refuse (INVALID_RESPONSE) anything off."""
     try:
         return _check_reply(reply, key, pinned_root)
-    except _Refused as exc:
+    except CertificateRefused as exc:
         log.error(
             "the serving gateway's certificate was refused",
             extra={"endpoint": target.endpoint, "problem": str(exc), "serial": reply.serial},
@@ -365,8 +366,8 @@ def _accept(
         ) from None
 
 
-class _Refused(Exception):
-    pass
+class CertificateRefused(Exception):
+    """What is wrong with a certificate the serving gateway issued."""
 
 
 def _check_reply(
@@ -375,39 +376,29 @@ def _check_reply(
     pinned_root: x509.Certificate,
 ) -> _Accepted:
     try:
-        leaf = x509.load_pem_x509_certificate(reply.certificate_pem.encode())
-        chain = [x509.load_pem_x509_certificate(pem.encode()) for pem in reply.chain_pem]
         bundle = (
             x509.load_pem_x509_certificates(reply.ca_bundle_pem.encode())
             if reply.ca_bundle_pem.strip()
             else []
         )
     except ValueError:
-        raise _Refused("a certificate in the answer does not parse") from None
-    intermediates = [c for c in chain if not _self_signed(c)]
-    # Roots sent over the pinned channel are vouched for by the gateway we pinned (the
-    # step-ca backend issues client certificates under its own root).
-    roots = [pinned_root, *(c for c in chain if _self_signed(c))]
-    try:
-        verify_chain(leaf, intermediates, roots)
-    except ChainError as exc:
-        raise _Refused(str(exc)) from None
+        raise CertificateRefused("a certificate in the answer does not parse") from None
+    leaf, intermediates = verified_leaf(reply.certificate_pem, reply.chain_pem, [pinned_root])
     try:
         identity = grant_identity(leaf)
         reported = (canonical_uuid(reply.grant_id), canonical_uuid(reply.subject_user_id))
     except (InvalidGrantExtension, ValueError) as exc:
-        raise _Refused(f"grant identity: {exc}") from None
+        raise CertificateRefused(f"grant identity: {exc}") from None
     if (identity.grant_id, identity.subject_user_id) != reported:
-        raise _Refused(
+        raise CertificateRefused(
             "the certificate's grant extensions differ from the grant the gateway reported"
         )
-    if _spki(leaf.public_key()) != _spki(key.public_key()):
-        raise _Refused("the certificate is not for the key this gateway generated")
+    check_own_key(leaf, key)
     serial = serial_hex(leaf.serial_number)
     if reply.serial and reply.serial != serial:
-        raise _Refused("the certificate's serial differs from the one reported")
+        raise CertificateRefused("the certificate's serial differs from the one reported")
     if _ENDPOINT.fullmatch(reply.federation_endpoint) is None:
-        raise _Refused("the federation endpoint is missing or not host:port")
+        raise CertificateRefused("the federation endpoint is missing or not host:port")
     trusted = [pinned_root, *(c for c in bundle if c != pinned_root and _self_signed(c))]
     return _Accepted(
         cert_chain_pem=certs_to_pem([leaf, *intermediates]),
@@ -416,6 +407,34 @@ def _check_reply(
         subject_user_id=identity.subject_user_id,
         serial=serial,
     )
+
+
+def verified_leaf(
+    certificate_pem: str, chain_pem: Sequence[str], trusted_roots: Sequence[x509.Certificate]
+) -> tuple[x509.Certificate, list[x509.Certificate]]:
+    """The issued leaf and its intermediates, once the leaf chains to one of
+    ``trusted_roots`` (or to a root the serving gateway sent in ``chain_pem`` over a channel
+    that already authenticated it). Raises CertificateRefused."""
+    try:
+        leaf = x509.load_pem_x509_certificate(certificate_pem.encode())
+        chain = [x509.load_pem_x509_certificate(pem.encode()) for pem in chain_pem]
+    except ValueError:
+        raise CertificateRefused("a certificate in the answer does not parse") from None
+    intermediates = [c for c in chain if not _self_signed(c)]
+    # Roots sent over the pinned channel are vouched for by the gateway we pinned (the
+    # step-ca backend issues client certificates under its own root).
+    roots = [*trusted_roots, *(c for c in chain if _self_signed(c))]
+    try:
+        verify_chain(leaf, intermediates, roots)
+    except ChainError as exc:
+        raise CertificateRefused(str(exc)) from None
+    return leaf, intermediates
+
+
+def check_own_key(leaf: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
+    """Refuse a certificate that is not for the key this gateway generated."""
+    if _spki(leaf.public_key()) != _spki(key.public_key()):
+        raise CertificateRefused("the certificate is not for the key this gateway generated")
 
 
 def _self_signed(cert: x509.Certificate) -> bool:

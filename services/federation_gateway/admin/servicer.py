@@ -9,6 +9,7 @@ from federation_gateway.admin.base import AdminBase
 from federation_gateway.admin.enrollment import EnrollmentAdminMixin
 from federation_gateway.admin.grants import GrantsAdminMixin
 from federation_gateway.admin.query import QueryAdminMixin
+from federation_gateway.admin.renewal import RenewalAdminMixin
 from federation_gateway.admin.resources import ResourcesAdminMixin
 from mosaic.federation.v1 import gateway_pb2_grpc
 
@@ -18,6 +19,7 @@ class FederationAdminServicer(
     ResourcesAdminMixin,
     EnrollmentAdminMixin,
     QueryAdminMixin,
+    RenewalAdminMixin,
     AdminBase,
     gateway_pb2_grpc.FederationAdminServicer,
 ):

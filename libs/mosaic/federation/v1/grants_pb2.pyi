@@ -719,6 +719,113 @@ class GetPeerCredentialsResponse(_message.Message):
 Global___GetPeerCredentialsResponse: _TypeAlias = GetPeerCredentialsResponse  # noqa: Y015
 
 @_typing.final
+class RotatePeerCertificateRequest(_message.Message):
+    """Renewal on the serving side: the peer's certificate becomes the newly issued one,
+    only if its current serial is still expected_serial (one concurrent renewal wins).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_ID_FIELD_NUMBER: _builtins.int
+    EXPECTED_SERIAL_FIELD_NUMBER: _builtins.int
+    CERT_SERIAL_FIELD_NUMBER: _builtins.int
+    CERT_PEM_FIELD_NUMBER: _builtins.int
+    CERT_NOT_AFTER_FIELD_NUMBER: _builtins.int
+    peer_id: _builtins.str
+    expected_serial: _builtins.str
+    cert_serial: _builtins.str
+    cert_pem: _builtins.str
+    @_builtins.property
+    def cert_not_after(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        peer_id: _builtins.str = ...,
+        expected_serial: _builtins.str = ...,
+        cert_serial: _builtins.str = ...,
+        cert_pem: _builtins.str = ...,
+        cert_not_after: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cert_not_after", b"cert_not_after"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cert_not_after", b"cert_not_after", "cert_pem", b"cert_pem", "cert_serial", b"cert_serial", "expected_serial", b"expected_serial", "peer_id", b"peer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotatePeerCertificateRequest: _TypeAlias = RotatePeerCertificateRequest  # noqa: Y015
+
+@_typing.final
+class RotatePeerCertificateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def peer(self) -> Global___Peer: ...
+    def __init__(
+        self,
+        *,
+        peer: Global___Peer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["peer", b"peer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["peer", b"peer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotatePeerCertificateResponse: _TypeAlias = RotatePeerCertificateResponse  # noqa: Y015
+
+@_typing.final
+class UpdateOutboundPeerCredentialsRequest(_message.Message):
+    """Renewal on the querying side: an outbound peer's new certificate and key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_ID_FIELD_NUMBER: _builtins.int
+    CERT_PEM_FIELD_NUMBER: _builtins.int
+    CA_BUNDLE_PEM_FIELD_NUMBER: _builtins.int
+    CLIENT_KEY_PEM_FIELD_NUMBER: _builtins.int
+    peer_id: _builtins.str
+    cert_pem: _builtins.str
+    ca_bundle_pem: _builtins.str
+    client_key_pem: _builtins.str
+    """Private key of the new client certificate, PEM; sealed before it is stored."""
+    def __init__(
+        self,
+        *,
+        peer_id: _builtins.str = ...,
+        cert_pem: _builtins.str = ...,
+        ca_bundle_pem: _builtins.str = ...,
+        client_key_pem: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_bundle_pem", b"ca_bundle_pem", "cert_pem", b"cert_pem", "client_key_pem", b"client_key_pem", "peer_id", b"peer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateOutboundPeerCredentialsRequest: _TypeAlias = UpdateOutboundPeerCredentialsRequest  # noqa: Y015
+
+@_typing.final
+class UpdateOutboundPeerCredentialsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def peer(self) -> Global___Peer: ...
+    def __init__(
+        self,
+        *,
+        peer: Global___Peer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["peer", b"peer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["peer", b"peer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateOutboundPeerCredentialsResponse: _TypeAlias = UpdateOutboundPeerCredentialsResponse  # noqa: Y015
+
+@_typing.final
 class ResealRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

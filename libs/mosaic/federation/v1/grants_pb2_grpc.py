@@ -90,6 +90,16 @@ class GrantsStub:
                 request_serializer=mosaic_dot_federation_dot_v1_dot_grants__pb2.GetPeerCredentialsRequest.SerializeToString,
                 response_deserializer=mosaic_dot_federation_dot_v1_dot_grants__pb2.GetPeerCredentialsResponse.FromString,
                 _registered_method=True)
+        self.RotatePeerCertificate = channel.unary_unary(
+                '/mosaic.federation.v1.Grants/RotatePeerCertificate',
+                request_serializer=mosaic_dot_federation_dot_v1_dot_grants__pb2.RotatePeerCertificateRequest.SerializeToString,
+                response_deserializer=mosaic_dot_federation_dot_v1_dot_grants__pb2.RotatePeerCertificateResponse.FromString,
+                _registered_method=True)
+        self.UpdateOutboundPeerCredentials = channel.unary_unary(
+                '/mosaic.federation.v1.Grants/UpdateOutboundPeerCredentials',
+                request_serializer=mosaic_dot_federation_dot_v1_dot_grants__pb2.UpdateOutboundPeerCredentialsRequest.SerializeToString,
+                response_deserializer=mosaic_dot_federation_dot_v1_dot_grants__pb2.UpdateOutboundPeerCredentialsResponse.FromString,
+                _registered_method=True)
         self.Reseal = channel.unary_unary(
                 '/mosaic.federation.v1.Grants/Reseal',
                 request_serializer=mosaic_dot_federation_dot_v1_dot_grants__pb2.ResealRequest.SerializeToString,
@@ -172,6 +182,18 @@ class GrantsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotatePeerCertificate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateOutboundPeerCredentials(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Reseal(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -241,6 +263,16 @@ def add_GrantsServicer_to_server(servicer, server):
                     servicer.GetPeerCredentials,
                     request_deserializer=mosaic_dot_federation_dot_v1_dot_grants__pb2.GetPeerCredentialsRequest.FromString,
                     response_serializer=mosaic_dot_federation_dot_v1_dot_grants__pb2.GetPeerCredentialsResponse.SerializeToString,
+            ),
+            'RotatePeerCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotatePeerCertificate,
+                    request_deserializer=mosaic_dot_federation_dot_v1_dot_grants__pb2.RotatePeerCertificateRequest.FromString,
+                    response_serializer=mosaic_dot_federation_dot_v1_dot_grants__pb2.RotatePeerCertificateResponse.SerializeToString,
+            ),
+            'UpdateOutboundPeerCredentials': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateOutboundPeerCredentials,
+                    request_deserializer=mosaic_dot_federation_dot_v1_dot_grants__pb2.UpdateOutboundPeerCredentialsRequest.FromString,
+                    response_serializer=mosaic_dot_federation_dot_v1_dot_grants__pb2.UpdateOutboundPeerCredentialsResponse.SerializeToString,
             ),
             'Reseal': grpc.unary_unary_rpc_method_handler(
                     servicer.Reseal,
@@ -551,6 +583,60 @@ class Grants:
             '/mosaic.federation.v1.Grants/GetPeerCredentials',
             mosaic_dot_federation_dot_v1_dot_grants__pb2.GetPeerCredentialsRequest.SerializeToString,
             mosaic_dot_federation_dot_v1_dot_grants__pb2.GetPeerCredentialsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotatePeerCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mosaic.federation.v1.Grants/RotatePeerCertificate',
+            mosaic_dot_federation_dot_v1_dot_grants__pb2.RotatePeerCertificateRequest.SerializeToString,
+            mosaic_dot_federation_dot_v1_dot_grants__pb2.RotatePeerCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateOutboundPeerCredentials(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mosaic.federation.v1.Grants/UpdateOutboundPeerCredentials',
+            mosaic_dot_federation_dot_v1_dot_grants__pb2.UpdateOutboundPeerCredentialsRequest.SerializeToString,
+            mosaic_dot_federation_dot_v1_dot_grants__pb2.UpdateOutboundPeerCredentialsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,8 @@ class GrantsStub:
     RemovePeer: _grpc.UnaryUnaryMultiCallable[_grants_pb2.RemovePeerRequest, _grants_pb2.RemovePeerResponse]
     RegisterOutboundPeer: _grpc.UnaryUnaryMultiCallable[_grants_pb2.RegisterOutboundPeerRequest, _grants_pb2.RegisterOutboundPeerResponse]
     GetPeerCredentials: _grpc.UnaryUnaryMultiCallable[_grants_pb2.GetPeerCredentialsRequest, _grants_pb2.GetPeerCredentialsResponse]
+    RotatePeerCertificate: _grpc.UnaryUnaryMultiCallable[_grants_pb2.RotatePeerCertificateRequest, _grants_pb2.RotatePeerCertificateResponse]
+    UpdateOutboundPeerCredentials: _grpc.UnaryUnaryMultiCallable[_grants_pb2.UpdateOutboundPeerCredentialsRequest, _grants_pb2.UpdateOutboundPeerCredentialsResponse]
     Reseal: _grpc.UnaryUnaryMultiCallable[_grants_pb2.ResealRequest, _grants_pb2.ResealResponse]
     WatchChanges: _grpc.UnaryStreamMultiCallable[_grants_pb2.WatchChangesRequest, _grants_pb2.WatchChangesResponse]
 
@@ -63,6 +65,8 @@ class GrantsAsyncStub(GrantsStub):
     RemovePeer: _aio.UnaryUnaryMultiCallable[_grants_pb2.RemovePeerRequest, _grants_pb2.RemovePeerResponse]  # type: ignore[assignment]
     RegisterOutboundPeer: _aio.UnaryUnaryMultiCallable[_grants_pb2.RegisterOutboundPeerRequest, _grants_pb2.RegisterOutboundPeerResponse]  # type: ignore[assignment]
     GetPeerCredentials: _aio.UnaryUnaryMultiCallable[_grants_pb2.GetPeerCredentialsRequest, _grants_pb2.GetPeerCredentialsResponse]  # type: ignore[assignment]
+    RotatePeerCertificate: _aio.UnaryUnaryMultiCallable[_grants_pb2.RotatePeerCertificateRequest, _grants_pb2.RotatePeerCertificateResponse]  # type: ignore[assignment]
+    UpdateOutboundPeerCredentials: _aio.UnaryUnaryMultiCallable[_grants_pb2.UpdateOutboundPeerCredentialsRequest, _grants_pb2.UpdateOutboundPeerCredentialsResponse]  # type: ignore[assignment]
     Reseal: _aio.UnaryUnaryMultiCallable[_grants_pb2.ResealRequest, _grants_pb2.ResealResponse]  # type: ignore[assignment]
     WatchChanges: _aio.UnaryStreamMultiCallable[_grants_pb2.WatchChangesRequest, _grants_pb2.WatchChangesResponse]  # type: ignore[assignment]
 
@@ -145,6 +149,20 @@ class GrantsServicer(metaclass=_abc_1.ABCMeta):
         request: _grants_pb2.GetPeerCredentialsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_grants_pb2.GetPeerCredentialsResponse, _abc.Awaitable[_grants_pb2.GetPeerCredentialsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RotatePeerCertificate(
+        self,
+        request: _grants_pb2.RotatePeerCertificateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_grants_pb2.RotatePeerCertificateResponse, _abc.Awaitable[_grants_pb2.RotatePeerCertificateResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateOutboundPeerCredentials(
+        self,
+        request: _grants_pb2.UpdateOutboundPeerCredentialsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_grants_pb2.UpdateOutboundPeerCredentialsResponse, _abc.Awaitable[_grants_pb2.UpdateOutboundPeerCredentialsResponse]]: ...
 
     @_abc_1.abstractmethod
     def Reseal(
