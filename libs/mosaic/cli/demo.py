@@ -241,6 +241,17 @@ def run_demo(workdir: Path) -> None:
 
         steps.run("A", "search notes", search)
 
+        def renew() -> str:
+            before = _ok(a, "federation", "peer", "show", state["peer"])
+            before = before.get("peer", before)
+            doc = _ok(a, "federation", "peer", "renew", state["peer"])
+            after = doc.get("peer", doc)
+            _expect(after["cert_serial"] != before["cert_serial"], "serial did not change")
+            _ok(a, "federation", "query", state["peer"], "capabilities")
+            return f"new serial {after['cert_serial'][:12]}…, old one revoked; queries still work"
+
+        steps.run("A", "renew the client certificate over mTLS", renew)
+
         def out_of_scope() -> str:
             err = _refused(a, "federation", "query", state["peer"], "list", "memory")
             _expect(err["code"] in ("FORBIDDEN", "RESOURCE_NOT_GRANTED"), f"got {err}")
