@@ -9,6 +9,9 @@ same models and migrations run unchanged on SQLite.
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
+import os
 import time
 import zlib
 from collections.abc import Callable
@@ -81,7 +84,20 @@ class Database:
         return cfg
 
     async def migrate(self) -> None:
-        """Create the schema (Postgres) and upgrade to head; replicas serialize on a lock."""
+        """Create the schema (Postgres) and upgrade to head; replicas serialize on a lock
+        (an advisory lock on Postgres, a file lock beside the SQLite file)."""
+        if not self.is_sqlite:
+            await self._migrate()
+            return
+        lock_path = Path(self.url.split("///", 1)[1] + ".migrate-lock")
+        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+            await self._migrate()
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    async def _migrate(self) -> None:
         async with self.engine.begin() as conn:
             if not self.is_sqlite:
                 lock = zlib.crc32(f"mosaic-migrate-{self.schema}".encode())
