@@ -24,7 +24,6 @@ import asyncio
 import json
 import os
 import platform
-import random
 import signal
 import socket
 import sqlite3
@@ -110,11 +109,9 @@ def port_free(port: int) -> bool:
 
 
 def free_port_base() -> int:
-    for _ in range(200):
-        base = random.randrange(20000, 60000, 100)  # noqa: S311 - not security
-        if all(port_free(base + off) for off in range(40, 100)):
-            return base
-    raise RuntimeError("no free port range")
+    from mosaic.config import find_free_port_base
+
+    return find_free_port_base()
 
 
 def rows() -> list[Any]:

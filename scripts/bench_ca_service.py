@@ -17,9 +17,7 @@ import asyncio
 import json
 import os
 import platform
-import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,18 +40,10 @@ from mosaic.rpc.channels import internal_client_credentials, secure_channel
 MOSAIC = [sys.executable, "-m", "mosaic.cli"]
 
 
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.05)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 def _free_port_base() -> int:
-    for _ in range(200):
-        base = random.randrange(20000, 60000, 100)  # noqa: S311 - not security
-        if not any(_port_open(base + offset) for offset in range(40, 69)):
-            return base
-    raise RuntimeError("no free port range found")
+    from mosaic.config import find_free_port_base
+
+    return find_free_port_base()
 
 
 def _make_csrs(count: int) -> list[str]:

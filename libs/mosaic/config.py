@@ -244,6 +244,31 @@ class InstanceConfig:
         return doc
 
 
+def find_free_port_base(low: int = 20000, high: int = 32700) -> int:
+    """A port base whose whole block N..N+99 nothing on loopback listens on right now.
+
+    The default range stays below Linux's ephemeral ports (32768-60999): a listener
+    placed there can collide with the local port of some outgoing connection.
+    Used by `mosaic demo`, the benchmarks and the tests, which start instances side by side.
+    """
+    import random
+    import socket
+
+    def in_use(port: int) -> bool:
+        with socket.socket() as sock:
+            sock.settimeout(0.05)
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    for _ in range(200):
+        base = random.randrange(low, high, 100)  # noqa: S311 - not a secret
+        if not any(in_use(base + offset) for offset in range(100)):
+            return base
+    raise ConfigError(
+        "no free block of 100 ports on loopback",
+        remediation="stop other instances, or pass --port-base explicitly",
+    )
+
+
 def to_async_postgres_url(url: str) -> str:
     """Accept postgres://, postgresql:// or postgresql+asyncpg:// and return the asyncpg form."""
     for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):

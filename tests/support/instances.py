@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -12,19 +11,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.support.procs import port_is_open
+from mosaic.config import find_free_port_base
 
 REPO = Path(__file__).resolve().parents[2]
 MOSAIC = [sys.executable, "-m", "mosaic.cli"]
 
 
 def free_port_base() -> int:
-    """A port base N whose listeners N+40..N+68 are all free right now."""
-    for _ in range(200):
-        base = random.randrange(20000, 60000, 100)
-        if not any(port_is_open("127.0.0.1", base + off, 0.05) for off in range(40, 69)):
-            return base
-    raise RuntimeError("no free port range found")
+    """A port base whose whole block is free right now (below the ephemeral range)."""
+    return find_free_port_base()
 
 
 def cli(

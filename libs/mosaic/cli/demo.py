@@ -9,10 +9,8 @@ from __future__ import annotations
 import functools
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mosaic.cli.apps import app
+from mosaic.config import ConfigError, find_free_port_base
 
 SAMPLE_DATA = Path(__file__).resolve().parents[3] / "infra" / "demo" / "sample-resources.json"
 ALICE = "5b0c3a8e-6f2d-4e1a-9c7b-1d2e3f4a5b6c"
@@ -101,16 +100,10 @@ class Steps:
 
 
 def _port_base() -> int:
-    for _ in range(200):
-        base = random.randrange(20000, 60000, 100)  # noqa: S311 - not security
-        if all(_free(base + off) for off in range(40, 69)):
-            return base
-    raise DemoFailed("no free port range on loopback")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
+    try:
+        return find_free_port_base()
+    except ConfigError as exc:
+        raise DemoFailed(exc.message) from None
 
 
 def _expect(ok: bool, message: str) -> None:
