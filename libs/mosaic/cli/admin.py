@@ -39,6 +39,24 @@ def operator_channel(config: InstanceConfig, service: str) -> grpc.aio.Channel:
     )
 
 
+def service_channel(
+    config: InstanceConfig, service: str
+) -> tuple[grpc.aio.Channel, tuple[tuple[str, str], ...], str]:
+    """(channel, call metadata, address) for the operator to reach ``service``.
+
+    The gateway through its admin listener with the admin token; every other service
+    through its internal listener with the operator certificate.
+    """
+    if service == GATEWAY:
+        return admin_channel(config), admin_metadata(config), service_address(config, service)
+    return operator_channel(config, service), (), service_address(config, service)
+
+
+def service_address(config: InstanceConfig, service: str) -> str:
+    """Where the operator dials ``service`` (the gateway: its admin listener)."""
+    return config.admin_address if service == GATEWAY else config.internal_address(service)
+
+
 def load_or_fail(ctx: typer.Context, home: str | None) -> InstanceConfig:
     try:
         return load_config(home)

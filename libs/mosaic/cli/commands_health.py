@@ -15,10 +15,10 @@ import grpc
 import typer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mosaic.cli.admin import admin_channel, admin_metadata, load_or_fail, operator_channel
+from mosaic.cli.admin import load_or_fail, service_address, service_channel
 from mosaic.cli.apps import gateway_app
 from mosaic.cli.output import EXIT_USAGE, emit, fail, state
-from mosaic.config import GATEWAY, SERVICES, START_ORDER, InstanceConfig
+from mosaic.config import SERVICES, START_ORDER, InstanceConfig
 
 HEALTH_STATUS = health_pb2.HealthCheckResponse.ServingStatus
 
@@ -27,14 +27,7 @@ async def check_health(
     config: InstanceConfig, service: str, deadline_s: float
 ) -> tuple[str, float, str]:
     """(status name, round trip in ms, the address dialled) of one Health/Check of ``service``."""
-    if service == GATEWAY:
-        channel = admin_channel(config)
-        metadata: tuple[tuple[str, str], ...] = admin_metadata(config)
-        address = config.admin_address
-    else:
-        channel = operator_channel(config, service)
-        metadata = ()
-        address = config.internal_address(service)
+    channel, metadata, address = service_channel(config, service)
     started = time.perf_counter()
     async with channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(
@@ -71,7 +64,7 @@ def health(
             "or re-run `mosaic init --renew-internal`",
         )
     except grpc.aio.AioRpcError as err:
-        target = config.admin_address if service == GATEWAY else config.internal_address(service)
+        target = service_address(config, service)
         fail(
             ctx,
             err.code().name,

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import grpc
 import typer
 
-from mosaic.cli.admin import admin_channel, admin_metadata, load_or_fail, operator_channel
+from mosaic.cli.admin import load_or_fail, service_channel
 from mosaic.cli.apps import app, gateway_app
 from mosaic.cli.commands_resources import resources_app
 from mosaic.cli.commands_seal import seal_app
@@ -24,7 +24,6 @@ from mosaic.cli.federation import federation_app
 from mosaic.cli.output import CliState, emit, fail, state, table
 from mosaic.config import (
     DEFAULT_PORT_BASE,
-    GATEWAY,
     SERVICES,
     START_ORDER,
     ConfigError,
@@ -282,12 +281,7 @@ def doctor(
 
 async def _doctor_checks(config: Any) -> list[dict[str, Any]]:
     async def one(service: str) -> list[dict[str, Any]]:
-        if service == GATEWAY:
-            channel = admin_channel(config)
-            metadata: tuple[tuple[str, str], ...] = admin_metadata(config)
-        else:
-            channel = operator_channel(config, service)
-            metadata = ()
+        channel, metadata, address = service_channel(config, service)
         started = time.perf_counter()
         try:
             async with channel:
@@ -295,9 +289,6 @@ async def _doctor_checks(config: Any) -> list[dict[str, Any]]:
                     common_pb2.SelfCheckRequest(), metadata=metadata, timeout=5.0
                 )
         except grpc.aio.AioRpcError as err:
-            address = (
-                config.admin_address if service == GATEWAY else config.internal_address(service)
-            )
             return [
                 _check(
                     service,
