@@ -8,6 +8,7 @@ gateway's TLS server certificate for the federation and enrollment listeners.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import json
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from ca_service.backends.local import (
 from mosaic.config import ConfigError, InstanceConfig
 from mosaic.pki import write_private, write_public
 from mosaic.sealing import Sealer, SealError, seal_context
+from mosaic.x509ext import sha256_fingerprint
 
 ROOT_CERT = "root.crt"
 INTERMEDIATE_CERT = "intermediate.crt"
@@ -67,8 +69,6 @@ def create_federation_pki(config: InstanceConfig, sealer: Sealer) -> str:
 
 
 def root_fingerprint(config: InstanceConfig) -> str:
-    from mosaic.x509ext import sha256_fingerprint
-
     root = x509.load_pem_x509_certificate((config.federation_pki_dir / ROOT_CERT).read_bytes())
     return sha256_fingerprint(root)
 
@@ -166,8 +166,6 @@ def reseal_files(config: InstanceConfig, sealer: Sealer) -> int:
 
 
 def _is_ip(host: str) -> bool:
-    import ipaddress
-
     try:
         ipaddress.ip_address(host)
     except ValueError:

@@ -8,15 +8,11 @@ from dataclasses import dataclass, field
 from federation_gateway.audit import AuditWriter
 from federation_gateway.authz import GrantCache, watch_changes
 from federation_gateway.client import FederationClient
-from federation_gateway.ratelimit import LocalGcra, RateLimiter, make_limiter
+from federation_gateway.ratelimit import RateLimiter, make_limiter
 from federation_gateway.revocations import RevokedSerials
 from mosaic.config import CA, GRANTS
 from mosaic.federation.v1 import ca_pb2_grpc, grants_pb2_grpc
 from mosaic.runtime import ServiceRuntime
-
-# Enrollment redeem attempts per source address: a few tries, then one every 10 s.
-REDEEM_PER_SECOND = 0.1
-REDEEM_BURST = 5
 
 
 @dataclass
@@ -24,9 +20,8 @@ class GatewayContext:
     runtime: ServiceRuntime
     audit: AuditWriter
     grant_limiter: RateLimiter
-    redeem_limiter: RateLimiter = field(
-        default_factory=lambda: LocalGcra(REDEEM_PER_SECOND, REDEEM_BURST)
-    )
+    # Enrollment redeem attempts per source address ([rate_limit] redeem_* in instance.toml).
+    redeem_limiter: RateLimiter
     revoked: RevokedSerials = field(init=False)
     grant_cache: GrantCache = field(init=False)
     federation_client: FederationClient = field(init=False)
