@@ -32,18 +32,35 @@ def _visibility(v: common_pb2.Visibility) -> domain.Visibility:
     return domain.parse_visibility(v.owner_user_id, v.include_teams, v.include_personal)
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
 def _items(rows: Sequence[Row[Any]]) -> list[common_pb2.ResourceItem]:
+    """Rows as messages. On the hot path of every List: a page's rows share one owner and a
+    few teams, so each distinct UUID is formatted once; timestamps are set from integer
+    arithmetic rather than Timestamp.FromDatetime (a third of this function's time)."""
+    text: dict[Any, str] = {None: ""}
     items = []
     for row in rows:
+        owner, team = row.owner_user_id, row.team_id
+        owner_text = text.get(owner)
+        if owner_text is None:
+            owner_text = text[owner] = str(owner)
+        team_text = text.get(team)
+        if team_text is None:
+            team_text = text[team] = str(team)
         item = common_pb2.ResourceItem(
             id=row.id,
             resource=row.resource,
-            owner_user_id=str(row.owner_user_id),
-            team_id=str(row.team_id) if row.team_id is not None else "",
+            owner_user_id=owner_text,
+            team_id=team_text,
             title=row.title,
             body=row.body,
         )
-        item.updated_at.FromDatetime(row.updated_at)
+        since = row.updated_at - _EPOCH
+        stamp = item.updated_at
+        stamp.seconds = since.days * 86400 + since.seconds
+        stamp.nanos = since.microseconds * 1000
         items.append(item)
     return items
 
