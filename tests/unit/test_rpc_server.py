@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import grpc
@@ -128,6 +129,36 @@ async def test_unknown_method_is_refused_closed(config: InstanceConfig) -> None:
                 common_pb2.SelfCheckRequest(), timeout=5
             )
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        await channel.close()
+        await listener.stop(0)
+
+
+async def test_each_call_gets_its_own_request_id_back(config: InstanceConfig) -> None:
+    """A caller's well-formed request id comes back on its own call, concurrent calls each get
+    their own, a malformed one is replaced, and a call without one gets a fresh one."""
+    listener = await _serve(config, "ok")
+    channel = secure_channel(
+        config.internal_address("ca-service"),
+        internal_client_credentials(config, "operator"),
+        server_name="ca-service",
+    )
+    stub = common_pb2_grpc.DiagnosticsStub(channel)
+
+    async def returned_id(sent: str | None) -> str:
+        metadata = ((REQUEST_ID_HEADER, sent),) if sent is not None else None
+        call = stub.SelfCheck(common_pb2.SelfCheckRequest(), timeout=5, metadata=metadata)
+        await call
+        return str(dict(await call.trailing_metadata())[REQUEST_ID_HEADER])
+
+    try:
+        sent = [f"caller-{n:04d}" for n in range(24)]
+        assert await asyncio.gather(*(returned_id(s) for s in sent)) == sent
+        replaced = await returned_id("bad id; DROP TABLE")
+        fresh = [await returned_id(None) for _ in range(2)]
+        assert replaced not in sent and "DROP" not in replaced
+        assert all(len(f) == 32 and f not in sent for f in fresh)
+        assert len({replaced, *fresh}) == 3
     finally:
         await channel.close()
         await listener.stop(0)
