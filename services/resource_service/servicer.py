@@ -7,6 +7,7 @@ allows; Import is reached through the gateway's admin API (`mosaic resources imp
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,22 +34,34 @@ def _visibility(v: common_pb2.Visibility) -> domain.Visibility:
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_NAIVE_EPOCH = dt.datetime(1970, 1, 1)  # for naive UTC values, as SQLite stores them
+
+
+def _uuid_text(raw: Any) -> str:
+    """A stored UUID (SQLite: 32 hex digits; Postgres: a UUID value) as canonical text."""
+    return str(uuid.UUID(str(raw)))
+
+
+def _since_epoch(raw: Any) -> dt.timedelta:
+    """A stored time (SQLite: naive UTC text; Postgres: an aware datetime) since the epoch."""
+    when = dt.datetime.fromisoformat(raw) if isinstance(raw, str) else raw
+    return when - (_NAIVE_EPOCH if when.tzinfo is None else _EPOCH)
 
 
 def _items(rows: Sequence[Row[Any]]) -> list[common_pb2.ResourceItem]:
-    """Rows as messages. On the hot path of every List: a page's rows share one owner and a
-    few teams, so each distinct UUID is formatted once; timestamps are set from integer
-    arithmetic rather than Timestamp.FromDatetime (a third of this function's time)."""
+    """Rows read with store.READ_COLUMNS as messages. On the hot path of every List: a
+    page's rows share one owner and a few teams, so each distinct UUID is formatted once;
+    timestamps are set from integer arithmetic rather than Timestamp.FromDatetime."""
     text: dict[Any, str] = {None: ""}
     items = []
     for row in rows:
         owner, team = row.owner_user_id, row.team_id
         owner_text = text.get(owner)
         if owner_text is None:
-            owner_text = text[owner] = str(owner)
+            owner_text = text[owner] = _uuid_text(owner)
         team_text = text.get(team)
         if team_text is None:
-            team_text = text[team] = str(team)
+            team_text = text[team] = _uuid_text(team)
         item = common_pb2.ResourceItem(
             id=row.id,
             resource=row.resource,
@@ -57,7 +70,7 @@ def _items(rows: Sequence[Row[Any]]) -> list[common_pb2.ResourceItem]:
             title=row.title,
             body=row.body,
         )
-        since = row.updated_at - _EPOCH
+        since = _since_epoch(row.updated_at)
         stamp = item.updated_at
         stamp.seconds = since.days * 86400 + since.seconds
         stamp.nanos = since.microseconds * 1000

@@ -36,6 +36,7 @@ from sqlalchemy import (
     or_,
     select,
     table,
+    type_coerce,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import TSVECTOR
@@ -71,6 +72,21 @@ SEARCH_INDEX = "ix_resources_search"
 
 _c = resources.c
 ROW_COLUMNS = (_c.id, _c.resource, _c.owner_user_id, _c.team_id, _c.title, _c.body, _c.updated_at)
+# What reads select: the same columns, but owner, team and time as the engine returns them
+# (SQLite: 32-hex text and "YYYY-MM-DD HH:MM:SS.ffffff" naive UTC; Postgres: uuid and
+# timestamptz values), not through the Uuid/UtcDateTime result processors. Building a UUID
+# and a datetime object per row only to format them again cost more than the query itself
+# under load (make bench); resource_service.servicer._items formats each distinct value
+# once per page.
+READ_COLUMNS = (
+    _c.id,
+    _c.resource,
+    type_coerce(_c.owner_user_id, String).label("owner_user_id"),
+    type_coerce(_c.team_id, String).label("team_id"),
+    _c.title,
+    _c.body,
+    type_coerce(_c.updated_at, String).label("updated_at"),
+)
 
 _OWNER = bindparam("owner", type_=Uuid)
 _KIND = bindparam("kind", type_=String)
@@ -105,7 +121,7 @@ def _visible(shape: Shape) -> ColumnElement[bool]:
 @functools.cache
 def _list_statement(shape: Shape) -> Select[Any]:
     return (
-        select(*ROW_COLUMNS)
+        select(*READ_COLUMNS)
         .where(_visible(shape), _c.id > bindparam("after_id", type_=String))
         .order_by(_c.id)
         .limit(_LIMIT)
@@ -114,7 +130,7 @@ def _list_statement(shape: Shape) -> Select[Any]:
 
 @functools.cache
 def _get_statement(shape: Shape) -> Select[Any]:
-    return select(*ROW_COLUMNS).where(_c.id == bindparam("row_id", type_=String), _visible(shape))
+    return select(*READ_COLUMNS).where(_c.id == bindparam("row_id", type_=String), _visible(shape))
 
 
 def _params(kind: str, visibility: Visibility, **extra: Any) -> dict[str, Any]:
@@ -228,7 +244,7 @@ def _sqlite_search_statement(shape: Shape) -> Select[Any]:
     fts = table(FTS_TABLE, column("rowid", Integer))
     fts_name: ColumnElement[Any] = literal_column(FTS_TABLE)
     return (
-        select(*ROW_COLUMNS)
+        select(*READ_COLUMNS)
         .select_from(resources.join(fts, fts.c.rowid == literal_column("resources.rowid")))
         .where(fts_name.op("MATCH")(_MATCH), _visible(shape))
         .order_by(func.bm25(fts_name), _c.id)
@@ -246,7 +262,7 @@ def _postgres_search_statement(shape: Shape) -> Select[Any]:
     tsquery = func.plainto_tsquery(literal_column("'simple'::regconfig"), _MATCH)
     tsv = literal_column(f"resources.{SEARCH_COLUMN}", TSVECTOR)
     return (
-        select(*ROW_COLUMNS)
+        select(*READ_COLUMNS)
         .where(tsv.bool_op("@@")(tsquery), _visible(shape))
         .order_by(func.ts_rank(tsv, tsquery).desc(), _c.id)
         .limit(_LIMIT)

@@ -12,14 +12,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import Row, create_engine, insert, select
 
 from resource_service.servicer import _items
-from resource_service.store import ROW_COLUMNS, metadata, resources
+from resource_service.store import READ_COLUMNS, metadata, resources
 
 OWNER = uuid.UUID("11111111-1111-4111-8111-111111111111")
 TEAM = uuid.UUID("22222222-2222-4222-8222-222222222222")
 
 
 def _stored(*rows: tuple[dt.datetime, uuid.UUID | None]) -> Sequence[Row[Any]]:
-    """The rows as the store reads them back (SQLite, through the table's own types)."""
+    """The rows as the store reads them back (SQLite: stored through the table's types,
+    read with the store's READ_COLUMNS)."""
     engine = create_engine("sqlite://")
     metadata.create_all(engine)
     with engine.begin() as conn:
@@ -38,7 +39,7 @@ def _stored(*rows: tuple[dt.datetime, uuid.UUID | None]) -> Sequence[Row[Any]]:
                 for n, (when, team) in enumerate(rows)
             ],
         )
-        return list(conn.execute(select(*ROW_COLUMNS).order_by(resources.c.id)))
+        return list(conn.execute(select(*READ_COLUMNS).order_by(resources.c.id)))
 
 
 @pytest.mark.parametrize(
