@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import struct
 import time
@@ -54,7 +53,7 @@ class PageTokens:
             + name
             + after_id.encode("utf-8")
         )
-        mac = hmac.new(self._key, payload, hashlib.sha256).digest()
+        mac = hmac.digest(self._key, payload, "sha256")
         return base64.urlsafe_b64encode(payload + mac).rstrip(b"=").decode("ascii")
 
     def after_id(
@@ -71,7 +70,7 @@ class PageTokens:
         if len(raw) < _HEADER.size + _MAC_BYTES:
             raise PageTokenInvalid("page token is too short")
         payload, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
-        expected = hmac.new(self._key, payload, hashlib.sha256).digest()
+        expected = hmac.digest(self._key, payload, "sha256")
         if not hmac.compare_digest(mac, expected):
             raise PageTokenInvalid("page token was not made by this gateway or was altered")
         version, expires, grant_bytes, name_len = _HEADER.unpack_from(payload)
