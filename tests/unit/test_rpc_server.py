@@ -7,6 +7,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from mosaic.cli.instance import create_instance
 from mosaic.config import InstanceConfig
@@ -159,6 +161,42 @@ async def test_each_call_gets_its_own_request_id_back(config: InstanceConfig) ->
         assert replaced not in sent and "DROP" not in replaced
         assert all(len(f) == 32 and f not in sent for f in fresh)
         assert len({replaced, *fresh}) == 3
+    finally:
+        await channel.close()
+        await listener.stop(0)
+
+
+async def test_health_and_reflection_are_served_wrapped_like_every_service(
+    config: InstanceConfig,
+) -> None:
+    """Health and reflection go through the same wrapping as every service (they answer with a
+    request id), and reflection lists what the listener serves."""
+    listener = await _serve(config, "ok")
+    channel = secure_channel(
+        config.internal_address("ca-service"),
+        internal_client_credentials(config, "operator"),
+        server_name="ca-service",
+    )
+    try:
+        call = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=5
+        )
+        assert (await call).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert len(dict(await call.trailing_metadata())[REQUEST_ID_HEADER]) == 32
+
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        replies = [
+            reply
+            async for reply in stub.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+            )
+        ]
+        names = {s.name for s in replies[0].list_services_response.service}
+        assert {
+            "mosaic.federation.v1.Diagnostics",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection",
+        } <= names
     finally:
         await channel.close()
         await listener.stop(0)
