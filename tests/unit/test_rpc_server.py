@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -49,6 +51,24 @@ def config(tmp_path: Path) -> InstanceConfig:
     return create_instance(tmp_path / "home", name="t", port_base=free_port_base())
 
 
+@contextlib.asynccontextmanager
+async def _served(
+    config: InstanceConfig, mode: str, identity: str
+) -> AsyncIterator[grpc.aio.Channel]:
+    """A listener serving Exploding(mode), and a channel to it presenting ``identity``."""
+    listener = await _serve(config, mode)
+    channel = secure_channel(
+        config.internal_address("ca-service"),
+        internal_client_credentials(config, identity),
+        server_name="ca-service",
+    )
+    try:
+        yield channel
+    finally:
+        await channel.close()
+        await listener.stop(0)
+
+
 async def _serve(config: InstanceConfig, mode: str) -> Listener:
     port = config.ports.internal["ca-service"]
     listener = Listener(
@@ -69,13 +89,7 @@ async def _serve(config: InstanceConfig, mode: str) -> Listener:
 async def test_unexpected_exception_reaches_caller_as_generic_internal(
     config: InstanceConfig,
 ) -> None:
-    listener = await _serve(config, "crash")
-    channel = secure_channel(
-        config.internal_address("ca-service"),
-        internal_client_credentials(config, "operator"),
-        server_name="ca-service",
-    )
-    try:
+    async with _served(config, "crash", "operator") as channel:
         call = common_pb2_grpc.DiagnosticsStub(channel).SelfCheck(
             common_pb2.SelfCheckRequest(), timeout=5
         )
@@ -88,21 +102,12 @@ async def test_unexpected_exception_reaches_caller_as_generic_internal(
         assert remote.reason == "INTERNAL"
         request_id = dict(await call.trailing_metadata())[REQUEST_ID_HEADER]
         assert request_id in details and remote.metadata["request_id"] == request_id
-    finally:
-        await channel.close()
-        await listener.stop(0)
 
 
 async def test_service_error_carries_reason_remediation_and_violations(
     config: InstanceConfig,
 ) -> None:
-    listener = await _serve(config, "expected")
-    channel = secure_channel(
-        config.internal_address("ca-service"),
-        internal_client_credentials(config, "operator"),
-        server_name="ca-service",
-    )
-    try:
+    async with _served(config, "expected", "operator") as channel:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await common_pb2_grpc.DiagnosticsStub(channel).SelfCheck(
                 common_pb2.SelfCheckRequest(), timeout=5
@@ -112,48 +117,30 @@ async def test_service_error_carries_reason_remediation_and_violations(
         assert remote.reason == "THING_INVALID"
         assert remote.remediation == "send a better thing"
         assert remote.violations == [("items[0].id", "not a UUID")]
-    finally:
-        await channel.close()
-        await listener.stop(0)
 
 
 async def test_unknown_method_is_refused_closed(config: InstanceConfig) -> None:
     """A method missing from the ACL is refused even for an instance identity."""
-    listener = await _serve(config, "ok")
-    channel = secure_channel(
-        config.internal_address("ca-service"),
-        internal_client_credentials(config, "grants-service"),
-        server_name="ca-service",
-    )
-    try:
+    async with _served(config, "ok", "grants-service") as channel:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await common_pb2_grpc.DiagnosticsStub(channel).SelfCheck(
                 common_pb2.SelfCheckRequest(), timeout=5
             )
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    finally:
-        await channel.close()
-        await listener.stop(0)
 
 
 async def test_each_call_gets_its_own_request_id_back(config: InstanceConfig) -> None:
     """A caller's well-formed request id comes back on its own call, concurrent calls each get
     their own, a malformed one is replaced, and a call without one gets a fresh one."""
-    listener = await _serve(config, "ok")
-    channel = secure_channel(
-        config.internal_address("ca-service"),
-        internal_client_credentials(config, "operator"),
-        server_name="ca-service",
-    )
-    stub = common_pb2_grpc.DiagnosticsStub(channel)
+    async with _served(config, "ok", "operator") as channel:
+        stub = common_pb2_grpc.DiagnosticsStub(channel)
 
-    async def returned_id(sent: str | None) -> str:
-        metadata = ((REQUEST_ID_HEADER, sent),) if sent is not None else None
-        call = stub.SelfCheck(common_pb2.SelfCheckRequest(), timeout=5, metadata=metadata)
-        await call
-        return str(dict(await call.trailing_metadata())[REQUEST_ID_HEADER])
+        async def returned_id(sent: str | None) -> str:
+            metadata = ((REQUEST_ID_HEADER, sent),) if sent is not None else None
+            call = stub.SelfCheck(common_pb2.SelfCheckRequest(), timeout=5, metadata=metadata)
+            await call
+            return str(dict(await call.trailing_metadata())[REQUEST_ID_HEADER])
 
-    try:
         sent = [f"caller-{n:04d}" for n in range(24)]
         assert await asyncio.gather(*(returned_id(s) for s in sent)) == sent
         replaced = await returned_id("bad id; DROP TABLE")
@@ -161,9 +148,6 @@ async def test_each_call_gets_its_own_request_id_back(config: InstanceConfig) ->
         assert replaced not in sent and "DROP" not in replaced
         assert all(len(f) == 32 and f not in sent for f in fresh)
         assert len({replaced, *fresh}) == 3
-    finally:
-        await channel.close()
-        await listener.stop(0)
 
 
 async def test_health_and_reflection_are_served_wrapped_like_every_service(
@@ -171,13 +155,7 @@ async def test_health_and_reflection_are_served_wrapped_like_every_service(
 ) -> None:
     """Health and reflection go through the same wrapping as every service (they answer with a
     request id), and reflection lists what the listener serves."""
-    listener = await _serve(config, "ok")
-    channel = secure_channel(
-        config.internal_address("ca-service"),
-        internal_client_credentials(config, "operator"),
-        server_name="ca-service",
-    )
-    try:
+    async with _served(config, "ok", "operator") as channel:
         call = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=""), timeout=5
         )
@@ -197,9 +175,6 @@ async def test_health_and_reflection_are_served_wrapped_like_every_service(
             "grpc.health.v1.Health",
             "grpc.reflection.v1alpha.ServerReflection",
         } <= names
-    finally:
-        await channel.close()
-        await listener.stop(0)
 
 
 def test_outbound_calls_get_a_default_deadline() -> None:
