@@ -488,6 +488,29 @@ async def test_hostile_page_tokens_are_refused(b: Instance, main_cert: PeerCert)
         assert second.items[0].id > first.items[-1].id
 
 
+async def test_concurrent_identical_lists_under_two_grants_get_their_own_cursors(
+    b: Instance, main_cert: PeerCert
+) -> None:
+    """Two grants with the same scope share resource-service reads (identical reads), but
+    each grant's pages carry cursors bound to that grant only."""
+    other = await grant_with_cert(b, MAIN_SCOPE)
+    async with Peer(b, main_cert) as peer, Peer(b, other) as other_peer:
+        request = gateway_pb2.ListRequest(resource="tasks")
+        replies = await asyncio.gather(
+            *(p.stub.List(request, timeout=10) for _ in range(12) for p in (peer, other_peer))
+        )
+        assert all(list(r.items) == list(replies[0].items) for r in replies)
+        mine = {r.next_page_token for r in replies[0::2]}
+        theirs = {r.next_page_token for r in replies[1::2]}
+        assert mine.isdisjoint(theirs)
+        for owner, stranger, tokens in ((peer, other_peer, mine), (other_peer, peer, theirs)):
+            for token in tokens:
+                following = gateway_pb2.ListRequest(resource="tasks", page_token=token)
+                assert (await owner.stub.List(following, timeout=10)).items
+                err = await refusal(stranger.stub.List(following, timeout=10))
+                assert err.reason == "PAGE_TOKEN_INVALID"
+
+
 # ---- identity, revocation, suspension ---------------------------------------------------
 
 
