@@ -361,6 +361,9 @@ def main() -> None:
         serve_bare(int(port), Path(home), Path(payload), Path(stats))
         return
 
+    # SIGTERM (e.g. `pkill -f bench.py`) would end the process without running the
+    # `finally` below and leave instance B running: make it unwind like Ctrl-C does.
+    signal.signal(signal.SIGTERM, _raise_system_exit)
     work = Path(tempfile.mkdtemp(prefix="mosaic-bench-"))
     home = work / "b"
     base = free_port_base()
@@ -427,6 +430,10 @@ def main() -> None:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     _print(report)
     print(f"wrote {args.out}")
+
+
+def _raise_system_exit(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _service_pids(parent: int) -> list[int]:
