@@ -195,10 +195,10 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         self._source_slots = asyncio.Semaphore(SOURCE_CONCURRENCY)
         # Identical resource-service reads in flight right now (see _read).
         self._inflight: dict[tuple[Any, bytes], asyncio.Future[Any]] = {}
-        # The page last built from a shared read, as (read reply, grant view, resource,
-        # page): the other requests of the same grant that shared that read get the same
-        # page without checking and copying its rows again (see _list).
-        self._last_page: tuple[Any, GrantView, str, gateway_pb2.ListResponse] | None = None
+        # The page last built from a shared read, as (read reply, grant view, page): the
+        # other requests of the same grant that shared that read get the same page without
+        # checking and copying its rows again (see _list).
+        self._last_page: tuple[Any, GrantView, gateway_pb2.ListResponse] | None = None
 
     # ---- the verbs -----------------------------------------------------------------
 
@@ -396,13 +396,13 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
                 after_id=after_id,
             ),
         )
-        # Requests sharing one read (same resource, visibility, cursor and size) under the
-        # same grant view get one page: the same rows, checked against the same scope, and
-        # the same cursor bound to the same grant. Another grant, or this grant after a
-        # cache refresh (a new view object), builds its own.
+        # Requests sharing one read (the same reply object: same resource, visibility,
+        # cursor and size) under the same grant view get one page: the same rows, checked
+        # against the same scope, and the same cursor bound to the same grant. Another
+        # grant, or this grant after a cache refresh (a new view object), builds its own.
         last = self._last_page
-        if last and last[0] is reply and last[1] is view and last[2] == request.resource:
-            return last[3]
+        if last and last[0] is reply and last[1] is view:
+            return last[2]
         items: Any = reply.items
         if not _all_visible(view, access, request.resource, items):
             items = [i for i in items if _visible(view, access, request.resource, i)]
@@ -414,7 +414,7 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
             else ""
         )
         page = gateway_pb2.ListResponse(items=items, next_page_token=next_token)
-        self._last_page = (reply, view, request.resource, page)
+        self._last_page = (reply, view, page)
         return page
 
     async def _get(
