@@ -91,21 +91,13 @@ class AuditWriter:
         self._task: asyncio.Task[None] | None = None
         self.commits = 0  # for benchmarks: rows per commit = recorded / commits
         self.recorded = 0
-        # SQLite: the sqlite3 driver directly (no per-row ORM work), binding values with
-        # SQLAlchemy's own type processors so rows read back the same; inline on the loop
-        # when the write lock is free, else on the worker thread (module docstring).
-        # Postgres: the async engine.
-        self.commits_on_worker = 0  # SQLite: batches that found the write lock taken
-        self._inline: _SqliteAppender | None = None
-        self._worker: _SqliteAppender | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._checkpoint: asyncio.Future[None] | None = None
-        self._since_checkpoint = 0
-        if db.is_sqlite:
-            path = db.engine.url.database or ""
-            self._inline = _SqliteAppender(path, busy_timeout_s=0.0, autocheckpoint=False)
-            self._worker = _SqliteAppender(path, busy_timeout_s=LOCKED_WAIT_S)
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="audit-sqlite")
+        # SQLite: see _SqliteCommits; Postgres: the async engine.
+        self._sqlite = _SqliteCommits(db.engine.url.database or "") if db.is_sqlite else None
+
+    @property
+    def commits_on_worker(self) -> int:
+        """SQLite: batches that found the write lock taken (committed by the worker)."""
+        return self._sqlite.on_worker if self._sqlite is not None else 0
 
     def start(self) -> None:
         if self._task is None:
@@ -117,14 +109,8 @@ class AuditWriter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._inline is not None:
-            self._inline.close()
-        if self._executor is not None:
-            if self._worker is not None:
-                self._executor.submit(self._worker.checkpoint)
-                self._executor.submit(self._worker.close)
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        if self._sqlite is not None:
+            self._sqlite.close()
 
     async def record(self, record: AuditRecord) -> None:
         """Queue ``record`` and wait until the transaction holding it has committed."""
@@ -134,22 +120,11 @@ class AuditWriter:
         await done
 
     async def _insert(self, rows: list[dict[str, Any]]) -> None:
-        if self._inline is None or self._worker is None or self._executor is None:
-            async with self._db.engine.begin() as conn:
-                await conn.execute(insert(federation_audit_log), rows)
+        if self._sqlite is not None:
+            await self._sqlite.commit(rows)
             return
-        loop = asyncio.get_running_loop()
-        if not self._inline.append(rows):  # the write lock is taken: wait off the loop
-            if not await loop.run_in_executor(self._executor, self._worker.append, rows):
-                raise TimeoutError(f"audit log write lock held for over {LOCKED_WAIT_S:.0f} s")
-            self.commits_on_worker += 1
-        self._since_checkpoint += 1
-        if self._since_checkpoint >= CHECKPOINT_EVERY_COMMITS and (
-            self._checkpoint is None or self._checkpoint.done()
-        ):
-            self._since_checkpoint = 0
-            self._checkpoint = loop.run_in_executor(self._executor, self._worker.checkpoint)
-            self._checkpoint.add_done_callback(_checkpoint_done)
+        async with self._db.engine.begin() as conn:
+            await conn.execute(insert(federation_audit_log), rows)
 
     async def _run(self) -> None:
         while True:
@@ -194,6 +169,45 @@ class AuditWriter:
         return [dict(r) for r in rows]
 
 
+class _SqliteCommits:
+    """Commits audit batches to the SQLite file with the sqlite3 driver directly (no per-row
+    ORM work): inline on the loop when the write lock is free, else on one worker thread,
+    which also runs the checkpoints (module docstring)."""
+
+    def __init__(self, path: str) -> None:
+        self._inline = _SqliteAppender(path, busy_timeout_s=0.0, autocheckpoint=False)
+        self._worker = _SqliteAppender(path, busy_timeout_s=LOCKED_WAIT_S)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="audit-sqlite")
+        self._checkpoint: asyncio.Future[None] | None = None
+        self._since_checkpoint = 0
+        self._closed = False
+        self.on_worker = 0
+
+    async def commit(self, rows: list[dict[str, Any]]) -> None:
+        loop = asyncio.get_running_loop()
+        if not self._inline.append(rows):  # the write lock is taken: wait off the loop
+            if not await loop.run_in_executor(self._executor, self._worker.append, rows):
+                raise TimeoutError(f"audit log write lock held for over {LOCKED_WAIT_S:.0f} s")
+            self.on_worker += 1
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= CHECKPOINT_EVERY_COMMITS and (
+            self._checkpoint is None or self._checkpoint.done()
+        ):
+            self._since_checkpoint = 0
+            self._checkpoint = loop.run_in_executor(self._executor, self._worker.checkpoint)
+            self._checkpoint.add_done_callback(_checkpoint_done)
+
+    def close(self) -> None:
+        """Close both connections, after a last checkpoint; idempotent."""
+        self._inline.close()
+        if self._closed:
+            return
+        self._closed = True
+        self._executor.submit(self._worker.checkpoint)
+        self._executor.submit(self._worker.close)
+        self._executor.shutdown(wait=True)
+
+
 def _checkpoint_done(future: asyncio.Future[None]) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.warning("audit checkpoint failed", exc_info=future.exception())
@@ -231,11 +245,10 @@ class _SqliteAppender:
                 isolation_level=None,
                 check_same_thread=False,  # opened on the loop, closed by close() anywhere
             )
-            # The same settings mosaic.db gives every SQLite connection, but this one's
-            # busy timeout.
+            # The settings mosaic.db gives every SQLite connection, but this one's busy
+            # timeout (set by connect's ``timeout``).
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_s * 1000)}")
             if not self._autocheckpoint:
                 conn.execute("PRAGMA wal_autocheckpoint=0")
             self._conn = conn
