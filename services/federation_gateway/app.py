@@ -106,7 +106,6 @@ async def main(config: InstanceConfig) -> None:
     runtime = ServiceRuntime(config, GATEWAY, migrations_dir=MIGRATIONS)
     await runtime.migrate()
     gateway = GatewayContext.build(runtime)
-    gateway.audit.start()
     admin = admin_listener(runtime)
     admin.add(
         gateway_pb2_grpc.add_FederationAdminServicer_to_server,

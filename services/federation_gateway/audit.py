@@ -1,13 +1,14 @@
 """The append-only audit log, written with group commit.
 
 A peer's response is sent only after its audit row is committed. Concurrent
-requests share one transaction: the writer drains every record queued while the
-previous commit ran, inserts them together, and wakes all their callers — so
+requests share one transaction: a batch holds every record queued before the loop got
+to its flush (requests woken together, such as the sharers of one resource-service
+read) or while the previous commit ran, and all their callers are woken together — so
 auditing adds one commit latency, not one commit per request in series.
 
 On SQLite a batch is committed on the event loop itself when the write lock is free
-(a WAL append of a few rows, no fsync with ``synchronous=NORMAL``: about 0.1-0.2 ms of
-CPU per commit under load).
+(a WAL append of a few rows, no fsync with ``synchronous=NORMAL``: under ``make bench``
+about 0.2-0.3 ms of CPU per commit of about 7 rows).
 Measured under ``make bench``, handing each batch to a worker thread instead cost about
 3 ms of waiting per request (the thread and the loop contend for the GIL row by row)
 against about 1 ms inline. The loop never waits for a lock, though: the inline
@@ -27,6 +28,7 @@ import datetime as dt
 import logging
 import sqlite3
 import uuid
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -81,14 +83,64 @@ class AuditRecord:
 
 _COLUMNS = tuple(f.name for f in fields(AuditRecord))
 
+# The SQLite INSERT, and its columns in the order sqlite_params gives their values.
+_SQLITE = sqlite.dialect()
+_SQLITE_COMPILED = insert(federation_audit_log).compile(dialect=_SQLITE)
+_SQLITE_INSERT = str(_SQLITE_COMPILED)
+SQLITE_COLUMNS = tuple(_SQLITE_COMPILED.positiontup or ())
+
+
+def _time_processor() -> Callable[[Any], Any]:
+    column_type = federation_audit_log.c.created_at.type
+    process = column_type.dialect_impl(_SQLITE).bind_processor(_SQLITE)
+    if process is None:  # pragma: no cover - UtcDateTime always converts on SQLite
+        raise RuntimeError("no SQLite bind processor for created_at")
+    return process
+
+
+_sqlite_time = _time_processor()
+
+
+def sqlite_params(rec: AuditRecord) -> tuple[Any, ...]:
+    """``rec`` as the table's types store it on SQLite (UUIDs as 32 hex digits, the time as
+    naive UTC text), in SQLITE_COLUMNS order. Written out because SQLAlchemy's generic
+    per-column bind processing cost more per row than the insert itself."""
+    return (
+        rec.id.hex,
+        _sqlite_time(rec.created_at),
+        rec.request_id,
+        None if rec.peer_id is None else rec.peer_id.hex,
+        None if rec.grant_id is None else rec.grant_id.hex,
+        None if rec.subject_user_id is None else rec.subject_user_id.hex,
+        rec.verb,
+        rec.resource,
+        rec.status,
+        rec.outcome,
+        rec.reason,
+        rec.query_hash,
+        rec.bytes_out,
+        rec.latency_ms,
+        rec.source_address,
+        rec.detail,
+    )
+
 
 class AuditWriter:
-    """Commits audit rows in shared transactions; ``record`` returns once its row is durable."""
+    """Commits audit rows in shared transactions; ``record`` returns once its row is durable.
+
+    No writer task and no queue: the first record of a batch schedules a flush with
+    ``call_soon``, so the batch holds every record queued before the loop gets to it (the
+    requests woken together, e.g. the sharers of one resource-service read). One batch is
+    committed at a time; records that arrive while a commit runs off the loop form the
+    next batch.
+    """
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._queue: asyncio.Queue[tuple[AuditRecord, asyncio.Future[None]]] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._pending: list[tuple[AuditRecord, asyncio.Future[None]]] = []
+        self._flush_scheduled = False
+        self._committing: asyncio.Future[None] | None = None  # a batch committed off the loop
+        self._closed = False
         self.commits = 0  # for benchmarks: rows per commit = recorded / commits
         self.recorded = 0
         # SQLite: see _SqliteCommits; Postgres: the async engine.
@@ -99,57 +151,94 @@ class AuditWriter:
         """SQLite: batches that found the write lock taken (committed by the worker)."""
         return self._sqlite.on_worker if self._sqlite is not None else 0
 
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="audit-writer")
+    async def record(self, record: AuditRecord) -> None:
+        """Queue ``record`` and wait until the transaction holding it has committed."""
+        if self._closed:
+            raise RuntimeError("audit writer stopped")
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._pending.append((record, done))
+        self._schedule_flush(loop)
+        await done
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        """Stop: a commit in flight is abandoned and every waiter is told."""
+        self._closed = True
+        if self._committing is not None:
+            self._committing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await self._committing
+        for _, done in self._pending:
+            if not done.done():
+                done.set_exception(RuntimeError("audit writer stopped"))
+        self._pending.clear()
         if self._sqlite is not None:
             self._sqlite.close()
 
-    async def record(self, record: AuditRecord) -> None:
-        """Queue ``record`` and wait until the transaction holding it has committed."""
-        self.start()
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((record, done))  # unbounded: never blocks
-        await done
+    def _schedule_flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self._flush_scheduled and self._committing is None and self._pending:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
 
-    async def _insert(self, rows: list[dict[str, Any]]) -> None:
-        if self._sqlite is not None:
-            await self._sqlite.commit(rows)
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._closed or self._committing is not None or not self._pending:
             return
-        async with self._db.engine.begin() as conn:
-            await conn.execute(insert(federation_audit_log), rows)
-
-    async def _run(self) -> None:
-        while True:
-            first = await self._queue.get()
-            batch = [first]
-            while len(batch) < MAX_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+        batch = self._pending[:MAX_BATCH]
+        del self._pending[:MAX_BATCH]
+        if self._sqlite is not None:
+            params = [sqlite_params(rec) for rec, _ in batch]
             try:
-                await self._insert([rec.row() for rec, _ in batch])
-            except asyncio.CancelledError:
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(RuntimeError("audit writer stopped"))
-                raise
+                committed = self._sqlite.commit_inline(params)
             except Exception as exc:  # every waiter learns the commit failed
-                log.error("audit commit failed", exc_info=exc)
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
+                self._settle(batch, exc)
+            else:
+                if committed:
+                    self._settle(batch, None)
+                else:  # the write lock is taken: wait for it off the loop
+                    self._commit_off_loop(batch, self._sqlite.commit_on_worker(params))
+        else:
+            self._commit_off_loop(batch, self._insert_postgres([rec for rec, _ in batch]))
+        if self._committing is None:
+            self._schedule_flush(asyncio.get_running_loop())
+
+    def _commit_off_loop(
+        self,
+        batch: list[tuple[AuditRecord, asyncio.Future[None]]],
+        commit: Coroutine[Any, Any, None],
+    ) -> None:
+        task = asyncio.ensure_future(commit)
+        self._committing = task
+
+        def committed(task: asyncio.Future[None]) -> None:
+            self._committing = None
+            if task.cancelled():
+                self._settle(batch, RuntimeError("audit writer stopped"))
+            else:
+                self._settle(batch, task.exception())
+            if not self._closed:
+                self._schedule_flush(asyncio.get_running_loop())
+
+        task.add_done_callback(committed)
+
+    async def _insert_postgres(self, records: list[AuditRecord]) -> None:
+        async with self._db.engine.begin() as conn:
+            await conn.execute(insert(federation_audit_log), [rec.row() for rec in records])
+
+    def _settle(
+        self, batch: list[tuple[AuditRecord, asyncio.Future[None]]], error: BaseException | None
+    ) -> None:
+        if error is None:
             self.commits += 1
             self.recorded += len(batch)
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_result(None)
+        elif not self._closed:
+            log.error("audit commit failed", exc_info=error)
+        for _, done in batch:
+            if not done.done():
+                if error is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(error)
 
     async def list(
         self,
@@ -183,17 +272,28 @@ class _SqliteCommits:
         self._closed = False
         self.on_worker = 0
 
-    async def commit(self, rows: list[dict[str, Any]]) -> None:
+    def commit_inline(self, params: list[tuple[Any, ...]]) -> bool:
+        """Commit on the calling (loop) thread; False, with nothing written, when another
+        connection holds the write lock."""
+        if not self._inline.append(params):
+            return False
+        self._committed()
+        return True
+
+    async def commit_on_worker(self, params: list[tuple[Any, ...]]) -> None:
         loop = asyncio.get_running_loop()
-        if not self._inline.append(rows):  # the write lock is taken: wait off the loop
-            if not await loop.run_in_executor(self._executor, self._worker.append, rows):
-                raise TimeoutError(f"audit log write lock held for over {LOCKED_WAIT_S:.0f} s")
-            self.on_worker += 1
+        if not await loop.run_in_executor(self._executor, self._worker.append, params):
+            raise TimeoutError(f"audit log write lock held for over {LOCKED_WAIT_S:.0f} s")
+        self.on_worker += 1
+        self._committed()
+
+    def _committed(self) -> None:
         self._since_checkpoint += 1
         if self._since_checkpoint >= CHECKPOINT_EVERY_COMMITS and (
             self._checkpoint is None or self._checkpoint.done()
         ):
             self._since_checkpoint = 0
+            loop = asyncio.get_running_loop()
             self._checkpoint = loop.run_in_executor(self._executor, self._worker.checkpoint)
             self._checkpoint.add_done_callback(_checkpoint_done)
 
@@ -225,17 +325,6 @@ class _SqliteAppender:
         self._busy_timeout_s = busy_timeout_s
         self._autocheckpoint = autocheckpoint
         self._conn: sqlite3.Connection | None = None
-        dialect = sqlite.dialect()
-        compiled = insert(federation_audit_log).compile(dialect=dialect)
-        self._sql = str(compiled)
-        self._names = list(compiled.positiontup or [])
-        columns = federation_audit_log.c
-        self._processors = [
-            columns[name].type.dialect_impl(dialect).bind_processor(dialect)
-            for name in self._names
-        ]
-        if dialect.paramstyle != "qmark":  # pragma: no cover - sqlite3 is always qmark
-            raise RuntimeError("unexpected SQLite paramstyle")
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -254,16 +343,9 @@ class _SqliteAppender:
             self._conn = conn
         return self._conn
 
-    def append(self, rows: list[dict[str, Any]]) -> bool:
-        """Insert ``rows`` in one transaction; False (nothing written) if the write lock
-        was taken for longer than the busy timeout."""
-        params = [
-            tuple(
-                proc(row[name]) if proc is not None else row[name]
-                for name, proc in zip(self._names, self._processors, strict=True)
-            )
-            for row in rows
-        ]
+    def append(self, params: list[tuple[Any, ...]]) -> bool:
+        """Insert rows (``sqlite_params``) in one transaction; False (nothing written) if
+        the write lock was taken for longer than the busy timeout."""
         conn = self._connection()
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -272,7 +354,7 @@ class _SqliteAppender:
                 return False
             raise
         try:
-            conn.executemany(self._sql, params)
+            conn.executemany(_SQLITE_INSERT, params)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
