@@ -210,12 +210,12 @@ class AuditWriter:
         task = asyncio.ensure_future(commit)
         self._committing = task
 
-        def committed(task: asyncio.Future[None]) -> None:
+        def committed(finished: asyncio.Future[None]) -> None:
             self._committing = None
-            if task.cancelled():
+            if finished.cancelled():
                 self._settle(batch, RuntimeError("audit writer stopped"))
             else:
-                self._settle(batch, task.exception())
+                self._settle(batch, finished.exception())
             if not self._closed:
                 self._schedule_flush(asyncio.get_running_loop())
 

@@ -22,14 +22,15 @@ from mosaic.config import to_async_postgres_url
 from mosaic.db import Database
 
 
+async def _migrated(url: str) -> Database:
+    db = Database(url, schema="gateway", migrations_dir=gateway_app.MIGRATIONS)
+    await db.migrate()
+    return db
+
+
 @pytest.fixture
 async def database(tmp_path: Path) -> AsyncIterator[Database]:
-    db = Database(
-        f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}",
-        schema="gateway",
-        migrations_dir=gateway_app.MIGRATIONS,
-    )
-    await db.migrate()
+    db = await _migrated(f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}")
     yield db
     await db.dispose()
 
@@ -60,10 +61,28 @@ async def any_database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         url = f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
     else:
         url = to_async_postgres_url(request.getfixturevalue("postgres_url"))
-    db = Database(url, schema="gateway", migrations_dir=gateway_app.MIGRATIONS)
-    await db.migrate()
+    db = await _migrated(url)
     yield db
     await db.dispose()
+
+
+def _every_column_set() -> AuditRecord:
+    return AuditRecord(
+        request_id="req-every-column",
+        verb="search",
+        status="NOT_FOUND",
+        outcome="allowed",
+        peer_id=uuid.uuid4(),
+        grant_id=uuid.uuid4(),
+        subject_user_id=uuid.uuid4(),
+        resource="notes",
+        reason="RESOURCE_NOT_FOUND",
+        query_hash="ab" * 32,
+        bytes_out=1234,
+        latency_ms=2.5,
+        source_address="ipv4:127.0.0.1:40000",
+        detail="x",
+    )
 
 
 def _rows(database: Database) -> list[tuple[str, str, int]]:
@@ -94,22 +113,7 @@ async def test_concurrent_records_share_commits_and_none_is_lost(
 
 async def test_rows_read_back_as_recorded(any_database: Database) -> None:
     writer = AuditWriter(any_database)
-    rec = AuditRecord(
-        request_id="req-roundtrip",
-        verb="search",
-        status="NOT_FOUND",
-        outcome="allowed",
-        peer_id=uuid.uuid4(),
-        grant_id=uuid.uuid4(),
-        subject_user_id=uuid.uuid4(),
-        resource="notes",
-        reason="RESOURCE_NOT_FOUND",
-        query_hash="ab" * 32,
-        bytes_out=1234,
-        latency_ms=2.5,
-        source_address="ipv4:127.0.0.1:40000",
-        detail="x",
-    )
+    rec = _every_column_set()
     try:
         await writer.record(rec)
         (row,) = await writer.list()
@@ -123,22 +127,7 @@ def test_sqlite_params_store_what_sqlalchemy_would_store() -> None:
     """The hand-written row encoding matches the table's own bind processing, column by
     column, and covers every column (a new column fails here until it is added)."""
     dialect = sqlite.dialect()
-    rec = AuditRecord(
-        request_id="req-1",
-        verb="list",
-        status="OK",
-        outcome="allowed",
-        peer_id=uuid.uuid4(),
-        grant_id=uuid.uuid4(),
-        subject_user_id=uuid.uuid4(),
-        resource="tasks",
-        reason="R",
-        query_hash="0" * 64,
-        bytes_out=7,
-        latency_ms=0.25,
-        source_address="ipv4:127.0.0.1:1",
-        detail="d",
-    )
+    rec = _every_column_set()
     expected = []
     for name in SQLITE_COLUMNS:
         process = federation_audit_log.c[name].type.dialect_impl(dialect).bind_processor(dialect)
