@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import sqlite3
 import time
 import zlib
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from alembic import command, context
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, MetaData, create_engine, event, pool, text
+from sqlalchemy import Connection, MetaData, event, pool, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -55,26 +56,32 @@ class Database:
                 connect_args={"server_settings": {"search_path": schema}},
             )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
-        self._sqlite_reader: Engine | None = None
+        self._sqlite_reader: sqlite3.Connection | None = None
 
     def session(self) -> AsyncSession:
         return self.sessions()
 
-    def sqlite_reader(self) -> Engine:
-        """A synchronous engine on the same SQLite file, for short indexed reads on the loop.
+    def sqlite_reader(self) -> sqlite3.Connection:
+        """A sqlite3 connection to the same file, for short indexed reads on the loop.
 
         A read of a few rows through an index takes microseconds; handing it to
-        aiosqlite's worker thread and back costs more than the read itself, so hot read
-        paths on SQLite run it inline. Writes keep going through the async engine.
+        aiosqlite's worker thread and back costs more than the read itself, and so does
+        SQLAlchemy's per-execution work (make bench), so hot read paths on SQLite run their
+        precompiled SQL on this connection inline. It refuses writes (``query_only``);
+        writes keep going through the async engine.
         """
         if not self.is_sqlite:
             raise RuntimeError("sqlite_reader() is for SQLite databases only")
         if self._sqlite_reader is None:
-            path = self.url.split("///", 1)[1]
-            self._sqlite_reader = create_engine(
-                f"sqlite+pysqlite:///{path}", connect_args={"timeout": 30}
+            conn = sqlite3.connect(
+                self.url.split("///", 1)[1],
+                timeout=30,
+                isolation_level=None,  # autocommit: a read never holds a transaction open
+                check_same_thread=False,  # used on the loop, closed by dispose() anywhere
             )
-            event.listen(self._sqlite_reader, "connect", _sqlite_pragmas)
+            _sqlite_pragmas(conn, None)
+            conn.execute("PRAGMA query_only=ON")
+            self._sqlite_reader = conn
         return self._sqlite_reader
 
     def _alembic_config(self) -> Config:
@@ -126,7 +133,8 @@ class Database:
     async def dispose(self) -> None:
         await self.engine.dispose()
         if self._sqlite_reader is not None:
-            self._sqlite_reader.dispose()
+            self._sqlite_reader.close()
+            self._sqlite_reader = None
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -12,13 +12,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
-from sqlalchemy import Row
 
 from mosaic.errors import ServiceError, invalid_argument, not_found
 from mosaic.federation.v1 import common_pb2, resources_pb2, resources_pb2_grpc
 from mosaic.sqltypes import utcnow
 from resource_service import domain
-from resource_service.store import ResourceStore
+from resource_service.store import ReadRow, ResourceStore
 
 # One message for "missing" and "not visible": callers must not learn which it was.
 _NOT_FOUND_MESSAGE = "no such resource"
@@ -48,14 +47,13 @@ def _since_epoch(raw: Any) -> dt.timedelta:
     return when - (_NAIVE_EPOCH if when.tzinfo is None else _EPOCH)
 
 
-def _items(rows: Sequence[Row[Any]]) -> list[common_pb2.ResourceItem]:
+def _items(rows: Sequence[ReadRow]) -> list[common_pb2.ResourceItem]:
     """Rows read with store.READ_COLUMNS as messages. On the hot path of every List: a
     page's rows share one owner and a few teams, so each distinct UUID is formatted once;
     timestamps are set from integer arithmetic rather than Timestamp.FromDatetime."""
     text: dict[Any, str] = {None: ""}
     items = []
-    for row in rows:
-        owner, team = row.owner_user_id, row.team_id
+    for row_id, kind, owner, team, title, body, updated_at in rows:
         owner_text = text.get(owner)
         if owner_text is None:
             owner_text = text[owner] = _uuid_text(owner)
@@ -63,14 +61,14 @@ def _items(rows: Sequence[Row[Any]]) -> list[common_pb2.ResourceItem]:
         if team_text is None:
             team_text = text[team] = _uuid_text(team)
         item = common_pb2.ResourceItem(
-            id=row.id,
-            resource=row.resource,
+            id=row_id,
+            resource=kind,
             owner_user_id=owner_text,
             team_id=team_text,
-            title=row.title,
-            body=row.body,
+            title=title,
+            body=body,
         )
-        since = _since_epoch(row.updated_at)
+        since = _since_epoch(updated_at)
         stamp = item.updated_at
         stamp.seconds = since.days * 86400 + since.seconds
         stamp.nanos = since.microseconds * 1000
@@ -114,7 +112,7 @@ class ResourceSourceServicer(resources_pb2_grpc.ResourceSourceServicer):
             raise _refused(exc) from None
         rows, more = await self._store.list_page(kind, visibility, after_id, limit)
         return resources_pb2.ListResourcesResponse(
-            items=_items(rows), next_after_id=rows[-1].id if more else ""
+            items=_items(rows), next_after_id=rows[-1][0] if more else ""
         )
 
     async def GetResource(

@@ -11,6 +11,7 @@ migration ``resources_0002`` (SQLite: FTS5 table ``resources_fts``; Postgres: ge
 from __future__ import annotations
 
 import functools
+import json
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,7 +22,6 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
-    Row,
     Select,
     String,
     Table,
@@ -87,18 +87,31 @@ READ_COLUMNS = (
     _c.body,
     type_coerce(_c.updated_at, String).label("updated_at"),
 )
+# A row as read: the READ_COLUMNS values in that order (a tuple from sqlite3, a Row from
+# SQLAlchemy on Postgres).
+ReadRow = Sequence[Any]
 
 _OWNER = bindparam("owner", type_=Uuid)
 _KIND = bindparam("kind", type_=String)
 _TEAMS = bindparam("teams", type_=Uuid, expanding=True)
+# On SQLite the teams travel as one JSON array of 32-hex ids, so that every statement
+# compiles once to fixed SQL (an expanding IN list would change with the team count).
+_TEAMS_JSON = bindparam("teams", type_=String)
 _LIMIT = bindparam("limit", type_=Integer)
+# Reads on SQLite skip SQLAlchemy's execution path: each statement is compiled once to SQL
+# with named parameters and run on the sqlite3 reader connection (Database.sqlite_reader),
+# with the parameters already in stored form (_sqlite_params). A 21-row page takes 56 us
+# this way against 167 us through Connection.execute (same statement and file, measured
+# in isolation); SQLAlchemy's per-execution work was most of the read.
+_SQLITE = sqlite.dialect(paramstyle="named")
 
 
-Shape = tuple[bool, bool]  # (include_personal, has teams): the three visibility clauses
+# (include_personal, has teams, on SQLite): the three visibility clauses, per engine
+Shape = tuple[bool, bool, bool]
 
 
-def _shape(visibility: Visibility) -> Shape:
-    return visibility.include_personal, bool(visibility.teams)
+def _shape(visibility: Visibility, on_sqlite: bool) -> Shape:
+    return visibility.include_personal, bool(visibility.teams), on_sqlite
 
 
 def _visible(shape: Shape) -> ColumnElement[bool]:
@@ -106,13 +119,18 @@ def _visible(shape: Shape) -> ColumnElement[bool]:
 
     Built from fixed bind parameters only: one statement per shape, built once and reused.
     """
-    personal, teams = shape
+    personal, teams, on_sqlite = shape
+    in_teams = (
+        _c.team_id.in_(select(column("value")).select_from(func.json_each(_TEAMS_JSON)))
+        if on_sqlite
+        else _c.team_id.in_(_TEAMS)
+    )
     if personal and teams:
-        team_clause: ColumnElement[bool] = or_(_c.team_id.is_(None), _c.team_id.in_(_TEAMS))
+        team_clause: ColumnElement[bool] = or_(_c.team_id.is_(None), in_teams)
     elif personal:
         team_clause = _c.team_id.is_(None)
     elif teams:
-        team_clause = _c.team_id.in_(_TEAMS)
+        team_clause = in_teams
     else:
         team_clause = false()
     return and_(_c.owner_user_id == _OWNER, _c.resource == _KIND, team_clause)
@@ -140,11 +158,30 @@ def _params(kind: str, visibility: Visibility, **extra: Any) -> dict[str, Any]:
     return params
 
 
+def _sqlite_params(kind: str, visibility: Visibility, **extra: Any) -> dict[str, Any]:
+    """_params as SQLite stores them: UUIDs as 32 hex digits (what Uuid's bind processor
+    writes on SQLite), the teams as one JSON array of those."""
+    params: dict[str, Any] = {"owner": visibility.owner.hex, "kind": kind, **extra}
+    if visibility.teams:
+        params["teams"] = json.dumps([team.hex for team in visibility.teams])
+    return params
+
+
+@functools.cache
+def _sqlite_sql(stmt: Select[Any]) -> tuple[str, dict[str, Any]]:
+    """The statement as SQLite SQL, and the values bound at compile time (LIMIT's OFFSET 0)."""
+    compiled = stmt.compile(dialect=_SQLITE)
+    defaults = {k: v for k, v in compiled.params.items() if v is not None}
+    return compiled.string, defaults
+
+
 class ResourceStore:
     """The only place that touches the ``resources`` table."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._on_sqlite = db.is_sqlite
+        self._params: Callable[..., dict[str, Any]] = _sqlite_params if db.is_sqlite else _params
         self._search_statement: Callable[[Shape], Select[Any]] = (
             _sqlite_search_statement if db.is_sqlite else _postgres_search_statement
         )
@@ -155,44 +192,45 @@ class ResourceStore:
 
     async def list_page(
         self, kind: str, visibility: Visibility, after_id: str, limit: int
-    ) -> tuple[Sequence[Row[Any]], bool]:
+    ) -> tuple[Sequence[ReadRow], bool]:
         """Up to ``limit`` visible rows with id > ``after_id`` in id order, and whether more
         follow (one extra row is fetched to know)."""
         if visibility.sees_nothing:
             return [], False
-        stmt = _list_statement(_shape(visibility))
-        params = _params(kind, visibility, after_id=after_id, limit=limit + 1)
+        stmt = _list_statement(_shape(visibility, self._on_sqlite))
+        params = self._params(kind, visibility, after_id=after_id, limit=limit + 1)
         rows = await self._read_all(stmt, params)
         if len(rows) > limit:
             return rows[:limit], True
         return rows, False
 
-    async def get(self, kind: str, visibility: Visibility, row_id: str) -> Row[Any] | None:
+    async def get(self, kind: str, visibility: Visibility, row_id: str) -> ReadRow | None:
         """The row, or None when it is missing or outside the visibility (same answer)."""
         if visibility.sees_nothing:
             return None
         rows = await self._read_all(
-            _get_statement(_shape(visibility)), _params(kind, visibility, row_id=row_id)
+            _get_statement(_shape(visibility, self._on_sqlite)),
+            self._params(kind, visibility, row_id=row_id),
         )
         return rows[0] if rows else None
 
     async def search(
         self, kind: str, visibility: Visibility, query: str, limit: int
-    ) -> Sequence[Row[Any]]:
+    ) -> Sequence[ReadRow]:
         """Visible rows matching every word of ``query``, best first, then by id."""
         if visibility.sees_nothing:
             return []
         match = self._match_param(query)
         if match is None:
             return []
-        stmt = self._search_statement(_shape(visibility))
-        return await self._read_all(stmt, _params(kind, visibility, limit=limit, match=match))
+        stmt = self._search_statement(_shape(visibility, self._on_sqlite))
+        return await self._read_all(stmt, self._params(kind, visibility, limit=limit, match=match))
 
-    async def _read_all(self, stmt: Select[Any], params: dict[str, Any]) -> Sequence[Row[Any]]:
-        """Run a read: inline on SQLite (see Database.sqlite_reader), via asyncpg otherwise."""
-        if self._db.is_sqlite:
-            with self._db.sqlite_reader().connect() as sync_conn:
-                return sync_conn.execute(stmt, params).all()
+    async def _read_all(self, stmt: Select[Any], params: dict[str, Any]) -> Sequence[ReadRow]:
+        """Run a read: inline on SQLite (see _SQLITE), via asyncpg otherwise."""
+        if self._on_sqlite:
+            sql, defaults = _sqlite_sql(stmt)
+            return self._db.sqlite_reader().execute(sql, defaults | params).fetchall()
         async with self._db.engine.connect() as conn:
             return (await conn.execute(stmt, params)).all()
 
