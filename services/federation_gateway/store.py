@@ -27,7 +27,8 @@ federation_audit_log = Table(
     Column("latency_ms", Float, nullable=False, default=0.0),
     Column("source_address", String(128), nullable=True),
     Column("detail", Text, nullable=True),
-    Index("ix_audit_created_at", "created_at"),
-    Index("ix_audit_peer_created_at", "peer_id", "created_at"),
-    Index("ix_audit_grant_created_at", "grant_id", "created_at"),
+    # Ids are UUIDv7 (mosaic.ids): the primary key orders rows by creation, so it serves
+    # "newest first" and --since; this index serves the same per peer. Every index is
+    # written on every request's commit, so there is no other (gateway_0002).
+    Index("ix_audit_peer_id", "peer_id", "id"),
 )

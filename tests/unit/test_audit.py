@@ -5,21 +5,29 @@ another connection."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import random
 import sqlite3
 import threading
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import event
 from sqlalchemy.dialects import sqlite
 
 import federation_gateway.app as gateway_app
 from federation_gateway import audit
 from federation_gateway.audit import SQLITE_COLUMNS, AuditRecord, AuditWriter, sqlite_params
 from federation_gateway.store import federation_audit_log
+from federation_gateway.store import metadata as gateway_metadata
 from mosaic.config import to_async_postgres_url
 from mosaic.db import Database
+from mosaic.ids import uuid7
 
 
 async def _migrated(url: str) -> Database:
@@ -252,3 +260,114 @@ async def test_without_periodic_checkpoints_the_file_would_not_grow(
         assert path.stat().st_size == before
     finally:
         await writer.close()
+
+
+BASE = dt.datetime(2026, 11, 23, 19, 0, 0, 100_000, tzinfo=dt.UTC)
+PEERS = (uuid.UUID(int=0xA), uuid.UUID(int=0xB))
+
+
+def _at(k: int) -> dt.datetime:
+    return BASE + dt.timedelta(microseconds=300 * k)  # 3-4 rows per millisecond
+
+
+def _timed_record(k: int) -> AuditRecord:
+    when = _at(k)
+    ns = (int(when.timestamp()) * 1_000_000 + when.microsecond) * 1_000
+    return AuditRecord(
+        request_id=f"req-{k:08d}",
+        verb="list",
+        status="OK",
+        outcome="allowed",
+        peer_id=PEERS[k % 2],
+        id=uuid7(ns),
+        created_at=when,
+    )
+
+
+async def test_list_is_newest_first_per_peer_and_since_exactly(any_database: Database) -> None:
+    writer = AuditWriter(any_database)
+    order = list(range(40))
+    random.Random(6).shuffle(order)  # committed out of time order
+    try:
+        for k in order:
+            await writer.record(_timed_record(k))
+        everything = await writer.list(limit=100)
+        newest = await writer.list(limit=5)
+        of_b = await writer.list(peer_id=PEERS[1], limit=100)
+        since = await writer.list(since=_at(25), limit=100)
+        since_a = await writer.list(peer_id=PEERS[0], since=_at(25), limit=100)
+        later = await writer.list(since=_at(40), limit=100)
+    finally:
+        await writer.close()
+
+    def ids(rows: list[dict[str, Any]]) -> list[int]:
+        return [int(r["request_id"][4:]) for r in rows]
+
+    assert ids(everything) == list(range(39, -1, -1))
+    assert ids(newest) == [39, 38, 37, 36, 35]
+    assert ids(of_b) == list(range(39, 0, -2))
+    # _at(25) is inside a millisecond that also holds rows 23 and 24: exact, not rounded.
+    assert _at(24).microsecond // 1000 == _at(25).microsecond // 1000
+    assert ids(since) == list(range(39, 24, -1))
+    assert ids(since_a) == [38, 36, 34, 32, 30, 28, 26]
+    assert later == []
+
+
+async def test_list_reads_through_an_index_without_sorting(
+    writer: AuditWriter, database: Database
+) -> None:
+    """On a large log, "newest first" must stop after ``limit`` rows, not sort the table."""
+    statements: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, sql: str, params: Any, *_: Any) -> None:
+        if sql.lstrip().upper().startswith("SELECT"):
+            statements.append((sql, params))
+
+    event.listen(database.engine.sync_engine, "before_cursor_execute", capture)
+    await writer.list(limit=10)
+    await writer.list(peer_id=PEERS[0], limit=10)
+    await writer.list(since=BASE, limit=10)
+    await writer.list(peer_id=PEERS[1], since=BASE, limit=10)
+    event.remove(database.engine.sync_engine, "before_cursor_execute", capture)
+
+    assert len(statements) == 4
+    path = database.url.split("///", 1)[1]
+    with sqlite3.connect(path) as conn:
+        for sql, params in statements:
+            plan = " | ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+            assert "TEMP B-TREE" not in plan, plan
+            assert "INDEX" in plan, plan
+
+
+@pytest.mark.parametrize("engine", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def test_upgrade_from_the_first_schema_keeps_rows_and_matches_the_tables(
+    request: pytest.FixtureRequest, tmp_path: Path, engine: str
+) -> None:
+    if engine == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
+    else:
+        url = to_async_postgres_url(request.getfixturevalue("postgres_url"))
+    db = Database(url, schema="gateway", migrations_dir=gateway_app.MIGRATIONS)
+    try:
+        await db.migrate("gateway_0001")
+        writer = AuditWriter(db)
+        for k in (3, 1, 2):
+            await writer.record(_timed_record(k))
+        await writer.close()
+        await db.migrate()
+        assert (await db.revisions())[0] == "gateway_0002"
+        writer = AuditWriter(db)
+        rows = await writer.list(limit=10)
+        await writer.close()
+        async with db.engine.connect() as conn:
+            drift = await conn.run_sync(
+                lambda c: compare_metadata(
+                    MigrationContext.configure(c, opts={"version_table": db.version_table}),
+                    gateway_metadata,
+                )
+            )
+    finally:
+        await db.dispose()
+
+    assert [r["request_id"] for r in rows] == ["req-00000003", "req-00000002", "req-00000001"]
+    assert drift == []  # the migrations build exactly the tables and indexes store.py declares
