@@ -222,6 +222,38 @@ async def test_a_failed_commit_reaches_every_waiter(
     assert all(isinstance(r, sqlite3.OperationalError) for r in results), results
 
 
+async def test_a_batch_is_all_or_nothing(writer: AuditWriter, database: Database) -> None:
+    """One bad row (here a duplicate id) fails its whole batch: no row of it is stored,
+    every waiter learns the commit failed, and the writer goes on."""
+    records = [_record(n) for n in range(4)]
+    records[3].id = records[1].id
+
+    results = await asyncio.gather(*(writer.record(r) for r in records), return_exceptions=True)
+
+    assert all(isinstance(r, sqlite3.IntegrityError) for r in results), results
+    assert _rows(database) == []
+    await writer.record(_record(9))
+    assert [r[1] for r in _rows(database)] == ["req-00000009"]
+
+
+async def test_a_batch_larger_than_one_statement_binds_is_still_one_transaction(
+    writer: AuditWriter, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite limits the values one statement binds; a larger batch spans statements in
+    one explicit transaction, still all or nothing."""
+    monkeypatch.setattr(audit._SqliteAppender, "_rows_per_statement", lambda self, conn: 3)
+
+    await asyncio.gather(*(writer.record(_record(n)) for n in range(8)))
+    assert len(_rows(database)) == 8
+    assert writer.commits == 1
+
+    failing = [_record(n) for n in range(10, 18)]
+    failing[7].id = failing[0].id  # the duplicate is in the batch's third statement
+    results = await asyncio.gather(*(writer.record(r) for r in failing), return_exceptions=True)
+    assert all(isinstance(r, sqlite3.IntegrityError) for r in results), results
+    assert len(_rows(database)) == 8  # the batch's first two statements were rolled back
+
+
 async def test_inline_commits_are_checkpointed_off_the_loop(
     database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
