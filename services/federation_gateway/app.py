@@ -109,7 +109,7 @@ async def main(config: InstanceConfig) -> None:
     admin = admin_listener(runtime)
     admin.add(
         gateway_pb2_grpc.add_FederationAdminServicer_to_server,
-        FederationAdminServicer(gateway),  # type: ignore[abstract]  # areas still missing
+        FederationAdminServicer(gateway),
         ADMIN_SERVICE,
     )
     federation = Listener(
