@@ -90,29 +90,28 @@ class Database:
         cfg.attributes["version_table"] = self.version_table
         return cfg
 
-    async def migrate(self, revision: str = "head") -> None:
-        """Create the schema (Postgres) and upgrade to ``revision`` (services start at head;
-        tests of a migration start below it); replicas serialize on a lock (an advisory
-        lock on Postgres, a file lock beside the SQLite file)."""
+    async def migrate(self) -> None:
+        """Create the schema (Postgres) and upgrade to head; replicas serialize on a lock
+        (an advisory lock on Postgres, a file lock beside the SQLite file)."""
         if not self.is_sqlite:
-            await self._migrate(revision)
+            await self._migrate()
             return
         lock_path = Path(self.url.split("///", 1)[1] + ".migrate-lock")
         fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
         try:
             await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
-            await self._migrate(revision)
+            await self._migrate()
         finally:
             os.close(fd)  # closing releases the lock
 
-    async def _migrate(self, revision: str) -> None:
+    async def _migrate(self) -> None:
         async with self.engine.begin() as conn:
             if not self.is_sqlite:
                 lock = zlib.crc32(f"mosaic-migrate-{self.schema}".encode())
                 await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock})
                 await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
             cfg = self._alembic_config()
-            await conn.run_sync(_upgrade, cfg, revision)
+            await conn.run_sync(_upgrade, cfg)
 
     async def revisions(self) -> tuple[str | None, str | None]:
         """(current revision in the database, head revision of the migration scripts)."""
@@ -147,9 +146,9 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _upgrade(conn: Connection, cfg: Config, revision: str) -> None:
+def _upgrade(conn: Connection, cfg: Config) -> None:
     cfg.attributes["connection"] = conn
-    command.upgrade(cfg, revision)
+    command.upgrade(cfg, "head")
 
 
 def run_migrations(

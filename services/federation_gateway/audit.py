@@ -39,7 +39,7 @@ from sqlalchemy.dialects import sqlite
 
 from federation_gateway.store import federation_audit_log
 from mosaic.db import Database
-from mosaic.ids import uuid7, uuid7_lower_bound
+from mosaic.ids import uuid7
 from mosaic.sqltypes import utcnow
 
 log = logging.getLogger("mosaic.audit")
@@ -50,9 +50,6 @@ MAX_BATCH = 512
 CHECKPOINT_EVERY_COMMITS = 200
 LOCKED_WAIT_S = 30.0
 OUTCOMES = ("allowed", "denied", "error")
-# A record's id and created_at are two reads of the wall clock, microseconds apart; list()
-# widens its id range by this much so a clock step between them cannot hide a row.
-SINCE_SLACK = dt.timedelta(seconds=1)
 
 
 @dataclass
@@ -261,21 +258,12 @@ class AuditWriter:
         since: dt.datetime | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
-        """Newest first, optionally for one peer and at or after a time (aware).
-
-        Ordered by id, a UUIDv7 made with the row (creation order to about a quarter
-        microsecond), through the primary key or ``ix_audit_peer_id``. ``since`` bounds
-        the id range (with SINCE_SLACK for the id and created_at being two clock reads)
-        and is applied exactly to created_at.
-        """
-        table = federation_audit_log
-        query = select(table).order_by(table.c.id.desc())
+        """Newest first, optionally for one peer and after a time."""
+        query = select(federation_audit_log).order_by(federation_audit_log.c.created_at.desc())
         if peer_id is not None:
-            query = query.where(table.c.peer_id == peer_id)
+            query = query.where(federation_audit_log.c.peer_id == peer_id)
         if since is not None:
-            query = query.where(
-                table.c.id >= uuid7_lower_bound(since - SINCE_SLACK), table.c.created_at >= since
-            )
+            query = query.where(federation_audit_log.c.created_at >= since)
         async with self._db.engine.connect() as conn:
             rows = (await conn.execute(query.limit(limit))).mappings().all()
         return [dict(r) for r in rows]

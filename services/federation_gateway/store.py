@@ -27,8 +27,10 @@ federation_audit_log = Table(
     Column("latency_ms", Float, nullable=False, default=0.0),
     Column("source_address", String(128), nullable=True),
     Column("detail", Text, nullable=True),
-    # Ids are UUIDv7 (mosaic.ids): the primary key orders rows by creation, so it serves
-    # "newest first" and --since; this index serves the same per peer. Every index is
-    # written on every request's commit, so there is no other (gateway_0002).
-    Index("ix_audit_peer_id", "peer_id", "id"),
 )
+
+# DESIGN.md: descending created_at indexes, global, per peer and per grant (gateway_0001).
+_created_desc = federation_audit_log.c.created_at.desc()
+Index("ix_audit_created_at", _created_desc)
+Index("ix_audit_peer_created_at", federation_audit_log.c.peer_id, _created_desc)
+Index("ix_audit_grant_created_at", federation_audit_log.c.grant_id, _created_desc)
