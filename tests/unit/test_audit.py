@@ -5,6 +5,7 @@ another connection."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import random
 import sqlite3
@@ -299,14 +300,7 @@ def _at(k: int) -> dt.datetime:
 
 
 def _timed_record(k: int) -> AuditRecord:
-    return AuditRecord(
-        request_id=f"req-{k:08d}",
-        verb="list",
-        status="OK",
-        outcome="allowed",
-        peer_id=PEERS[k % 2],
-        created_at=_at(k),
-    )
+    return dataclasses.replace(_record(k), peer_id=PEERS[k % 2], created_at=_at(k))
 
 
 async def test_list_is_newest_first_per_peer_and_since_exactly(any_database: Database) -> None:
