@@ -26,6 +26,7 @@ lint: venv
 	$(PY) scripts/gen_protos.py --check
 	cd protos && "$$(bash ../infra/scripts/ensure-buf.sh | tail -n 1)" lint
 	$(VENV)/bin/ruff check libs services tests scripts
+	$(VENV)/bin/ruff format --check libs services tests scripts
 	$(VENV)/bin/mypy
 	bash scripts/check_compose.sh
 

@@ -228,11 +228,15 @@ class PostgresServer(ManagedServer):
             run_checked(
                 [
                     str(initdb),
-                    "-D", str(self._data),
-                    "-U", SUPERUSER,
-                    "-A", "scram-sha-256",
+                    "-D",
+                    str(self._data),
+                    "-U",
+                    SUPERUSER,
+                    "-A",
+                    "scram-sha-256",
                     f"--pwfile={pwfile}",
-                    "-E", "UTF8",
+                    "-E",
+                    "UTF8",
                     "--no-locale",
                     "--no-sync",  # throw-away cluster: no need to fsync the new files
                 ],
@@ -257,8 +261,14 @@ class PostgresServer(ManagedServer):
                 # -l is required: without it the postmaster inherits our captured
                 # stdout/stderr pipes and run() never returns.
                 self._pg_ctl(
-                    "-l", str(self.log_path), "-o", options,
-                    "-w", "-t", str(int(self.startup_timeout)), "start",
+                    "-l",
+                    str(self.log_path),
+                    "-o",
+                    options,
+                    "-w",
+                    "-t",
+                    str(int(self.startup_timeout)),
+                    "start",
                     what="pg_ctl start",
                 )
             except ServerStartError:

@@ -130,12 +130,18 @@ class RedisServer(ManagedServer):
             self._log = self.log_path.open("ab")
             argv = [
                 str(binary),
-                "--port", str(port),
-                "--bind", LOOPBACK,
-                "--save", "",
-                "--appendonly", "no",
-                "--daemonize", "no",
-                "--dir", str(self._dir),
+                "--port",
+                str(port),
+                "--bind",
+                LOOPBACK,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--dir",
+                str(self._dir),
             ]
             self._proc = subprocess.Popen(
                 argv,

@@ -84,7 +84,8 @@ async def test_postgres_env_override_uses_existing_server(
     with PostgresServer().start_or_skip() as real:
         # SQLAlchemy-style driver suffix is accepted.
         monkeypatch.setenv(
-            "MOSAIC_TEST_POSTGRES_URL", real.admin_url.replace("postgresql://", "postgresql+asyncpg://")
+            "MOSAIC_TEST_POSTGRES_URL",
+            real.admin_url.replace("postgresql://", "postgresql+asyncpg://"),
         )
         shared = PostgresServer().start()
         assert shared.backend == "external"

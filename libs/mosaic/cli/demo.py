@@ -121,8 +121,10 @@ def _ok(gw: Gateway, *args: str) -> Any:
 
 def _refused(gw: Gateway, *args: str) -> dict[str, Any]:
     code, doc = gw.run(*args)
-    _expect(code == 1 and isinstance(doc, dict) and "error" in doc,
-            f"`mosaic {' '.join(args)}` should have been refused, got exit {code}: {doc}")
+    _expect(
+        code == 1 and isinstance(doc, dict) and "error" in doc,
+        f"`mosaic {' '.join(args)}` should have been refused, got exit {code}: {doc}",
+    )
     return dict(doc["error"])
 
 
@@ -146,19 +148,38 @@ def run_demo(workdir: Path) -> None:
             steps.run(gw.label, "mosaic init", functools.partial(_init, gw, name))
         for gw in (b, a):
             steps.run(gw.label, "mosaic up (five services)", functools.partial(_up, gw))
-        steps.run("B", "import sample data into the reference resource-service",
-                  lambda: f"{_ok(b, 'resources', 'import', str(SAMPLE_DATA))['imported']} rows")
+        steps.run(
+            "B",
+            "import sample data into the reference resource-service",
+            lambda: f"{_ok(b, 'resources', 'import', str(SAMPLE_DATA))['imported']} rows",
+        )
         scope_file = workdir / "scope.json"
-        scope_file.write_text(json.dumps({
-            "resources": ["tasks", "notes"],
-            "filters": {r: {"include_teams": [TEAM_PLATFORM], "include_personal": False}
-                        for r in ("tasks", "notes")},
-            "max_rows_per_query": ROW_CAP,
-        }))
+        scope_file.write_text(
+            json.dumps(
+                {
+                    "resources": ["tasks", "notes"],
+                    "filters": {
+                        r: {"include_teams": [TEAM_PLATFORM], "include_personal": False}
+                        for r in ("tasks", "notes")
+                    },
+                    "max_rows_per_query": ROW_CAP,
+                }
+            )
+        )
 
         def grant() -> str:
-            doc = _ok(b, "federation", "grant", "create", "--user", ALICE, "--peer-name",
-                      "gateway-a", "--scope", str(scope_file))
+            doc = _ok(
+                b,
+                "federation",
+                "grant",
+                "create",
+                "--user",
+                ALICE,
+                "--peer-name",
+                "gateway-a",
+                "--scope",
+                str(scope_file),
+            )
             g = doc.get("grant", doc)
             _expect(g["status"] == "pending", f"grant status {g['status']}")
             state["grant"] = g["id"]
@@ -211,18 +232,21 @@ def run_demo(workdir: Path) -> None:
                 page = doc.get("next_page_token") or ""
                 if not page:
                     break
-            _expect(all(i["owner_user_id"] == ALICE and i["team_id"] == TEAM_PLATFORM
-                        for i in seen), "a row outside the scope was returned")
+            _expect(
+                all(i["owner_user_id"] == ALICE and i["team_id"] == TEAM_PLATFORM for i in seen),
+                "a row outside the scope was returned",
+            )
             _expect(len({i["id"] for i in seen}) == len(seen), "a row came twice")
             state["first"] = seen[0]["id"]
             _items_table(f"alice's platform tasks, {pages} pages of ≤ {ROW_CAP}", seen)
             return f"{len(seen)} rows in {pages} pages, each row once"
 
         steps.run("A", "list tasks (paged at the row cap)", list_all)
+
         def get_one() -> str:
             doc = _ok(a, "federation", "query", state["peer"], "get", "tasks", state["first"])
             _expect(len(doc["items"]) == 1, f"got {doc}")
-            return f"\"{doc['items'][0]['title']}\", request id {doc['request_id'][:12]}"
+            return f'"{doc["items"][0]["title"]}", request id {doc["request_id"][:12]}'
 
         steps.run("A", "get one task", get_one)
 
@@ -261,18 +285,29 @@ def run_demo(workdir: Path) -> None:
             for column in ("time", "verb", "resource", "outcome", "status", "request id"):
                 table.add_column(column)
             for e in entries[:12]:
-                table.add_row(str(e.get("created_at", ""))[11:19], e.get("verb", ""),
-                              e.get("resource") or "", e.get("outcome", ""),
-                              e.get("status", ""), (e.get("request_id") or "")[:12])
+                table.add_row(
+                    str(e.get("created_at", ""))[11:19],
+                    e.get("verb", ""),
+                    e.get("resource") or "",
+                    e.get("outcome", ""),
+                    e.get("status", ""),
+                    (e.get("request_id") or "")[:12],
+                )
             console.print(table)
             outcomes = {e.get("outcome") for e in entries}
             _expect({"allowed", "denied"} <= outcomes, f"audit outcomes {outcomes}")
             return f"{len(entries)} rows, allowed and denied alike"
 
         steps.run("B", "read the audit log", audit)
-        steps.run("B", "revoke the grant", lambda: _ok(
-            b, "federation", "grant", "revoke", state["grant"], "--reason", "demo over"
-        ).get("grant", {}).get("status", "revoked"))
+        steps.run(
+            "B",
+            "revoke the grant",
+            lambda: (
+                _ok(b, "federation", "grant", "revoke", state["grant"], "--reason", "demo over")
+                .get("grant", {})
+                .get("status", "revoked")
+            ),
+        )
 
         def after_revoke() -> str:
             err = _refused(a, "federation", "query", state["peer"], "list", "tasks")
@@ -284,8 +319,9 @@ def run_demo(workdir: Path) -> None:
     finally:
         for gw in (a, b):
             gw.stop()
-    console.print(f"[bold green]demo complete[/] in {time.monotonic() - steps.started:.1f}s "
-                  f"({steps.n} steps)")
+    console.print(
+        f"[bold green]demo complete[/] in {time.monotonic() - steps.started:.1f}s ({steps.n} steps)"
+    )
 
 
 def _init(gw: Gateway, name: str) -> str:

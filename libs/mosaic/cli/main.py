@@ -331,4 +331,3 @@ from mosaic.cli import commands  # noqa: E402,F401
 def run() -> None:
     """Console-script entry point."""
     app()
-
