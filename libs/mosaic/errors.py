@@ -133,8 +133,8 @@ class RemoteError(Exception):
 
     @classmethod
     def from_rpc_error(cls, err: grpc.aio.AioRpcError | grpc.RpcError) -> RemoteError:
-        code: grpc.StatusCode = err.code()  # type: ignore[attr-defined]
-        message: str = err.details() or ""  # type: ignore[attr-defined]
+        code: grpc.StatusCode = err.code()
+        message: str = err.details() or ""
         out = cls(code=code, reason=code.name, message=message)
         status = _status_from_error(err)
         if status is None:
@@ -170,7 +170,7 @@ class RemoteError(Exception):
 
 
 def _status_from_error(err: grpc.RpcError) -> status_pb2.Status | None:
-    trailing = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None  # type: ignore[attr-defined]
+    trailing = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
     for key, value in trailing or ():
         if key == "grpc-status-details-bin" and isinstance(value, bytes):
             status = status_pb2.Status.FromString(value)

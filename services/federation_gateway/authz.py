@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
@@ -272,7 +272,7 @@ async def watch_changes(grants: grants_pb2_grpc.GrantsStub, *listeners: GrantCac
         for listener in listeners:
             listener.clear()
 
-    def open_stream():  # type: ignore[no-untyped-def]
+    def open_stream() -> Any:
         return grants.WatchChanges(grants_pb2.WatchChangesRequest(), timeout=365 * 86400)
 
     await follow("grant-changes", open_stream, on_message, on_disconnect)

@@ -270,7 +270,7 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         record.bytes_out = response.ByteSize()
         record.latency_ms = (time.perf_counter() - started) * 1000
         await self._audit.record(record)
-        return response  # type: ignore[no-any-return]
+        return response
 
     @staticmethod
     def _finish(record: AuditRecord, code: grpc.StatusCode, started: float, *, reason: str) -> None:

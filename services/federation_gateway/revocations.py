@@ -9,6 +9,7 @@ revoked while we were not listening must never be honoured.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from federation_gateway.watch import follow
 from mosaic.federation.v1 import ca_pb2, ca_pb2_grpc
@@ -43,7 +44,7 @@ class RevokedSerials:
     async def run(self, ca: ca_pb2_grpc.CertificateAuthorityStub) -> None:
         """Background job: keep following WatchRevocations until cancelled."""
 
-        def open_stream():  # type: ignore[no-untyped-def]
+        def open_stream() -> Any:
             # Long-lived stream: no deadline (the default-deadline interceptor adds one
             # only when timeout is None, so pass a very long one explicitly).
             return ca.WatchRevocations(ca_pb2.WatchRevocationsRequest(), timeout=10 * 365 * 86400)

@@ -64,7 +64,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         _incoming_request_id_var.set(self._incoming_request_id(handler_call_details))
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        method: str = handler_call_details.method
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
@@ -102,7 +102,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     def _incoming_request_id(self, details: grpc.HandlerCallDetails) -> str | None:
         if not self._trust_request_id:
             return None
-        for key, value in details.invocation_metadata or ():  # type: ignore[attr-defined]
+        for key, value in details.invocation_metadata or ():
             if key == REQUEST_ID_HEADER and isinstance(value, str) and _REQUEST_ID_RE.match(value):
                 return value
         return None
@@ -174,7 +174,7 @@ def _with_request_id(status: grpc.Status, rid: str) -> grpc.Status:
     if not rid:
         return status
     metadata = (*(status.trailing_metadata or ()), (REQUEST_ID_HEADER, rid))
-    return status._replace(trailing_metadata=metadata)  # type: ignore[attr-defined,no-any-return]
+    return status._replace(trailing_metadata=metadata)
 
 
 def response_request_id(metadata: Any) -> str:
@@ -218,12 +218,16 @@ class _ClientCallDefaults:
 
 
 class UnaryUnaryDefaults(_ClientCallDefaults, grpc.aio.UnaryUnaryClientInterceptor):
-    async def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+    async def intercept_unary_unary(
+        self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
         return await continuation(self._details(client_call_details), request)
 
 
 class UnaryStreamDefaults(_ClientCallDefaults, grpc.aio.UnaryStreamClientInterceptor):
-    async def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+    async def intercept_unary_stream(
+        self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
         return await continuation(self._details(client_call_details), request)
 
 
