@@ -263,6 +263,12 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def machine_cpu() -> tuple[int, int]:
+    """(idle, total) CPU time of the whole machine so far, in clock ticks (Linux /proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return fields[3] + fields[4], sum(fields)
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
@@ -291,6 +297,9 @@ async def measure(
             "window": [],
             "server_cpu": 0.0,
             "per_process_cpu": {},
+            "client_cpu": 0.0,
+            "machine_idle": 0,
+            "machine_total": 0,
         }
         for name in targets
     }
@@ -302,7 +311,13 @@ async def measure(
                 window_start = time.time()
                 pids = server_pids[name]
                 before = {pid: cpu_seconds([pid]) for pid in pids}
+                client_before = time.process_time()
+                idle_before, total_before = machine_cpu()
                 seconds, latencies, size = await drive(stub, request, requests, concurrency)
+                results[name]["client_cpu"] += time.process_time() - client_before
+                idle_after, total_after = machine_cpu()
+                results[name]["machine_idle"] += idle_after - idle_before
+                results[name]["machine_total"] += total_after - total_before
                 for pid in pids:
                     used = cpu_seconds([pid]) - before[pid]
                     label = _process_label(pid)
@@ -509,6 +524,10 @@ def _report(
                 label: round(1e6 * used / len(lat), 1)
                 for label, used in r["per_process_cpu"].items()
             },
+            # The load generator (this process, same code for both targets) and how much of
+            # the machine was left idle: together they show which side bounds a target.
+            "client_cpu_us_per_request": round(1e6 * r["client_cpu"] / len(lat), 1),
+            "machine_idle_fraction": round(r["machine_idle"] / max(1, r["machine_total"]), 3),
         }
 
     gw, bare = figures("list"), figures("bare")
@@ -580,6 +599,11 @@ def _print(report: dict[str, Any]) -> None:
         f"{label} {us:.0f}" for label, us in gw["cpu_us_per_request_by_process"].items() if us
     )
     print(f"instance B CPU us per List request, by process: {by_process}")
+    print(
+        f"load generator CPU us/req: gateway {gw['client_cpu_us_per_request']:.0f}, "
+        f"bare {bare['client_cpu_us_per_request']:.0f}; machine idle during the rounds: "
+        f"gateway {gw['machine_idle_fraction']:.0%}, bare {bare['machine_idle_fraction']:.0%}"
+    )
     print(
         "gateway CPU counts every service of B (gateway, resource-service, ...); "
         f"1-min load average at the end: {report['load_average_1m_at_end']}"
