@@ -235,7 +235,9 @@ async def refusal(awaitable: Any) -> RemoteError:
     return RemoteError.from_rpc_error(info.value)
 
 
-async def list_all(stub: gateway_pb2_grpc.FederationStub, resource: str, page_size: int = 0):  # type: ignore[no-untyped-def]
+async def list_all(
+    stub: gateway_pb2_grpc.FederationStub, resource: str, page_size: int = 0
+) -> tuple[list[str], int]:
     ids: list[str] = []
     token = ""
     pages = 0
@@ -781,7 +783,11 @@ async def test_client_builds_one_channel_under_50_concurrent_first_calls(
             assert all(r.capabilities.grant_id == cert.grant_id for r in replies)
             assert all(r.request_id and not r.stale for r in replies)
             # By id as well as by name: still the same channel.
-            await client.query(gateway_pb2.QueryRequest(peer=peer_id, capabilities={}))
+            await client.query(
+                gateway_pb2.QueryRequest(
+                    peer=peer_id, capabilities=gateway_pb2.CapabilitiesRequest()
+                )
+            )
             assert client.builds == 1
             client.flush(peer_id)
             await client.query(request)
@@ -798,7 +804,9 @@ async def test_client_errors_are_typed_with_the_servers_reason(a: Instance, b: I
         try:
             with pytest.raises(PeerError) as info:
                 await client.query(
-                    gateway_pb2.QueryRequest(peer="b-typed", list={"resource": "memory"})
+                    gateway_pb2.QueryRequest(
+                        peer="b-typed", list=gateway_pb2.ListRequest(resource="memory")
+                    )
                 )
             assert info.value.code == "FORBIDDEN"
             assert info.value.server_reason == "RESOURCE_NOT_GRANTED"
@@ -806,17 +814,25 @@ async def test_client_errors_are_typed_with_the_servers_reason(a: Instance, b: I
             with pytest.raises(PeerError) as info:
                 await client.query(
                     gateway_pb2.QueryRequest(
-                        peer="b-typed", get={"resource": "tasks", "id": "t-v-p-00"}
+                        peer="b-typed", get=gateway_pb2.GetRequest(resource="tasks", id="t-v-p-00")
                     )
                 )
             assert info.value.code == "NOT_FOUND"
             with pytest.raises(PeerError) as info:
-                await client.query(gateway_pb2.QueryRequest(peer="nobody", capabilities={}))
+                await client.query(
+                    gateway_pb2.QueryRequest(
+                        peer="nobody", capabilities=gateway_pb2.CapabilitiesRequest()
+                    )
+                )
             assert info.value.code == "PEER_NOT_FOUND"
             await admin_call(b, "RevokeGrant", grants_pb2.RevokeGrantRequest(id=cert.grant_id))
             await asyncio.sleep(0.6)  # grant cache TTL on B
             with pytest.raises(PeerError) as info:
-                await client.query(gateway_pb2.QueryRequest(peer="b-typed", capabilities={}))
+                await client.query(
+                    gateway_pb2.QueryRequest(
+                        peer="b-typed", capabilities=gateway_pb2.CapabilitiesRequest()
+                    )
+                )
             # The admin API revokes the grant and its certificates: either refusal is right.
             assert info.value.code == "FORBIDDEN"
             assert info.value.server_reason in ("GRANT_REVOKED", "CERT_REVOKED")

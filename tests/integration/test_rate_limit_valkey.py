@@ -102,9 +102,10 @@ async def _two_replicas_share_one_limit(inst: Instance, second_port: int) -> Non
     assert len(allowed) == 5  # the burst, once, across both replicas
     assert set(allowed) == {first_port, second_port}
     assert len(refused) == 7
-    for err in refused:
-        assert err.code == grpc.StatusCode.RESOURCE_EXHAUSTED and err.reason == "RATE_LIMITED"
-        assert err.retry_after_s is not None and err.retry_after_s > 0
+    for refusal in refused:
+        assert refusal.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert refusal.reason == "RATE_LIMITED"
+        assert refusal.retry_after_s is not None and refusal.retry_after_s > 0
     entries = await audit_rows(inst, cert.peer_id)
     assert len(entries) == 12
     assert sum(e.reason == "RATE_LIMITED" for e in entries) == 7

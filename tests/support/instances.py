@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from mosaic.config import find_free_port_base
 
 REPO = Path(__file__).resolve().parents[2]
@@ -119,7 +121,7 @@ class Instance:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def internal_channel_as(home: Path, target: str, identity: str):  # type: ignore[no-untyped-def]
+def internal_channel_as(home: Path, target: str, identity: str) -> grpc.aio.Channel:
     """An aio channel to ``target``'s internal listener presenting ``identity``'s certificate.
 
     Create it inside a running event loop; close it with ``await channel.close()``.

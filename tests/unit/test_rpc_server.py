@@ -33,7 +33,9 @@ class Exploding(common_pb2_grpc.DiagnosticsServicer):
     def __init__(self, mode: str) -> None:
         self.mode = mode
 
-    async def SelfCheck(self, request, context):  # type: ignore[no-untyped-def]
+    async def SelfCheck(
+        self, request: common_pb2.SelfCheckRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.SelfCheckResponse:
         if self.mode == "crash":
             raise RuntimeError(f"cannot connect with {SECRET}")
         if self.mode == "expected":
