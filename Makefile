@@ -28,7 +28,7 @@ lint: venv
 	$(VENV)/bin/ruff check libs services tests scripts
 	$(VENV)/bin/ruff format --check libs services tests scripts
 	$(VENV)/bin/mypy
-	$(VENV)/bin/mypy tests
+	$(VENV)/bin/mypy tests scripts
 	bash scripts/check_compose.sh
 
 test: venv sysdeps
