@@ -142,7 +142,11 @@ class InstanceConfig:
             federation=self.port_overrides.get("federation", ports.federation),
             enrollment=self.port_overrides.get("enrollment", ports.enrollment),
             internal=ports.internal,
-            metrics=ports.metrics,
+            # The environment is per process: the override is this process's own port.
+            metrics={
+                name: self.port_overrides.get("metrics", port)
+                for name, port in ports.metrics.items()
+            },
         )
 
     @property
@@ -357,10 +361,11 @@ def _apply_env(config: InstanceConfig) -> InstanceConfig:
             hosts[name] = env[key]
     if hosts != dict(config.internal_hosts):
         changes["internal_hosts"] = hosts
-    # MOSAIC_ADMIN_PORT / MOSAIC_FEDERATION_PORT / MOSAIC_ENROLLMENT_PORT: a second gateway
-    # replica of the same home on one host (the CLI honours MOSAIC_ADMIN_PORT too).
+    # MOSAIC_ADMIN_PORT / MOSAIC_FEDERATION_PORT / MOSAIC_ENROLLMENT_PORT /
+    # MOSAIC_METRICS_PORT: a second gateway replica of the same home on one host (the CLI
+    # honours MOSAIC_ADMIN_PORT too).
     overrides: dict[str, int] = {}
-    for listener in ("admin", "federation", "enrollment"):
+    for listener in ("admin", "federation", "enrollment", "metrics"):
         value = env.get(f"MOSAIC_{listener.upper()}_PORT")
         if value:
             try:

@@ -18,6 +18,7 @@ from mosaic.config import SERVICES, ConfigError, InstanceConfig
 from mosaic.db import Database
 from mosaic.federation.v1 import common_pb2, common_pb2_grpc
 from mosaic.logs import configure_logging
+from mosaic.metrics import MetricsListener
 from mosaic.pki import certificate_not_after
 from mosaic.rpc.acl import acl_authorizer
 from mosaic.rpc.channels import InternalChannels, internal_server_credentials
@@ -118,6 +119,11 @@ class ServiceRuntime:
         on_stop: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         host = ServiceHost(self.service, listeners)
+        metrics = MetricsListener(
+            self.service, self.config.bind_host, self.config.ports.metrics[self.service]
+        )
+        metrics.start()
+        log.info("listening", extra={"listener": "metrics", "address": metrics.address})
 
         async def stop() -> None:
             if on_stop is not None:
@@ -126,7 +132,10 @@ class ServiceRuntime:
             if self.db is not None:
                 await self.db.dispose()
 
-        await host.run(self.dependency_problems, background=background, on_stop=stop)
+        try:
+            await host.run(self.dependency_problems, background=background, on_stop=stop)
+        finally:
+            await metrics.stop()
 
     # ---- self checks for `mosaic gateway doctor` ------------------------------
     async def self_checks(self) -> list[common_pb2.Check]:

@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from prometheus_client import Counter, Histogram
 from sqlalchemy import insert, select
 from sqlalchemy.dialects import sqlite
 
@@ -50,6 +51,23 @@ MAX_BATCH = 512
 CHECKPOINT_EVERY_COMMITS = 200
 LOCKED_WAIT_S = 30.0
 OUTCOMES = ("allowed", "denied", "error")
+
+AUDIT_ROWS = Counter(
+    "mosaic_audit_rows",
+    "Audit rows committed (one per peer request or enrollment attempt), by verb, status "
+    "code, outcome and reason code.",
+    ["verb", "code", "outcome", "reason"],
+)
+AUDIT_COMMITS = Counter("mosaic_audit_commits", "Audit transactions committed.")
+AUDIT_COMMIT_FAILURES = Counter(
+    "mosaic_audit_commit_failures",
+    "Audit transactions that failed; none of their requests was answered with data.",
+)
+AUDIT_BATCH_ROWS = Histogram(
+    "mosaic_audit_batch_rows",
+    "Rows per committed audit transaction (group commit).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
 
 
 @dataclass
@@ -154,6 +172,7 @@ class AuditWriter:
         self._closed = False
         self.commits = 0  # for benchmarks: rows per commit = recorded / commits
         self.recorded = 0
+        self._row_counters: dict[tuple[str, str, str, str], Counter] = {}
         # SQLite: see _SqliteCommits; Postgres: the async engine.
         self._sqlite = _SqliteCommits(db.engine.url.database or "") if db.is_sqlite else None
 
@@ -242,7 +261,9 @@ class AuditWriter:
         if error is None:
             self.commits += 1
             self.recorded += len(batch)
+            self._count(batch)
         elif not self._closed:
+            AUDIT_COMMIT_FAILURES.inc()
             log.error("audit commit failed", exc_info=error)
         for _, done in batch:
             if not done.done():
@@ -250,6 +271,17 @@ class AuditWriter:
                     done.set_result(None)
                 else:
                     done.set_exception(error)
+
+    def _count(self, batch: list[tuple[AuditRecord, asyncio.Future[None]]]) -> None:
+        AUDIT_COMMITS.inc()
+        AUDIT_BATCH_ROWS.observe(len(batch))
+        counters = self._row_counters
+        for rec, _ in batch:
+            key = (rec.verb, rec.status, rec.outcome, rec.reason or "")
+            counter = counters.get(key)
+            if counter is None:
+                counter = counters[key] = AUDIT_ROWS.labels(*key)
+            counter.inc()
 
     async def list(
         self,

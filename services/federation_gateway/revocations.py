@@ -11,10 +11,20 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from prometheus_client import Gauge
+
 from federation_gateway.watch import follow
 from mosaic.federation.v1 import ca_pb2, ca_pb2_grpc
 
 log = logging.getLogger("mosaic.gateway.revocations")
+
+REVOKED_SERIALS = Gauge(
+    "mosaic_revoked_serials", "Revoked certificate serials this gateway refuses."
+)
+REVOCATIONS_LOADED = Gauge(
+    "mosaic_revocations_loaded",
+    "1 while the revocation list is complete; 0 means every federation request is refused.",
+)
 
 
 class RevokedSerials:
@@ -36,10 +46,13 @@ class RevokedSerials:
         else:
             # A delta before any snapshot breaks the protocol; wait for the snapshot.
             self.serials |= serials
+        REVOKED_SERIALS.set(len(self.serials))
+        REVOCATIONS_LOADED.set(1 if self.loaded else 0)
 
     def lost(self) -> None:
         """The watch broke: refuse until a new snapshot proves the set is complete."""
         self.loaded = False
+        REVOCATIONS_LOADED.set(0)
 
     async def run(self, ca: ca_pb2_grpc.CertificateAuthorityStub) -> None:
         """Background job: keep following WatchRevocations until cancelled."""

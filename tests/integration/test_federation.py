@@ -13,6 +13,7 @@ import asyncio
 import datetime as dt
 import json
 import tomllib
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,10 +29,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from prometheus_client.parser import text_string_to_metric_families
 
 from federation_gateway.client import FederationClient, PeerError
 from mosaic.cli.admin import admin_channel, admin_metadata
-from mosaic.config import load_config
+from mosaic.config import GATEWAY, START_ORDER, load_config
 from mosaic.errors import RemoteError
 from mosaic.federation.v1 import (
     ca_pb2,
@@ -689,6 +691,70 @@ async def test_every_request_is_audited_with_the_request_id_a_received(b: Instan
         "RESOURCE_NOT_GRANTED",
     )
     assert denied.query_hash != allowed.query_hash
+
+
+def scrape(inst: Instance, service: str) -> str:
+    port = load_config(inst.home).ports.metrics[service]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        return str(reply.read().decode())
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_metrics_count_requests_and_refusals_and_name_no_one(
+    b: Instance, main_cert: PeerCert
+) -> None:
+    """Each service serves Prometheus text on its own metrics port. On the gateway, one
+    allowed and one refused List move exactly the counters an operator alerts on, and the
+    scrape names no grant, peer, user, serial or secret."""
+    before = samples(scrape(b, GATEWAY))
+    async with Peer(b, main_cert) as peer:
+        await peer.stub.List(gateway_pb2.ListRequest(resource="tasks"), timeout=10)
+        await refusal(peer.stub.List(gateway_pb2.ListRequest(resource="memory"), timeout=10))
+    text = scrape(b, GATEWAY)
+    after = samples(text)
+
+    def moved(name: str, **labels: str) -> float:
+        key = (name, frozenset(labels.items()))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    federation = {"grpc_service": "mosaic.federation.v1.Federation", "grpc_method": "List"}
+    assert moved("grpc_server_handled_total", **federation, grpc_code="OK") == 1
+    assert moved("grpc_server_handled_total", **federation, grpc_code="PERMISSION_DENIED") == 1
+    assert moved("grpc_server_handling_seconds_count", **federation) == 2
+    audit = {"verb": "list"}
+    assert moved("mosaic_audit_rows_total", **audit, code="OK", outcome="allowed", reason="") == 1
+    assert (
+        moved(
+            "mosaic_audit_rows_total",
+            **audit,
+            code="PERMISSION_DENIED",
+            outcome="denied",
+            reason="RESOURCE_NOT_GRANTED",
+        )
+        == 1
+    )
+    assert after[("mosaic_revocations_loaded", frozenset())] == 1
+    secrets = [
+        load_config(b.home).admin_token_file.read_text().strip(),
+        main_cert.grant_id,
+        main_cert.peer_id,
+        main_cert.subject,
+        main_cert.serial,
+    ]
+    assert not [s for s in secrets if s.lower() in text.lower()]
+    for service in START_ORDER:
+        own = samples(scrape(b, service))
+        assert own[("mosaic_serving", frozenset())] == 1, service
+        assert any(
+            name == "mosaic_build_info" and ("service", service) in labels for name, labels in own
+        ), service
 
 
 async def test_audit_list_cli_filters_by_peer(b: Instance, main_cert: PeerCert) -> None:

@@ -2,7 +2,7 @@
 redis-server (`mosaic init --valkey URL`).
 
 Each service runs with `mosaic serve`; the gateway twice, the second replica on its own
-admin, federation and enrollment ports (MOSAIC_*_PORT environment overrides).
+admin, federation, enrollment and metrics ports (MOSAIC_*_PORT environment overrides).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def replicas(
         "MOSAIC_ADMIN_PORT": str(base + 90),
         "MOSAIC_FEDERATION_PORT": str(base + 91),
         "MOSAIC_ENROLLMENT_PORT": str(base + 92),
+        "MOSAIC_METRICS_PORT": str(base + 93),
     }
     procs: list[subprocess.Popen[bytes]] = []
     log = (tmp_path / "serve.log").open("ab")

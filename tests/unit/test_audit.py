@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import event
 from sqlalchemy.dialects import sqlite
 
@@ -45,6 +46,25 @@ async def writer(database: Database) -> AsyncIterator[AuditWriter]:
     w = AuditWriter(database)
     yield w
     await w.close()
+
+
+LIST_ALLOWED = {"verb": "list", "code": "OK", "outcome": "allowed", "reason": ""}
+
+
+def _metric(name: str, labels: dict[str, str] | None = None) -> float:
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+def _audit_metrics() -> tuple[float, float, float, float, float]:
+    """Rows counted as committed list/OK/allowed, commits, batches observed, rows in those
+    batches, failed commits: the figures an operator's dashboard reads."""
+    return (
+        _metric("mosaic_audit_rows_total", LIST_ALLOWED),
+        _metric("mosaic_audit_commits_total"),
+        _metric("mosaic_audit_batch_rows_count"),
+        _metric("mosaic_audit_batch_rows_sum"),
+        _metric("mosaic_audit_commit_failures_total"),
+    )
 
 
 def _record(n: int) -> AuditRecord:
@@ -102,6 +122,7 @@ async def test_concurrent_records_share_commits_and_none_is_lost(
     any_database: Database,
 ) -> None:
     writer = AuditWriter(any_database)
+    rows_before, commits_before, batches_before, batched_before, failed_before = _audit_metrics()
     try:
         await asyncio.gather(*(writer.record(_record(n)) for n in range(200)))
         # A second wave while nothing is pending: the writer starts again by itself.
@@ -114,6 +135,13 @@ async def test_concurrent_records_share_commits_and_none_is_lost(
     assert writer.recorded == 300
     assert writer.commits < 300  # group commit: callers shared transactions
     assert writer.commits_on_worker == 0
+    assert _audit_metrics() == (
+        rows_before + 300,
+        commits_before + writer.commits,
+        batches_before + writer.commits,
+        batched_before + 300,
+        failed_before,
+    )
 
 
 async def test_rows_read_back_as_recorded(any_database: Database) -> None:
@@ -225,12 +253,16 @@ async def test_a_batch_is_all_or_nothing(writer: AuditWriter, database: Database
     records = [_record(n) for n in range(4)]
     records[3].id = records[1].id
 
+    rows_before, commits_before, *_, failed_before = _audit_metrics()
     results = await asyncio.gather(*(writer.record(r) for r in records), return_exceptions=True)
 
     assert all(isinstance(r, sqlite3.IntegrityError) for r in results), results
     assert _rows(database) == []
     await writer.record(_record(9))
     assert [r[1] for r in _rows(database)] == ["req-00000009"]
+    rows, commits, *_, failed = _audit_metrics()
+    # Only the row that was stored is counted; the failed batch is counted as a failure.
+    assert (rows, commits, failed) == (rows_before + 1, commits_before + 1, failed_before + 1)
 
 
 async def test_a_batch_larger_than_one_statement_binds_is_still_one_transaction(

@@ -1,9 +1,12 @@
-"""The server bootstrap's error mapping and request ids, through a real mTLS listener."""
+"""The server bootstrap's error mapping, request ids and metrics, through a real mTLS
+listener."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,11 +14,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import REGISTRY
 
 from mosaic.cli.instance import create_instance
 from mosaic.config import InstanceConfig
 from mosaic.errors import RemoteError, invalid_argument
 from mosaic.federation.v1 import common_pb2, common_pb2_grpc
+from mosaic.metrics import MetricsListener
 from mosaic.rpc.acl import acl_authorizer
 from mosaic.rpc.channels import (
     internal_client_credentials,
@@ -38,6 +43,10 @@ class Exploding(common_pb2_grpc.DiagnosticsServicer):
     ) -> common_pb2.SelfCheckResponse:
         if self.mode == "crash":
             raise RuntimeError(f"cannot connect with {SECRET}")
+        if self.mode == "abort":
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not now")
+        if self.mode == "slow":
+            await asyncio.sleep(30)
         if self.mode == "expected":
             raise invalid_argument(
                 "THING_INVALID",
@@ -185,3 +194,75 @@ def test_outbound_calls_get_a_default_deadline() -> None:
     assert defaults._details(details).timeout == 3.0
     explicit = grpc.aio.ClientCallDetails("/x.Y/Z", 0.5, None, None, None)
     assert defaults._details(explicit).timeout == 0.5
+
+
+# ---- metrics ----------------------------------------------------------------------------
+
+DIAGNOSTICS = {"grpc_service": "mosaic.federation.v1.Diagnostics", "grpc_method": "SelfCheck"}
+
+
+def handled(code: str) -> float:
+    return (
+        REGISTRY.get_sample_value("grpc_server_handled_total", {**DIAGNOSTICS, "grpc_code": code})
+        or 0.0
+    )
+
+
+def timed() -> float:
+    return REGISTRY.get_sample_value("grpc_server_handling_seconds_count", DIAGNOSTICS) or 0.0
+
+
+@pytest.mark.parametrize(
+    ("mode", "code", "timeout"),
+    [
+        ("ok", "OK", 5.0),
+        ("expected", "INVALID_ARGUMENT", 5.0),
+        ("crash", "INTERNAL", 5.0),
+        ("abort", "FAILED_PRECONDITION", 5.0),
+        ("slow", "CANCELLED", 0.3),  # the caller's deadline passes while the handler waits
+    ],
+)
+async def test_every_call_is_counted_once_with_the_code_the_caller_got(
+    config: InstanceConfig, mode: str, code: str, timeout: float
+) -> None:
+    before, before_timed = handled(code), timed()
+    async with _served(config, mode, "operator") as channel:
+        call = common_pb2_grpc.DiagnosticsStub(channel).SelfCheck(
+            common_pb2.SelfCheckRequest(), timeout=timeout
+        )
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await call
+        got = await call.code()
+        for _ in range(50):  # the server may finish a cancelled call after the caller gave up
+            if handled(code) > before:
+                break
+            await asyncio.sleep(0.05)
+    assert got.name == (code if code != "CANCELLED" else "DEADLINE_EXCEEDED")
+    assert handled(code) == before + 1
+    assert timed() == before_timed + 1
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_metrics_listener_serves_prometheus_text_and_refuses_a_taken_port() -> None:
+    listener = MetricsListener("ca-service", "127.0.0.1", _free_port())
+    listener.start()
+    try:
+        with urllib.request.urlopen(f"http://{listener.address}/metrics", timeout=5) as reply:
+            assert reply.headers["Content-Type"].startswith("text/plain")
+            body = reply.read().decode()
+        assert 'mosaic_build_info{service="ca-service"' in body
+        assert "process_cpu_seconds_total" in body
+        taken = MetricsListener("ca-service", "127.0.0.1", listener.port)
+        with pytest.raises(
+            OSError, match=rf"cannot listen on 127.0.0.1:{listener.port} \(metrics\)"
+        ):
+            taken.start()
+    finally:
+        await listener.stop()
+    with pytest.raises(OSError):  # stopped: nothing answers any more
+        urllib.request.urlopen(f"http://{listener.address}/metrics", timeout=2)

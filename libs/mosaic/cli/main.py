@@ -158,6 +158,7 @@ def init(
             "federation": ports.federation,
             "enrollment": ports.enrollment,
             **ports.internal,
+            "metrics": dict(ports.metrics),
         },
     }
     emit(

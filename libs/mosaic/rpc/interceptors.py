@@ -1,4 +1,5 @@
-"""Server and client interceptors: request id, access log, error mapping, authorization, deadlines.
+"""Server and client interceptors: request id, access log, metrics, error mapping,
+authorization, deadlines.
 
 A ``grpc.aio.ServerInterceptor`` sees only the method name and metadata, not the
 TLS identity, so authorization wraps the handler it returns: the check then runs
@@ -20,6 +21,7 @@ import grpc
 
 from mosaic.errors import ServiceError, internal_error
 from mosaic.logs import request_id_var
+from mosaic.metrics import MethodStats
 from mosaic.rpc.options import DEFAULT_DEADLINE_S
 
 log = logging.getLogger("mosaic.rpc")
@@ -73,27 +75,28 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        stats = MethodStats(method)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, method),
+                self._wrap_unary(handler.unary_unary, method, stats),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, method),
+                self._wrap_stream(handler.unary_stream, method, stats),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
-                self._wrap_stream(handler.stream_stream, method),
+                self._wrap_stream(handler.stream_stream, method, stats),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                self._wrap_unary(handler.stream_unary, method),
+                self._wrap_unary(handler.stream_unary, method, stats),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -117,7 +120,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         return rid
 
     def _wrap_unary(
-        self, behavior: Callable[..., Awaitable[Any]], method: str
+        self, behavior: Callable[..., Awaitable[Any]], method: str, stats: MethodStats
     ) -> Callable[..., Awaitable[Any]]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
@@ -126,15 +129,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 rid = await self._begin(method, context)
                 response = await behavior(request, context)
             except BaseException as exc:
-                await _fail(exc, method, context, rid, started)
+                await _fail(exc, method, stats, context, rid, started)
                 raise  # unreachable: _fail always raises
-            _access_log(method, grpc.StatusCode.OK, started)
+            _completed(method, stats, grpc.StatusCode.OK, started)
             return response
 
         return wrapped
 
     def _wrap_stream(
-        self, behavior: Callable[..., AsyncIterator[Any]], method: str
+        self, behavior: Callable[..., AsyncIterator[Any]], method: str, stats: MethodStats
     ) -> Callable[..., AsyncIterator[Any]]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             started = time.perf_counter()
@@ -144,26 +147,36 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 async for item in behavior(request, context):
                     yield item
             except BaseException as exc:
-                await _fail(exc, method, context, rid, started)
+                await _fail(exc, method, stats, context, rid, started)
                 raise
-            _access_log(method, grpc.StatusCode.OK, started)
+            _completed(method, stats, grpc.StatusCode.OK, started)
 
         return wrapped
 
 
 async def _fail(
-    exc: BaseException, method: str, context: grpc.aio.ServicerContext, rid: str, started: float
+    exc: BaseException,
+    method: str,
+    stats: MethodStats,
+    context: grpc.aio.ServicerContext,
+    rid: str,
+    started: float,
 ) -> None:
     """Turn an exception into the status the caller gets; always raises."""
-    if isinstance(exc, (asyncio.CancelledError, grpc.aio.AbortError, GeneratorExit)):
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        # The caller went away or its deadline passed: nobody reads a status, but count it.
+        stats.observe(grpc.StatusCode.CANCELLED, started)
+        raise exc
+    if isinstance(exc, grpc.aio.AbortError):  # the handler aborted with its own status
+        stats.observe(context.code() or grpc.StatusCode.UNKNOWN, started)
         raise exc
     if isinstance(exc, ServiceError):
-        _access_log(method, exc.code, started, reason=exc.reason)
+        _completed(method, stats, exc.code, started, reason=exc.reason)
         await context.abort_with_status(_with_request_id(exc.to_status(), rid))
         raise exc
     # Unexpected: the traceback stays in our log; the caller learns only the request id.
     log.error("unhandled exception in %s", method, exc_info=exc)
-    _access_log(method, grpc.StatusCode.INTERNAL, started, reason="INTERNAL")
+    _completed(method, stats, grpc.StatusCode.INTERNAL, started, reason="INTERNAL")
     rid = rid or new_request_id()
     await context.abort_with_status(_with_request_id(internal_error(rid).to_status(), rid))
     raise exc
@@ -185,7 +198,11 @@ def response_request_id(metadata: Any) -> str:
     return ""
 
 
-def _access_log(method: str, code: grpc.StatusCode, started: float, reason: str = "") -> None:
+def _completed(
+    method: str, stats: MethodStats, code: grpc.StatusCode, started: float, reason: str = ""
+) -> None:
+    """A call ended with ``code``: count it, and log it (errors at INFO, successes at DEBUG)."""
+    stats.observe(code, started)
     level = logging.DEBUG if code == grpc.StatusCode.OK else logging.INFO
     if log.isEnabledFor(level):
         log.log(

@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from mosaic.metrics import SERVING as SERVING_GAUGE
 from mosaic.rpc.interceptors import Authorizer, ServerInterceptor
 from mosaic.rpc.options import SERVER_OPTIONS
 
@@ -135,6 +136,7 @@ class ServiceHost:
         if serving == self._serving:
             return
         self._serving = serving
+        SERVING_GAUGE.set(1 if serving else 0)
         for listener in self.listeners:
             await listener.set_serving(serving)
         if serving:
