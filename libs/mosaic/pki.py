@@ -18,6 +18,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+# pki/federation/ in the instance home (ca_service.keys writes it; the gateway serves it).
+ROOT_CERT = "root.crt"
+INTERMEDIATE_CERT = "intermediate.crt"
+SERVER_CERT = "server.crt"  # leaf followed by the intermediate
+SERVER_KEY = "server.key"
+
 INTERNAL_CERT_LIFETIME = dt.timedelta(days=365)
 INTERNAL_CA_LIFETIME = dt.timedelta(days=3650)
 
@@ -131,8 +137,14 @@ def write_private(path: Path, data: bytes) -> None:
 
 
 def write_public(path: Path, data: bytes) -> None:
+    """Write a public file (certificates) the same way: replaced whole, never half-written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def certificate_not_after(pem: bytes) -> dt.datetime:

@@ -52,6 +52,18 @@ def load_sealer(config: InstanceConfig) -> Sealer:
     return Sealer(current, previous)
 
 
+def expiry_check(name: str, not_after: dt.datetime, remediation: str) -> common_pb2.Check:
+    """A doctor row for a certificate: failing once fewer than 14 days are left."""
+    left = not_after - dt.datetime.now(dt.UTC)
+    ok = left > CERT_EXPIRY_WARNING
+    return common_pb2.Check(
+        name=name,
+        ok=ok,
+        detail=f"expires {not_after.isoformat()} ({left.days} days)",
+        remediation="" if ok else remediation,
+    )
+
+
 class ServiceRuntime:
     """Wiring shared by all five services; each app adds its own servicers and stores."""
 
@@ -212,13 +224,8 @@ class ServiceRuntime:
                 detail=f"unreadable: {path}",
                 remediation="re-run `mosaic init --renew-internal` for this home",
             )
-        left = not_after - dt.datetime.now(dt.UTC)
-        ok = left > CERT_EXPIRY_WARNING
-        return common_pb2.Check(
-            name="internal_certificate",
-            ok=ok,
-            detail=f"expires {not_after.isoformat()} ({left.days} days)",
-            remediation="" if ok else "renew with `mosaic init --renew-internal`",
+        return expiry_check(
+            "internal_certificate", not_after, "renew with `mosaic init --renew-internal`"
         )
 
     def _seal_check(self) -> common_pb2.Check:

@@ -12,11 +12,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ca_service.backends.base import CABackend
-from ca_service.keys import ROOT_CERT, load_backend
+from ca_service.keys import load_backend
 from ca_service.revocations import RevocationFeed
 from ca_service.servicer import CertificateAuthorityServicer
 from mosaic.config import CA, ENROLLMENT, GATEWAY, GRANTS, InstanceConfig
 from mosaic.federation.v1 import ca_pb2, ca_pb2_grpc, common_pb2
+from mosaic.pki import ROOT_CERT
 from mosaic.rpc.acl import methods
 from mosaic.runtime import ServiceRuntime
 from mosaic.x509ext import sha256_fingerprint

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from ca_service.backends.base import CABackend, CABackendMisconfigured
 from ca_service.backends.local import (
@@ -24,14 +25,17 @@ from ca_service.backends.local import (
     unencrypted_private_key_pem,
 )
 from mosaic.config import ConfigError, InstanceConfig
-from mosaic.pki import write_private, write_public
+from mosaic.pki import (
+    INTERMEDIATE_CERT,
+    ROOT_CERT,
+    SERVER_CERT,
+    SERVER_KEY,
+    write_private,
+    write_public,
+)
 from mosaic.sealing import Sealer, SealError, seal_context
 from mosaic.x509ext import sha256_fingerprint
 
-ROOT_CERT = "root.crt"
-INTERMEDIATE_CERT = "intermediate.crt"
-SERVER_CERT = "server.crt"  # leaf followed by the intermediate
-SERVER_KEY = "server.key"
 SEALED_KEYS = ("root.key.sealed", "intermediate.key.sealed")
 SERVER_CERT_LIFETIME = dt.timedelta(days=365)
 
@@ -49,23 +53,41 @@ def create_federation_pki(config: InstanceConfig, sealer: Sealer) -> str:
     write_public(fed / INTERMEDIATE_CERT, material.intermediate_certificate.public_bytes(pem))
     for name, key in zip(SEALED_KEYS, (material.root_key, material.intermediate_key), strict=True):
         write_private(fed / name, sealer.seal(unencrypted_private_key_pem(key), _context(name)))
+    _write_server_certificate(config, material.intermediate_certificate, material.intermediate_key)
+    return root_fingerprint(config)
+
+
+def renew_federation_server_certificate(config: InstanceConfig, sealer: Sealer) -> x509.Certificate:
+    """Re-issue the gateway's TLS server certificate, with a new key, under the same
+    intermediate: peers pin the root, so nothing changes for them. The gateway serves the
+    new one from its next start. Returns the new certificate."""
+    intermediate, key = _intermediate_or_fail(config, sealer)
+    return _write_server_certificate(config, intermediate, key)
+
+
+def _write_server_certificate(
+    config: InstanceConfig,
+    intermediate: x509.Certificate,
+    intermediate_key: ec.EllipticCurvePrivateKey,
+) -> x509.Certificate:
+    fed = config.federation_pki_dir
     hosts = sorted({config.host, "localhost"})
     dns = [h for h in hosts if not _is_ip(h)]
     ips = sorted({"127.0.0.1", *(h for h in hosts if _is_ip(h))})
     cert, key = issue_server_certificate(
-        material.intermediate_certificate,
-        material.intermediate_key,
+        intermediate,
+        intermediate_key,
         common_name=f"{config.name} federation gateway",
         dns_names=dns,
         ip_addresses=ips,
         lifetime=SERVER_CERT_LIFETIME,
     )
-    write_public(
-        fed / SERVER_CERT,
-        cert.public_bytes(pem) + material.intermediate_certificate.public_bytes(pem),
-    )
+    pem = serialization.Encoding.PEM
+    # Each file is replaced atomically; the key goes first. A crash between the two leaves
+    # a pair the gateway refuses at start, and renewing again mends it.
     write_private(fed / SERVER_KEY, unencrypted_private_key_pem(key))
-    return root_fingerprint(config)
+    write_public(fed / SERVER_CERT, cert.public_bytes(pem) + intermediate.public_bytes(pem))
+    return cert
 
 
 def root_fingerprint(config: InstanceConfig) -> str:
@@ -73,15 +95,41 @@ def root_fingerprint(config: InstanceConfig) -> str:
     return sha256_fingerprint(root)
 
 
-def load_local_backend(config: InstanceConfig, sealer: Sealer) -> LocalCABackend:
+def _intermediate_or_fail(
+    config: InstanceConfig, sealer: Sealer
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    try:
+        return load_federation_intermediate(config, sealer)
+    except (OSError, SealError, ValueError) as exc:
+        raise _unloadable(config, exc) from None
+
+
+def load_federation_intermediate(
+    config: InstanceConfig, sealer: Sealer
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """The local federation intermediate and its unsealed key. Both backends have one: it
+    signs the gateway's server certificate, and with ``local`` the peers' too."""
     fed = config.federation_pki_dir
     name = SEALED_KEYS[1]
     key = load_unencrypted_private_key_pem(sealer.open((fed / name).read_bytes(), _context(name)))
-    return LocalCABackend(
-        x509.load_pem_x509_certificate((fed / ROOT_CERT).read_bytes()),
-        x509.load_pem_x509_certificate((fed / INTERMEDIATE_CERT).read_bytes()),
-        key,
+    return x509.load_pem_x509_certificate((fed / INTERMEDIATE_CERT).read_bytes()), key
+
+
+def _unloadable(config: InstanceConfig, exc: Exception) -> ConfigError:
+    return ConfigError(
+        f"the local federation CA in {config.federation_pki_dir} cannot be loaded "
+        f"({type(exc).__name__})",
+        remediation=(
+            "restore pki/federation/ and the seal secret of this home from the same "
+            "backup, or re-create the instance with `mosaic init`"
+        ),
     )
+
+
+def load_local_backend(config: InstanceConfig, sealer: Sealer) -> LocalCABackend:
+    intermediate, key = load_federation_intermediate(config, sealer)
+    root = x509.load_pem_x509_certificate((config.federation_pki_dir / ROOT_CERT).read_bytes())
+    return LocalCABackend(root, intermediate, key)
 
 
 # step-ca must answer before the CA service's own callers give up (their default is 10 s).
@@ -94,14 +142,7 @@ def load_backend(config: InstanceConfig, sealer: Sealer) -> CABackend:
         try:
             return load_local_backend(config, sealer)
         except (OSError, SealError, ValueError, CABackendMisconfigured) as exc:
-            raise ConfigError(
-                f"the local federation CA in {config.federation_pki_dir} cannot be loaded "
-                f"({type(exc).__name__})",
-                remediation=(
-                    "restore pki/federation/ and the seal secret of this home from the same "
-                    "backup, or re-create the instance with `mosaic init`"
-                ),
-            ) from None
+            raise _unloadable(config, exc) from None
     if config.ca_backend == "step-ca":
         return load_step_ca_backend(config, sealer)
     raise ConfigError(

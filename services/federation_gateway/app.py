@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from federation_gateway.admin.servicer import FederationAdminServicer
 from federation_gateway.admin_auth import admin_token_authorizer
@@ -15,9 +17,10 @@ from federation_gateway.context import GatewayContext
 from federation_gateway.federation import FederationServicer
 from federation_gateway.peer_enrollment import PeerEnrollmentServicer
 from mosaic.config import CA, GATEWAY, ConfigError, InstanceConfig
-from mosaic.federation.v1 import ca_pb2, ca_pb2_grpc, gateway_pb2, gateway_pb2_grpc
+from mosaic.federation.v1 import ca_pb2, ca_pb2_grpc, common_pb2, gateway_pb2, gateway_pb2_grpc
+from mosaic.pki import INTERMEDIATE_CERT, ROOT_CERT, SERVER_CERT, SERVER_KEY
 from mosaic.rpc.server import Listener
-from mosaic.runtime import ServiceRuntime
+from mosaic.runtime import ServiceRuntime, expiry_check
 
 log = logging.getLogger("mosaic.gateway")
 
@@ -46,16 +49,79 @@ def admin_listener(runtime: ServiceRuntime) -> Listener:
     return listener
 
 
+def server_key_pair(config: InstanceConfig) -> tuple[bytes, bytes]:
+    """The gateway's TLS server key and certificate chain (PEM), checked to belong together,
+    so a broken pair stops the gateway with a remediation rather than a TLS error."""
+    fed = config.federation_pki_dir
+    remediation = "run `mosaic init --renew-federation-server`, then start federation-gateway"
+    try:
+        key_pem = (fed / SERVER_KEY).read_bytes()
+        chain_pem = (fed / SERVER_CERT).read_bytes()
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        cert = x509.load_pem_x509_certificate(chain_pem)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(
+            f"the federation server certificate or key in {fed} cannot be read "
+            f"({type(exc).__name__})",
+            remediation=remediation,
+        ) from None
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
+        raise ConfigError(
+            f"the federation server key in {fed} does not belong to its certificate",
+            remediation=remediation,
+        )
+    return key_pem, chain_pem
+
+
 def federation_server_credentials(
-    config: InstanceConfig, client_roots: bytes
+    key_pair: tuple[bytes, bytes], client_roots: bytes
 ) -> grpc.ServerCredentials:
     """Peer-facing mTLS: a client certificate chained to ``client_roots`` is required."""
-    fed = config.federation_pki_dir
     return grpc.ssl_server_credentials(
-        [((fed / "server.key").read_bytes(), (fed / "server.crt").read_bytes())],
-        root_certificates=client_roots,
-        require_client_auth=True,
+        [key_pair], root_certificates=client_roots, require_client_auth=True
     )
+
+
+async def server_certificate_check(config: InstanceConfig) -> common_pb2.Check:
+    """For `gateway doctor`: the TLS server certificate peers see."""
+    return _expiry(
+        config,
+        "federation_certificate",
+        [SERVER_CERT],
+        "renew with `mosaic init --renew-federation-server`, then restart federation-gateway "
+        "(peers pin the root: nothing changes for them)",
+    )
+
+
+async def federation_ca_check(config: InstanceConfig) -> common_pb2.Check:
+    """For `gateway doctor`: the federation root and intermediate, whichever expires first."""
+    return _expiry(
+        config,
+        "federation_ca",
+        [INTERMEDIATE_CERT, ROOT_CERT],
+        "the federation CA cannot be rotated in place, because peers pin its root: before "
+        "it expires, set up a new instance and have every peer enroll with it",
+    )
+
+
+def _expiry(
+    config: InstanceConfig, name: str, files: list[str], remediation: str
+) -> common_pb2.Check:
+    fed = config.federation_pki_dir
+    try:
+        not_after = min(
+            x509.load_pem_x509_certificate((fed / f).read_bytes()).not_valid_after_utc
+            for f in files
+        )
+    except (OSError, ValueError) as exc:
+        return common_pb2.Check(
+            name=name,
+            ok=False,
+            detail=f"unreadable ({type(exc).__name__}) in {fed}",
+            remediation="restore pki/federation/ from the backup of this home",
+        )
+    return expiry_check(name, not_after, remediation)
 
 
 async def federation_client_roots(runtime: ServiceRuntime) -> bytes:
@@ -88,22 +154,25 @@ async def federation_client_roots(runtime: ServiceRuntime) -> bytes:
         return "".join([bundle.root_pem, *bundle.intermediates_pem]).encode()
 
 
-def enrollment_server_credentials(config: InstanceConfig) -> grpc.ServerCredentials:
+def enrollment_server_credentials(
+    config: InstanceConfig, key_pair: tuple[bytes, bytes]
+) -> grpc.ServerCredentials:
     """Server TLS only: peers pin our federation root; the token authenticates them.
 
     The chain sent here ends with the root itself: a peer holding only the root's
     fingerprint (from the enrollment URL) takes the root from this handshake, checks it
     against the pin, and only then trusts it (federation_gateway.admin.enrollment).
     """
-    fed = config.federation_pki_dir
-    chain = (fed / "server.crt").read_bytes().rstrip(b"\n") + b"\n"
-    return grpc.ssl_server_credentials(
-        [((fed / "server.key").read_bytes(), chain + (fed / "root.crt").read_bytes())]
-    )
+    key_pem, chain_pem = key_pair
+    root = (config.federation_pki_dir / ROOT_CERT).read_bytes()
+    return grpc.ssl_server_credentials([(key_pem, chain_pem.rstrip(b"\n") + b"\n" + root)])
 
 
 async def main(config: InstanceConfig) -> None:
+    key_pair = server_key_pair(config)  # before anything waits: a broken pair stops us now
     runtime = ServiceRuntime(config, GATEWAY, migrations_dir=MIGRATIONS)
+    runtime.extra_checks.append(lambda: server_certificate_check(config))
+    runtime.extra_checks.append(lambda: federation_ca_check(config))
     await runtime.migrate()
     gateway = GatewayContext.build(runtime)
     admin = admin_listener(runtime)
@@ -115,7 +184,7 @@ async def main(config: InstanceConfig) -> None:
     federation = Listener(
         "federation",
         config.listen_address(config.ports.federation),
-        federation_server_credentials(config, await federation_client_roots(runtime)),
+        federation_server_credentials(key_pair, await federation_client_roots(runtime)),
         trust_request_id=False,
     )
     federation.add(
@@ -126,7 +195,7 @@ async def main(config: InstanceConfig) -> None:
     enrollment = Listener(
         "enrollment",
         config.listen_address(config.ports.enrollment),
-        enrollment_server_credentials(config),
+        enrollment_server_credentials(config, key_pair),
         trust_request_id=False,
     )
     enrollment.add(

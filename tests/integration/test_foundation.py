@@ -7,11 +7,15 @@ on a real PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mosaic.config import SERVICES, load_config
@@ -46,6 +50,8 @@ def test_doctor_reports_every_service_ok(instance: Instance) -> None:
     for service in SERVICES:
         for check in ("reachable", "database", "migrations", "internal_certificate", "seal_secret"):
             assert (service, check) in names
+    for check in ("federation_certificate", "federation_ca"):
+        assert ("federation-gateway", check) in names
     engine = "postgresql" if instance.init_doc["database"] == "postgresql" else "sqlite"
     db_checks = [c for c in doc["checks"] if c["name"] == "database"]
     assert all(c["detail"].startswith(engine) for c in db_checks)
@@ -208,6 +214,56 @@ def test_init_bad_name_and_usage(tmp_path: Path) -> None:
     assert code == 1 and "invalid instance name" in doc["error"]["message"]
     code, _, _ = cli(tmp_path / "h2", "init")
     assert code == 2
+    code, doc, _ = cli(tmp_path / "h3", "init", "--renew-internal", "--renew-federation-server")
+    assert code == 2 and doc["error"]["code"] == "USAGE"
+
+
+def _served_certificate(inst: Instance) -> x509.Certificate:
+    """The server certificate the gateway's enrollment listener presents, verified the way
+    a peer verifies it: against the pinned federation root, for the host it dials."""
+    config = load_config(inst.home)
+    context = ssl.create_default_context(cafile=config.federation_pki_dir / "root.crt")
+    with (
+        socket.create_connection(("127.0.0.1", config.ports.enrollment), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
+
+
+def test_federation_server_certificate_renewal_end_to_end(tmp_path: Path) -> None:
+    """Renew, restart: the gateway serves the new certificate, which still verifies
+    against the root peers pinned at enrollment."""
+    inst = Instance(tmp_path, "r")
+    inst.start()
+    try:
+        before = _served_certificate(inst)
+        code, doc, _ = inst.cli("init", "--renew-federation-server")
+        assert code == 0, doc
+        assert doc["federation_root_sha256"] == inst.init_doc["federation_root_sha256"]
+        assert _served_certificate(inst).serial_number == before.serial_number  # until restart
+        inst.stop(timeout=30)
+        inst.start()
+        served = _served_certificate(inst)
+        assert served.serial_number != before.serial_number
+        assert format(served.serial_number, "x") == doc["serial"]
+        code, doctor, _ = inst.cli("gateway", "doctor")
+        rows = {c["name"]: c for c in doctor["checks"] if c["service"] == "federation-gateway"}
+        assert code == 0 and rows["federation_certificate"]["ok"], rows
+    finally:
+        inst.stop(timeout=30)
+
+
+def test_gateway_with_a_broken_server_key_refuses_to_start_and_says_why(tmp_path: Path) -> None:
+    inst = Instance(tmp_path, "k")
+    key = load_config(inst.home).federation_pki_dir / "server.key"
+    key.write_bytes(b"-----BEGIN PRIVATE KEY-----\ngarbage\n-----END PRIVATE KEY-----\n")
+    code, doc, _ = inst.cli("serve", "federation-gateway", timeout=60)
+    assert code == 1 and doc["error"]["code"] == "CONFIG"
+    assert "federation server certificate or key" in doc["error"]["message"]
+    assert "garbage" not in json.dumps(doc)
+    assert "--renew-federation-server" in doc["error"]["remediation"]
 
 
 def test_serve_refuses_unknown_service(tmp_path: Path) -> None:

@@ -81,11 +81,25 @@ def init(
     renew_internal: Annotated[
         bool, typer.Option(help="Re-issue the internal service certificates of an existing home.")
     ] = False,
+    renew_federation_server: Annotated[
+        bool,
+        typer.Option(
+            help="Re-issue the gateway's federation TLS server certificate of an existing home."
+        ),
+    ] = False,
 ) -> None:
     """Create an instance home: configuration, secrets, internal and federation PKI."""
     from mosaic.cli.instance import create_instance, issue_internal_pki
 
     home = resolve_home(state(ctx).home)
+    if renew_internal and renew_federation_server:
+        fail(
+            ctx,
+            "USAGE",
+            "--renew-internal and --renew-federation-server are separate steps",
+            "run one, then the other",
+            exit_code=2,
+        )
     if renew_internal:
         config = load_or_fail(ctx, str(home))
         issue_internal_pki(config, reuse_ca=True)
@@ -94,6 +108,9 @@ def init(
             {"home": str(home), "renewed": [*SERVICES, "operator"]},
             lambda: typer.echo(f"re-issued internal certificates in {config.internal_pki_dir}"),
         )
+        return
+    if renew_federation_server:
+        _renew_federation_server(ctx, home)
         return
     if not name:
         fail(ctx, "USAGE", "--name is required", "mosaic init --name NAME", exit_code=2)
@@ -168,6 +185,33 @@ def init(
             "instance created",
             ["field", "value"],
             [(k, json.dumps(v) if isinstance(v, dict) else v) for k, v in doc.items()],
+        ),
+    )
+
+
+def _renew_federation_server(ctx: typer.Context, home: Path) -> None:
+    from ca_service.keys import renew_federation_server_certificate, root_fingerprint
+    from mosaic.runtime import load_sealer
+
+    config = load_or_fail(ctx, str(home))
+    try:
+        cert = renew_federation_server_certificate(config, load_sealer(config))
+    except ConfigError as exc:
+        fail(ctx, "CONFIG", exc.message, exc.remediation)
+    doc = {
+        "home": str(home),
+        "renewed": ["federation-server"],
+        "serial": format(cert.serial_number, "x"),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        "federation_root_sha256": root_fingerprint(config),
+        "next": "restart federation-gateway to serve it",
+    }
+    emit(
+        ctx,
+        doc,
+        lambda: typer.echo(
+            f"re-issued the federation server certificate (until {doc['not_after']}); "
+            "restart federation-gateway to serve it"
         ),
     )
 
