@@ -17,10 +17,13 @@ import time
 from wsgiref.simple_server import WSGIServer
 
 import grpc
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.exposition import start_wsgi_server
 
 from mosaic import __version__
+
+# No `*_created` series: they double the scrape and scrapers infer resets from the values.
+disable_created_metrics()
 
 # Names and labels follow the usual gRPC server metrics (go-grpc-prometheus), so existing
 # dashboards and alerts apply.

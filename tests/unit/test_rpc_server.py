@@ -257,6 +257,7 @@ async def test_metrics_listener_serves_prometheus_text_and_refuses_a_taken_port(
             body = reply.read().decode()
         assert 'mosaic_build_info{service="ca-service"' in body
         assert "process_cpu_seconds_total" in body
+        assert "_created" not in body  # no per-series creation gauges doubling the scrape
         taken = MetricsListener("ca-service", "127.0.0.1", listener.port)
         with pytest.raises(
             OSError, match=rf"cannot listen on 127.0.0.1:{listener.port} \(metrics\)"
