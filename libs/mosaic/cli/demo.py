@@ -15,12 +15,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
@@ -299,6 +301,26 @@ def run_demo(workdir: Path) -> None:
             return f"{len(entries)} rows, allowed and denied alike"
 
         steps.run("B", "read the audit log", audit)
+
+        def metrics() -> str:
+            port = b.docs["init"]["ports"]["metrics"]["federation-gateway"]
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+                text = reply.read().decode()
+            counted: dict[str, float] = {}
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name == "mosaic_audit_rows_total":
+                        outcome = sample.labels["outcome"]
+                        counted[outcome] = counted.get(outcome, 0.0) + sample.value
+            every = _ok(b, "federation", "audit", "list", "--limit", "1000")
+            logged: dict[str, float] = {}
+            for e in every.get("entries", every):
+                logged[e["outcome"]] = logged.get(e["outcome"], 0.0) + 1
+            _expect(counted == logged, f"metrics {counted} but audit log {logged}")
+            parts = ", ".join(f"{int(n)} {o}" for o, n in sorted(counted.items()))
+            return f"audit rows by outcome match the log ({parts})"
+
+        steps.run("B", "scrape the gateway's metrics", metrics)
         steps.run(
             "B",
             "revoke the grant",
@@ -326,6 +348,7 @@ def run_demo(workdir: Path) -> None:
 
 def _init(gw: Gateway, name: str) -> str:
     doc = _ok(gw, "init", "--name", name, "--port-base", str(gw.port_base))
+    gw.docs["init"] = doc
     return f"{doc['federation_endpoint']}, CA root {doc['federation_root_sha256'][:16]}…"
 
 
