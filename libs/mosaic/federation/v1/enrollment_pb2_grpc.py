@@ -5,7 +5,7 @@ import warnings
 
 from mosaic.federation.v1 import enrollment_pb2 as mosaic_dot_federation_dot_v1_dot_enrollment__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 

@@ -8,7 +8,7 @@ from mosaic.federation.v1 import gateway_pb2 as mosaic_dot_federation_dot_v1_dot
 from mosaic.federation.v1 import grants_pb2 as mosaic_dot_federation_dot_v1_dot_grants__pb2
 from mosaic.federation.v1 import resources_pb2 as mosaic_dot_federation_dot_v1_dot_resources__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
