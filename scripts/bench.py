@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -272,6 +273,22 @@ def machine_cpu() -> tuple[int, int]:
     return fields[3] + fields[4], sum(fields)
 
 
+def source_reads(metrics_port: int) -> float:
+    """How many ListResources calls resource-service has answered so far (its metrics)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        text = reply.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "grpc_server_handled_total"
+        and sample.labels.get("grpc_method") == "ListResources"
+    )
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
@@ -286,6 +303,7 @@ async def measure(
     concurrency: int,
     rounds: int,
     server_pids: dict[str, list[int]],
+    source_metrics_port: int,
 ) -> dict[str, dict[str, Any]]:
     from mosaic.federation.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -309,6 +327,8 @@ async def measure(
     try:
         for stub in stubs.values():
             await drive(stub, request, warmup, concurrency)
+        # Only the gateway's rounds reach resource-service from here on.
+        reads_before = source_reads(source_metrics_port)
         for _ in range(rounds):
             for name, stub in stubs.items():
                 window_start = time.time()
@@ -331,6 +351,7 @@ async def measure(
                 results[name]["latencies"] += latencies
                 results[name]["bytes"] = size
                 results[name]["window"].append((window_start, time.time()))
+        results["list"]["source_reads"] = source_reads(source_metrics_port) - reads_before
     finally:
         for channel in channels.values():
             await channel.close()
@@ -385,7 +406,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="mosaic-bench-"))
     home = work / "b"
     base = free_port_base()
-    cli(home, "init", "--name", "bench", "--port-base", str(base))
+    init = cli(home, "init", "--name", "bench", "--port-base", str(base))
     _set_unlimited_rate(home)
     log = (work / "up.log").open("ab")
     up = subprocess.Popen(
@@ -425,6 +446,7 @@ def main() -> None:
                 concurrency=args.concurrency,
                 rounds=args.rounds,
                 server_pids={"list": _service_pids(up.pid), "bare": [bare.pid]},
+                source_metrics_port=init["ports"]["metrics"]["resource-service"],
             )
         )
         bare.send_signal(signal.SIGTERM)
@@ -548,6 +570,10 @@ def _report(
         "bare_p50_ms": bare["p50_ms"],
         "bare_p99_ms": bare["p99_ms"],
         "handshakes_per_1000": round(1000 * new / max(1, seen), 3),
+        # Identical concurrent reads share one resource-service call (federation.py _read).
+        "list_requests_per_source_read": round(
+            gw["requests"] / max(1.0, results["list"]["source_reads"]), 2
+        ),
         "list_server_cpu_us_per_request": gw["server_cpu_us_per_request"],
         "bare_server_cpu_us_per_request": bare["server_cpu_us_per_request"],
         "load_average_1m_at_end": round(os.getloadavg()[0], 2),
@@ -602,6 +628,10 @@ def _print(report: dict[str, Any]) -> None:
         f"{label} {us:.0f}" for label, us in gw["cpu_us_per_request_by_process"].items() if us
     )
     print(f"instance B CPU us per List request, by process: {by_process}")
+    print(
+        "List requests per resource-service read (identical concurrent reads share one): "
+        f"{report['list_requests_per_source_read']:.1f}"
+    )
     print(
         f"load generator CPU us/req: gateway {gw['client_cpu_us_per_request']:.0f}, "
         f"bare {bare['client_cpu_us_per_request']:.0f}; machine idle during the rounds: "
