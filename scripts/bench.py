@@ -34,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -275,15 +274,11 @@ def machine_cpu() -> tuple[int, int]:
 
 def source_reads(metrics_port: int) -> float:
     """How many ListResources calls resource-service has answered so far (its metrics)."""
-    from prometheus_client.parser import text_string_to_metric_families
+    from mosaic.metrics import samples, scrape
 
-    url = f"http://127.0.0.1:{metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as reply:
-        text = reply.read().decode()
     return sum(
         sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
+        for sample in samples(scrape(metrics_port))
         if sample.name == "grpc_server_handled_total"
         and sample.labels.get("grpc_method") == "ListResources"
     )

@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
+from collections.abc import Iterator
 from wsgiref.simple_server import WSGIServer
 
 import grpc
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.exposition import start_wsgi_server
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from mosaic import __version__
 
@@ -93,3 +97,16 @@ class MetricsListener:
             # shutdown() waits for the serving thread's poll (up to 0.5 s): not on the loop.
             await asyncio.to_thread(server.shutdown)
             server.server_close()
+
+
+def scrape(port: int, host: str = "127.0.0.1", timeout_s: float = 5.0) -> str:
+    """One scrape of a metrics listener, as the Prometheus text it serves."""
+    url = f"http://{host}:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=timeout_s) as reply:
+        return str(reply.read().decode())
+
+
+def samples(text: str) -> Iterator[Sample]:
+    """Every sample of a scrape (``name``, ``labels``, ``value``)."""
+    for family in text_string_to_metric_families(text):
+        yield from family.samples

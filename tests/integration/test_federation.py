@@ -13,7 +13,6 @@ import asyncio
 import datetime as dt
 import json
 import tomllib
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,9 +28,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from prometheus_client.parser import text_string_to_metric_families
 
 from federation_gateway.client import FederationClient, PeerError
+from mosaic import metrics
 from mosaic.cli.admin import admin_channel, admin_metadata
 from mosaic.config import GATEWAY, START_ORDER, load_config
 from mosaic.errors import RemoteError
@@ -694,16 +693,13 @@ async def test_every_request_is_audited_with_the_request_id_a_received(b: Instan
 
 
 def scrape(inst: Instance, service: str) -> str:
-    port = load_config(inst.home).ports.metrics[service]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        return str(reply.read().decode())
+    return metrics.scrape(load_config(inst.home).ports.metrics[service])
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     return {
         (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
+        for sample in metrics.samples(text)
     }
 
 

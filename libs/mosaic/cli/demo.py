@@ -15,19 +15,18 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
 from mosaic.cli.apps import app
 from mosaic.config import ConfigError, find_free_port_base
+from mosaic.metrics import samples, scrape
 
 SAMPLE_DATA = Path(__file__).resolve().parents[3] / "infra" / "demo" / "sample-resources.json"
 ALICE = "5b0c3a8e-6f2d-4e1a-9c7b-1d2e3f4a5b6c"
@@ -304,14 +303,11 @@ def run_demo(workdir: Path) -> None:
 
         def metrics() -> str:
             port = b.docs["init"]["ports"]["metrics"]["federation-gateway"]
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-                text = reply.read().decode()
             counted: dict[str, float] = {}
-            for family in text_string_to_metric_families(text):
-                for sample in family.samples:
-                    if sample.name == "mosaic_audit_rows_total":
-                        outcome = sample.labels["outcome"]
-                        counted[outcome] = counted.get(outcome, 0.0) + sample.value
+            for sample in samples(scrape(port)):
+                if sample.name == "mosaic_audit_rows_total":
+                    outcome = sample.labels["outcome"]
+                    counted[outcome] = counted.get(outcome, 0.0) + sample.value
             every = _ok(b, "federation", "audit", "list", "--limit", "1000")
             logged: dict[str, float] = {}
             for e in every.get("entries", every):
