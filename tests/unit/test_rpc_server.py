@@ -9,9 +9,11 @@ import socket
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+from grpc.aio import _server as aio_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
@@ -186,6 +188,24 @@ async def test_health_and_reflection_are_served_wrapped_like_every_service(
             "grpc.health.v1.Health",
             "grpc.reflection.v1alpha.ServerReflection",
         } <= names
+
+
+async def test_only_the_listeners_own_services_are_registered_methods(
+    config: InstanceConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """grpc.aio waits on one pending accept per registered method for every incoming call:
+    health and reflection (answered above) must not add theirs to every call's cost."""
+    registered: list[str] = []
+    register = aio_server.Server.add_registered_method_handlers
+
+    def spy(server: aio_server.Server, service: str, handlers: Any) -> None:
+        registered.append(service)
+        register(server, service, handlers)
+
+    monkeypatch.setattr(aio_server.Server, "add_registered_method_handlers", spy)
+    listener = await _serve(config, "ok")
+    await listener.stop(0)
+    assert registered == ["mosaic.federation.v1.Diagnostics"]
 
 
 def test_outbound_calls_get_a_default_deadline() -> None:
