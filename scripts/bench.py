@@ -284,6 +284,16 @@ def source_reads(metrics_port: int) -> float:
     )
 
 
+def round_ratios(results: dict[str, dict[str, Any]]) -> list[float]:
+    """Gateway / bare throughput for each round, from the two targets' round times."""
+    return [
+        round(bare / gateway, 3)
+        for gateway, bare in zip(
+            results["list"]["round_seconds"], results["bare"]["round_seconds"], strict=True
+        )
+    ]
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
@@ -308,6 +318,7 @@ async def measure(
     results: dict[str, dict[str, Any]] = {
         name: {
             "seconds": 0.0,
+            "round_seconds": [],
             "latencies": [],
             "bytes": 0,
             "window": [],
@@ -343,6 +354,7 @@ async def measure(
                     per[label] = per.get(label, 0.0) + used
                     results[name]["server_cpu"] += used
                 results[name]["seconds"] += seconds
+                results[name]["round_seconds"].append(seconds)
                 results[name]["latencies"] += latencies
                 results[name]["bytes"] = size
                 results[name]["window"].append((window_start, time.time()))
@@ -560,6 +572,10 @@ def _report(
         "list_rps": gw["rps"],
         "bare_rps": bare["rps"],
         "list_throughput_ratio_vs_bare_grpc": round(gw["rps"] / bare["rps"], 3),
+        # The same ratio for each pair of back-to-back rounds (equal request counts, so
+        # bare seconds / gateway seconds): its spread shows how far one run's figure can
+        # be trusted on a machine whose speed drifts.
+        "list_throughput_ratio_by_round": round_ratios(results),
         "list_p50_ms": gw["p50_ms"],
         "list_p99_ms": gw["p99_ms"],
         "bare_p50_ms": bare["p50_ms"],
@@ -618,7 +634,12 @@ def _print(report: dict[str, Any]) -> None:
         f"{bare['p99_ms']:>10.2f}{report['bare_handshakes_per_1000']:>18.2f}"
         f"{bare['server_cpu_us_per_request']:>20.0f}"
     )
-    print(f"throughput ratio (gateway / bare): {report['list_throughput_ratio_vs_bare_grpc']:.3f}")
+    rounds = report["list_throughput_ratio_by_round"]
+    print(
+        f"throughput ratio (gateway / bare): {report['list_throughput_ratio_vs_bare_grpc']:.3f}"
+        f" (by round: median {statistics.median(rounds):.3f}, "
+        f"{min(rounds):.3f} to {max(rounds):.3f})"
+    )
     by_process = ", ".join(
         f"{label} {us:.0f}" for label, us in gw["cpu_us_per_request_by_process"].items() if us
     )
