@@ -317,7 +317,6 @@ async def measure(
     stubs = {name: gateway_pb2_grpc.FederationStub(ch) for name, ch in channels.items()}
     results: dict[str, dict[str, Any]] = {
         name: {
-            "seconds": 0.0,
             "round_seconds": [],
             "latencies": [],
             "bytes": 0,
@@ -353,7 +352,6 @@ async def measure(
                     per = results[name]["per_process_cpu"]
                     per[label] = per.get(label, 0.0) + used
                     results[name]["server_cpu"] += used
-                results[name]["seconds"] += seconds
                 results[name]["round_seconds"].append(seconds)
                 results[name]["latencies"] += latencies
                 results[name]["bytes"] = size
@@ -544,7 +542,7 @@ def _report(
         r = results[name]
         lat = r["latencies"]
         return {
-            "rps": round(len(lat) / r["seconds"], 1),
+            "rps": round(len(lat) / sum(r["round_seconds"]), 1),
             "p50_ms": round(percentile(lat, 0.50) * 1000, 3),
             "p99_ms": round(percentile(lat, 0.99) * 1000, 3),
             "mean_ms": round(statistics.fmean(lat) * 1000, 3),
