@@ -103,7 +103,7 @@ def scrape(port: int, host: str = "127.0.0.1", timeout_s: float = 5.0) -> str:
     """One scrape of a metrics listener, as the Prometheus text it serves."""
     url = f"http://{host}:{port}/metrics"
     with urllib.request.urlopen(url, timeout=timeout_s) as reply:
-        return str(reply.read().decode())
+        return reply.read().decode()
 
 
 def samples(text: str) -> Iterator[Sample]:
