@@ -187,7 +187,7 @@ class GrantCache:
         self._grants = grants
         self._ttl_s = ttl_s
         self._entries: dict[str, _Entry] = {}
-        self._inflight: dict[str, asyncio.Future[GrantView | Refusal]] = {}
+        self._inflight: dict[str, asyncio.Future[GrantView | Refusal]] = {}  # fetch tasks
         self.fetches = 0
 
     async def get(self, grant_id: str) -> GrantView | Refusal:
@@ -195,27 +195,27 @@ class GrantCache:
         if entry is not None and time.monotonic() - entry.fetched_at < self._ttl_s:
             return entry.result
         pending = self._inflight.get(grant_id)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[GrantView | Refusal] = asyncio.get_running_loop().create_future()
-        self._inflight[grant_id] = future
+        if pending is None:
+            # Its own task, awaited through shield by every caller (the first included): a
+            # caller that goes away cancels only its own wait, never the others' answer.
+            pending = asyncio.ensure_future(self._fetch_and_keep(grant_id))
+            self._inflight[grant_id] = pending
+            pending.add_done_callback(_retrieved)
+        return await asyncio.shield(pending)
+
+    async def _fetch_and_keep(self, grant_id: str) -> GrantView | Refusal:
+        started = time.monotonic()
         try:
-            started = time.monotonic()
             result = await self._fetch(grant_id)
-        except BaseException as exc:
-            if self._inflight.get(grant_id) is future:
+        finally:
+            # Dropped from _inflight by an invalidation meanwhile: serve, but do not cache.
+            current = self._inflight.get(grant_id) is asyncio.current_task()
+            if current:
                 del self._inflight[grant_id]
-            if not future.done():
-                future.set_exception(exc)
-                future.exception()  # mark retrieved: joiners may have been cancelled
-            raise
-        # Dropped from _inflight by an invalidation meanwhile: serve, but do not cache.
-        if self._inflight.get(grant_id) is future:
-            del self._inflight[grant_id]
+        if current:
             if len(self._entries) >= MAX_ENTRIES:
                 self._entries.clear()
             self._entries[grant_id] = _Entry(result, started)
-        future.set_result(result)
         return result
 
     async def _fetch(self, grant_id: str) -> GrantView | Refusal:
@@ -258,6 +258,11 @@ class GrantCache:
     def on_change(self, change: grants_pb2.WatchChangesResponse) -> None:
         if change.grant_ids or change.peer_ids:
             self.invalidate(change.grant_ids, change.peer_ids)
+
+
+def _retrieved(fetch: asyncio.Future[Any]) -> None:
+    if not fetch.cancelled():
+        fetch.exception()  # retrieved: every caller may have gone away
 
 
 async def watch_changes(grants: grants_pb2_grpc.GrantsStub, *listeners: GrantCacheListener) -> None:
