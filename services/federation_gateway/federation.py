@@ -404,13 +404,19 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         if last and last[0] is reply and last[1] is view:
             return last[2]
         items: Any = reply.items
+        after = reply.next_after_id
+        if len(items) > limit:  # a source that ignores the limit: the cap still holds
+            log.error(
+                "resource-service returned more rows than asked for; truncated",
+                extra={"grant_id": view.grant_id, "resource": request.resource},
+            )
+            items = items[:limit]
+            after = items[-1].id
         if not _all_visible(view, access, request.resource, items):
             items = [i for i in items if _visible(view, access, request.resource, i)]
         next_token = (
-            self._tokens.make(
-                grant_id=view.grant_id, resource=request.resource, after_id=reply.next_after_id
-            )
-            if reply.next_after_id
+            self._tokens.make(grant_id=view.grant_id, resource=request.resource, after_id=after)
+            if after
             else ""
         )
         page = gateway_pb2.ListResponse(items=items, next_page_token=next_token)
