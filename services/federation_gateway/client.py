@@ -5,7 +5,9 @@
   B's CA bundle as the only trust roots (never the public roots).
 * :meth:`FederationClient.flush` closes a peer's channel; the next call rebuilds it with
   fresh credentials. The gateway flushes on every WatchChanges event naming the peer
-  (suspend, remove, renew) and flushes everything when that stream breaks.
+  (suspend, remove, renew) and flushes everything when that stream breaks. A flush that
+  lands while a channel is being built makes that build fetch the credentials again, and
+  calls already in flight on a flushed channel run to their deadline.
 * Every call has a deadline. Failures are :class:`PeerError` with a client-side code of
   DESIGN.md's taxonomy and, when B refused, B's own reason code.
 * Successful answers are kept in memory only, for :data:`CACHE_TTL_S` at most and
@@ -20,13 +22,14 @@ import collections
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from mosaic.errors import DEPENDENCY_UNAVAILABLE, ServiceError
+from mosaic.errors import DEPENDENCY_UNAVAILABLE, RemoteError, ServiceError
 from mosaic.federation.v1 import gateway_pb2, gateway_pb2_grpc, grants_pb2, grants_pb2_grpc
 from mosaic.rpc.channels import secure_channel
 from mosaic.rpc.interceptors import response_request_id
@@ -38,7 +41,11 @@ RENEW_DEADLINE_S = 60.0
 CREDENTIALS_DEADLINE_S = 5.0
 CACHE_TTL_S = 30.0
 CACHE_MAX_ENTRIES = 1000
-CLOSE_GRACE_S = 1.0
+# A flushed channel is closed only once the calls already on it have had their whole
+# deadline: a flush (renewal, suspension, a broken change stream) must not cut them off.
+CLOSE_GRACE_S = RENEW_DEADLINE_S
+# Credentials fetched while a flush happened are fetched again, at most this many times.
+BUILD_ATTEMPTS = 3
 
 # Client-side codes (DESIGN.md "Errors").
 PEER_NOT_FOUND = "PEER_NOT_FOUND"
@@ -50,6 +57,9 @@ NOT_FOUND = "NOT_FOUND"
 RATE_LIMITED = "RATE_LIMITED"
 INVALID_RESPONSE = "INVALID_RESPONSE"
 UNAUTHENTICATED = "UNAUTHENTICATED"
+# Not in DESIGN.md's list: B refused our request's arguments (an unknown resource, a page
+# token it did not issue); neither the peer nor the link is at fault.
+INVALID_ARGUMENT = "INVALID_ARGUMENT"
 
 _CODE_FOR_STATUS = {
     grpc.StatusCode.UNAVAILABLE: NETWORK,
@@ -58,6 +68,7 @@ _CODE_FOR_STATUS = {
     grpc.StatusCode.NOT_FOUND: NOT_FOUND,
     grpc.StatusCode.RESOURCE_EXHAUSTED: RATE_LIMITED,
     grpc.StatusCode.UNAUTHENTICATED: UNAUTHENTICATED,
+    grpc.StatusCode.INVALID_ARGUMENT: INVALID_ARGUMENT,
 }
 # The status our own caller (the admin API) gets for each client-side code.
 _STATUS_FOR_CODE = {
@@ -71,6 +82,7 @@ _STATUS_FOR_CODE = {
     INVALID_RESPONSE: grpc.StatusCode.FAILED_PRECONDITION,
     # Not UNAUTHENTICATED: on the admin API that would read as "wrong admin token".
     UNAUTHENTICATED: grpc.StatusCode.FAILED_PRECONDITION,
+    INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
 }
 _REMEDIATION = {
     PEER_NOT_FOUND: "list the peers you can query with `mosaic federation peer list`",
@@ -82,6 +94,7 @@ _REMEDIATION = {
     RATE_LIMITED: "retry after the delay given",
     INVALID_RESPONSE: "",
     UNAUTHENTICATED: "the peer no longer accepts our certificate; renew or enroll again",
+    INVALID_ARGUMENT: "check the arguments: the peer's reason and violations say which",
 }
 
 
@@ -94,15 +107,17 @@ class PeerError(Exception):
         message: str,
         *,
         server_reason: str = "",
-        server_status: grpc.StatusCode | None = None,
         request_id: str = "",
         retry_after_s: float | None = None,
+        remediation: str = "",
+        violations: Sequence[tuple[str, str]] = (),
     ) -> None:
         super().__init__(message)
+        self.remediation = remediation or _REMEDIATION[code]
+        self.violations = tuple(violations)
         self.code = code
         self.message = message
         self.server_reason = server_reason
-        self.server_status = server_status
         self.request_id = request_id
         self.retry_after_s = retry_after_s
 
@@ -113,15 +128,13 @@ class PeerError(Exception):
             metadata["server_reason"] = self.server_reason
         if self.request_id:
             metadata["request_id"] = self.request_id
-        status = _STATUS_FOR_CODE[self.code]
-        if self.server_status == grpc.StatusCode.INVALID_ARGUMENT:
-            status = grpc.StatusCode.INVALID_ARGUMENT  # our caller's input, e.g. a page token
         return ServiceError(
-            status,
+            _STATUS_FOR_CODE[self.code],
             self.code,
             self.message,
-            remediation=_REMEDIATION[self.code],
+            remediation=self.remediation,
             metadata=metadata,
+            violations=self.violations,
             retry_after_s=self.retry_after_s,
         )
 
@@ -130,6 +143,7 @@ class PeerError(Exception):
 class _PeerChannel:
     peer_id: str
     name: str
+    cert_serial: str  # of the client certificate the channel presents
     channel: grpc.aio.Channel
     stub: gateway_pb2_grpc.FederationStub
 
@@ -155,7 +169,9 @@ class FederationClient:
     _cache: collections.OrderedDict[tuple[str, bytes], _Cached] = field(
         default_factory=collections.OrderedDict
     )
-    _closing: set[asyncio.Task[None]] = field(default_factory=set)
+    # Flushed channels still closing (their calls in flight get CLOSE_GRACE_S).
+    _closing: dict[asyncio.Task[None], grpc.aio.Channel] = field(default_factory=dict)
+    _flushes: int = 0  # flushes so far: a build that saw one start over
 
     # ---- queries -------------------------------------------------------------------
 
@@ -181,8 +197,8 @@ class FederationClient:
         try:
             answer = await call
             request_id = response_request_id(await call.trailing_metadata())
-        except grpc.aio.AioRpcError as err:
-            error = _peer_error(err)
+        except (grpc.aio.AioRpcError, asyncio.CancelledError) as err:
+            error = _call_error(err)
             if error.code == NETWORK:
                 cached = self._cached(key)
                 if cached is not None:
@@ -208,8 +224,8 @@ class FederationClient:
                 gateway_pb2.RenewCertificateRequest(csr_pem=csr_pem),
                 timeout=RENEW_DEADLINE_S,
             )
-        except grpc.aio.AioRpcError as err:
-            raise _peer_error(err) from None
+        except (grpc.aio.AioRpcError, asyncio.CancelledError) as err:
+            raise _call_error(err) from None
         return answer
 
     async def credentials(self, key: str) -> tuple[grants_pb2.Peer, str]:
@@ -255,7 +271,7 @@ class FederationClient:
             found = self._channels.get(self._aliases.get(key, key))
             if found is not None:
                 return found
-            peer, client_key = await self._credentials(key)
+            peer, client_key = await self._current_credentials(key)
             found = self._channels.get(peer.id)  # built meanwhile under another alias
             if found is None:
                 found = self._build(peer, client_key)
@@ -263,6 +279,22 @@ class FederationClient:
             self._aliases[key] = peer.id
             self._aliases[peer.id] = peer.id
             return found
+
+    async def _current_credentials(self, key: str) -> tuple[grants_pb2.Peer, str]:
+        """Credentials no flush happened during the fetch of (else those may be the ones a
+        renewal or a suspension just replaced)."""
+        for _ in range(BUILD_ATTEMPTS):
+            flushes = self._flushes
+            found = await self._credentials(key)
+            if flushes == self._flushes:
+                return found
+        raise ServiceError(
+            grpc.StatusCode.UNAVAILABLE,
+            DEPENDENCY_UNAVAILABLE,
+            "the peer's credentials kept changing while the channel was built",
+            remediation="retry shortly",
+            retry_after_s=1.0,
+        )
 
     async def _credentials(self, key: str) -> tuple[grants_pb2.Peer, str]:
         try:
@@ -274,8 +306,13 @@ class FederationClient:
             if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
                 raise PeerError(PEER_NOT_FOUND, f"no peer {key!r} to query") from None
             if code == grpc.StatusCode.FAILED_PRECONDITION:
+                # grants-service says why (e.g. the seal secret is missing) and what to do.
+                remote = RemoteError.from_rpc_error(err)
                 raise PeerError(
-                    PEER_MISCONFIGURED, "this peer has no usable client credentials"
+                    PEER_MISCONFIGURED,
+                    f"this peer has no usable client credentials: {remote.message} "
+                    f"({remote.reason})",
+                    remediation=remote.remediation,
                 ) from None
             raise ServiceError(
                 grpc.StatusCode.UNAVAILABLE,
@@ -322,18 +359,21 @@ class FederationClient:
         channel = secure_channel(peer.endpoint, credentials, server_name=host.strip("[]"))
         self.builds += 1
         log.info("peer channel built", extra={"peer_id": peer.id, "endpoint": peer.endpoint})
-        return _PeerChannel(peer.id, peer.name, channel, gateway_pb2_grpc.FederationStub(channel))
+        return _PeerChannel(
+            peer.id, peer.name, peer.cert_serial, channel, gateway_pb2_grpc.FederationStub(channel)
+        )
 
     def flush(self, peer_id: str) -> None:
         """Close the peer's channel (revocation, suspension, renewal); the next call rebuilds."""
+        self._flushes += 1
         found = self._channels.pop(peer_id, None)
         for alias in [a for a, p in self._aliases.items() if p == peer_id]:
             del self._aliases[alias]
         if found is not None:
             log.info("peer channel flushed", extra={"peer_id": peer_id})
             task = asyncio.get_running_loop().create_task(found.channel.close(CLOSE_GRACE_S))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            self._closing[task] = found.channel
+            task.add_done_callback(self._closing.pop)
 
     # ---- change events (GrantCacheListener) ---------------------------------------
 
@@ -342,6 +382,7 @@ class FederationClient:
             self.flush(peer_id)
 
     def clear(self) -> None:
+        self._flushes += 1  # a build in progress has no channel to flush yet
         for peer_id in list(self._channels):
             self.flush(peer_id)
 
@@ -349,16 +390,26 @@ class FederationClient:
         channels, self._channels = list(self._channels.values()), {}
         self._aliases.clear()
         self._cache.clear()
-        for found in channels:
+        # Shutting down: flushed channels still in their grace period close now too.
+        for channel in [found.channel for found in channels] + list(self._closing.values()):
             with contextlib.suppress(Exception):
-                await found.channel.close()
+                await channel.close()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
 
 
-def _peer_error(err: grpc.aio.AioRpcError) -> PeerError:
-    from mosaic.errors import RemoteError
+def _call_error(err: grpc.aio.AioRpcError | asyncio.CancelledError) -> PeerError:
+    """A failed call as PeerError. A CancelledError that is not our own task's (the channel
+    was closed under the call: gateway shutdown) is the peer being out of reach."""
+    if isinstance(err, grpc.aio.AioRpcError):
+        return _peer_error(err)
+    task = asyncio.current_task()
+    if task is None or task.cancelling():
+        raise err
+    return PeerError(NETWORK, "the channel to the peer was closed during the call")
 
+
+def _peer_error(err: grpc.aio.AioRpcError) -> PeerError:
     remote = RemoteError.from_rpc_error(err)
     code = _CODE_FOR_STATUS.get(err.code(), INVALID_RESPONSE)
     server_reason = remote.reason if remote.reason != err.code().name else ""
@@ -369,9 +420,9 @@ def _peer_error(err: grpc.aio.AioRpcError) -> PeerError:
         code,
         message,
         server_reason=server_reason,
-        server_status=err.code(),
         request_id=response_request_id(err.trailing_metadata()),
         retry_after_s=remote.retry_after_s,
+        violations=remote.violations,
     )
 
 

@@ -1,0 +1,290 @@
+"""FederationClient's channel lifecycle against a real mTLS server in this process: a flush
+never lets stale credentials back in, and never cuts off a call already in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+
+from federation_gateway.client import FederationClient, PeerError
+from mosaic.errors import ServiceError, failed_precondition, invalid_argument
+from mosaic.federation.v1 import gateway_pb2, grants_pb2
+from mosaic.pki import KeyPair, create_internal_ca, issue_internal_certificate
+
+PEER_ID = str(uuid.uuid4())
+
+
+@dataclass
+class Tls:
+    ca: KeyPair
+    server: KeyPair
+    clients: list[KeyPair]
+
+
+@pytest.fixture(scope="module")
+def tls() -> Tls:
+    ca = create_internal_ca("test.invalid")
+    return Tls(
+        ca=ca,
+        server=issue_internal_certificate(ca, "test.invalid", "peer-b"),
+        clients=[issue_internal_certificate(ca, "test.invalid", f"a{i}") for i in range(2)],
+    )
+
+
+class SlowPeer:
+    """Federation.Capabilities that answers once ``release`` is set; List refuses its
+    arguments the way B's gate does."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.started = asyncio.Event()
+
+    async def capabilities(
+        self, request: gateway_pb2.CapabilitiesRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.CapabilitiesResponse:
+        self.started.set()
+        await self.release.wait()
+        return gateway_pb2.CapabilitiesResponse(server_version="test")
+
+    async def list(
+        self, request: gateway_pb2.ListRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.ListResponse:
+        refusal = invalid_argument(
+            "RESOURCE_UNKNOWN", "unknown resource", violations=[("resource", "not known")]
+        )
+        await context.abort_with_status(refusal.to_status())
+        raise AssertionError("abort returns only by raising")
+
+
+@pytest.fixture
+async def peer_b(tls: Tls) -> AsyncIterator[tuple[SlowPeer, int]]:
+    peer = SlowPeer()
+    server = grpc.aio.server()
+    handler = grpc.method_handlers_generic_handler(
+        "mosaic.federation.v1.Federation",
+        {
+            "Capabilities": grpc.unary_unary_rpc_method_handler(
+                peer.capabilities,
+                request_deserializer=gateway_pb2.CapabilitiesRequest.FromString,
+                response_serializer=gateway_pb2.CapabilitiesResponse.SerializeToString,
+            ),
+            "List": grpc.unary_unary_rpc_method_handler(
+                peer.list,
+                request_deserializer=gateway_pb2.ListRequest.FromString,
+                response_serializer=gateway_pb2.ListResponse.SerializeToString,
+            ),
+        },
+    )
+    server.add_generic_rpc_handlers((handler,))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    credentials = grpc.ssl_server_credentials(
+        [(tls.server.key_pem, tls.server.cert_pem)],
+        root_certificates=tls.ca.cert_pem,
+        require_client_auth=True,
+    )
+    server.add_secure_port(f"127.0.0.1:{port}", credentials)
+    await server.start()
+    yield peer, port
+    await server.stop(None)
+
+
+class FakeGrants:
+    """GetPeerCredentials answering with the current client certificate; a fetch can be
+    held open to let a flush land in the middle of a channel build."""
+
+    def __init__(self, tls: Tls, port: int) -> None:
+        self._tls = tls
+        self._port = port
+        self.current = 0  # which of tls.clients is the peer's certificate now
+        self.calls = 0
+        self.hold: asyncio.Event | None = None
+        self.fetching = asyncio.Event()
+        self.refusal: ServiceError | None = None
+
+    async def GetPeerCredentials(
+        self, request: grants_pb2.GetPeerCredentialsRequest, timeout: float
+    ) -> grants_pb2.GetPeerCredentialsResponse:
+        self.calls += 1
+        if self.refusal is not None:
+            raise _rpc_error(self.refusal)
+        client = self._tls.clients[self.current]
+        reply = grants_pb2.GetPeerCredentialsResponse(
+            peer=grants_pb2.Peer(
+                id=PEER_ID,
+                name="b",
+                direction=grants_pb2.PEER_DIRECTION_OUTBOUND,
+                state=grants_pb2.PEER_STATE_ACTIVE,
+                endpoint=f"127.0.0.1:{self._port}",
+                cert_pem=client.cert_pem.decode(),
+                cert_serial=f"serial-{self.current}",
+                ca_bundle_pem=self._tls.ca.cert_pem.decode(),
+            ),
+            client_key_pem=client.key_pem.decode(),
+        )
+        self.fetching.set()
+        if self.hold is not None:
+            await self.hold.wait()
+        return reply
+
+
+def _rpc_error(error: ServiceError) -> grpc.aio.AioRpcError:
+    status = error.to_status()
+    return grpc.aio.AioRpcError(
+        status.code,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(*status.trailing_metadata),
+        status.details,
+    )
+
+
+def _capabilities() -> gateway_pb2.QueryRequest:
+    return gateway_pb2.QueryRequest(peer="b", capabilities=gateway_pb2.CapabilitiesRequest())
+
+
+async def test_a_flush_during_a_build_makes_it_fetch_the_credentials_again(
+    tls: Tls, peer_b: tuple[SlowPeer, int]
+) -> None:
+    """A renewal replaces our certificate while the first call is building the channel:
+    the channel must present the new certificate, not the one fetched before the flush."""
+    _, port = peer_b
+    grants = FakeGrants(tls, port)
+    grants.hold = asyncio.Event()
+    client = FederationClient(grants)  # type: ignore[arg-type]
+    try:
+        building = asyncio.create_task(client.channel("b"))
+        await grants.fetching.wait()
+        grants.current = 1  # renewed: the stored certificate changes ...
+        client.flush(PEER_ID)  # ... and the change stream flushes the peer
+        grants.hold.set()
+        built = await building
+        assert built.cert_serial == "serial-1"
+        assert grants.calls == 2
+        assert (await client.channel("b")) is built
+    finally:
+        await client.close()
+
+
+async def test_a_lost_change_stream_during_a_build_also_counts(
+    tls: Tls, peer_b: tuple[SlowPeer, int]
+) -> None:
+    _, port = peer_b
+    grants = FakeGrants(tls, port)
+    grants.hold = asyncio.Event()
+    client = FederationClient(grants)  # type: ignore[arg-type]
+    try:
+        building = asyncio.create_task(client.channel("b"))
+        await grants.fetching.wait()
+        grants.current = 1
+        client.clear()  # no channel stored yet, but the build is stale all the same
+        grants.hold.set()
+        assert (await building).cert_serial == "serial-1"
+    finally:
+        await client.close()
+
+
+async def test_a_flush_lets_the_call_in_flight_finish(
+    tls: Tls, peer_b: tuple[SlowPeer, int]
+) -> None:
+    """The flushed channel stays open for the calls already on it: the answer arrives after
+    the flush (here 1.5 s later), and the next call builds a new channel."""
+    peer, port = peer_b
+    grants = FakeGrants(tls, port)
+    client = FederationClient(grants)  # type: ignore[arg-type]
+    try:
+        query = asyncio.create_task(client.query(_capabilities()))
+        await peer.started.wait()
+        client.flush(PEER_ID)
+        await asyncio.sleep(1.5)
+        peer.release.set()
+        answer = await query
+        assert answer.capabilities.server_version == "test"
+        assert client.builds == 1
+        await client.query(_capabilities())
+        assert client.builds == 2
+    finally:
+        await client.close()
+
+
+async def test_shutdown_closes_a_flushed_channel_at_once_and_types_the_cut_call(
+    tls: Tls, peer_b: tuple[SlowPeer, int]
+) -> None:
+    peer, port = peer_b
+    grants = FakeGrants(tls, port)
+    client = FederationClient(grants)  # type: ignore[arg-type]
+    query = asyncio.create_task(client.query(_capabilities()))
+    await peer.started.wait()
+    client.flush(PEER_ID)
+    await asyncio.wait_for(client.close(), timeout=5)  # not the 60 s grace
+    with pytest.raises(PeerError) as caught:
+        await query
+    assert caught.value.code == "NETWORK"
+
+
+async def test_our_own_cancellation_is_not_turned_into_an_error(
+    tls: Tls, peer_b: tuple[SlowPeer, int]
+) -> None:
+    peer, port = peer_b
+    client = FederationClient(FakeGrants(tls, port))  # type: ignore[arg-type]
+    try:
+        query: asyncio.Task[Any] = asyncio.create_task(client.query(_capabilities()))
+        await peer.started.wait()
+        query.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await query
+    finally:
+        await client.close()
+
+
+async def test_the_peer_refusing_our_arguments_is_invalid_argument_with_its_violations(
+    tls: Tls, peer_b: tuple[SlowPeer, int]
+) -> None:
+    """Not INVALID_RESPONSE: the peer is fine, our request was not (a mistyped resource)."""
+    _, port = peer_b
+    client = FederationClient(FakeGrants(tls, port))  # type: ignore[arg-type]
+    try:
+        with pytest.raises(PeerError) as caught:
+            await client.query(
+                gateway_pb2.QueryRequest(peer="b", list=gateway_pb2.ListRequest(resource="taks"))
+            )
+        error = caught.value
+        assert (error.code, error.server_reason) == ("INVALID_ARGUMENT", "RESOURCE_UNKNOWN")
+        assert error.violations == (("resource", "not known"),)
+        ours = error.to_service_error()
+        assert ours.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert ours.violations == (("resource", "not known"),)
+    finally:
+        await client.close()
+
+
+async def test_unusable_credentials_keep_grants_services_reason_and_remediation(
+    tls: Tls, peer_b: tuple[SlowPeer, int]
+) -> None:
+    """A sealed key that cannot be opened needs the old seal secret restored, not a new
+    enrollment first: the operator gets grants-service's own advice."""
+    _, port = peer_b
+    grants = FakeGrants(tls, port)
+    grants.refusal = failed_precondition(
+        "SEAL_KEY_UNKNOWN",
+        "the peer's sealed client key cannot be opened",
+        remediation="restore it as secrets/seal.previous.key",
+    )
+    client = FederationClient(grants)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(PeerError) as caught:
+            await client.query(_capabilities())
+        assert caught.value.code == "PEER_MISCONFIGURED"
+        assert "SEAL_KEY_UNKNOWN" in caught.value.message
+        assert caught.value.to_service_error().remediation == (
+            "restore it as secrets/seal.previous.key"
+        )
+    finally:
+        await client.close()
