@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -20,15 +21,28 @@ T = TypeVar("T")
 
 
 def admin_channel(config: InstanceConfig) -> grpc.aio.Channel:
+    """ConfigError when the instance's internal CA certificate cannot be read."""
     credentials = grpc.ssl_channel_credentials(
-        root_certificates=(config.internal_pki_dir / "ca.crt").read_bytes()
+        root_certificates=_read_bytes(config.internal_pki_dir / "ca.crt")
     )
     return secure_channel(config.admin_address, credentials, server_name=GATEWAY)
 
 
 def admin_metadata(config: InstanceConfig) -> tuple[tuple[str, str], ...]:
-    token = config.admin_token_file.read_text().strip()
+    """ConfigError when the admin token file cannot be read (never its content)."""
+    token = _read_bytes(config.admin_token_file).decode("utf-8", "replace").strip()
     return (("authorization", f"Bearer {token}"),)
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read {path}: {exc.strerror or type(exc).__name__}",
+            remediation="run mosaic as the user that owns the instance home, "
+            "or check that file (`mosaic init` makes it)",
+        ) from None
 
 
 def operator_channel(config: InstanceConfig, service: str) -> grpc.aio.Channel:
@@ -86,9 +100,13 @@ def call_admin(
 
     try:
         return asyncio.run(run())
+    except ConfigError as exc:
+        fail(ctx, "CONFIG", exc.message, exc.remediation)
     except grpc.aio.AioRpcError as err:
         remote = RemoteError.from_rpc_error(err)
         extra: dict[str, Any] = {k: v for k, v in remote.metadata.items() if k in error_metadata}
+        if remote.retry_after_s is not None:
+            extra["retry_after_s"] = remote.retry_after_s
         if remote.violations:
             extra["violations"] = [f"{f}: {d}" for f, d in remote.violations]
         remediation = remote.remediation

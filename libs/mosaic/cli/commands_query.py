@@ -6,19 +6,16 @@ nothing the peer returns is written to disk.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from typing import Annotated, Any
 
-import grpc
 import typer
 from google.protobuf import timestamp_pb2
 
-from mosaic.cli.admin import admin_channel, admin_metadata, call_admin, load_or_fail
+from mosaic.cli.admin import call_admin, load_or_fail
 from mosaic.cli.federation import audit_app, query_app
 from mosaic.cli.output import EXIT_USAGE, emit, fail, fields, state, table
-from mosaic.errors import RemoteError
-from mosaic.federation.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from mosaic.federation.v1 import common_pb2, gateway_pb2
 
 _PEER_KEY = "mosaic.query.peer"
 
@@ -80,29 +77,14 @@ def query(
 
 
 def _query(ctx: typer.Context, request: gateway_pb2.QueryRequest) -> gateway_pb2.QueryResponse:
-    """Like call_admin, but a failure also shows the peer's own reason and request id."""
+    """call_admin's Query; a failure also shows the peer's own reason and request id."""
     config = load_or_fail(ctx, state(ctx).home)
-
-    async def run() -> gateway_pb2.QueryResponse:
-        async with admin_channel(config) as channel:
-            stub = gateway_pb2_grpc.FederationAdminStub(channel)
-            return await stub.Query(request, metadata=admin_metadata(config), timeout=30)
-
-    try:
-        return asyncio.run(run())
-    except grpc.aio.AioRpcError as err:
-        remote = RemoteError.from_rpc_error(err)
-        extra: dict[str, Any] = {
-            k: v for k, v in remote.metadata.items() if k in ("server_reason", "request_id")
-        }
-        if remote.retry_after_s is not None:
-            extra["retry_after_s"] = remote.retry_after_s
-        if remote.violations:
-            extra["violations"] = [f"{f}: {d}" for f, d in remote.violations]
-        remediation = remote.remediation
-        if remote.code == grpc.StatusCode.UNAVAILABLE and not remediation:
-            remediation = "is the gateway running? start it with `mosaic up`"
-        fail(ctx, remote.reason, remote.message, remediation, extra=extra)
+    return call_admin(
+        ctx,
+        config,
+        lambda stub, md: stub.Query(request, metadata=md, timeout=30),
+        error_metadata=("server_reason", "request_id"),
+    )
 
 
 def _run(ctx: typer.Context, request: gateway_pb2.QueryRequest) -> None:
@@ -199,7 +181,8 @@ def audit_list(
     if since is not None:
         try:
             parsed = dt.datetime.fromisoformat(since)
-        except ValueError:
+            request.since.FromDatetime(parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC))
+        except (ValueError, OverflowError):  # not a time, or out of range once in UTC
             fail(
                 ctx,
                 "USAGE",
@@ -207,7 +190,6 @@ def audit_list(
                 "e.g. 2030-01-31T12:00:00Z",
                 exit_code=EXIT_USAGE,
             )
-        request.since.FromDatetime(parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC))
     config = load_or_fail(ctx, state(ctx).home)
     reply = call_admin(ctx, config, lambda stub, md: stub.ListAudit(request, metadata=md))
     docs = [

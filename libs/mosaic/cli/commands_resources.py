@@ -85,6 +85,8 @@ def _read_rows(ctx: typer.Context, file: Path) -> list[Any]:
         doc = json.loads(text)
     except ValueError as exc:
         fail(ctx, "INVALID_FILE", f"{file} is not JSON: {exc}", _FILE_HINT)
+    except RecursionError:
+        fail(ctx, "INVALID_FILE", f"{file} nests JSON too deeply", _FILE_HINT)
     if not isinstance(doc, list):
         fail(ctx, "INVALID_FILE", f"{file} is not a JSON array", _FILE_HINT)
     return doc

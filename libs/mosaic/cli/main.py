@@ -21,7 +21,7 @@ from mosaic.cli.apps import app, gateway_app
 from mosaic.cli.commands_resources import resources_app
 from mosaic.cli.commands_seal import seal_app
 from mosaic.cli.federation import federation_app
-from mosaic.cli.output import CliState, emit, fail, state, table
+from mosaic.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliState, emit, fail, state, table
 from mosaic.config import (
     DEFAULT_PORT_BASE,
     SERVICES,
@@ -374,5 +374,29 @@ from mosaic.cli import commands  # noqa: E402,F401
 
 
 def run() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point.
+
+    With --json, a command line the parser refuses (an unknown option, a value of the wrong
+    type) is reported like any other failure: one ``{"error": ...}`` document on stdout,
+    exit 2 (DESIGN.md "CLI contract"), instead of Typer's usage box on stderr.
+    """
+    if "--json" not in sys.argv[1:]:
+        app()
+        return
+    try:
+        result = app(standalone_mode=False)
+    except typer.Abort:
+        _json_error("ABORTED", "interrupted", EXIT_FAILED)
+    except typer.TyperException as exc:  # the parser's errors (click exceptions)
+        exit_code = getattr(exc, "exit_code", EXIT_FAILED)
+        format_message = getattr(exc, "format_message", None)
+        message = format_message() if callable(format_message) else str(exc)
+        _json_error("USAGE" if exit_code == EXIT_USAGE else "FAILED", message, exit_code)
+    sys.exit(result if isinstance(result, int) else EXIT_OK)
+
+
+def _json_error(code: str, message: str, exit_code: int) -> None:
+    remediation = "see `mosaic --help` and the command's --help" if code == "USAGE" else ""
+    error = {"code": code, "message": message, "remediation": remediation}
+    sys.stdout.write(json.dumps({"error": error}, indent=2) + "\n")
+    sys.exit(exit_code)

@@ -1,0 +1,79 @@
+"""Bad command lines and broken homes get the CLI contract's error, never a traceback:
+with --json one ``{"error": ...}`` document on stdout, exit 2 for bad usage, 1 otherwise
+(DESIGN.md "CLI contract"). An initialised instance, not started: every case here fails
+before anything is dialled."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mosaic.config import load_config
+from tests.support.instances import Instance, cli
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    yield Instance(tmp_path_factory.mktemp("cli-input"), "b").home
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("federation", "audit", "list", "--limit", "abc"),
+        ("federation", "audit", "list", "--no-such-option"),
+        ("federation", "no-such-command"),
+        ("federation", "query"),
+    ],
+    ids=["wrong-type", "unknown-option", "unknown-command", "missing-argument"],
+)
+def test_parser_errors_are_one_json_document_and_exit_2(home: Path, args: tuple[str, ...]) -> None:
+    code, doc, err = cli(home, *args)
+    assert code == 2, (doc, err)
+    assert isinstance(doc, dict), doc  # parsed from stdout: one JSON document
+    assert doc["error"]["code"] == "USAGE"
+    assert doc["error"]["message"]
+    assert "Traceback" not in err
+
+
+def test_parser_errors_without_json_keep_the_usage_help(home: Path) -> None:
+    code, out, err = cli(home, "federation", "audit", "list", "--limit", "abc", json_out=False)
+    assert code == 2
+    assert out == ""
+    assert "Usage:" in err and "--limit" in err
+
+
+@pytest.mark.parametrize(
+    "since", ["9999-12-31T23:59:59-05:00", "0001-01-01T00:00:00+01:00", "yesterday"]
+)
+def test_a_since_outside_the_representable_range_is_bad_usage(home: Path, since: str) -> None:
+    code, doc, err = cli(home, "federation", "audit", "list", "--since", since)
+    assert code == 2, (doc, err)
+    assert doc["error"]["code"] == "USAGE"
+    assert "Traceback" not in err
+
+
+def test_an_unreadable_admin_token_is_a_config_error(home: Path) -> None:
+    token = load_config(home).admin_token_file
+    moved = token.with_name(token.name + ".away")
+    token.rename(moved)
+    try:
+        code, doc, err = cli(home, "federation", "audit", "list")
+    finally:
+        moved.rename(token)
+    assert code == 1, (doc, err)
+    assert doc["error"]["code"] == "CONFIG"
+    assert str(token) in doc["error"]["message"]
+    assert doc["error"]["remediation"]
+    assert "Traceback" not in err
+
+
+def test_deeply_nested_json_is_an_invalid_file(home: Path, tmp_path: Path) -> None:
+    rows = tmp_path / "rows.json"
+    rows.write_text("[" * 100_000 + "]" * 100_000)
+    code, doc, err = cli(home, "resources", "import", str(rows))
+    assert code == 1, (doc, err)
+    assert doc["error"]["code"] == "INVALID_FILE"
+    assert "Traceback" not in err
