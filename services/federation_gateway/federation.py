@@ -115,6 +115,16 @@ _DENIED = frozenset(
     }
 )
 _ALLOWED = frozenset({grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND})
+# Failed calls that may nonetheless have taken effect.
+_OUTCOME_UNKNOWN = frozenset(
+    {
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+    }
+)
 
 R = TypeVar("R")
 
@@ -478,7 +488,10 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
 
         Once the CA has issued, the rest runs to the end even if the caller goes away, so
         nothing is left half-done: either the peer's certificate is the new one and the old
-        one is revoked, or the new one is revoked and the old one stays current.
+        one is revoked, or the new one is revoked and the old one stays current. When the
+        rotate call fails in a way that may have come after its commit (a timeout, an
+        outage), grants-service is asked which is current; if it cannot say, neither is
+        revoked (the gate serves only the current one) and the caller gets the error.
         """
         try:
             issued: ca_pb2.IssueCertificateResponse = await self._ca.IssueCertificate(
@@ -516,9 +529,21 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
             )
         except grpc.aio.AioRpcError as err:
             remote = RemoteError.from_rpc_error(err)
-            log.warning("renewal not recorded; revoking the new certificate", extra=ids)
-            await self._revoke_serial(issued.serial, "renewal not recorded", view)
-            raise remote.to_service_error() from None
+            # A timeout or an outage says nothing about whether grants-service committed:
+            # ask which certificate is current before revoking either.
+            current = (
+                await self._current_serial(view) if err.code() in _OUTCOME_UNKNOWN else old_serial
+            )
+            if current is None:
+                # Unknown: leave the new certificate be. If it is not current the gate
+                # refuses it anyway; if it is, revoking it would lock the peer out.
+                log.warning("renewal outcome unknown; new certificate not revoked", extra=ids)
+                raise remote.to_service_error() from None
+            if current != issued.serial:
+                log.warning("renewal not recorded; revoking the new certificate", extra=ids)
+                await self._revoke_serial(issued.serial, "renewal not recorded", view)
+                raise remote.to_service_error() from None
+            log.info("renewal recorded although the rotate call failed", extra=ids)
         self._grants.invalidate(grant_ids=[view.grant_id])
         await self._revoke_serial(old_serial, "superseded by renewal", view)
         log.info("peer certificate renewed", extra=ids | {"old_serial": old_serial})
@@ -532,6 +557,20 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
             serial=issued.serial,
             not_after=issued.not_after,
         )
+
+    async def _current_serial(self, view: GrantView) -> str | None:
+        """The serial grants-service holds as the peer's current certificate; None when it
+        cannot say."""
+        try:
+            reply: grants_pb2.GetGrantResponse = await self._grant_store.GetGrant(
+                grants_pb2.GetGrantRequest(id=view.grant_id), timeout=RENEW_GRANTS_DEADLINE_S
+            )
+        except grpc.aio.AioRpcError as err:
+            log.warning("current certificate unknown", extra={"code": err.code().name})
+            return None
+        if reply.peer.id != view.peer_id:
+            return None
+        return reply.peer.cert_serial
 
     async def _revoke_serial(self, serial: str, reason: str, view: GrantView) -> None:
         """Best effort: the grants-service record already decides which serial is current."""

@@ -1,0 +1,106 @@
+"""Renewal (serving side) when the rotate call at grants-service fails: the new certificate
+is revoked only when it is known not to be current. A timeout may come after the commit;
+revoking the new certificate then would leave the peer with none that works."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+
+from mosaic.errors import ServiceError, failed_precondition
+from mosaic.federation.v1 import ca_pb2, gateway_pb2, grants_pb2
+from tests.support.federation_fakes import (
+    PEER_ID,
+    federation_servicer,
+    grant_view,
+    rpc_error,
+)
+
+OLD, NEW = "01ab", "02cd"
+
+
+class Backends:
+    """ca-service and grants-service as the renewal sees them; ``rotate`` decides what the
+    rotate call does, ``current`` what GetGrant then reports (None: GetGrant fails)."""
+
+    def __init__(self, rotate: Any, current: str | None) -> None:
+        self.rotate = rotate
+        self.current = current
+        self.revoked: list[str] = []
+
+    def __call__(self, method: str, request: Any) -> Any:
+        if method == "IssueCertificate":
+            return ca_pb2.IssueCertificateResponse(
+                certificate_pem="NEW CERT", serial=NEW, chain_pem=["INTERMEDIATE"]
+            )
+        if method == "RotatePeerCertificate":
+            if isinstance(self.rotate, Exception):
+                raise self.rotate
+            return grants_pb2.RotatePeerCertificateResponse()
+        if method == "GetGrant":
+            if self.current is None:
+                raise rpc_error(grpc.StatusCode.UNAVAILABLE)
+            return grants_pb2.GetGrantResponse(
+                peer=grants_pb2.Peer(id=PEER_ID, cert_serial=self.current)
+            )
+        if method == "RevokeCertificate":
+            self.revoked.append(request.serial)
+            return ca_pb2.RevokeCertificateResponse()
+        if method == "GetTrustBundle":
+            return ca_pb2.GetTrustBundleResponse()
+        raise AssertionError(f"unexpected call {method}")
+
+
+async def _renew(backends: Backends) -> gateway_pb2.RenewCertificateResponse:
+    servicer = federation_servicer(backends)
+    return await servicer._renew(
+        grant_view(cert_serial=OLD), gateway_pb2.RenewCertificateRequest(csr_pem="CSR")
+    )
+
+
+async def test_a_rotate_that_timed_out_after_committing_is_a_renewal() -> None:
+    backends = Backends(rotate=rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED), current=NEW)
+    answer = await _renew(backends)
+    assert answer.serial == NEW
+    assert backends.revoked == [OLD]
+
+
+async def test_a_rotate_that_timed_out_before_committing_revokes_the_new_certificate() -> None:
+    backends = Backends(rotate=rpc_error(grpc.StatusCode.UNAVAILABLE), current=OLD)
+    with pytest.raises(ServiceError) as caught:
+        await _renew(backends)
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+    assert backends.revoked == [NEW]
+
+
+async def test_when_nobody_can_say_neither_certificate_is_revoked() -> None:
+    backends = Backends(rotate=rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED), current=None)
+    with pytest.raises(ServiceError) as caught:
+        await _renew(backends)
+    assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert backends.revoked == []
+
+
+async def test_a_refused_rotate_revokes_the_new_certificate_without_asking() -> None:
+    """A refusal is certain: the rotate did not happen (a concurrent renewal won)."""
+    refusal = failed_precondition("CERT_NOT_CURRENT", "not current").to_status()
+    error = grpc.aio.AioRpcError(
+        refusal.code,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(*refusal.trailing_metadata),
+        refusal.details,
+    )
+    backends = Backends(rotate=error, current=NEW)  # GetGrant would say NEW: not asked
+    with pytest.raises(ServiceError) as caught:
+        await _renew(backends)
+    assert caught.value.reason == "CERT_NOT_CURRENT"
+    assert backends.revoked == [NEW]
+
+
+async def test_a_rotate_that_succeeds_revokes_the_old_certificate() -> None:
+    backends = Backends(rotate=None, current=NEW)
+    answer = await _renew(backends)
+    assert (answer.serial, answer.certificate_pem) == (NEW, "NEW CERT")
+    assert backends.revoked == [OLD]
