@@ -150,141 +150,111 @@ def _capabilities() -> gateway_pb2.QueryRequest:
     return gateway_pb2.QueryRequest(peer="b", capabilities=gateway_pb2.CapabilitiesRequest())
 
 
-async def test_a_flush_during_a_build_makes_it_fetch_the_credentials_again(
-    tls: Tls, peer_b: tuple[SlowPeer, int]
-) -> None:
-    """A renewal replaces our certificate while the first call is building the channel:
-    the channel must present the new certificate, not the one fetched before the flush."""
-    _, port = peer_b
-    grants = FakeGrants(tls, port)
-    grants.hold = asyncio.Event()
-    client = FederationClient(grants)  # type: ignore[arg-type]
-    try:
-        building = asyncio.create_task(client.channel("b"))
-        await grants.fetching.wait()
-        grants.current = 1  # renewed: the stored certificate changes ...
-        client.flush(PEER_ID)  # ... and the change stream flushes the peer
-        grants.hold.set()
-        built = await building
-        assert built.cert_serial == "serial-1"
-        assert grants.calls == 2
-        assert (await client.channel("b")) is built
-    finally:
-        await client.close()
+@dataclass
+class Setup:
+    peer: SlowPeer
+    grants: FakeGrants
+    client: FederationClient
 
 
-async def test_a_lost_change_stream_during_a_build_also_counts(
-    tls: Tls, peer_b: tuple[SlowPeer, int]
-) -> None:
-    _, port = peer_b
-    grants = FakeGrants(tls, port)
-    grants.hold = asyncio.Event()
-    client = FederationClient(grants)  # type: ignore[arg-type]
-    try:
-        building = asyncio.create_task(client.channel("b"))
-        await grants.fetching.wait()
-        grants.current = 1
-        client.clear()  # no channel stored yet, but the build is stale all the same
-        grants.hold.set()
-        assert (await building).cert_serial == "serial-1"
-    finally:
-        await client.close()
-
-
-async def test_a_flush_lets_the_call_in_flight_finish(
-    tls: Tls, peer_b: tuple[SlowPeer, int]
-) -> None:
-    """The flushed channel stays open for the calls already on it: the answer arrives after
-    the flush (here 1.5 s later), and the next call builds a new channel."""
+@pytest.fixture
+async def setup(tls: Tls, peer_b: tuple[SlowPeer, int]) -> AsyncIterator[Setup]:
     peer, port = peer_b
     grants = FakeGrants(tls, port)
     client = FederationClient(grants)  # type: ignore[arg-type]
-    try:
-        query = asyncio.create_task(client.query(_capabilities()))
-        await peer.started.wait()
-        client.flush(PEER_ID)
-        await asyncio.sleep(1.5)
-        peer.release.set()
-        answer = await query
-        assert answer.capabilities.server_version == "test"
-        assert client.builds == 1
-        await client.query(_capabilities())
-        assert client.builds == 2
-    finally:
-        await client.close()
+    yield Setup(peer, grants, client)
+    await client.close()
+
+
+@pytest.mark.parametrize("flush", ["flush", "clear"])
+async def test_a_flush_during_a_build_makes_it_fetch_the_credentials_again(
+    setup: Setup, flush: str
+) -> None:
+    """A renewal replaces our certificate while the first call is building the channel:
+    the channel must present the new certificate, not the one fetched before the flush.
+    ``clear`` (the change stream broke) counts too, though no channel is stored yet."""
+    grants, client = setup.grants, setup.client
+    grants.hold = asyncio.Event()
+    building = asyncio.create_task(client.channel("b"))
+    await grants.fetching.wait()
+    grants.current = 1  # renewed: the stored certificate changes ...
+    if flush == "flush":
+        client.flush(PEER_ID)  # ... and the change stream flushes the peer
+    else:
+        client.clear()
+    grants.hold.set()
+    built = await building
+    assert built.cert_serial == "serial-1"
+    assert grants.calls == 2
+    assert (await client.channel("b")) is built
+
+
+async def test_a_flush_lets_the_call_in_flight_finish(setup: Setup) -> None:
+    """The flushed channel stays open for the calls already on it: the answer arrives after
+    the flush (here 1.5 s later), and the next call builds a new channel."""
+    client = setup.client
+    query = asyncio.create_task(client.query(_capabilities()))
+    await setup.peer.started.wait()
+    client.flush(PEER_ID)
+    await asyncio.sleep(1.5)
+    setup.peer.release.set()
+    answer = await query
+    assert answer.capabilities.server_version == "test"
+    assert client.builds == 1
+    await client.query(_capabilities())
+    assert client.builds == 2
 
 
 async def test_shutdown_closes_a_flushed_channel_at_once_and_types_the_cut_call(
-    tls: Tls, peer_b: tuple[SlowPeer, int]
+    setup: Setup,
 ) -> None:
-    peer, port = peer_b
-    grants = FakeGrants(tls, port)
-    client = FederationClient(grants)  # type: ignore[arg-type]
-    query = asyncio.create_task(client.query(_capabilities()))
-    await peer.started.wait()
-    client.flush(PEER_ID)
-    await asyncio.wait_for(client.close(), timeout=5)  # not the 60 s grace
+    query = asyncio.create_task(setup.client.query(_capabilities()))
+    await setup.peer.started.wait()
+    setup.client.flush(PEER_ID)
+    await asyncio.wait_for(setup.client.close(), timeout=5)  # not the 60 s grace
     with pytest.raises(PeerError) as caught:
         await query
     assert caught.value.code == "NETWORK"
 
 
-async def test_our_own_cancellation_is_not_turned_into_an_error(
-    tls: Tls, peer_b: tuple[SlowPeer, int]
-) -> None:
-    peer, port = peer_b
-    client = FederationClient(FakeGrants(tls, port))  # type: ignore[arg-type]
-    try:
-        query: asyncio.Task[Any] = asyncio.create_task(client.query(_capabilities()))
-        await peer.started.wait()
-        query.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await query
-    finally:
-        await client.close()
+async def test_our_own_cancellation_is_not_turned_into_an_error(setup: Setup) -> None:
+    query: asyncio.Task[Any] = asyncio.create_task(setup.client.query(_capabilities()))
+    await setup.peer.started.wait()
+    query.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await query
 
 
 async def test_the_peer_refusing_our_arguments_is_invalid_argument_with_its_violations(
-    tls: Tls, peer_b: tuple[SlowPeer, int]
+    setup: Setup,
 ) -> None:
     """Not INVALID_RESPONSE: the peer is fine, our request was not (a mistyped resource)."""
-    _, port = peer_b
-    client = FederationClient(FakeGrants(tls, port))  # type: ignore[arg-type]
-    try:
-        with pytest.raises(PeerError) as caught:
-            await client.query(
-                gateway_pb2.QueryRequest(peer="b", list=gateway_pb2.ListRequest(resource="taks"))
-            )
-        error = caught.value
-        assert (error.code, error.server_reason) == ("INVALID_ARGUMENT", "RESOURCE_UNKNOWN")
-        assert error.violations == (("resource", "not known"),)
-        ours = error.to_service_error()
-        assert ours.code == grpc.StatusCode.INVALID_ARGUMENT
-        assert ours.violations == (("resource", "not known"),)
-    finally:
-        await client.close()
+    with pytest.raises(PeerError) as caught:
+        await setup.client.query(
+            gateway_pb2.QueryRequest(peer="b", list=gateway_pb2.ListRequest(resource="taks"))
+        )
+    error = caught.value
+    assert (error.code, error.server_reason) == ("INVALID_ARGUMENT", "RESOURCE_UNKNOWN")
+    assert error.violations == (("resource", "not known"),)
+    ours = error.to_service_error()
+    assert ours.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert ours.violations == (("resource", "not known"),)
 
 
 async def test_unusable_credentials_keep_grants_services_reason_and_remediation(
-    tls: Tls, peer_b: tuple[SlowPeer, int]
+    setup: Setup,
 ) -> None:
     """A sealed key that cannot be opened needs the old seal secret restored, not a new
     enrollment first: the operator gets grants-service's own advice."""
-    _, port = peer_b
-    grants = FakeGrants(tls, port)
-    grants.refusal = failed_precondition(
+    setup.grants.refusal = failed_precondition(
         "SEAL_KEY_UNKNOWN",
         "the peer's sealed client key cannot be opened",
         remediation="restore it as secrets/seal.previous.key",
     )
-    client = FederationClient(grants)  # type: ignore[arg-type]
-    try:
-        with pytest.raises(PeerError) as caught:
-            await client.query(_capabilities())
-        assert caught.value.code == "PEER_MISCONFIGURED"
-        assert "SEAL_KEY_UNKNOWN" in caught.value.message
-        assert caught.value.to_service_error().remediation == (
-            "restore it as secrets/seal.previous.key"
-        )
-    finally:
-        await client.close()
+    with pytest.raises(PeerError) as caught:
+        await setup.client.query(_capabilities())
+    assert caught.value.code == "PEER_MISCONFIGURED"
+    assert "SEAL_KEY_UNKNOWN" in caught.value.message
+    assert caught.value.to_service_error().remediation == (
+        "restore it as secrets/seal.previous.key"
+    )
