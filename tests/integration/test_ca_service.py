@@ -290,10 +290,22 @@ async def test_only_the_gateway_may_read_revocations(instance: Instance) -> None
         stub = ca_pb2_grpc.CertificateAuthorityStub(channel)
         err = await rpc_error(stub.ListRevocations(ca_pb2.ListRevocationsRequest(), timeout=5))
         assert err.code == grpc.StatusCode.PERMISSION_DENIED
-        err = await rpc_error(
-            stub.RevokeCertificate(ca_pb2.RevokeCertificateRequest(serial="ab"), timeout=5)
-        )
-        assert err.code == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_enrollment_may_revoke_what_it_had_issued(
+    as_enrollment: ca_pb2_grpc.CertificateAuthorityStub,
+    as_gateway: ca_pb2_grpc.CertificateAuthorityStub,
+) -> None:
+    """An enrollment whose activation is refused revokes the certificate it just had
+    issued (enrollment_service._undo_issuance): the CA must let it, and the gateway's
+    revoked set must then hold the serial."""
+    reply = await issue(as_enrollment, make_csr())
+    await as_enrollment.RevokeCertificate(
+        ca_pb2.RevokeCertificateRequest(serial=reply.serial, reason="enrollment aborted"),
+        timeout=5,
+    )
+    listed = await as_gateway.ListRevocations(ca_pb2.ListRevocationsRequest(), timeout=5)
+    assert reply.serial in {r.serial for r in listed.revocations}
 
 
 async def test_every_certificate_is_recorded(
