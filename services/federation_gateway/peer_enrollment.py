@@ -8,6 +8,7 @@ and the root peers must trust for our TLS server certificate.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -41,6 +42,8 @@ _DENIED: Final = frozenset(
         grpc.StatusCode.NOT_FOUND,
     }
 )
+# Reasons of ca-service's backend failures (ca_service.backends.base).
+_CA_BACKEND: Final = "CA_BACKEND_"
 # Ids the enrollment service attaches for our audit row; never passed on to the peer.
 _AUDIT_ONLY_METADATA: Final = ("grant_id", "peer_id", "request_id")
 
@@ -91,7 +94,9 @@ class PeerEnrollmentServicer(gateway_pb2_grpc.PeerEnrollmentServicer):
             )
         except grpc.aio.AioRpcError as err:
             remote = RemoteError.from_rpc_error(err)
-            denied = remote.code in _DENIED
+            # The serving side's own CA trouble is ours, not the caller's: its message names
+            # our CA's configuration, which the enrolling peer has no business seeing.
+            denied = remote.code in _DENIED and not remote.reason.startswith(_CA_BACKEND)
             await audit.record(
                 "denied" if denied else "error",
                 remote.code,
@@ -100,6 +105,11 @@ class PeerEnrollmentServicer(gateway_pb2_grpc.PeerEnrollmentServicer):
                 peer_id=remote.metadata.get("peer_id"),
             )
             raise _for_peer(remote, denied) from None
+        except asyncio.CancelledError:
+            # The peer went away (or its deadline passed) mid-redeem: still one row, written
+            # in the background since this task is being cancelled.
+            audit.record_later("error", grpc.StatusCode.CANCELLED, "CANCELLED")
+            raise
         except Exception:
             await audit.record("error", grpc.StatusCode.INTERNAL, INTERNAL)
             raise
@@ -128,6 +138,9 @@ class PeerEnrollmentServicer(gateway_pb2_grpc.PeerEnrollmentServicer):
         return reply
 
 
+_BACKGROUND: set[asyncio.Future[None]] = set()
+
+
 class _Audit:
     """One redeem attempt's audit row, written before the answer goes out."""
 
@@ -137,6 +150,12 @@ class _Audit:
         self._hint = hint
         self._started = started
         self._request_id = request_id_var.get() or new_request_id()
+
+    def record_later(self, outcome: str, code: grpc.StatusCode, reason: str) -> None:
+        """``record`` in a task of its own (kept referenced until it is done)."""
+        task = asyncio.ensure_future(self.record(outcome, code, reason))
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
 
     async def record(
         self,
@@ -179,10 +198,14 @@ def _for_peer(remote: RemoteError, denied: bool) -> ServiceError:
             metadata=metadata,
             violations=remote.violations,
         )
-    if remote.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+    if remote.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) or (
+        remote.reason.startswith(_CA_BACKEND)
+    ):
         return ServiceError(
             grpc.StatusCode.UNAVAILABLE,
-            remote.reason if remote.code == grpc.StatusCode.UNAVAILABLE else "DEADLINE_EXCEEDED",
+            remote.reason
+            if remote.code != grpc.StatusCode.DEADLINE_EXCEEDED
+            else "DEADLINE_EXCEEDED",
             "the serving gateway cannot enroll peers right now",
             remediation="try again in a minute",
             retry_after_s=remote.retry_after_s,

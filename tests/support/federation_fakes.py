@@ -5,6 +5,7 @@ a source that breaks its contract, a call that fails after taking effect."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import uuid
 from collections.abc import Callable
@@ -21,7 +22,8 @@ GRANT_ID = str(uuid.uuid4())
 PEER_ID = str(uuid.uuid4())
 SUBJECT = str(uuid.uuid4())
 
-# (method name, request) -> response; raise an AioRpcError (rpc_error) to fail the call.
+# (method name, request) -> response, or an awaitable of one; raise an AioRpcError
+# (rpc_error) to fail the call.
 Backend = Callable[[str, Any], Any]
 
 
@@ -58,10 +60,13 @@ class _Method:
         self._backend = backend
 
     async def __call__(self, request: Any, timeout: float | None = None, **_: Any) -> Any:
-        return self._backend(self._name, request)
+        answer = self._backend(self._name, request)
+        return await answer if inspect.isawaitable(answer) else answer
 
 
-class _Channel:
+class FakeChannel:
+    """Stands in for a grpc.aio.Channel under generated stubs: calls go to ``backend``."""
+
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
 
@@ -72,7 +77,7 @@ class _Channel:
 
 
 def federation_servicer(backend: Backend) -> FederationServicer:
-    channel = _Channel(backend)
+    channel = FakeChannel(backend)
     runtime = SimpleNamespace(
         channels=SimpleNamespace(get=lambda _name: channel),
         sealer=SimpleNamespace(derive_key=lambda _purpose: b"k" * 32),
