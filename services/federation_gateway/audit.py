@@ -155,7 +155,12 @@ def sqlite_params(rec: AuditRecord) -> tuple[Any, ...]:
 
 
 class AuditWriter:
-    """Commits audit rows in shared transactions; ``record`` returns once its row is durable.
+    """Commits audit rows in shared transactions; ``record`` returns once its row is committed.
+
+    Committed means: on Postgres, durable; on SQLite (WAL, ``synchronous=NORMAL``, as every
+    connection of the instance), it survives a crash of the gateway process, but the last
+    commits before a power loss or an OS crash may roll back, since the WAL is not fsynced
+    at each commit.
 
     No writer task and no queue: the first record of a batch schedules a flush with
     ``call_soon``, so the batch holds every record queued before the loop gets to it (the
@@ -421,7 +426,9 @@ class _SqliteAppender:
         try:
             conn.execute(sql, values)
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+            # Extended codes too: SQLITE_BUSY_SNAPSHOT (another writer committed between
+            # this statement's read and its write), SQLITE_BUSY_RECOVERY, ...
+            if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:
                 return False
             raise
         return True

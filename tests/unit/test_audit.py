@@ -233,6 +233,25 @@ async def test_a_held_write_lock_neither_blocks_the_loop_nor_loses_the_row(
     assert writer.commits_on_worker == 1
 
 
+@pytest.mark.parametrize(
+    "code",
+    [sqlite3.SQLITE_BUSY, 517, 261],  # SQLITE_BUSY, _BUSY_SNAPSHOT, _BUSY_RECOVERY
+    ids=["busy", "busy-snapshot", "busy-recovery"],
+)
+def test_every_kind_of_busy_hands_the_batch_to_the_worker(code: int) -> None:
+    """A busy inline commit must come back as "not written" (the worker thread then waits
+    for the lock), never as a failed commit: that would answer INTERNAL to every request
+    of the batch and leave none of them a row."""
+
+    class BusyConnection:
+        def execute(self, sql: str, values: Any) -> None:
+            error = sqlite3.OperationalError("database is locked")
+            error.sqlite_errorcode = code
+            raise error
+
+    assert audit._SqliteAppender._run(BusyConnection(), "INSERT ...", ()) is False  # type: ignore[arg-type]
+
+
 async def test_a_failed_commit_reaches_every_waiter(
     writer: AuditWriter, database: Database
 ) -> None:
