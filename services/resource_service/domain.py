@@ -46,8 +46,12 @@ MAX_LIMIT: Final = 10_000
 MAX_TITLE_CHARS: Final = 1000
 MAX_BODY_BYTES: Final = 100 * 1024
 MAX_QUERY_CHARS: Final = 1000
-# Bounds the IN list a single visibility can put in a query.
+# Bounds the IN list a single visibility can put in a query (mosaic.scope refuses more in
+# a grant, MAX_TEAMS_PER_FILTER).
 MAX_TEAMS: Final = 1000
+# The rows of one List or Search reply stop here: under gRPC's 4 MiB message cap
+# (mosaic.rpc.options), with room for what the gateway adds to its own answer.
+MAX_REPLY_BYTES: Final = 3 * 1024 * 1024
 MAX_IMPORT_ITEMS: Final = 10_000
 
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")

@@ -76,6 +76,18 @@ def _items(rows: Sequence[ReadRow]) -> list[common_pb2.ResourceItem]:
     return items
 
 
+def _within_reply_size(items: list[common_pb2.ResourceItem]) -> list[common_pb2.ResourceItem]:
+    """The leading items whose encoding fits in domain.MAX_REPLY_BYTES (at least one: a
+    single row is far smaller), so that large bodies shorten a page instead of making a
+    reply no gRPC peer accepts."""
+    total = 0
+    for count, item in enumerate(items):
+        total += item.ByteSize() + 8  # the field's tag and length prefix, generously
+        if total > domain.MAX_REPLY_BYTES and count:
+            return items[:count]
+    return items
+
+
 def _row_input(item: common_pb2.ResourceItem) -> domain.RowInput:
     updated_at: dt.datetime | None = None
     problem = ""
@@ -111,8 +123,10 @@ class ResourceSourceServicer(resources_pb2_grpc.ResourceSourceServicer):
         except domain.InvalidInput as exc:
             raise _refused(exc) from None
         rows, more = await self._store.list_page(kind, visibility, after_id, limit)
+        items = _within_reply_size(_items(rows))
+        more = more or len(items) < len(rows)  # a short page, when rows are large
         return resources_pb2.ListResourcesResponse(
-            items=_items(rows), next_after_id=rows[-1][0] if more else ""
+            items=items, next_after_id=items[-1].id if more else ""
         )
 
     async def GetResource(
@@ -140,7 +154,7 @@ class ResourceSourceServicer(resources_pb2_grpc.ResourceSourceServicer):
         except domain.InvalidInput as exc:
             raise _refused(exc) from None
         rows = await self._store.search(kind, visibility, query, limit)
-        return resources_pb2.SearchResourcesResponse(items=_items(rows))
+        return resources_pb2.SearchResourcesResponse(items=_within_reply_size(_items(rows)))
 
     async def ImportResources(
         self, request: resources_pb2.ImportResourcesRequest, context: grpc.aio.ServicerContext

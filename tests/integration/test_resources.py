@@ -637,6 +637,38 @@ async def test_import_of_many_rows_goes_in_batches(
     assert got == sorted(r["id"] for r in rows)
 
 
+async def test_rows_too_large_for_one_message_are_paged_not_refused(
+    instance: Instance, source: resources_pb2_grpc.ResourceSourceStub, tmp_path: Path
+) -> None:
+    """60 rows of 90 KiB are 5.4 MB, over gRPC's 4 MiB message cap: the import goes in
+    batches by size, a page of 100 comes back shorter (with a cursor) instead of failing,
+    paging still returns every row once, and Search returns the rows that fit."""
+    owner = str(uuid.uuid4())
+    body = "bulky " * 15_000
+    rows = [
+        good_row(f"big-{n:03d}", resource="tasks", owner_user_id=owner, body=body)
+        for n in range(60)
+    ]
+    path = write_rows(tmp_path, rows)
+    code, doc, err = await asyncio.to_thread(instance.cli, "resources", "import", str(path))
+    assert (code, doc) == (0, {"imported": 60}), err
+    first = await source.ListResources(
+        resources_pb2.ListResourcesRequest(resource="tasks", visibility=vis(owner), limit=100),
+        timeout=30,
+    )
+    assert 0 < len(first.items) < 60
+    assert first.next_after_id == first.items[-1].id
+    assert await list_all(source, "tasks", vis(owner), 100) == [r["id"] for r in rows]
+    found = await source.SearchResources(
+        resources_pb2.SearchResourcesRequest(
+            resource="tasks", query="bulky", visibility=vis(owner), limit=100
+        ),
+        timeout=30,
+    )
+    ids = [i.id for i in found.items]
+    assert 0 < len(ids) < 60 and len(set(ids)) == len(ids)
+
+
 async def test_import_lists_every_bad_row_and_imports_nothing(
     instance: Instance, source: resources_pb2_grpc.ResourceSourceStub, tmp_path: Path
 ) -> None:

@@ -5,7 +5,8 @@ FILE is a JSON array of objects with ``id``, ``resource``, ``owner_user_id``, ``
 ``updated_at`` (ISO 8601 with a time zone; absent means now). The whole file is checked
 first, with the same rules as resource-service, and nothing is sent unless every row is
 valid; then the rows go through the gateway's admin API in batches of at most
-:data:`BATCH_SIZE`. Import is an upsert by id, so re-running a file is harmless.
+:data:`BATCH_SIZE` rows and :data:`BATCH_BYTES` bytes. Import is an upsert by id, so
+re-running a file is harmless.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from mosaic.cli.output import emit, fail, state
 from mosaic.federation.v1 import common_pb2, gateway_pb2_grpc, resources_pb2
 
 BATCH_SIZE = 500
+# Under gRPC's 4 MiB message cap (mosaic.rpc.options): 500 rows of 10 KiB would not fit.
+BATCH_BYTES = 3 * 1024 * 1024
 _FIELDS = ("id", "resource", "owner_user_id", "team_id", "title", "body", "updated_at")
 _REQUIRED = ("id", "resource", "owner_user_id", "title", "body")
 _FILE_HINT = (
@@ -49,16 +52,33 @@ def import_rows(
     rows = _read_rows(ctx, file)
     items = _to_items(ctx, rows)
     imported = 0
-    for start in range(0, len(items), BATCH_SIZE):
-        request = resources_pb2.ImportResourcesRequest(items=items[start : start + BATCH_SIZE])
+    for batch in _batches(items):
+        request = resources_pb2.ImportResourcesRequest(items=batch)
         try:
             reply = call_admin(ctx, config, _send(request))
         except typer.Exit:
-            if start:  # an earlier batch got in; say so (stderr keeps --json stdout clean)
+            if imported:  # an earlier batch got in; say so (stderr keeps --json stdout clean)
                 typer.echo(f"{imported} rows were imported before this failure", err=True)
             raise
         imported += reply.imported
     emit(ctx, {"imported": imported}, lambda: typer.echo(f"imported {imported} rows"))
+
+
+def _batches(items: list[common_pb2.ResourceItem]) -> list[list[common_pb2.ResourceItem]]:
+    """Consecutive batches of at most BATCH_SIZE rows and BATCH_BYTES encoded bytes."""
+    batches: list[list[common_pb2.ResourceItem]] = []
+    batch: list[common_pb2.ResourceItem] = []
+    size = 0
+    for item in items:
+        item_size = item.ByteSize() + 8  # with its tag and length prefix, generously
+        if batch and (len(batch) == BATCH_SIZE or size + item_size > BATCH_BYTES):
+            batches.append(batch)
+            batch, size = [], 0
+        batch.append(item)
+        size += item_size
+    if batch:
+        batches.append(batch)
+    return batches
 
 
 def _send(
