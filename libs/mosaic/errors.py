@@ -18,6 +18,9 @@ from grpc_status import rpc_status
 
 DOMAIN = "mosaic.federation"
 REMEDIATION_KEY = "remediation"
+# Field violations one status carries (the rest are counted in a last entry): the details
+# travel in a trailer, which gRPC caps at a few KiB by default.
+MAX_VIOLATIONS = 50
 
 # Stable reason codes shared by more than one service.
 INTERNAL = "INTERNAL"
@@ -61,12 +64,16 @@ class ServiceError(Exception):
             _pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=meta))
         ]
         if self.violations:
+            violations = list(self.violations)
+            if len(violations) > MAX_VIOLATIONS:
+                more = len(violations) - (MAX_VIOLATIONS - 1)
+                violations = [*violations[: MAX_VIOLATIONS - 1], ("...", f"{more} more")]
             details.append(
                 _pack(
                     error_details_pb2.BadRequest(
                         field_violations=[
                             error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
-                            for f, d in self.violations
+                            for f, d in violations
                         ]
                     )
                 )

@@ -39,6 +39,9 @@ RESOURCES: tuple[str, ...] = ("tasks", "notes", "memory", "credentials", "api_ke
 SENSITIVE_RESOURCES: frozenset[str] = frozenset({"credentials", "api_keys"})
 DEFAULT_MAX_ROWS_PER_QUERY = 100
 MAX_ROWS_PER_QUERY_LIMIT = 10_000
+# Teams one filter may include: what resource-service accepts in one visibility
+# (resource_service.domain.MAX_TEAMS), so that every valid grant can be served.
+MAX_TEAMS_PER_FILTER = 1000
 
 _TOP_LEVEL_KEYS = ("excluded_resources", "filters", "max_rows_per_query", "resources")
 _FILTER_KEYS = ("include_personal", "include_teams")
@@ -419,6 +422,9 @@ def _check_filter(value: Any, path: str, problems: list[ScopeProblem]) -> Resour
         raw_teams = value["include_teams"]
         if not isinstance(raw_teams, list | tuple):
             problems.append(ScopeProblem(teams_path, "must be a list of team UUIDs"))
+            valid = False
+        elif len(raw_teams) > MAX_TEAMS_PER_FILTER:
+            problems.append(ScopeProblem(teams_path, f"more than {MAX_TEAMS_PER_FILTER} teams"))
             valid = False
         else:
             first_index: dict[str, int] = {}

@@ -77,3 +77,18 @@ def test_deeply_nested_json_is_an_invalid_file(home: Path, tmp_path: Path) -> No
     assert code == 1, (doc, err)
     assert doc["error"]["code"] == "INVALID_FILE"
     assert "Traceback" not in err
+
+
+def test_text_that_is_not_unicode_is_an_invalid_row(home: Path, tmp_path: Path) -> None:
+    """JSON may carry a lone surrogate ("\\ud800"); no store can hold it, so the row is
+    refused with the others, and nothing is imported."""
+    rows = tmp_path / "rows.json"
+    rows.write_text(
+        '[{"id": "r1", "resource": "tasks", "owner_user_id": '
+        '"5b0c3a8e-6f2d-4e1a-9c7b-1d2e3f4a5b6c", "title": "a \\ud800 b", "body": "x"}]'
+    )
+    code, doc, err = cli(home, "resources", "import", str(rows))
+    assert code == 1, (doc, err)
+    assert doc["error"]["code"] == "INVALID_ITEMS"
+    assert doc["error"]["violations"] == ["items[0].title: not valid Unicode text"]
+    assert "Traceback" not in err

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 from grpc.aio import _server as aio_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -20,7 +21,7 @@ from prometheus_client import REGISTRY
 
 from mosaic.cli.instance import create_instance
 from mosaic.config import InstanceConfig
-from mosaic.errors import RemoteError, invalid_argument
+from mosaic.errors import MAX_VIOLATIONS, RemoteError, invalid_argument
 from mosaic.federation.v1 import common_pb2, common_pb2_grpc
 from mosaic.metrics import MetricsListener
 from mosaic.rpc.acl import acl_authorizer
@@ -287,3 +288,22 @@ async def test_metrics_listener_serves_prometheus_text_and_refuses_a_taken_port(
         await listener.stop()
     with pytest.raises(OSError):  # stopped: nothing answers any more
         urllib.request.urlopen(f"http://{listener.address}/metrics", timeout=2)
+
+
+def test_a_status_carries_at_most_fifty_violations_and_counts_the_rest() -> None:
+    """Violations travel in a trailer that gRPC caps at a few KiB: an import with hundreds
+    of bad rows must still reach the caller as a readable error, not a bare one."""
+    error = invalid_argument(
+        "ITEMS_INVALID", "bad rows", violations=[(f"items[{i}].id", "bad") for i in range(300)]
+    )
+    status = status_pb2.Status.FromString(
+        dict(error.to_status().trailing_metadata)["grpc-status-details-bin"]
+    )
+    bad = error_details_pb2.BadRequest()
+    assert any(d.Unpack(bad) for d in status.details)
+    assert len(bad.field_violations) == MAX_VIOLATIONS
+    assert (bad.field_violations[-1].field, bad.field_violations[-1].description) == (
+        "...",
+        "251 more",
+    )
+    assert bad.field_violations[0].field == "items[0].id"

@@ -659,3 +659,13 @@ def test_mutated_scopes_never_pass(case: tuple[dict[str, Any], list[str]]) -> No
     paths = problem_paths(value)
     for path in expected_paths:
         assert path in paths
+
+
+def test_a_filter_with_more_teams_than_resource_service_accepts_is_refused() -> None:
+    """resource-service refuses a visibility of more than 1000 teams: a grant holding one
+    could never be served, so the scope is refused when the grant is made."""
+    teams = [str(uuid.uuid4()) for _ in range(1001)]
+    scope = {"resources": ["tasks"], "filters": {"tasks": {"include_teams": teams}}}
+    assert problem_paths(json.dumps(scope)) == ["filters.tasks.include_teams"]
+    scope["filters"]["tasks"]["include_teams"] = teams[:1000]  # type: ignore[index]
+    assert len(parse_scope(json.dumps(scope)).filter_for("tasks").include_teams) == 1000

@@ -138,6 +138,9 @@ def _to_items(ctx: typer.Context, rows: list[Any]) -> list[common_pb2.ResourceIt
             elif not isinstance(value, str):
                 problems.append((f"{at}.{key}", "not a string"))
                 value = ""
+            elif not _is_unicode_text(value):  # JSON allows lone surrogates ("\ud800")
+                problems.append((f"{at}.{key}", "not valid Unicode text"))
+                value = ""
             values[key] = value
         updated_at, problem = _parse_time(row.get("updated_at"))
         inputs.append(RowInput(**values, updated_at=updated_at, updated_at_problem=problem))
@@ -174,6 +177,14 @@ def _to_items(ctx: typer.Context, rows: list[Any]) -> list[common_pb2.ResourceIt
             item.updated_at.FromDatetime(row_input.updated_at)
         items.append(item)
     return items
+
+
+def _is_unicode_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _row_index(field: str) -> int:
