@@ -67,6 +67,9 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
+-- A stored TAT is never more than a full burst ahead, unless the server clock stepped
+-- back (NTP, a failover to a skewed replica): cap it, or every grant waits out the step.
+if tat > now + burst * interval then tat = now + burst * interval end
 local new_tat = tat + interval
 local allow_at = new_tat - burst * interval
 if now < allow_at then

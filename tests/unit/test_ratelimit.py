@@ -65,3 +65,26 @@ async def test_redis_limit_is_shared_by_two_replicas(redis_server: RedisServer) 
     assert sum(d.allowed for d in decisions) == 5
     refused = [d for d in decisions if not d.allowed]
     assert len(refused) == 7 and all(d.retry_after_s > 0 for d in refused)
+
+
+@pytest.mark.redis
+async def test_a_server_clock_stepping_back_does_not_lock_every_grant_out(
+    redis_server: RedisServer,
+) -> None:
+    """A TAT stored an hour ahead (the server clock has since stepped back an hour) costs
+    at most a full burst's wait, not the hour."""
+    import redis.asyncio as redis
+
+    prefix = f"test:{uuid.uuid4().hex}"
+    client = redis.Redis.from_url(redis_server.url)
+    limiter = RedisGcra(redis_server.url, per_second=10, burst=5, prefix=prefix)
+    try:
+        seconds, micros = await client.time()
+        hour_ahead = (seconds + 3600) * 1_000_000 + micros
+        await client.set(f"{prefix}:grant", hour_ahead, px=3_700_000)
+        decision = await limiter.acquire("grant")
+    finally:
+        await limiter.close()
+        await client.aclose()
+    assert not decision.allowed
+    assert decision.retry_after_s is not None and decision.retry_after_s <= 0.5
