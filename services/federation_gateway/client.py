@@ -7,7 +7,7 @@
   fresh credentials. The gateway flushes on every WatchChanges event naming the peer
   (suspend, remove, renew) and flushes everything when that stream breaks. A flush that
   lands while a channel is being built makes that build fetch the credentials again, and
-  calls already in flight on a flushed channel run to their deadline.
+  a flushed channel closes once the calls already on it have ended (each has a deadline).
 * Every call has a deadline. Failures are :class:`PeerError` with a client-side code of
   DESIGN.md's taxonomy and, when B refused, B's own reason code.
 * Successful answers are kept in memory only, for :data:`CACHE_TTL_S` at most and
@@ -22,7 +22,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -41,9 +41,6 @@ RENEW_DEADLINE_S = 60.0
 CREDENTIALS_DEADLINE_S = 5.0
 CACHE_TTL_S = 30.0
 CACHE_MAX_ENTRIES = 1000
-# A flushed channel is closed only once the calls already on it have had their whole
-# deadline: a flush (renewal, suspension, a broken change stream) must not cut them off.
-CLOSE_GRACE_S = RENEW_DEADLINE_S
 # Credentials fetched while a flush happened are fetched again, at most this many times.
 BUILD_ATTEMPTS = 3
 
@@ -139,13 +136,15 @@ class PeerError(Exception):
         )
 
 
-@dataclass
+@dataclass(eq=False)
 class _PeerChannel:
     peer_id: str
     name: str
     cert_serial: str  # of the client certificate the channel presents
     channel: grpc.aio.Channel
     stub: gateway_pb2_grpc.FederationStub
+    in_flight: int = 0  # our calls on it right now
+    retired: bool = False  # flushed: closed once in_flight reaches 0
 
 
 @dataclass
@@ -169,8 +168,10 @@ class FederationClient:
     _cache: collections.OrderedDict[tuple[str, bytes], _Cached] = field(
         default_factory=collections.OrderedDict
     )
-    # Flushed channels still closing (their calls in flight get CLOSE_GRACE_S).
-    _closing: dict[asyncio.Task[None], grpc.aio.Channel] = field(default_factory=dict)
+    # Flushed channels whose calls are still running (closed when the last one ends), and
+    # channel closes under way.
+    _retired: set[_PeerChannel] = field(default_factory=set)
+    _closing: set[asyncio.Task[None]] = field(default_factory=set)
     _flushes: int = 0  # flushes so far: a build that saw one start over
 
     # ---- queries -------------------------------------------------------------------
@@ -193,10 +194,11 @@ class FederationClient:
             "get": peer.stub.Get,
             "search": peer.stub.Search,
         }[verb]
-        call = method(inner, timeout=self.call_deadline_s)
         try:
-            answer = await call
-            request_id = response_request_id(await call.trailing_metadata())
+            with self._in_flight(peer):
+                call = method(inner, timeout=self.call_deadline_s)
+                answer = await call
+                request_id = response_request_id(await call.trailing_metadata())
         except (grpc.aio.AioRpcError, asyncio.CancelledError) as err:
             error = _call_error(err)
             if error.code == NETWORK:
@@ -220,10 +222,11 @@ class FederationClient:
         channel, so with the certificate it replaces; raise PeerError on failure."""
         peer = await self.channel(key)
         try:
-            answer: gateway_pb2.RenewCertificateResponse = await peer.stub.RenewCertificate(
-                gateway_pb2.RenewCertificateRequest(csr_pem=csr_pem),
-                timeout=RENEW_DEADLINE_S,
-            )
+            with self._in_flight(peer):
+                answer: gateway_pb2.RenewCertificateResponse = await peer.stub.RenewCertificate(
+                    gateway_pb2.RenewCertificateRequest(csr_pem=csr_pem),
+                    timeout=RENEW_DEADLINE_S,
+                )
         except (grpc.aio.AioRpcError, asyncio.CancelledError) as err:
             raise _call_error(err) from None
         return answer
@@ -371,9 +374,28 @@ class FederationClient:
             del self._aliases[alias]
         if found is not None:
             log.info("peer channel flushed", extra={"peer_id": peer_id})
-            task = asyncio.get_running_loop().create_task(found.channel.close(CLOSE_GRACE_S))
-            self._closing[task] = found.channel
-            task.add_done_callback(self._closing.pop)
+            # Calls already on it run to their end (each has a deadline); then it closes.
+            found.retired = True
+            if found.in_flight:
+                self._retired.add(found)
+            else:
+                self._close_later(found)
+
+    @contextlib.contextmanager
+    def _in_flight(self, peer: _PeerChannel) -> Iterator[None]:
+        peer.in_flight += 1
+        try:
+            yield
+        finally:
+            peer.in_flight -= 1
+            if peer.retired and not peer.in_flight:
+                self._close_later(peer)
+
+    def _close_later(self, peer: _PeerChannel) -> None:
+        self._retired.discard(peer)
+        task = asyncio.get_running_loop().create_task(peer.channel.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     # ---- change events (GrantCacheListener) ---------------------------------------
 
@@ -390,10 +412,12 @@ class FederationClient:
         channels, self._channels = list(self._channels.values()), {}
         self._aliases.clear()
         self._cache.clear()
-        # Shutting down: flushed channels still in their grace period close now too.
-        for channel in [found.channel for found in channels] + list(self._closing.values()):
+        # Shutting down: flushed channels with calls still running close now too (their
+        # calls end as NETWORK errors).
+        retired, self._retired = list(self._retired), set()
+        for found in channels + retired:
             with contextlib.suppress(Exception):
-                await channel.close()
+                await found.channel.close()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
 

@@ -191,15 +191,22 @@ async def test_a_flush_during_a_build_makes_it_fetch_the_credentials_again(
 
 async def test_a_flush_lets_the_call_in_flight_finish(setup: Setup) -> None:
     """The flushed channel stays open for the calls already on it: the answer arrives after
-    the flush (here 1.5 s later), and the next call builds a new channel."""
+    the flush (here 1.5 s later), the channel closes then, and the next call builds a new
+    one."""
     client = setup.client
     query = asyncio.create_task(client.query(_capabilities()))
     await setup.peer.started.wait()
+    flushed = client._channels[PEER_ID].channel
     client.flush(PEER_ID)
     await asyncio.sleep(1.5)
     setup.peer.release.set()
     answer = await query
     assert answer.capabilities.server_version == "test"
+    for _ in range(100):  # its close runs as a task of its own
+        if flushed.get_state() == grpc.ChannelConnectivity.SHUTDOWN:
+            break
+        await asyncio.sleep(0.01)
+    assert flushed.get_state() == grpc.ChannelConnectivity.SHUTDOWN
     assert client.builds == 1
     await client.query(_capabilities())
     assert client.builds == 2
@@ -211,7 +218,8 @@ async def test_shutdown_closes_a_flushed_channel_at_once_and_types_the_cut_call(
     query = asyncio.create_task(setup.client.query(_capabilities()))
     await setup.peer.started.wait()
     setup.client.flush(PEER_ID)
-    await asyncio.wait_for(setup.client.close(), timeout=5)  # not the 60 s grace
+    # At once: well inside the call's own 5 s deadline.
+    await asyncio.wait_for(setup.client.close(), timeout=2)
     with pytest.raises(PeerError) as caught:
         await query
     assert caught.value.code == "NETWORK"
