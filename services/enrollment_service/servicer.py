@@ -304,7 +304,7 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
             return False
         return (
             reply.grant.status == grants_pb2.GRANT_STATUS_ACTIVE
-            and reply.peer.cert_serial == serial
+            and reply.grant.cert_serial == serial
         )
 
     async def _undo_issuance(

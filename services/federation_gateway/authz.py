@@ -147,7 +147,7 @@ def decide(reply: grants_pb2.GetGrantResponse) -> GrantView | Refusal:
         grant_id=grant.id,
         subject_user_id=grant.subject_user_id,
         peer_id=peer.id,
-        cert_serial=peer.cert_serial,
+        cert_serial=grant.cert_serial,
         expires_at=expires_at,
         scope=scope,
         access=access,

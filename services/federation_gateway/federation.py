@@ -520,6 +520,7 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
             await self._grant_store.RotatePeerCertificate(
                 grants_pb2.RotatePeerCertificateRequest(
                     peer_id=view.peer_id,
+                    grant_id=view.grant_id,
                     expected_serial=old_serial,
                     cert_serial=issued.serial,
                     cert_pem=issued.certificate_pem,
@@ -568,9 +569,9 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         except grpc.aio.AioRpcError as err:
             log.warning("current certificate unknown", extra={"code": err.code().name})
             return None
-        if reply.peer.id != view.peer_id:
+        if reply.grant.peer_id != view.peer_id:
             return None
-        return reply.peer.cert_serial
+        return reply.grant.cert_serial
 
     async def _revoke_serial(self, serial: str, reason: str, view: GrantView) -> None:
         """Best effort: the grants-service record already decides which serial is current."""

@@ -446,9 +446,15 @@ def validate_new_certificate(cert_pem: str, client_key_pem: str | None = None) -
 
 
 def rotation_refusal(
-    *, direction: str, state: str, expected_direction: str, serial_matches: bool
+    *,
+    direction: str,
+    state: str,
+    expected_direction: str,
+    grant_status: str | None,
+    serial_matches: bool,
 ) -> TransitionRefused:
-    """Why a certificate rotation (renewal) did not apply, from what the peer looks like now."""
+    """Why a certificate rotation (renewal) did not apply, from what the peer and the grant
+    (None: not this peer's) look like now."""
     if direction != expected_direction:
         return PeerRefused(
             PEER_DIRECTION_MISMATCH,
@@ -461,10 +467,18 @@ def rotation_refusal(
             f"peer is {state} and its certificate cannot be renewed",
             state,
         )
+    if grant_status is None:
+        return GrantRefused(GRANT_PEER_MISMATCH, "the grant belongs to another peer", "")
+    if grant_status != "active":
+        return GrantRefused(
+            _state_reason("GRANT", grant_status, already=False),
+            f"grant is {grant_status} and its certificate cannot be renewed",
+            grant_status,
+        )
     if not serial_matches:
         return PeerRefused(
             CERT_NOT_CURRENT,
-            "the certificate being renewed is no longer the peer's current one",
+            "the certificate being renewed is no longer the grant's current one",
             state,
             remediation="another renewal won; use the peer's current certificate",
         )

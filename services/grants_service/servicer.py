@@ -265,7 +265,7 @@ class GrantsServicer(grants_pb2_grpc.GrantsServicer):
             peer, revoked = await self._store.set_peer_state(
                 peer_id, target=target, reason=domain.clean_reason(request.reason), now=utcnow()
             )
-        except (domain.PeerNotFound, domain.TransitionRefused) as exc:
+        except (domain.PeerNotFound, domain.GrantNotFound, domain.TransitionRefused) as exc:
             raise _mapped(exc) from None
         log.info(
             "peer state changed",
@@ -318,10 +318,11 @@ class GrantsServicer(grants_pb2_grpc.GrantsServicer):
     async def RotatePeerCertificate(
         self, request: grants_pb2.RotatePeerCertificateRequest, context: grpc.aio.ServicerContext
     ) -> grants_pb2.RotatePeerCertificateResponse:
-        """Renewal (serving side): the inbound peer's current certificate becomes the new one,
-        only if it is still ``expected_serial``; concurrent renewals have one winner and the
-        others get FAILED_PRECONDITION CERT_NOT_CURRENT."""
+        """Renewal (serving side): the grant's current certificate becomes the new one, only
+        if it is still ``expected_serial``, and so does the inbound peer's latest; concurrent
+        renewals have one winner and the others get FAILED_PRECONDITION CERT_NOT_CURRENT."""
         peer_id = _uuid("peer_id", request.peer_id)
+        grant_id = _uuid("grant_id", request.grant_id)
         if not request.expected_serial:
             raise invalid_argument(
                 "EXPECTED_SERIAL_REQUIRED",
@@ -340,7 +341,11 @@ class GrantsServicer(grants_pb2_grpc.GrantsServicer):
             )
         try:
             peer = await self._store.rotate_peer_certificate(
-                peer_id, expected_serial=request.expected_serial, new=new, now=utcnow()
+                peer_id,
+                grant_id=grant_id,
+                expected_serial=request.expected_serial,
+                new=new,
+                now=utcnow(),
             )
         except (domain.PeerNotFound, domain.TransitionRefused) as exc:
             raise _mapped(exc) from None
@@ -352,7 +357,7 @@ class GrantsServicer(grants_pb2_grpc.GrantsServicer):
                 "serial": peer.cert_serial,
             },
         )
-        self._notifier.publish(peer_ids=[peer.id])
+        self._notifier.publish(grant_ids=[grant_id], peer_ids=[peer.id])
         return grants_pb2.RotatePeerCertificateResponse(peer=peer_proto(peer))
 
     async def UpdateOutboundPeerCredentials(
@@ -501,6 +506,7 @@ def grant_proto(grant: GrantRow) -> grants_pb2.Grant:
         revoke_reason=grant.revoke_reason or "",
         sensitive=grant.sensitive,
         peer_name=grant.peer_name,
+        cert_serial=grant.cert_serial or "",
     )
 
 

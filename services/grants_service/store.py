@@ -82,6 +82,8 @@ federation_grants = Table(
     Column("revoked_at", UtcDateTime, nullable=True),
     Column("revoke_reason", Text, nullable=True),
     Column("enrollment_token_id", Uuid, nullable=True),
+    # The grant's own current certificate (grants_0002): a peer may hold several grants.
+    Column("cert_serial", String(64), nullable=True),
     Index("ix_federation_grants_peer_id", "peer_id"),
     Index("ix_federation_grants_status", "status"),
 )
@@ -105,6 +107,7 @@ class GrantRow:
     revoked_at: dt.datetime | None
     revoke_reason: str | None
     enrollment_token_id: uuid.UUID | None
+    cert_serial: str | None
 
 
 @dataclass(frozen=True)
@@ -282,7 +285,12 @@ class GrantsStore:
                     _G.c.status.in_(sorted(domain.grant_sources("activate"))),
                     or_(_G.c.expires_at.is_(None), _G.c.expires_at > now),
                 )
-                .values(status="active", activated_at=now, enrollment_token_id=token_id)
+                .values(
+                    status="active",
+                    activated_at=now,
+                    enrollment_token_id=token_id,
+                    cert_serial=cert_serial,
+                )
                 .returning(_G.c.id)
             )
             peer_won = None
@@ -443,36 +451,54 @@ class GrantsStore:
         self,
         peer_id: uuid.UUID,
         *,
+        grant_id: uuid.UUID,
         expected_serial: str,
         new: domain.NewCertificate,
         now: dt.datetime,
     ) -> PeerRow:
-        """An active inbound peer's certificate becomes ``new`` only if its current serial is
-        still ``expected_serial``: of concurrent renewals exactly one wins."""
+        """An active grant's certificate becomes ``new`` only if its current serial is still
+        ``expected_serial`` (of concurrent renewals exactly one wins), and the active
+        inbound peer's latest certificate becomes ``new`` with it."""
         async with self._engine.begin() as conn:
-            won = await conn.execute(
-                update(_P)
+            grant_won = await conn.execute(
+                update(_G)
                 .where(
-                    _P.c.id == peer_id,
-                    _P.c.direction == "inbound",
-                    _P.c.state == "active",
-                    _P.c.cert_serial == expected_serial,
+                    _G.c.id == grant_id,
+                    _G.c.peer_id == peer_id,
+                    _G.c.status == "active",
+                    _G.c.cert_serial == expected_serial,
                 )
-                .values(
-                    cert_serial=new.cert_serial,
-                    cert_pem=new.cert_pem,
-                    cert_not_after=new.cert_not_after,
-                    updated_at=now,
-                )
-                .returning(_P.c.id)
+                .values(cert_serial=new.cert_serial)
+                .returning(_G.c.id)
             )
-            if won.first() is None:
+            peer_won = None
+            if grant_won.first() is not None:
+                peer_won = (
+                    await conn.execute(
+                        update(_P)
+                        .where(
+                            _P.c.id == peer_id,
+                            _P.c.direction == "inbound",
+                            _P.c.state == "active",
+                        )
+                        .values(
+                            cert_serial=new.cert_serial,
+                            cert_pem=new.cert_pem,
+                            cert_not_after=new.cert_not_after,
+                            updated_at=now,
+                        )
+                        .returning(_P.c.id)
+                    )
+                ).first()
+            if peer_won is None:  # rolled back: say what stopped it
                 current = await self._peer_in(conn, peer_id)
+                grant = await self._grant_in(conn, grant_id)
                 raise domain.rotation_refusal(
                     direction=current.direction,
                     state=current.state,
                     expected_direction="inbound",
-                    serial_matches=current.cert_serial == expected_serial,
+                    grant_status=grant.status if grant.peer_id == peer_id else None,
+                    serial_matches=grant.cert_serial == expected_serial,
                 )
             return await self._peer_in(conn, peer_id)
 
@@ -506,6 +532,7 @@ class GrantsStore:
                     direction=current.direction,
                     state=current.state,
                     expected_direction="outbound",
+                    grant_status="active",  # no grant of ours is involved on this side
                     serial_matches=True,
                 )
             return await self._peer_in(conn, peer_id)

@@ -147,11 +147,13 @@ async def grant_with_cert(
     subject: str = U,
     expires_at: dt.datetime | None = None,
     activate: bool = True,
+    peer_name: str = "",
 ) -> PeerCert:
-    """Create a grant for a new peer, mint its certificate, and activate both."""
+    """Create a grant for a new peer (or for ``peer_name``), mint its certificate, and
+    activate both."""
     request = grants_pb2.CreateGrantRequest(
         subject_user_id=subject,
-        peer_name=f"peer-{uuid.uuid4().hex[:10]}",
+        peer_name=peer_name or f"peer-{uuid.uuid4().hex[:10]}",
         scope_json=json.dumps(scope),
         allow_sensitive=True,
     )
@@ -641,6 +643,20 @@ async def test_suspended_peer_is_refused_on_the_next_request_and_resumes(b: Inst
         )
         await asyncio.sleep(0.6)  # past the grant cache TTL, whether or not the event came
         await peer.stub.List(gateway_pb2.ListRequest(resource="tasks"), timeout=10)
+
+
+async def test_each_grant_of_one_peer_is_served_with_its_own_certificate(b: Instance) -> None:
+    """A peer holding grants for two users: enrolling the second must not switch the first
+    one's certificate off (the gate checks a certificate against its own grant), and a
+    certificate is refused under any grant but its own."""
+    name = f"peer-{uuid.uuid4().hex[:10]}"
+    first = await grant_with_cert(b, MAIN_SCOPE, peer_name=name)
+    second = await grant_with_cert(b, MAIN_SCOPE, subject=str(uuid.uuid4()), peer_name=name)
+    assert first.peer_id == second.peer_id
+    for cert in (first, second):
+        async with Peer(b, cert) as peer:
+            caps = await peer.stub.Capabilities(gateway_pb2.CapabilitiesRequest(), timeout=10)
+            assert (caps.grant_id, caps.subject_user_id) == (cert.grant_id, cert.subject)
 
 
 async def test_pending_grant_is_not_served(b: Instance) -> None:

@@ -481,7 +481,8 @@ async def test_grant_and_peer_transitions_and_their_refusals(instance: Instance)
             enr.ActivateGrantAndPeer(activation(first)), failed, "GRANT_ALREADY_ACTIVE"
         )
 
-        # A second grant for the same (already active) peer reuses it and can be enrolled.
+        # A second grant for the same (already active) peer reuses it and can be enrolled;
+        # each grant keeps its own certificate (the peer shows the latest).
         second = (await create_grant(gw, peer_name, resources=("notes",))).grant
         assert second.peer_id == peer_id
         other = (await create_grant(gw, unique("other"))).grant
@@ -489,7 +490,9 @@ async def test_grant_and_peer_transitions_and_their_refusals(instance: Instance)
         mismatched.peer_id = other.peer_id
         await expect_refusal(enr.ActivateGrantAndPeer(mismatched), failed, "GRANT_PEER_MISMATCH")
         again = await enr.ActivateGrantAndPeer(activation(second, "aa02"), timeout=10)
-        assert again.peer.cert_serial == "aa02"
+        assert (again.peer.cert_serial, again.grant.cert_serial) == ("aa02", "aa02")
+        kept = await gw.GetGrant(grants_pb2.GetGrantRequest(id=first.id), timeout=10)
+        assert kept.grant.cert_serial == "aa01"
 
         # Peer: active ↔ suspended, with "already" refusals naming the state.
         code, doc, _ = instance.cli("federation", "peer", "suspend", peer_name, "--reason", "audit")

@@ -255,7 +255,7 @@ async def test_rotate_peer_certificate_has_exactly_one_winner(pair: Pair) -> Non
         # Only the gateway may rotate.
         error = await _refusal(
             grants_pb2_grpc.GrantsStub(channel).RotatePeerCertificate(
-                _rotate(peer_id, first.serial, candidates[0]), timeout=10
+                _rotate(grant_id, peer_id, first.serial, candidates[0]), timeout=10
             )
         )
         assert error.code == grpc.StatusCode.PERMISSION_DENIED, error
@@ -264,7 +264,7 @@ async def test_rotate_peer_certificate_has_exactly_one_winner(pair: Pair) -> Non
         stub = grants_pb2_grpc.GrantsStub(channel)
         results = await asyncio.gather(
             *(
-                stub.RotatePeerCertificate(_rotate(peer_id, first.serial, c), timeout=30)
+                stub.RotatePeerCertificate(_rotate(grant_id, peer_id, first.serial, c), timeout=30)
                 for c in candidates
             ),
             return_exceptions=True,
@@ -280,10 +280,14 @@ async def test_rotate_peer_certificate_has_exactly_one_winner(pair: Pair) -> Non
         current = (await stub.GetPeer(grants_pb2.GetPeerRequest(id=peer_id), timeout=10)).peer
         assert current.cert_serial == winners[0].peer.cert_serial
         assert current.cert_serial in {c.serial for c in candidates}
+        served = (await stub.GetGrant(grants_pb2.GetGrantRequest(id=grant_id), timeout=10)).grant
+        assert served.cert_serial == current.cert_serial
 
         # A stale expected serial never applies.
         error = await _refusal(
-            stub.RotatePeerCertificate(_rotate(peer_id, first.serial, candidates[0]), timeout=10)
+            stub.RotatePeerCertificate(
+                _rotate(grant_id, peer_id, first.serial, candidates[0]), timeout=10
+            )
         )
         assert error.reason == "CERT_NOT_CURRENT", error
 
@@ -317,9 +321,10 @@ async def _issue(b: Instance, grant_id: str, peer_id: str) -> ca_pb2.IssueCertif
 
 
 def _rotate(
-    peer_id: str, expected: str, issued: ca_pb2.IssueCertificateResponse
+    grant_id: str, peer_id: str, expected: str, issued: ca_pb2.IssueCertificateResponse
 ) -> grants_pb2.RotatePeerCertificateRequest:
     return grants_pb2.RotatePeerCertificateRequest(
+        grant_id=grant_id,
         peer_id=peer_id,
         expected_serial=expected,
         cert_serial=issued.serial,

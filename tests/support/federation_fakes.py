@@ -37,6 +37,7 @@ def grant_view(max_rows: int = 100, cert_serial: str = "01ab") -> GrantView:
                 subject_user_id=SUBJECT,
                 status=grants_pb2.GRANT_STATUS_ACTIVE,
                 scope_json=json.dumps({"resources": ["tasks"], "max_rows_per_query": max_rows}),
+                cert_serial=cert_serial,
             ),
             peer=grants_pb2.Peer(
                 id=PEER_ID,

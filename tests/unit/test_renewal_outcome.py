@@ -43,7 +43,7 @@ class Backends:
             if self.current is None:
                 raise rpc_error(grpc.StatusCode.UNAVAILABLE)
             return grants_pb2.GetGrantResponse(
-                peer=grants_pb2.Peer(id=PEER_ID, cert_serial=self.current)
+                grant=grants_pb2.Grant(peer_id=PEER_ID, cert_serial=self.current)
             )
         if method == "RevokeCertificate":
             self.revoked.append(request.serial)

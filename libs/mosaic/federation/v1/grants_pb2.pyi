@@ -99,6 +99,7 @@ class Grant(_message.Message):
     REVOKE_REASON_FIELD_NUMBER: _builtins.int
     SENSITIVE_FIELD_NUMBER: _builtins.int
     PEER_NAME_FIELD_NUMBER: _builtins.int
+    CERT_SERIAL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     peer_id: _builtins.str
     subject_user_id: _builtins.str
@@ -108,6 +109,10 @@ class Grant(_message.Message):
     revoke_reason: _builtins.str
     sensitive: _builtins.bool
     peer_name: _builtins.str
+    cert_serial: _builtins.str
+    """Serial of the certificate this grant is served with (set by enrollment, replaced by
+    renewal); the gate accepts no other for it.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -131,10 +136,11 @@ class Grant(_message.Message):
         revoke_reason: _builtins.str = ...,
         sensitive: _builtins.bool = ...,
         peer_name: _builtins.str = ...,
+        cert_serial: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["activated_at", b"activated_at", "created_at", b"created_at", "expires_at", b"expires_at", "revoked_at", b"revoked_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activated_at", b"activated_at", "created_at", b"created_at", "expires_at", b"expires_at", "id", b"id", "peer_id", b"peer_id", "peer_name", b"peer_name", "revoke_reason", b"revoke_reason", "revoked_at", b"revoked_at", "scope_json", b"scope_json", "sensitive", b"sensitive", "status", b"status", "subject_user_id", b"subject_user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activated_at", b"activated_at", "cert_serial", b"cert_serial", "created_at", b"created_at", "expires_at", b"expires_at", "id", b"id", "peer_id", b"peer_id", "peer_name", b"peer_name", "revoke_reason", b"revoke_reason", "revoked_at", b"revoked_at", "scope_json", b"scope_json", "sensitive", b"sensitive", "status", b"status", "subject_user_id", b"subject_user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -731,10 +737,14 @@ class RotatePeerCertificateRequest(_message.Message):
     CERT_SERIAL_FIELD_NUMBER: _builtins.int
     CERT_PEM_FIELD_NUMBER: _builtins.int
     CERT_NOT_AFTER_FIELD_NUMBER: _builtins.int
+    GRANT_ID_FIELD_NUMBER: _builtins.int
     peer_id: _builtins.str
     expected_serial: _builtins.str
+    """The current serial of the grant being renewed (the certificate presented)."""
     cert_serial: _builtins.str
     cert_pem: _builtins.str
+    grant_id: _builtins.str
+    """The grant the certificate carries; its cert_serial is what is rotated."""
     @_builtins.property
     def cert_not_after(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -745,10 +755,11 @@ class RotatePeerCertificateRequest(_message.Message):
         cert_serial: _builtins.str = ...,
         cert_pem: _builtins.str = ...,
         cert_not_after: _timestamp_pb2.Timestamp | None = ...,
+        grant_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cert_not_after", b"cert_not_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cert_not_after", b"cert_not_after", "cert_pem", b"cert_pem", "cert_serial", b"cert_serial", "expected_serial", b"expected_serial", "peer_id", b"peer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cert_not_after", b"cert_not_after", "cert_pem", b"cert_pem", "cert_serial", b"cert_serial", "expected_serial", b"expected_serial", "grant_id", b"grant_id", "peer_id", b"peer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,61 @@
+"""grants_0002 on a database that already holds peers and grants (an upgrade in place):
+each active grant takes its peer's serial, the one certificate the gate served it with
+before, so no enrolled peer is locked out by the upgrade."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from pathlib import Path
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Connection
+
+from grants_service.app import MIGRATIONS
+from grants_service.store import metadata
+from mosaic.db import Database
+
+NOW = "2026-12-01 10:00:00.000000"
+
+
+async def test_upgrading_gives_active_grants_their_peers_serial(tmp_path: Path) -> None:
+    path = tmp_path / "grants.db"
+    db = Database(f"sqlite+aiosqlite:///{path}", schema="grants", migrations_dir=MIGRATIONS)
+    cfg = db._alembic_config()
+
+    def upgrade_to(conn: Connection, revision: str) -> None:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+    async with db.engine.begin() as conn:
+        await conn.run_sync(upgrade_to, "grants_0001")
+    peer, active, pending = (uuid.uuid4().hex for _ in range(3))
+    with sqlite3.connect(path) as raw:
+        raw.execute(
+            "INSERT INTO federation_peers (id, name, display_name, direction, state, "
+            "cert_serial, created_at, updated_at) VALUES (?, 'a', 'a', 'inbound', 'active', "
+            "'5e71a1', ?, ?)",
+            (peer, NOW, NOW),
+        )
+        for grant, status in ((active, "active"), (pending, "pending")):
+            raw.execute(
+                "INSERT INTO federation_grants (id, peer_id, subject_user_id, scope, status, "
+                "sensitive, created_at) VALUES (?, ?, ?, '{}', ?, 0, ?)",
+                (grant, peer, uuid.uuid4().hex, status, NOW),
+            )
+
+    await db.migrate()
+    assert (await db.revisions())[0] == "grants_0002"
+    with sqlite3.connect(path) as raw:
+        serials = dict(raw.execute("SELECT id, cert_serial FROM federation_grants"))
+    assert serials == {active: "5e71a1", pending: None}
+
+    def drift(conn: Connection) -> list[object]:
+        context = MigrationContext.configure(conn, opts={"version_table": db.version_table})
+        return [d for d in compare_metadata(context, metadata) if "cert_serial" in str(d)]
+
+    async with db.engine.connect() as conn:
+        assert await conn.run_sync(drift) == []  # the model and the migration agree
+    await db.dispose()
