@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -212,6 +213,39 @@ class GrantsStore:
             grant = await self._grant_in(conn, grant_id)
         return grant, peer, created
 
+    @staticmethod
+    async def _set_peer_certificate(
+        conn: AsyncConnection,
+        peer_id: uuid.UUID,
+        *,
+        states: Iterable[str],
+        cert_serial: str,
+        cert_pem: str,
+        cert_not_after: dt.datetime | None,
+        now: dt.datetime,
+        **columns: Any,
+    ) -> bool:
+        """The inbound peer's latest certificate (and ``columns``), if it is in ``states``."""
+        row = (
+            await conn.execute(
+                update(_P)
+                .where(
+                    _P.c.id == peer_id,
+                    _P.c.direction == "inbound",
+                    _P.c.state.in_(sorted(states)),
+                )
+                .values(
+                    cert_serial=cert_serial,
+                    cert_pem=cert_pem,
+                    cert_not_after=cert_not_after,
+                    updated_at=now,
+                    **columns,
+                )
+                .returning(_P.c.id)
+            )
+        ).first()
+        return row is not None
+
     async def get_grant(self, grant_id: uuid.UUID) -> GrantRow:
         async with self._engine.connect() as conn:
             return await self._grant_in(conn, grant_id)
@@ -293,29 +327,19 @@ class GrantsStore:
                 )
                 .returning(_G.c.id)
             )
-            peer_won = None
             grant_activated = grant_won.first() is not None
-            if grant_activated:
-                peer_won = (
-                    await conn.execute(
-                        update(_P)
-                        .where(
-                            _P.c.id == peer_id,
-                            _P.c.direction == "inbound",
-                            _P.c.state.in_(sorted(domain.PEER_ACTIVATION_SOURCES)),
-                        )
-                        .values(
-                            state="active",
-                            state_reason=None,
-                            cert_serial=cert_serial,
-                            cert_pem=cert_pem,
-                            cert_not_after=cert_not_after,
-                            updated_at=now,
-                        )
-                        .returning(_P.c.id)
-                    )
-                ).first()
-            if peer_won is None:
+            peer_won = grant_activated and await self._set_peer_certificate(
+                conn,
+                peer_id,
+                states=domain.PEER_ACTIVATION_SOURCES,
+                cert_serial=cert_serial,
+                cert_pem=cert_pem,
+                cert_not_after=cert_not_after,
+                now=now,
+                state="active",
+                state_reason=None,
+            )
+            if not peer_won:
                 grant = await self._grant_in(conn, grant_id)
                 peer = await self._peer_in(conn, peer_id)
                 raise domain.activation_refusal(
@@ -471,26 +495,16 @@ class GrantsStore:
                 .values(cert_serial=new.cert_serial)
                 .returning(_G.c.id)
             )
-            peer_won = None
-            if grant_won.first() is not None:
-                peer_won = (
-                    await conn.execute(
-                        update(_P)
-                        .where(
-                            _P.c.id == peer_id,
-                            _P.c.direction == "inbound",
-                            _P.c.state == "active",
-                        )
-                        .values(
-                            cert_serial=new.cert_serial,
-                            cert_pem=new.cert_pem,
-                            cert_not_after=new.cert_not_after,
-                            updated_at=now,
-                        )
-                        .returning(_P.c.id)
-                    )
-                ).first()
-            if peer_won is None:  # rolled back: say what stopped it
+            peer_won = grant_won.first() is not None and await self._set_peer_certificate(
+                conn,
+                peer_id,
+                states=("active",),
+                cert_serial=new.cert_serial,
+                cert_pem=new.cert_pem,
+                cert_not_after=new.cert_not_after,
+                now=now,
+            )
+            if not peer_won:  # rolled back: say what stopped it
                 current = await self._peer_in(conn, peer_id)
                 grant = await self._grant_in(conn, grant_id)
                 raise domain.rotation_refusal(
