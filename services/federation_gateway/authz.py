@@ -160,14 +160,14 @@ def decide(reply: grants_pb2.GetGrantResponse) -> GrantView | Refusal:
 def check_certificate(
     view: GrantView, *, serial: str, subject_user_id: str, now: float
 ) -> Refusal | None:
-    """The per-request checks: unexpired, and this certificate is the peer's current one for
-    this grant's subject."""
+    """The per-request checks: unexpired, and this certificate is the grant's current one,
+    for the grant's subject."""
     if view.expires_at is not None and now >= view.expires_at:
         return Refusal(GRANT_EXPIRED, "the grant has expired")
     if subject_user_id != view.subject_user_id:
         return Refusal(PEER_GRANT_MISMATCH, "the certificate's subject does not match the grant")
     if serial != view.cert_serial:
-        return Refusal(CERT_NOT_CURRENT, "this certificate is not the peer's current certificate")
+        return Refusal(CERT_NOT_CURRENT, "this certificate is not the grant's current certificate")
     return None
 
 

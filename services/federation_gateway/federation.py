@@ -487,7 +487,7 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         only if it is still current, then the old serial is revoked.
 
         Once the CA has issued, the rest runs to the end even if the caller goes away, so
-        nothing is left half-done: either the peer's certificate is the new one and the old
+        nothing is left half-done: either the grant's certificate is the new one and the old
         one is revoked, or the new one is revoked and the old one stays current. When the
         rotate call fails in a way that may have come after its commit (a timeout, an
         outage), grants-service is asked which is current; if it cannot say, neither is
@@ -560,7 +560,7 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         )
 
     async def _current_serial(self, view: GrantView) -> str | None:
-        """The serial grants-service holds as the peer's current certificate; None when it
+        """The serial grants-service holds as the grant's current certificate; None when it
         cannot say."""
         try:
             reply: grants_pb2.GetGrantResponse = await self._grant_store.GetGrant(

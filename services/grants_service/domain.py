@@ -480,7 +480,7 @@ def rotation_refusal(
             CERT_NOT_CURRENT,
             "the certificate being renewed is no longer the grant's current one",
             state,
-            remediation="another renewal won; use the peer's current certificate",
+            remediation="another renewal won; use the grant's current certificate",
         )
     return PeerRefused(_state_reason("PEER", state, already=False), "peer changed", state)
 
