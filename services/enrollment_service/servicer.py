@@ -329,7 +329,7 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
 
     async def _release(self, row: TokenRow) -> None:
         try:
-            await self._store.release(row.id, failed=True)
+            await self._store.release(row, failed=True)
         except Exception:
             log.exception(
                 "could not release an enrollment token claim; it frees itself when the "

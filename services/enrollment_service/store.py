@@ -162,14 +162,23 @@ class TokenStore:
             )
         return None if row is None else _row(row)
 
-    async def release(self, token_id: uuid.UUID, *, failed: bool) -> None:
-        """Give a claimed token back (unused); ``failed`` counts a failed attempt."""
+    async def release(self, claim: TokenRow, *, failed: bool) -> None:
+        """Give a claimed token back (unused); ``failed`` counts a failed attempt.
+
+        Only ``claim`` itself: if it outlived its ``claimed_until`` and another redeem has
+        taken the token over since, that claim is left alone."""
         values: dict[str, object] = {"state": "unused", "claimed_until": None}
         if failed:
             values["failed_attempts"] = _T.c.failed_attempts + 1
         async with self._engine.begin() as conn:
             await conn.execute(
-                update(_T).where(_T.c.id == token_id, _T.c.state == "redeeming").values(**values)
+                update(_T)
+                .where(
+                    _T.c.id == claim.id,
+                    _T.c.state == "redeeming",
+                    _T.c.claimed_until == claim.claimed_until,
+                )
+                .values(**values)
             )
 
     async def mark_used(self, token_id: uuid.UUID, *, serial: str, now: dt.datetime) -> bool:
