@@ -164,7 +164,10 @@ class FederationClient:
     builds: int = 0  # channels built so far (tests and diagnostics)
     _channels: dict[str, _PeerChannel] = field(default_factory=dict)
     _aliases: dict[str, str] = field(default_factory=dict)  # id or name -> peer id
-    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    # Per peer key, the lock its builds take and how many callers hold or wait for it
+    # (dropped at zero: keys that were never peers leave nothing behind).
+    _locks: dict[str, tuple[asyncio.Lock, int]] = field(default_factory=dict)
+    _closed: bool = False
     _cache: collections.OrderedDict[tuple[str, bytes], _Cached] = field(
         default_factory=collections.OrderedDict
     )
@@ -269,19 +272,32 @@ class FederationClient:
         found = self._channels.get(self._aliases.get(key, key))
         if found is not None:
             return found
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            found = self._channels.get(self._aliases.get(key, key))
-            if found is not None:
-                return found
-            peer, client_key = await self._current_credentials(key)
-            found = self._channels.get(peer.id)  # built meanwhile under another alias
-            if found is None:
-                found = self._build(peer, client_key)
-                self._channels[peer.id] = found
-            self._aliases[key] = peer.id
-            self._aliases[peer.id] = peer.id
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                return await self._channel_locked(key)
+        finally:
+            lock, users = self._locks[key]
+            if users > 1:
+                self._locks[key] = (lock, users - 1)
+            else:
+                del self._locks[key]
+
+    async def _channel_locked(self, key: str) -> _PeerChannel:
+        found = self._channels.get(self._aliases.get(key, key))
+        if found is not None:
             return found
+        peer, client_key = await self._current_credentials(key)
+        if self._closed:  # shut down while the credentials were fetched
+            raise PeerError(NETWORK, "the gateway is shutting down")
+        found = self._channels.get(peer.id)  # built meanwhile under another alias
+        if found is None:
+            found = self._build(peer, client_key)
+            self._channels[peer.id] = found
+        self._aliases[key] = peer.id
+        self._aliases[peer.id] = peer.id
+        return found
 
     async def _current_credentials(self, key: str) -> tuple[grants_pb2.Peer, str]:
         """Credentials no flush happened during the fetch of (else those may be the ones a
@@ -409,6 +425,7 @@ class FederationClient:
             self.flush(peer_id)
 
     async def close(self) -> None:
+        self._closed = True  # a build still fetching credentials stores nothing now
         channels, self._channels = list(self._channels.values()), {}
         self._aliases.clear()
         self._cache.clear()

@@ -266,3 +266,29 @@ async def test_unusable_credentials_keep_grants_services_reason_and_remediation(
     assert caught.value.to_service_error().remediation == (
         "restore it as secrets/seal.previous.key"
     )
+
+
+async def test_keys_that_are_not_peers_leave_no_lock_behind(setup: Setup) -> None:
+    """The admin API passes any string as a peer key: refused lookups must not make the
+    client's per-key state grow."""
+    setup.grants.refusal = ServiceError(grpc.StatusCode.NOT_FOUND, "PEER_NOT_FOUND", "no peer")
+    for n in range(20):
+        with pytest.raises(PeerError):
+            await setup.client.channel(f"no-such-peer-{n}")
+    assert setup.client._locks == {}
+    setup.grants.refusal = None
+    await asyncio.gather(*(setup.client.channel("b") for _ in range(10)))
+    assert setup.client.builds == 1 and setup.client._locks == {}
+
+
+async def test_a_build_that_outlives_shutdown_stores_no_channel(setup: Setup) -> None:
+    grants, client = setup.grants, setup.client
+    grants.hold = asyncio.Event()
+    building = asyncio.create_task(client.channel("b"))
+    await grants.fetching.wait()
+    await client.close()
+    grants.hold.set()
+    with pytest.raises(PeerError) as caught:
+        await building
+    assert caught.value.code == "NETWORK"
+    assert client._channels == {} and client.builds == 0
