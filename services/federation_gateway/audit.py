@@ -178,6 +178,7 @@ class AuditWriter:
         self.commits = 0  # for benchmarks: rows per commit = recorded / commits
         self.recorded = 0
         self._row_counters: dict[tuple[str, str, str, str], Counter] = {}
+        self._background: set[asyncio.Future[None]] = set()  # record_soon's tasks
         # SQLite: see _SqliteCommits; Postgres: the async engine.
         self._sqlite = _SqliteCommits(db.engine.url.database or "") if db.is_sqlite else None
 
@@ -195,6 +196,18 @@ class AuditWriter:
         self._pending.append((record, done))
         self._schedule_flush(loop)
         await done
+
+    def record_soon(self, record: AuditRecord) -> None:
+        """``record`` in a task of its own, for a caller being cancelled that cannot wait
+        for the commit: the row is still written (the task is kept until it is done)."""
+        task = asyncio.ensure_future(self.record(record))
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Future[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("audit row not written", exc_info=task.exception())
 
     async def close(self) -> None:
         """Stop: a commit in flight is abandoned and every waiter is told."""

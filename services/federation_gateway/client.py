@@ -144,7 +144,6 @@ class _PeerChannel:
     channel: grpc.aio.Channel
     stub: gateway_pb2_grpc.FederationStub
     in_flight: int = 0  # our calls on it right now
-    retired: bool = False  # flushed: closed once in_flight reaches 0
 
 
 @dataclass
@@ -391,7 +390,6 @@ class FederationClient:
         if found is not None:
             log.info("peer channel flushed", extra={"peer_id": peer_id})
             # Calls already on it run to their end (each has a deadline); then it closes.
-            found.retired = True
             if found.in_flight:
                 self._retired.add(found)
             else:
@@ -404,7 +402,7 @@ class FederationClient:
             yield
         finally:
             peer.in_flight -= 1
-            if peer.retired and not peer.in_flight:
+            if not peer.in_flight and peer in self._retired:
                 self._close_later(peer)
 
     def _close_later(self, peer: _PeerChannel) -> None:

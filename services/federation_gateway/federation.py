@@ -200,7 +200,7 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         self._audit = gateway.audit
         self._tokens = PageTokens(runtime.sealer.derive_key("page-token"))
         self._rate_limit = runtime.config.rate_limit
-        # Audit rows of cancelled calls are written in the background; keep them referenced.
+        # Renewals finish in the background even if their caller goes away; kept referenced.
         self._background: set[asyncio.Task[Any]] = set()
         self._source_slots = asyncio.Semaphore(SOURCE_CONCURRENCY)
         # Identical resource-service reads in flight right now (see _read).
@@ -268,9 +268,7 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         except asyncio.CancelledError:
             # The caller went away (or its deadline passed): still one row per request.
             self._finish(record, grpc.StatusCode.CANCELLED, started, reason="CANCELLED")
-            task = asyncio.create_task(self._audit.record(record))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._audit.record_soon(record)
             raise
         except Exception:
             log.exception("federation %s failed", verb)

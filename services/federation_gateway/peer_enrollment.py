@@ -76,7 +76,9 @@ class PeerEnrollmentServicer(gateway_pb2_grpc.PeerEnrollmentServicer):
 
         decision = await self._gateway.redeem_limiter.acquire(source)
         if not decision.allowed:
-            await audit.record("denied", grpc.StatusCode.RESOURCE_EXHAUSTED, RATE_LIMITED)
+            await self._gateway.audit.record(
+                audit.row("denied", grpc.StatusCode.RESOURCE_EXHAUSTED, RATE_LIMITED)
+            )
             raise ServiceError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 RATE_LIMITED,
@@ -97,33 +99,39 @@ class PeerEnrollmentServicer(gateway_pb2_grpc.PeerEnrollmentServicer):
             # The serving side's own CA trouble is ours, not the caller's: its message names
             # our CA's configuration, which the enrolling peer has no business seeing.
             denied = remote.code in _DENIED and not remote.reason.startswith(_CA_BACKEND)
-            await audit.record(
-                "denied" if denied else "error",
-                remote.code,
-                remote.reason,
-                grant_id=remote.metadata.get("grant_id"),
-                peer_id=remote.metadata.get("peer_id"),
+            await self._gateway.audit.record(
+                audit.row(
+                    "denied" if denied else "error",
+                    remote.code,
+                    remote.reason,
+                    grant_id=remote.metadata.get("grant_id"),
+                    peer_id=remote.metadata.get("peer_id"),
+                )
             )
             raise _for_peer(remote, denied) from None
         except asyncio.CancelledError:
             # The peer went away (or its deadline passed) mid-redeem: still one row, written
             # in the background since this task is being cancelled.
-            audit.record_later("error", grpc.StatusCode.CANCELLED, "CANCELLED")
+            self._gateway.audit.record_soon(
+                audit.row("error", grpc.StatusCode.CANCELLED, "CANCELLED")
+            )
             raise
         except Exception:
-            await audit.record("error", grpc.StatusCode.INTERNAL, INTERNAL)
+            await self._gateway.audit.record(audit.row("error", grpc.StatusCode.INTERNAL, INTERNAL))
             raise
 
         reply.federation_endpoint = self._federation_endpoint
         reply.ca_bundle_pem = self._server_root_pem
-        await audit.record(
-            "allowed",
-            grpc.StatusCode.OK,
-            None,
-            grant_id=reply.grant_id,
-            peer_id=reply.peer_id,
-            subject_user_id=reply.subject_user_id,
-            bytes_out=reply.ByteSize(),
+        await self._gateway.audit.record(
+            audit.row(
+                "allowed",
+                grpc.StatusCode.OK,
+                None,
+                grant_id=reply.grant_id,
+                peer_id=reply.peer_id,
+                subject_user_id=reply.subject_user_id,
+                bytes_out=reply.ByteSize(),
+            )
         )
         log.info(
             "peer enrolled",
@@ -138,11 +146,9 @@ class PeerEnrollmentServicer(gateway_pb2_grpc.PeerEnrollmentServicer):
         return reply
 
 
-_BACKGROUND: set[asyncio.Future[None]] = set()
-
-
 class _Audit:
-    """One redeem attempt's audit row, written before the answer goes out."""
+    """What one redeem attempt's audit row says, whatever its outcome; the row is written
+    before the answer goes out."""
 
     def __init__(self, gateway: GatewayContext, source: str, hint: str, started: float) -> None:
         self._gateway = gateway
@@ -151,13 +157,7 @@ class _Audit:
         self._started = started
         self._request_id = request_id_var.get() or new_request_id()
 
-    def record_later(self, outcome: str, code: grpc.StatusCode, reason: str) -> None:
-        """``record`` in a task of its own (kept referenced until it is done)."""
-        task = asyncio.ensure_future(self.record(outcome, code, reason))
-        _BACKGROUND.add(task)
-        task.add_done_callback(_BACKGROUND.discard)
-
-    async def record(
+    def row(
         self,
         outcome: str,
         code: grpc.StatusCode,
@@ -167,22 +167,20 @@ class _Audit:
         peer_id: str | None = None,
         subject_user_id: str | None = None,
         bytes_out: int = 0,
-    ) -> None:
-        await self._gateway.audit.record(
-            AuditRecord(
-                request_id=self._request_id,
-                verb=REDEEM_VERB,
-                status=code.name,
-                outcome=outcome,
-                reason=reason,
-                grant_id=_uuid_or_none(grant_id),
-                peer_id=_uuid_or_none(peer_id),
-                subject_user_id=_uuid_or_none(subject_user_id),
-                source_address=self._source[:128],
-                bytes_out=bytes_out,
-                latency_ms=round((time.perf_counter() - self._started) * 1000, 3),
-                detail=f"token {self._hint}" if self._hint else None,
-            )
+    ) -> AuditRecord:
+        return AuditRecord(
+            request_id=self._request_id,
+            verb=REDEEM_VERB,
+            status=code.name,
+            outcome=outcome,
+            reason=reason,
+            grant_id=_uuid_or_none(grant_id),
+            peer_id=_uuid_or_none(peer_id),
+            subject_user_id=_uuid_or_none(subject_user_id),
+            source_address=self._source[:128],
+            bytes_out=bytes_out,
+            latency_ms=round((time.perf_counter() - self._started) * 1000, 3),
+            detail=f"token {self._hint}" if self._hint else None,
         )
 
 

@@ -30,6 +30,9 @@ class Audit:
         self.rows.append(record)
         self.written.set()
 
+    def record_soon(self, record: AuditRecord) -> None:
+        self.later = asyncio.ensure_future(self.record(record))
+
 
 def _servicer(tmp_path: Path, backend: Backend) -> tuple[PeerEnrollmentServicer, Audit]:
     (tmp_path / "root.crt").write_text("ROOT")
