@@ -49,9 +49,6 @@ MAX_QUERY_CHARS: Final = 1000
 # Bounds the IN list a single visibility can put in a query (mosaic.scope refuses more in
 # a grant, MAX_TEAMS_PER_FILTER).
 MAX_TEAMS: Final = 1000
-# The rows of one List or Search reply stop here: under gRPC's 4 MiB message cap
-# (mosaic.rpc.options), with room for what the gateway adds to its own answer.
-MAX_REPLY_BYTES: Final = 3 * 1024 * 1024
 MAX_IMPORT_ITEMS: Final = 10_000
 
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")

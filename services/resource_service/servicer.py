@@ -15,6 +15,7 @@ import grpc
 
 from mosaic.errors import ServiceError, invalid_argument, not_found
 from mosaic.federation.v1 import common_pb2, resources_pb2, resources_pb2_grpc
+from mosaic.rpc.options import ROWS_BUDGET_BYTES, encoded_size
 from mosaic.sqltypes import utcnow
 from resource_service import domain
 from resource_service.store import ReadRow, ResourceStore
@@ -77,13 +78,13 @@ def _items(rows: Sequence[ReadRow]) -> list[common_pb2.ResourceItem]:
 
 
 def _within_reply_size(items: list[common_pb2.ResourceItem]) -> list[common_pb2.ResourceItem]:
-    """The leading items whose encoding fits in domain.MAX_REPLY_BYTES (at least one: a
-    single row is far smaller), so that large bodies shorten a page instead of making a
-    reply no gRPC peer accepts."""
+    """The leading items that fit in ROWS_BUDGET_BYTES (at least one: a single row is far
+    smaller), so that large bodies shorten a page instead of making a reply no gRPC peer
+    accepts."""
     total = 0
     for count, item in enumerate(items):
-        total += item.ByteSize() + 8  # the field's tag and length prefix, generously
-        if total > domain.MAX_REPLY_BYTES and count:
+        total += encoded_size(item)
+        if total > ROWS_BUDGET_BYTES and count:
             return items[:count]
     return items
 

@@ -5,8 +5,8 @@ FILE is a JSON array of objects with ``id``, ``resource``, ``owner_user_id``, ``
 ``updated_at`` (ISO 8601 with a time zone; absent means now). The whole file is checked
 first, with the same rules as resource-service, and nothing is sent unless every row is
 valid; then the rows go through the gateway's admin API in batches of at most
-:data:`BATCH_SIZE` rows and :data:`BATCH_BYTES` bytes. Import is an upsert by id, so
-re-running a file is harmless.
+:data:`BATCH_SIZE` rows and ``mosaic.rpc.options.ROWS_BUDGET_BYTES`` bytes. Import is an
+upsert by id, so re-running a file is harmless.
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ import typer
 from mosaic.cli.admin import call_admin, load_or_fail
 from mosaic.cli.output import emit, fail, state
 from mosaic.federation.v1 import common_pb2, gateway_pb2_grpc, resources_pb2
+from mosaic.rpc.options import ROWS_BUDGET_BYTES, encoded_size
 
 BATCH_SIZE = 500
-# Under gRPC's 4 MiB message cap (mosaic.rpc.options): 500 rows of 10 KiB would not fit.
-BATCH_BYTES = 3 * 1024 * 1024
 _FIELDS = ("id", "resource", "owner_user_id", "team_id", "title", "body", "updated_at")
 _REQUIRED = ("id", "resource", "owner_user_id", "title", "body")
 _FILE_HINT = (
@@ -65,13 +64,14 @@ def import_rows(
 
 
 def _batches(items: list[common_pb2.ResourceItem]) -> list[list[common_pb2.ResourceItem]]:
-    """Consecutive batches of at most BATCH_SIZE rows and BATCH_BYTES encoded bytes."""
+    """Consecutive batches of at most BATCH_SIZE rows and ROWS_BUDGET_BYTES (500 rows of
+    10 KiB would not fit in one gRPC message)."""
     batches: list[list[common_pb2.ResourceItem]] = []
     batch: list[common_pb2.ResourceItem] = []
     size = 0
     for item in items:
-        item_size = item.ByteSize() + 8  # with its tag and length prefix, generously
-        if batch and (len(batch) == BATCH_SIZE or size + item_size > BATCH_BYTES):
+        item_size = encoded_size(item)
+        if batch and (len(batch) == BATCH_SIZE or size + item_size > ROWS_BUDGET_BYTES):
             batches.append(batch)
             batch, size = [], 0
         batch.append(item)

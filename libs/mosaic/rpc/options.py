@@ -6,8 +6,21 @@ get GOAWAY ``too_many_pings``.
 
 from __future__ import annotations
 
+from typing import Any
+
 MAX_RECEIVE_BYTES = 4 * 1024 * 1024
 MAX_SEND_BYTES = 4 * 1024 * 1024
+# What one message of many rows (a List or Search reply, an import batch) may hold, with
+# room under the caps above for the rest of the message and what a gateway adds to it.
+ROWS_BUDGET_BYTES = 3 * 1024 * 1024
+
+
+def encoded_size(item: Any) -> int:
+    """A repeated message field's share of its message: the item, its tag and length
+    prefix (counted generously)."""
+    return int(item.ByteSize()) + 8
+
+
 CLIENT_KEEPALIVE_MS = 30_000
 
 SERVER_OPTIONS: list[tuple[str, int]] = [
