@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from mosaic.enrollment_url import bracket_host, is_host
+
 DEFAULT_PORT_BASE = 7400
 CONFIG_FILE = "instance.toml"
 
@@ -58,6 +60,11 @@ class ConfigError(Exception):
         super().__init__(message)
         self.message = message
         self.remediation = remediation
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as gRPC and peers read it, an IPv6 address in brackets."""
+    return f"{bracket_host(host)}:{port}"
 
 
 @dataclass(frozen=True)
@@ -131,6 +138,17 @@ class InstanceConfig:
     # in instance.toml): lets several gateway replicas of one home run on one host.
     port_overrides: Mapping[str, int] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        named = [("host", self.host), ("bind_host", self.bind_host)]
+        named += [(f"internal_hosts.{k}", v) for k, v in self.internal_hosts.items()]
+        for what, value in named:
+            if not is_host(value):
+                raise ConfigError(
+                    f"{what} {value!r} is not a DNS name or an IP address",
+                    remediation="give a name like gw.example.org, or an address like "
+                    "192.0.2.7 or 2001:db8::7 (no brackets, no port)",
+                )
+
     # ---- derived locations -------------------------------------------------
     @property
     def ports(self) -> Ports:
@@ -191,22 +209,22 @@ class InstanceConfig:
         """host:port other services dial to reach ``service``'s internal listener."""
         host = self.internal_hosts.get(service, "127.0.0.1")
         port = self.ports.admin if service == GATEWAY else self.ports.internal[service]
-        return f"{host}:{port}"
+        return host_port(host, port)
 
     def listen_address(self, port: int) -> str:
-        return f"{self.bind_host}:{port}"
+        return host_port(self.bind_host, port)
 
     @property
     def admin_address(self) -> str:
-        return f"{self.internal_hosts.get(GATEWAY, '127.0.0.1')}:{self.ports.admin}"
+        return host_port(self.internal_hosts.get(GATEWAY, "127.0.0.1"), self.ports.admin)
 
     @property
     def federation_endpoint(self) -> str:
-        return f"{self.host}:{self.ports.federation}"
+        return host_port(self.host, self.ports.federation)
 
     @property
     def enrollment_endpoint(self) -> str:
-        return f"{self.host}:{self.ports.enrollment}"
+        return host_port(self.host, self.ports.enrollment)
 
     def database_url(self, service: str) -> str:
         """SQLAlchemy URL for ``service``: its own SQLite file, or the shared Postgres."""

@@ -25,7 +25,9 @@ __all__ = [
     "TOKEN_PARAM",
     "EnrollmentURL",
     "EnrollmentURLError",
+    "bracket_host",
     "build_enrollment_url",
+    "is_host",
     "is_well_formed_token",
     "parse_enrollment_url",
 ]
@@ -60,7 +62,7 @@ class EnrollmentURL:
     @property
     def endpoint(self) -> str:
         """``host:port`` to dial (IPv6 literals in brackets)."""
-        return f"{_bracket(self.host)}:{self.port}"
+        return f"{bracket_host(self.host)}:{self.port}"
 
     def to_url(self) -> str:
         return build_enrollment_url(self.host, self.port, self.token, self.ca_sha256)
@@ -77,9 +79,9 @@ def build_enrollment_url(host: str, port: int, token: str, ca_sha256: str) -> st
 
     Raises EnrollmentURLError if any part would not parse back.
     """
-    bare, checked_port = _split_authority(f"{_bracket(host)}:{port}")
+    bare, checked_port = _split_authority(f"{bracket_host(host)}:{port}")
     return (
-        f"{_PREFIX}{_bracket(bare)}:{checked_port}{PATH}"
+        f"{_PREFIX}{bracket_host(bare)}:{checked_port}{PATH}"
         f"?{TOKEN_PARAM}={_check_token(token)}&{CA_PARAM}={_check_fingerprint(ca_sha256)}"
     )
 
@@ -207,5 +209,17 @@ def _is_host_name(host: str) -> bool:
     return all(_HOST_LABEL.fullmatch(label) for label in host.split("."))
 
 
-def _bracket(host: str) -> str:
+def is_host(host: str) -> bool:
+    """True for a DNS name, an IPv4 address or a bare (unbracketed) IPv6 address."""
+    if ":" not in host:
+        return _is_host_name(host)
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def bracket_host(host: str) -> str:
+    """``host`` as it goes before ``:port``: an IPv6 address in brackets."""
     return f"[{host}]" if ":" in host else host

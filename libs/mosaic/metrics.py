@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from mosaic import __version__
+from mosaic.enrollment_url import bracket_host
 
 # No `*_created` series: they double the scrape and scrapers infer resets from the values.
 disable_created_metrics()
@@ -80,7 +81,7 @@ class MetricsListener:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return f"{bracket_host(self.host)}:{self.port}"
 
     def start(self) -> None:
         BUILD_INFO.labels(self.service, __version__).set(1)
@@ -101,7 +102,7 @@ class MetricsListener:
 
 def scrape(port: int, host: str = "127.0.0.1", timeout_s: float = 5.0) -> str:
     """One scrape of a metrics listener, as the Prometheus text it serves."""
-    url = f"http://{host}:{port}/metrics"
+    url = f"http://{bracket_host(host)}:{port}/metrics"
     with urllib.request.urlopen(url, timeout=timeout_s) as reply:
         return reply.read().decode()
 

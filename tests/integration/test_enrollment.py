@@ -231,6 +231,38 @@ def test_peer_add_enrolls_a_and_activates_bs_grant(pair: Pair) -> None:
     assert rows[0]["request_id"]
 
 
+def test_enrollment_and_queries_reach_a_gateway_known_by_its_ipv6_address(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # B6 gives peers the address ::1 and listens on every address, IPv4 and IPv6 alike.
+    monkeypatch.setenv("MOSAIC_BIND_HOST", "::")
+    b6 = Instance(tmp_path, "b6", extra_init=("--host", "::1"))
+    assert b6.init_doc["federation_endpoint"] == f"[::1]:{b6.port_base + 43}"
+    try:
+        b6.start()
+        code, grant, err = b6.cli(
+            "federation", "grant", "create", "--user", str(uuid.uuid4()),
+            "--peer-name", "a", "--scope", str(pair.scope),
+        )  # fmt: skip
+        assert code == 0, (grant, err)
+        code, token, err = b6.cli("federation", "grant", "token", grant["id"])
+        assert code == 0, (token, err)
+        assert parse_enrollment_url(token["enrollment_url"]).host == "::1"
+
+        code, peer, err = pair.a.cli(
+            "federation", "peer", "add", token["enrollment_url"], "--name", "b6", timeout=120
+        )
+        assert code == 0, (peer, err)
+        assert (peer["state"], peer["endpoint"]) == ("active", b6.init_doc["federation_endpoint"])
+        code, caps, err = pair.a.cli("federation", "query", "b6", "capabilities")
+        assert code == 0, (caps, err)
+        assert caps["capabilities"]["grant_id"] == grant["id"]
+        assert caps["stale"] is False
+    finally:
+        b6.stop()
+        pair.a.cli("federation", "peer", "remove", "b6")
+
+
 async def _peer_credentials(a: Instance, peer_id: str) -> grants_pb2.GetPeerCredentialsResponse:
     async with internal_channel_as(a.home, "grants-service", "federation-gateway") as channel:
         reply: grants_pb2.GetPeerCredentialsResponse = await grants_pb2_grpc.GrantsStub(

@@ -72,7 +72,6 @@ def create_instance(
             f"an instance already exists at {home}",
             remediation="choose another --home, or remove that directory to start over",
         )
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
     config = InstanceConfig(
         home=home,
         name=name,
@@ -85,6 +84,7 @@ def create_instance(
         rate_limit=rate_limit or RateLimitConfig(),
     )
     config.ports  # noqa: B018 - validates the port base before anything is written
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
     for sub in ("secrets", "data", "pki"):
         (home / sub).mkdir(exist_ok=True, mode=0o700)
 
