@@ -104,6 +104,10 @@ class RateLimitConfig:
     burst: int = 40
     redeem_per_second: float = 0.1
     redeem_burst: int = 5
+    # Certificate renewals per grant: each one issues a certificate and revokes one, and
+    # every gateway holds every revocation until that certificate expires.
+    renew_per_second: float = 1 / 60
+    renew_burst: int = 5
 
 
 @dataclass(frozen=True)
@@ -251,6 +255,8 @@ class InstanceConfig:
                 "burst": self.rate_limit.burst,
                 "redeem_per_second": self.rate_limit.redeem_per_second,
                 "redeem_burst": self.rate_limit.redeem_burst,
+                "renew_per_second": self.rate_limit.renew_per_second,
+                "renew_burst": self.rate_limit.renew_burst,
             },
         }
         if self.step_ca is not None:
@@ -350,6 +356,10 @@ def _from_dict(home: Path, doc: Mapping[str, Any]) -> InstanceConfig:
                     rl.get("redeem_per_second", RateLimitConfig.redeem_per_second)
                 ),
                 redeem_burst=int(rl.get("redeem_burst", RateLimitConfig.redeem_burst)),
+                renew_per_second=float(
+                    rl.get("renew_per_second", RateLimitConfig.renew_per_second)
+                ),
+                renew_burst=int(rl.get("renew_burst", RateLimitConfig.renew_burst)),
             ),
             step_ca=StepCAConfig(**step) if step else None,
         )

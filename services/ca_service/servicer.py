@@ -23,6 +23,7 @@ chain to the backend's root) is never returned: INTERNAL, reason ISSUED_CERT_MIS
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
@@ -47,6 +48,7 @@ from ca_service.store import IssuedRecord
 from mosaic.config import InstanceConfig
 from mosaic.errors import ServiceError, invalid_argument, not_found, unavailable
 from mosaic.federation.v1 import ca_pb2, ca_pb2_grpc
+from mosaic.rpc.options import ROWS_BUDGET_BYTES, encoded_size
 from mosaic.sqltypes import utcnow
 from mosaic.x509ext import (
     ChainError,
@@ -60,6 +62,7 @@ from mosaic.x509ext import (
 log = logging.getLogger("ca_service")
 
 MAX_REASON_LENGTH = 256
+MAX_REVOCATIONS_PAGE = 5000
 DEFAULT_REVOCATION_REASON = "unspecified"
 BACKEND_RETRY_AFTER_S = 5.0
 
@@ -309,8 +312,29 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
     async def ListRevocations(
         self, request: ca_pb2.ListRevocationsRequest, context: grpc.aio.ServicerContext
     ) -> ca_pb2.ListRevocationsResponse:
-        revoked = await store.list_revoked(self._engine)
-        return ca_pb2.ListRevocationsResponse(revocations=[_revocation(r) for r in revoked])
+        if request.page_size < 0:
+            raise invalid_argument(
+                "PAGE_SIZE_INVALID",
+                "page_size must not be negative",
+                violations=[("page_size", "0 or more")],
+            )
+        after = request.page_token
+        if after and not _SERIAL_TOKEN.fullmatch(after):
+            raise invalid_argument(
+                "PAGE_TOKEN_INVALID",
+                "page_token is not one this service handed out",
+                violations=[("page_token", "the next_page_token of the previous page")],
+            )
+        size = min(request.page_size or MAX_REVOCATIONS_PAGE, MAX_REVOCATIONS_PAGE)
+        page = await store.revoked_page(
+            self._engine, unexpired_at=utcnow(), after_serial=after, limit=size + 1
+        )
+        more = len(page) > size
+        page = page[:size]
+        return ca_pb2.ListRevocationsResponse(
+            revocations=[_revocation(r) for r in page],
+            next_page_token=page[-1].serial if more else "",
+        )
 
     async def WatchRevocations(
         self, request: ca_pb2.WatchRevocationsRequest, context: grpc.aio.ServicerContext
@@ -319,15 +343,18 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
             with self._feed.subscribe() as subscription:
                 # Subscribed first, so a revocation made while the snapshot is read is
                 # delivered afterwards (or de-duplicated if the snapshot has it).
-                snapshot = await store.list_revoked(self._engine)
+                # Expired certificates fail the handshake anyway: leaving them out keeps
+                # the snapshot as large as the certificates still valid, not the history.
+                snapshot = await store.list_revoked(self._engine, unexpired_at=utcnow())
                 subscription.mark_sent(snapshot)
-                yield ca_pb2.WatchRevocationsResponse(
-                    snapshot=True, revocations=[_revocation(r) for r in snapshot]
-                )
-                async for batch in subscription.batches():
+                parts = _in_parts([_revocation(r) for r in snapshot])
+                for i, part in enumerate(parts):
                     yield ca_pb2.WatchRevocationsResponse(
-                        snapshot=False, revocations=[_revocation(r) for r in batch]
+                        snapshot=True, revocations=part, more=i < len(parts) - 1
                     )
+                async for batch in subscription.batches():
+                    for part in _in_parts([_revocation(r) for r in batch]):
+                        yield ca_pb2.WatchRevocationsResponse(snapshot=False, revocations=part)
         except FeedClosed:
             raise unavailable(
                 "SHUTTING_DOWN",
@@ -404,6 +431,24 @@ def _revocation_reason(text: str) -> str:
             violations=[("reason", f"at most {MAX_REASON_LENGTH} characters")],
         )
     return reason or DEFAULT_REVOCATION_REASON
+
+
+# A serial as stored: lowercase hex, as the page token of ListRevocations.
+_SERIAL_TOKEN = re.compile(r"[0-9a-f]{1,64}")
+
+
+def _in_parts(revocations: list[ca_pb2.Revocation]) -> list[list[ca_pb2.Revocation]]:
+    """Consecutive runs of ``revocations`` that each fit one message (at least one run)."""
+    parts: list[list[ca_pb2.Revocation]] = [[]]
+    size = 0
+    for revocation in revocations:
+        item = encoded_size(revocation)
+        if parts[-1] and size + item > ROWS_BUDGET_BYTES:
+            parts.append([])
+            size = 0
+        parts[-1].append(revocation)
+        size += item
+    return parts
 
 
 def _revocation(record: IssuedRecord) -> ca_pb2.Revocation:

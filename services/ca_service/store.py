@@ -176,13 +176,40 @@ async def revoke(
 
 
 async def list_revoked(
-    engine: AsyncEngine, *, revoked_since: datetime | None = None
+    engine: AsyncEngine,
+    *,
+    revoked_since: datetime | None = None,
+    unexpired_at: datetime | None = None,
 ) -> list[IssuedRecord]:
-    """Every revoked certificate (or those revoked at or after ``revoked_since``), oldest first."""
+    """Revoked certificates, oldest revocation first: all of them, or those revoked at or
+    after ``revoked_since``, or those still valid at ``unexpired_at``."""
     table = issued_certificates
     query = select(table).where(table.c.revoked_at.is_not(None))
     if revoked_since is not None:
         query = query.where(table.c.revoked_at >= revoked_since)
+    if unexpired_at is not None:
+        query = query.where(table.c.not_after > unexpired_at)
     async with engine.connect() as conn:
         rows = (await conn.execute(query.order_by(table.c.revoked_at))).mappings().all()
+    return [_record(r) for r in rows]
+
+
+async def revoked_page(
+    engine: AsyncEngine, *, unexpired_at: datetime, after_serial: str, limit: int
+) -> list[IssuedRecord]:
+    """Up to ``limit`` revoked certificates still valid at ``unexpired_at``, in serial order,
+    after ``after_serial``."""
+    table = issued_certificates
+    query = (
+        select(table)
+        .where(
+            table.c.revoked_at.is_not(None),
+            table.c.not_after > unexpired_at,
+            table.c.serial > after_serial,
+        )
+        .order_by(table.c.serial)
+        .limit(limit)
+    )
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).mappings().all()
     return [_record(r) for r in rows]

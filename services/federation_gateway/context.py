@@ -22,6 +22,7 @@ class GatewayContext:
     grant_limiter: RateLimiter
     # Enrollment redeem attempts per source address ([rate_limit] redeem_* in instance.toml).
     redeem_limiter: RateLimiter
+    renew_limiter: RateLimiter
     revoked: RevokedSerials = field(init=False)
     grant_cache: GrantCache = field(init=False)
     federation_client: FederationClient = field(init=False)
@@ -51,6 +52,12 @@ class GatewayContext:
                 config.rate_limit.redeem_burst,
                 prefix=f"mosaic:{config.name}:redeem",
             ),
+            renew_limiter=make_limiter(
+                config.valkey_url,
+                config.rate_limit.renew_per_second,
+                config.rate_limit.renew_burst,
+                prefix=f"mosaic:{config.name}:renew",
+            ),
         )
 
     async def follow_revocations(self) -> None:
@@ -68,3 +75,4 @@ class GatewayContext:
         await self.audit.close()
         await self.grant_limiter.close()
         await self.redeem_limiter.close()
+        await self.renew_limiter.close()

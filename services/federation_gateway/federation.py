@@ -45,6 +45,7 @@ from federation_gateway.audit import AuditRecord
 from federation_gateway.authz import GrantView, Refusal, check_certificate, refused
 from federation_gateway.context import GatewayContext
 from federation_gateway.pagetoken import PageTokenInvalid, PageTokens
+from federation_gateway.ratelimit import RateLimiter
 from mosaic import __version__
 from mosaic.config import CA, GRANTS
 from mosaic.config import RESOURCES as RESOURCE_SERVICE
@@ -197,6 +198,7 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
             runtime.channels.get(RESOURCE_SERVICE)
         )
         self._limiter = gateway.grant_limiter
+        self._renew_limiter = gateway.renew_limiter
         self._audit = gateway.audit
         self._tokens = PageTokens(runtime.sealer.derive_key("page-token"))
         self._rate_limit = runtime.config.rate_limit
@@ -327,24 +329,7 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         )
         if refusal is not None:
             raise refusal.error()
-        try:
-            decision = await self._limiter.acquire(identity.grant_id)
-        except Exception as exc:  # Valkey down: refuse rather than serve unlimited
-            log.warning("rate limiter failed", extra={"error": type(exc).__name__})
-            raise unavailable(
-                RATE_LIMITER_UNAVAILABLE,
-                "the gateway cannot check its rate limit right now",
-                remediation="retry shortly",
-                retry_after_s=1.0,
-            ) from None
-        if not decision.allowed:
-            raise ServiceError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                RATE_LIMITED,
-                "rate limit exceeded for this grant",
-                remediation="retry after the delay in RetryInfo",
-                retry_after_s=decision.retry_after_s,
-            )
+        await _within_limit(self._limiter, identity.grant_id, "rate limit exceeded for this grant")
         return result
 
     @staticmethod
@@ -490,7 +475,14 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         rotate call fails in a way that may have come after its commit (a timeout, an
         outage), grants-service is asked which is current; if it cannot say, neither is
         revoked (the gate serves only the current one) and the caller gets the error.
+
+        Renewals have a limit of their own per grant, far below the query rate: each one
+        revokes a certificate, and every gateway keeps every revocation in memory until
+        the revoked certificate expires.
         """
+        await _within_limit(
+            self._renew_limiter, view.grant_id, "too many certificate renewals for this grant"
+        )
         try:
             issued: ca_pb2.IssueCertificateResponse = await self._ca.IssueCertificate(
                 ca_pb2.IssueCertificateRequest(
@@ -651,6 +643,28 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
                 ) from None
             log.error("resource-service failed", extra={"code": code.name})
             raise
+
+
+async def _within_limit(limiter: RateLimiter, key: str, refusal: str) -> None:
+    """Take one request's worth of ``limiter`` for ``key``, or refuse with RetryInfo."""
+    try:
+        decision = await limiter.acquire(key)
+    except Exception as exc:  # Valkey down: refuse rather than serve unlimited
+        log.warning("rate limiter failed", extra={"error": type(exc).__name__})
+        raise unavailable(
+            RATE_LIMITER_UNAVAILABLE,
+            "the gateway cannot check its rate limit right now",
+            remediation="retry shortly",
+            retry_after_s=1.0,
+        ) from None
+    if not decision.allowed:
+        raise ServiceError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            RATE_LIMITED,
+            refusal,
+            remediation="retry after the delay in RetryInfo",
+            retry_after_s=decision.retry_after_s,
+        )
 
 
 def _renewal_done(task: asyncio.Task[Any]) -> None:

@@ -1,9 +1,10 @@
 """Revoked certificate serials, in memory, fed by ca-service WatchRevocations.
 
-The first message of every watch is a full snapshot; later ones add revocations. Until a
-snapshot has arrived — at start-up and again after the stream breaks — the set is not
-*loaded* and the federation servicer refuses every request (fail closed): a serial
-revoked while we were not listening must never be honoured.
+The first message of every watch is a full snapshot of the certificates not yet expired,
+in as many messages as it takes (``more`` says another part follows); later ones add
+revocations. Until a whole snapshot has arrived — at start-up and again after the stream
+breaks — the set is not *loaded* and the federation servicer refuses every request (fail
+closed): a serial revoked while we were not listening must never be honoured.
 """
 
 from __future__ import annotations
@@ -33,13 +34,21 @@ class RevokedSerials:
     def __init__(self) -> None:
         self.serials: set[str] = set()
         self.loaded = False
+        # The parts of a snapshot received so far (it may span several messages).
+        self._partial: set[str] | None = None
 
     def apply(self, message: ca_pb2.WatchRevocationsResponse) -> None:
         serials = {r.serial for r in message.revocations}
         if message.snapshot:
-            self.serials = serials
+            self._partial = serials if self._partial is None else self._partial | serials
+            if message.more:
+                return
+            self.serials, self._partial = self._partial, None
             self.loaded = True
-            log.info("revocations loaded", extra={"revoked": len(serials)})
+            log.info("revocations loaded", extra={"revoked": len(self.serials)})
+        elif self._partial is not None:
+            # A delta inside a snapshot breaks the protocol; keep it, with the snapshot.
+            self._partial |= serials
         elif self.loaded:
             self.serials |= serials
             log.info("serials revoked", extra={"count": len(serials)})
@@ -52,6 +61,7 @@ class RevokedSerials:
     def lost(self) -> None:
         """The watch broke: refuse until a new snapshot proves the set is complete."""
         self.loaded = False
+        self._partial = None
         REVOCATIONS_LOADED.set(0)
 
     async def run(self, ca: ca_pb2_grpc.CertificateAuthorityStub) -> None:

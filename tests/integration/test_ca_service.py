@@ -12,6 +12,7 @@ import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -292,6 +293,25 @@ async def test_only_the_gateway_may_read_revocations(instance: Instance) -> None
         assert err.code == grpc.StatusCode.PERMISSION_DENIED
 
 
+@pytest.mark.parametrize(
+    ("request_fields", "reason"),
+    [
+        ({"page_size": -1}, "PAGE_SIZE_INVALID"),
+        ({"page_token": "not-a-serial"}, "PAGE_TOKEN_INVALID"),
+        ({"page_token": "AB"}, "PAGE_TOKEN_INVALID"),
+        ({"page_token": "a" * 65}, "PAGE_TOKEN_INVALID"),
+        ({"page_token": "' OR 1=1 --"}, "PAGE_TOKEN_INVALID"),
+    ],
+)
+async def test_bad_revocation_pages_are_refused(
+    as_gateway: ca_pb2_grpc.CertificateAuthorityStub, request_fields: dict[str, Any], reason: str
+) -> None:
+    err = await rpc_error(
+        as_gateway.ListRevocations(ca_pb2.ListRevocationsRequest(**request_fields), timeout=5)
+    )
+    assert (err.code, err.reason) == (grpc.StatusCode.INVALID_ARGUMENT, reason)
+
+
 async def test_enrollment_may_revoke_what_it_had_issued(
     as_enrollment: ca_pb2_grpc.CertificateAuthorityStub,
     as_gateway: ca_pb2_grpc.CertificateAuthorityStub,
@@ -478,6 +498,102 @@ def _revoke_in_table(instance: Instance, serial: str) -> None:
         )
 
     _on_postgres(instance, write)
+
+
+MANY_REVOKED = 30_000  # about 4.5 MB of Revocation messages: over the 4 MiB message cap
+
+
+async def _table_rows(instance: Instance, rows: list[dict[str, Any]] | None) -> None:
+    """Add ``rows`` to ca-service's own table, as other replicas' history would; or, with
+    None, remove the rows added that way."""
+    from sqlalchemy import delete, insert
+
+    from ca_service.store import issued_certificates
+    from mosaic.config import CA, load_config
+    from mosaic.db import Database
+
+    db = Database(
+        load_config(instance.home).database_url(CA), schema="ca", migrations_dir=Path("unused")
+    )
+    try:
+        async with db.engine.begin() as conn:
+            table = issued_certificates
+            if rows is None:
+                await conn.execute(delete(table).where(table.c.backend == "history"))
+            else:
+                await conn.execute(insert(table), rows)
+    finally:
+        await db.engine.dispose()
+
+
+async def test_a_snapshot_larger_than_a_message_arrives_in_parts_without_expired_ones(
+    instance: Instance,
+    as_enrollment: ca_pb2_grpc.CertificateAuthorityStub,
+    as_gateway: ca_pb2_grpc.CertificateAuthorityStub,
+) -> None:
+    """Every renewal revokes the certificate it replaces, so revocations pile up. The
+    snapshot must not outgrow gRPC's message cap (every gateway would then refuse every
+    request for good), and certificates past their not_after need no listing: the TLS
+    handshake refuses them."""
+    now = datetime.now(UTC)
+
+    def row(i: int, *, expired: bool) -> dict[str, Any]:
+        return {
+            "serial": f"{'e' if expired else 'a'}{i:039x}",
+            "grant_id": uuid.uuid4(),
+            "subject_user_id": uuid.uuid4(),
+            "peer_id": uuid.uuid4(),
+            "backend": "history",
+            "fingerprint_sha256": "0" * 64,
+            "not_before": now - timedelta(days=2),
+            "not_after": now - timedelta(minutes=1) if expired else now + timedelta(hours=1),
+            "created_at": now - timedelta(days=2),
+            "revoked_at": now - timedelta(days=1),
+            "revoke_reason": "superseded by renewal",
+        }
+
+    valid = [row(i, expired=False) for i in range(MANY_REVOKED)]
+    expired = [row(i, expired=True) for i in range(500)]
+    await _table_rows(instance, valid + expired)
+    try:
+        recent = await issue(as_enrollment, make_csr())
+        await _revoke(as_gateway, serial=recent.serial, reason="key compromise")
+
+        watch = as_gateway.WatchRevocations(ca_pb2.WatchRevocationsRequest(), timeout=60)
+        parts: list[ca_pb2.WatchRevocationsResponse] = []
+        try:
+            async for message in watch:
+                parts.append(message)
+                if not message.more:
+                    break
+        finally:
+            watch.cancel()
+        assert len(parts) >= 2
+        assert all(p.snapshot for p in parts)
+        assert [p.more for p in parts] == [True] * (len(parts) - 1) + [False]
+        assert all(p.ByteSize() < 4 * 1024 * 1024 for p in parts)
+        serials = [r.serial for p in parts for r in p.revocations]
+        assert len(serials) == len(set(serials))
+        expected = {r["serial"] for r in valid} | {recent.serial}
+        assert expected <= set(serials)
+        assert not {r["serial"] for r in expired} & set(serials)
+
+        listed: list[str] = []
+        token = ""
+        while True:
+            page = await as_gateway.ListRevocations(
+                ca_pb2.ListRevocationsRequest(page_size=7000, page_token=token), timeout=10
+            )
+            assert 0 < len(page.revocations) <= 5000  # clamped to the largest page
+            listed += [r.serial for r in page.revocations]
+            token = page.next_page_token
+            if not token:
+                break
+        assert listed == sorted(set(listed))
+        assert expected <= set(listed)
+        assert not {r["serial"] for r in expired} & set(listed)
+    finally:
+        await _table_rows(instance, None)
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ import grpc
 
 from federation_gateway.authz import GrantView, decide
 from federation_gateway.federation import FederationServicer
+from federation_gateway.ratelimit import LocalGcra, RateLimiter
 from mosaic.federation.v1 import grants_pb2
 
 GRANT_ID = str(uuid.uuid4())
@@ -27,12 +28,14 @@ SUBJECT = str(uuid.uuid4())
 Backend = Callable[[str, Any], Any]
 
 
-def grant_view(max_rows: int = 100, cert_serial: str = "01ab") -> GrantView:
+def grant_view(
+    max_rows: int = 100, cert_serial: str = "01ab", grant_id: str = GRANT_ID
+) -> GrantView:
     """An active grant on tasks for SUBJECT, bound to the active inbound peer PEER_ID."""
     view = decide(
         grants_pb2.GetGrantResponse(
             grant=grants_pb2.Grant(
-                id=GRANT_ID,
+                id=grant_id,
                 peer_id=PEER_ID,
                 subject_user_id=SUBJECT,
                 status=grants_pb2.GRANT_STATUS_ACTIVE,
@@ -77,7 +80,9 @@ class FakeChannel:
     unary_stream = stream_unary = stream_stream = unary_unary
 
 
-def federation_servicer(backend: Backend) -> FederationServicer:
+def federation_servicer(
+    backend: Backend, *, renew_limiter: RateLimiter | None = None
+) -> FederationServicer:
     channel = FakeChannel(backend)
     runtime = SimpleNamespace(
         channels=SimpleNamespace(get=lambda _name: channel),
@@ -89,6 +94,7 @@ def federation_servicer(backend: Backend) -> FederationServicer:
         revoked=None,
         grant_cache=SimpleNamespace(invalidate=lambda **_: None),
         grant_limiter=None,
+        renew_limiter=renew_limiter or LocalGcra(per_second=1000.0, burst=1000),
         audit=None,
     )
     return FederationServicer(gateway)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 import pytest
 
+from federation_gateway.ratelimit import LocalGcra
 from mosaic.errors import ServiceError, failed_precondition
 from mosaic.federation.v1 import ca_pb2, gateway_pb2, grants_pb2
 from tests.support.federation_fakes import (
@@ -19,6 +20,7 @@ from tests.support.federation_fakes import (
 )
 
 OLD, NEW = "01ab", "02cd"
+OTHER_GRANT = "33333333-3333-4333-8333-333333333333"
 
 
 class Backends:
@@ -106,3 +108,32 @@ async def test_a_rotate_that_succeeds_revokes_the_old_certificate() -> None:
     answer = await _renew(backends)
     assert (answer.serial, answer.certificate_pem) == (NEW, "NEW CERT")
     assert backends.revoked == [OLD]
+
+
+async def test_renewals_beyond_the_grants_renewal_limit_are_refused_before_the_ca() -> None:
+    """Each renewal revokes a certificate that every gateway then holds until it expires;
+    a peer looping RenewCertificate must not grow that set at its query rate."""
+    backends = Backends(rotate=None, current=NEW)
+    issued: list[str] = []
+
+    def counting(method: str, request: Any) -> Any:
+        if method == "IssueCertificate":
+            issued.append(request.grant_id)
+        return backends(method, request)
+
+    limiter = LocalGcra(per_second=1 / 60, burst=2)
+    servicer = federation_servicer(counting, renew_limiter=limiter)
+    request = gateway_pb2.RenewCertificateRequest(csr_pem="CSR")
+    for _ in range(2):
+        await servicer._renew(grant_view(cert_serial=OLD), request)
+    with pytest.raises(ServiceError) as refused:
+        await servicer._renew(grant_view(cert_serial=OLD), request)
+    assert (refused.value.code, refused.value.reason) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "RATE_LIMITED",
+    )
+    assert 58 < (refused.value.retry_after_s or 0) <= 60
+    assert len(issued) == 2
+    # Another grant has a limit of its own.
+    await servicer._renew(grant_view(cert_serial=OLD, grant_id=OTHER_GRANT), request)
+    assert len(issued) == 3

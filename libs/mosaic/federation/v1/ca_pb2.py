@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmosaic/federation/v1/ca.proto\x12\x14mosaic.federation.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x80\x01\n\x17IssueCertificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\x12\x10\n\x08grant_id\x18\x02 \x01(\t\x12\x17\n\x0fsubject_user_id\x18\x03 \x01(\t\x12\x0f\n\x07peer_id\x18\x04 \x01(\t\x12\x18\n\x10lifetime_seconds\x18\x05 \x01(\x03\"\xc6\x01\n\x18IssueCertificateResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x11\n\tchain_pem\x18\x02 \x03(\t\x12\x0e\n\x06serial\x18\x03 \x01(\t\x12.\n\nnot_before\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tnot_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x62\x61\x63kend\x18\x06 \x01(\t\"L\n\x18RevokeCertificateRequest\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x10\n\x08grant_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x84\x01\n\x19RevokeCertificateResponse\x12\x35\n\x0brevocations\x18\x01 \x03(\x0b\x32 .mosaic.federation.v1.Revocation\x12\x1a\n\x12revoked_at_backend\x18\x02 \x01(\x08\x12\x14\n\x0c\x62\x61\x63kend_note\x18\x03 \x01(\t\"\x7f\n\nRevocation\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x10\n\x08grant_id\x18\x02 \x01(\t\x12\x0f\n\x07peer_id\x18\x03 \x01(\t\x12.\n\nrevoked_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\x18\n\x16ListRevocationsRequest\"P\n\x17ListRevocationsResponse\x12\x35\n\x0brevocations\x18\x01 \x03(\x0b\x32 .mosaic.federation.v1.Revocation\"\x19\n\x17WatchRevocationsRequest\"c\n\x18WatchRevocationsResponse\x12\x10\n\x08snapshot\x18\x01 \x01(\x08\x12\x35\n\x0brevocations\x18\x02 \x03(\x0b\x32 .mosaic.federation.v1.Revocation\"\x17\n\x15GetTrustBundleRequest\"\xa0\x01\n\x16GetTrustBundleResponse\x12\x10\n\x08root_pem\x18\x01 \x01(\t\x12\x19\n\x11intermediates_pem\x18\x02 \x03(\t\x12\x13\n\x0broot_sha256\x18\x03 \x01(\t\x12\x17\n\x0fserver_root_pem\x18\x04 \x01(\t\x12\x1a\n\x12server_root_sha256\x18\x05 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x06 \x01(\t\"\xce\x01\n\x11IssuedCertificate\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x10\n\x08grant_id\x18\x02 \x01(\t\x12\x17\n\x0fsubject_user_id\x18\x03 \x01(\t\x12\x0f\n\x07peer_id\x18\x04 \x01(\t\x12-\n\tnot_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x07 \x01(\t2\xd1\x04\n\x14\x43\x65rtificateAuthority\x12q\n\x10IssueCertificate\x12-.mosaic.federation.v1.IssueCertificateRequest\x1a..mosaic.federation.v1.IssueCertificateResponse\x12t\n\x11RevokeCertificate\x12..mosaic.federation.v1.RevokeCertificateRequest\x1a/.mosaic.federation.v1.RevokeCertificateResponse\x12n\n\x0fListRevocations\x12,.mosaic.federation.v1.ListRevocationsRequest\x1a-.mosaic.federation.v1.ListRevocationsResponse\x12s\n\x10WatchRevocations\x12-.mosaic.federation.v1.WatchRevocationsRequest\x1a..mosaic.federation.v1.WatchRevocationsResponse0\x01\x12k\n\x0eGetTrustBundle\x12+.mosaic.federation.v1.GetTrustBundleRequest\x1a,.mosaic.federation.v1.GetTrustBundleResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmosaic/federation/v1/ca.proto\x12\x14mosaic.federation.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x80\x01\n\x17IssueCertificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\x12\x10\n\x08grant_id\x18\x02 \x01(\t\x12\x17\n\x0fsubject_user_id\x18\x03 \x01(\t\x12\x0f\n\x07peer_id\x18\x04 \x01(\t\x12\x18\n\x10lifetime_seconds\x18\x05 \x01(\x03\"\xc6\x01\n\x18IssueCertificateResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x11\n\tchain_pem\x18\x02 \x03(\t\x12\x0e\n\x06serial\x18\x03 \x01(\t\x12.\n\nnot_before\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tnot_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x62\x61\x63kend\x18\x06 \x01(\t\"L\n\x18RevokeCertificateRequest\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x10\n\x08grant_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x84\x01\n\x19RevokeCertificateResponse\x12\x35\n\x0brevocations\x18\x01 \x03(\x0b\x32 .mosaic.federation.v1.Revocation\x12\x1a\n\x12revoked_at_backend\x18\x02 \x01(\x08\x12\x14\n\x0c\x62\x61\x63kend_note\x18\x03 \x01(\t\"\x7f\n\nRevocation\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x10\n\x08grant_id\x18\x02 \x01(\t\x12\x0f\n\x07peer_id\x18\x03 \x01(\t\x12.\n\nrevoked_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x05 \x01(\t\"?\n\x16ListRevocationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"i\n\x17ListRevocationsResponse\x12\x35\n\x0brevocations\x18\x01 \x03(\x0b\x32 .mosaic.federation.v1.Revocation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x19\n\x17WatchRevocationsRequest\"q\n\x18WatchRevocationsResponse\x12\x10\n\x08snapshot\x18\x01 \x01(\x08\x12\x35\n\x0brevocations\x18\x02 \x03(\x0b\x32 .mosaic.federation.v1.Revocation\x12\x0c\n\x04more\x18\x03 \x01(\x08\"\x17\n\x15GetTrustBundleRequest\"\xa0\x01\n\x16GetTrustBundleResponse\x12\x10\n\x08root_pem\x18\x01 \x01(\t\x12\x19\n\x11intermediates_pem\x18\x02 \x03(\t\x12\x13\n\x0broot_sha256\x18\x03 \x01(\t\x12\x17\n\x0fserver_root_pem\x18\x04 \x01(\t\x12\x1a\n\x12server_root_sha256\x18\x05 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x06 \x01(\t\"\xce\x01\n\x11IssuedCertificate\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x10\n\x08grant_id\x18\x02 \x01(\t\x12\x17\n\x0fsubject_user_id\x18\x03 \x01(\t\x12\x0f\n\x07peer_id\x18\x04 \x01(\t\x12-\n\tnot_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x07 \x01(\t2\xd1\x04\n\x14\x43\x65rtificateAuthority\x12q\n\x10IssueCertificate\x12-.mosaic.federation.v1.IssueCertificateRequest\x1a..mosaic.federation.v1.IssueCertificateResponse\x12t\n\x11RevokeCertificate\x12..mosaic.federation.v1.RevokeCertificateRequest\x1a/.mosaic.federation.v1.RevokeCertificateResponse\x12n\n\x0fListRevocations\x12,.mosaic.federation.v1.ListRevocationsRequest\x1a-.mosaic.federation.v1.ListRevocationsResponse\x12s\n\x10WatchRevocations\x12-.mosaic.federation.v1.WatchRevocationsRequest\x1a..mosaic.federation.v1.WatchRevocationsResponse0\x01\x12k\n\x0eGetTrustBundle\x12+.mosaic.federation.v1.GetTrustBundleRequest\x1a,.mosaic.federation.v1.GetTrustBundleResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,19 +43,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REVOCATION']._serialized_start=633
   _globals['_REVOCATION']._serialized_end=760
   _globals['_LISTREVOCATIONSREQUEST']._serialized_start=762
-  _globals['_LISTREVOCATIONSREQUEST']._serialized_end=786
-  _globals['_LISTREVOCATIONSRESPONSE']._serialized_start=788
-  _globals['_LISTREVOCATIONSRESPONSE']._serialized_end=868
-  _globals['_WATCHREVOCATIONSREQUEST']._serialized_start=870
-  _globals['_WATCHREVOCATIONSREQUEST']._serialized_end=895
-  _globals['_WATCHREVOCATIONSRESPONSE']._serialized_start=897
-  _globals['_WATCHREVOCATIONSRESPONSE']._serialized_end=996
-  _globals['_GETTRUSTBUNDLEREQUEST']._serialized_start=998
-  _globals['_GETTRUSTBUNDLEREQUEST']._serialized_end=1021
-  _globals['_GETTRUSTBUNDLERESPONSE']._serialized_start=1024
-  _globals['_GETTRUSTBUNDLERESPONSE']._serialized_end=1184
-  _globals['_ISSUEDCERTIFICATE']._serialized_start=1187
-  _globals['_ISSUEDCERTIFICATE']._serialized_end=1393
-  _globals['_CERTIFICATEAUTHORITY']._serialized_start=1396
-  _globals['_CERTIFICATEAUTHORITY']._serialized_end=1989
+  _globals['_LISTREVOCATIONSREQUEST']._serialized_end=825
+  _globals['_LISTREVOCATIONSRESPONSE']._serialized_start=827
+  _globals['_LISTREVOCATIONSRESPONSE']._serialized_end=932
+  _globals['_WATCHREVOCATIONSREQUEST']._serialized_start=934
+  _globals['_WATCHREVOCATIONSREQUEST']._serialized_end=959
+  _globals['_WATCHREVOCATIONSRESPONSE']._serialized_start=961
+  _globals['_WATCHREVOCATIONSRESPONSE']._serialized_end=1074
+  _globals['_GETTRUSTBUNDLEREQUEST']._serialized_start=1076
+  _globals['_GETTRUSTBUNDLEREQUEST']._serialized_end=1099
+  _globals['_GETTRUSTBUNDLERESPONSE']._serialized_start=1102
+  _globals['_GETTRUSTBUNDLERESPONSE']._serialized_end=1262
+  _globals['_ISSUEDCERTIFICATE']._serialized_start=1265
+  _globals['_ISSUEDCERTIFICATE']._serialized_end=1471
+  _globals['_CERTIFICATEAUTHORITY']._serialized_start=1474
+  _globals['_CERTIFICATEAUTHORITY']._serialized_end=2067
 # @@protoc_insertion_point(module_scope)

@@ -183,12 +183,21 @@ Global___Revocation: _TypeAlias = Revocation  # noqa: Y015
 class ListRevocationsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """0 means the largest page, 5000; more is clamped to it."""
+    page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first."""
     def __init__(
         self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -196,19 +205,28 @@ Global___ListRevocationsRequest: _TypeAlias = ListRevocationsRequest  # noqa: Y0
 
 @_typing.final
 class ListRevocationsResponse(_message.Message):
+    """Revocations of certificates that have not expired yet (as a CRL lists them): an
+    expired certificate fails the TLS handshake whether or not it was revoked. Pages
+    go in serial order.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REVOCATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
     @_builtins.property
     def revocations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Revocation]: ...
     def __init__(
         self,
         *,
         revocations: _abc.Iterable[Global___Revocation] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["revocations", b"revocations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "revocations", b"revocations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -235,8 +253,15 @@ class WatchRevocationsResponse(_message.Message):
 
     SNAPSHOT_FIELD_NUMBER: _builtins.int
     REVOCATIONS_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
     snapshot: _builtins.bool
-    """The first message is a full snapshot; later ones carry new revocations only."""
+    """The first message is a full snapshot (of certificates not yet expired); later ones
+    carry new revocations only.
+    """
+    more: _builtins.bool
+    """The snapshot continues in the next message (each message stays under the size cap).
+    A watcher applies the snapshot once its last part, with more = false, has arrived.
+    """
     @_builtins.property
     def revocations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Revocation]: ...
     def __init__(
@@ -244,10 +269,11 @@ class WatchRevocationsResponse(_message.Message):
         *,
         snapshot: _builtins.bool = ...,
         revocations: _abc.Iterable[Global___Revocation] | None = ...,
+        more: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["revocations", b"revocations", "snapshot", b"snapshot"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["more", b"more", "revocations", b"revocations", "snapshot", b"snapshot"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
