@@ -207,7 +207,7 @@ def _check_subject_alt_names(csr: x509.CertificateSigningRequest) -> None:
         raise CSRRejected(
             "CSR_MALFORMED", f"the CSR requests extension {exc.oid.dotted_string} more than once"
         ) from None
-    except ValueError:
+    except (ValueError, x509.UnsupportedGeneralNameType):
         raise CSRRejected("CSR_MALFORMED", "the CSR's requested extensions do not parse") from None
 
     names = list(san)

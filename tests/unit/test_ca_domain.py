@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 from ca_service.domain import (
     MAX_CSR_BYTES,
@@ -251,6 +251,20 @@ def test_rejects_non_dns_sans(
     error = _rejected(_csr(p256, sans=[x509.DNSName("peer-a.example"), san]))
     assert error.reason == "CSR_BAD_NAMES"
     assert says in str(error) and "only DNS names" in str(error)
+
+
+@pytest.mark.parametrize(
+    "der",
+    ["3002a300", "3004a5028000"],  # an x400Address, an ediPartyName
+    ids=["x400Address", "ediPartyName"],
+)
+def test_rejects_sans_of_kinds_the_parser_does_not_know(
+    p256: ec.EllipticCurvePrivateKey, der: str
+) -> None:
+    """cryptography raises a plain Exception for these; it used to escape as INTERNAL."""
+    san = x509.UnrecognizedExtension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, bytes.fromhex(der))
+    error = _rejected(_csr(p256, extra=[(san, False)]))
+    assert error.reason == "CSR_MALFORMED"
 
 
 @pytest.mark.parametrize(
