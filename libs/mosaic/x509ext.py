@@ -202,6 +202,16 @@ def parse_serial_hex(text: str) -> int:
     return serial
 
 
+# What ca-service records as a revocation's reason (step-ca takes no more either).
+MAX_REVOCATION_REASON = 256
+
+
+def revocation_reason(text: str) -> str:
+    """``text`` on one line, runs of whitespace (line breaks, control characters) as one
+    space; callers keep it within MAX_REVOCATION_REASON."""
+    return " ".join(text.split())
+
+
 def load_pem_certificates(pem: str | bytes) -> list[x509.Certificate]:
     """Load every certificate of a PEM bundle, in order; raise ValueError if there is none."""
     data = pem.encode("ascii") if isinstance(pem, str) else pem

@@ -51,9 +51,11 @@ from mosaic.federation.v1 import ca_pb2, ca_pb2_grpc
 from mosaic.rpc.options import ROWS_BUDGET_BYTES, encoded_size
 from mosaic.sqltypes import utcnow
 from mosaic.x509ext import (
+    MAX_REVOCATION_REASON,
     ChainError,
     canonical_uuid,
     parse_serial_hex,
+    revocation_reason,
     serial_hex,
     sha256_fingerprint,
     verify_chain,
@@ -61,7 +63,6 @@ from mosaic.x509ext import (
 
 log = logging.getLogger("ca_service")
 
-MAX_REASON_LENGTH = 256
 MAX_REVOCATIONS_PAGE = 5000
 DEFAULT_REVOCATION_REASON = "unspecified"
 BACKEND_RETRY_AFTER_S = 5.0
@@ -423,12 +424,12 @@ def _revocation_target(request: ca_pb2.RevokeCertificateRequest) -> tuple[str | 
 
 
 def _revocation_reason(text: str) -> str:
-    reason = " ".join(text.split())  # no control characters or line breaks in the record
-    if len(reason) > MAX_REASON_LENGTH:
+    reason = revocation_reason(text)  # no control characters or line breaks in the record
+    if len(reason) > MAX_REVOCATION_REASON:
         raise invalid_argument(
             "INVALID_REASON",
-            f"the reason is {len(reason)} characters; at most {MAX_REASON_LENGTH}",
-            violations=[("reason", f"at most {MAX_REASON_LENGTH} characters")],
+            f"the reason is {len(reason)} characters; at most {MAX_REVOCATION_REASON}",
+            violations=[("reason", f"at most {MAX_REVOCATION_REASON} characters")],
         )
     return reason or DEFAULT_REVOCATION_REASON
 

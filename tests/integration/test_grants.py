@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2
 from mosaic.cli.admin import admin_channel
 from mosaic.config import load_config
 from mosaic.errors import RemoteError
-from mosaic.federation.v1 import gateway_pb2_grpc, grants_pb2, grants_pb2_grpc
+from mosaic.federation.v1 import ca_pb2, ca_pb2_grpc, gateway_pb2_grpc, grants_pb2, grants_pb2_grpc
 from mosaic.runtime import load_sealer
 from mosaic.sealing import Sealer, SealError, parse_secret, seal_context
 from tests.support.instances import Instance, cli, internal_channel_as
@@ -38,6 +38,7 @@ pytestmark = pytest.mark.slow
 GATEWAY = "federation-gateway"
 ENROLLMENT = "enrollment-service"
 GRANTS = "grants-service"
+CA = "ca-service"
 USER = "3f2a1c9e-8b10-4f7c-9d55-0d5e7b0e5c2a"
 TEAM = "7b0e5c2a-0d5e-4f7c-9d55-3f2a1c9e8b10"
 CONCURRENT_CALLERS = 16
@@ -372,6 +373,69 @@ async def test_valid_grant_is_pending_shown_listed_and_revoked_for_good(
     assert grant["id"] not in {g["id"] for g in pending["grants"]}
 
 
+async def _issue_for(instance: Instance, grant_id: str, subject: str, peer_id: str) -> str:
+    """A certificate for a grant from ca-service, as enrollment-service has one issued."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a")]))
+        .sign(key, hashes.SHA256())
+    )
+    async with internal_channel_as(instance.home, CA, ENROLLMENT) as channel:
+        issued = await ca_pb2_grpc.CertificateAuthorityStub(channel).IssueCertificate(
+            ca_pb2.IssueCertificateRequest(
+                csr_pem=csr.public_bytes(serialization.Encoding.PEM).decode(),
+                grant_id=grant_id,
+                subject_user_id=subject,
+                peer_id=peer_id,
+            ),
+            timeout=20,
+        )
+    return str(issued.serial)
+
+
+async def _revocations(instance: Instance) -> dict[str, str]:
+    async with internal_channel_as(instance.home, CA, GATEWAY) as channel:
+        listed = await ca_pb2_grpc.CertificateAuthorityStub(channel).ListRevocations(
+            ca_pb2.ListRevocationsRequest(), timeout=10
+        )
+    return {r.serial: r.reason for r in listed.revocations}
+
+
+async def test_revoking_a_grant_revokes_its_certificates_whatever_the_reason_and_on_retry(
+    instance: Instance, scope_file: Any
+) -> None:
+    """A reason longer than the CA records used to make the CA refuse, and the revoke of
+    the certificates was skipped with a warning; revoking again then stopped at
+    GRANT_ALREADY_REVOKED, so nothing could ever revoke them."""
+    code, grant, _ = instance.cli(
+        "federation", "grant", "create", "--user", USER,
+        "--peer-name", unique("long"), "--scope", scope_file({"resources": ["tasks"]}),
+    )  # fmt: skip
+    assert code == 0, grant
+    ids = (grant["id"], grant["subject_user_id"], grant["peer_id"])
+    first = await _issue_for(instance, *ids)
+    reason = "the partner's contract ended\n" + "and everything goes " * 20
+    code, revoked, err = instance.cli(
+        "federation", "grant", "revoke", grant["id"], "--reason", reason
+    )
+    assert code == 0, (revoked, err)
+    assert revoked["revoke_reason"] == reason.strip()
+    at_ca = await _revocations(instance)
+    assert first in at_ca
+    assert len(at_ca[first]) == 256
+    assert at_ca[first].startswith("the partner's contract ended and everything goes")
+    assert at_ca[first].endswith("…")
+
+    # A certificate the CA did not revoke then (it was down, say): revoking again says the
+    # grant was revoked already, and revokes it.
+    missed = await _issue_for(instance, *ids)
+    code, again, _ = instance.cli("federation", "grant", "revoke", grant["id"])
+    assert code == 1
+    assert again["error"]["code"] == "GRANT_ALREADY_REVOKED"
+    assert missed in await _revocations(instance)
+
+
 def test_cli_usage_errors_exit_2_and_failures_exit_1(instance: Instance, scope_file: Any) -> None:
     scope = scope_file({"resources": ["tasks"]})
     create = ("federation", "grant", "create", "--peer-name", unique("u"))
@@ -655,9 +719,12 @@ async def test_removing_a_peer_removes_its_grants(instance: Instance) -> None:
         first = (await create_grant(gw, peer_name)).grant
         second = (await create_grant(gw, peer_name, resources=("notes",))).grant
         kept = (await create_grant(gw, unique("kept"))).grant
+    issued = await _issue_for(instance, first.id, first.subject_user_id, first.peer_id)
     code, doc, _ = instance.cli("federation", "peer", "remove", peer_name)
     assert code == 0, doc
     assert sorted(doc["removed_grant_ids"]) == sorted([first.id, second.id])
+    # The certificates of its grants are revoked at the CA too.
+    assert (await _revocations(instance)).get(issued) == "peer removed"
     assert doc["peer"]["name"] == peer_name
     for grant_id in (first.id, second.id):
         code, doc, _ = instance.cli("federation", "grant", "show", grant_id)

@@ -8,9 +8,14 @@ import grpc
 
 from federation_gateway.admin.base import AdminBase
 from mosaic.config import GRANTS
+from mosaic.errors import ServiceError
 from mosaic.federation.v1 import ca_pb2, gateway_pb2, grants_pb2
+from mosaic.x509ext import MAX_REVOCATION_REASON, revocation_reason
 
 log = logging.getLogger("mosaic.admin")
+
+# grants-service's refusals of RevokeGrant for a grant that no longer serves anyone.
+_NO_LONGER_USABLE = frozenset({"GRANT_ALREADY_REVOKED", "GRANT_EXPIRED"})
 
 
 class GrantsAdminMixin(AdminBase):
@@ -40,7 +45,14 @@ class GrantsAdminMixin(AdminBase):
         certificates too puts their serials on every gateway's revoked set and, with
         step-ca, at the CA.
         """
-        reply = await self.forward(self.grants.RevokeGrant(request))
+        try:
+            reply = await self.forward(self.grants.RevokeGrant(request))
+        except ServiceError as exc:
+            if exc.reason in _NO_LONGER_USABLE:
+                # Revoked (or expired) before: revoking its certificates again is harmless
+                # at the CA, and retries what a CA outage then may have left undone.
+                await self._revoke_certificates([request.id], request.reason or "grant revoked")
+            raise
         await self._revoke_certificates([reply.grant.id], request.reason or "grant revoked")
         return reply
 
@@ -68,7 +80,14 @@ class GrantsAdminMixin(AdminBase):
         return reply
 
     async def _revoke_certificates(self, grant_ids: list[str], reason: str) -> None:
-        """Best effort: a CA that is down must not undo a revocation that already holds."""
+        """Best effort: a CA that is down must not undo a revocation that already holds.
+
+        The CA records a reason of at most MAX_REVOCATION_REASON characters; grants-service
+        keeps the operator's whole text, so a longer one is shortened here, not refused.
+        """
+        reason = revocation_reason(reason)
+        if len(reason) > MAX_REVOCATION_REASON:
+            reason = reason[: MAX_REVOCATION_REASON - 1] + "…"
         for grant_id in grant_ids:
             try:
                 await self.ca.RevokeCertificate(
@@ -83,7 +102,11 @@ class GrantsAdminMixin(AdminBase):
     async def RemovePeer(
         self, request: grants_pb2.RemovePeerRequest, context: grpc.aio.ServicerContext
     ) -> grants_pb2.RemovePeerResponse:
-        return await self.forward(self.grants.RemovePeer(request))
+        """Remove the peer and its grants, then revoke every certificate issued for them (the
+        gateways refuse them already: their grants are gone)."""
+        reply = await self.forward(self.grants.RemovePeer(request))
+        await self._revoke_certificates(list(reply.removed_grant_ids), "peer removed")
+        return reply
 
     async def RotateSeal(
         self, request: gateway_pb2.RotateSealRequest, context: grpc.aio.ServicerContext
