@@ -13,9 +13,11 @@ import asyncio
 import fcntl
 import os
 import sqlite3
+import threading
 import time
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,9 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+
+# Threads (each with its own reader connection) for SQLite reads too slow for the loop.
+SQLITE_READ_WORKERS = 2
 
 
 class Database:
@@ -57,6 +62,9 @@ class Database:
             )
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._sqlite_reader: sqlite3.Connection | None = None
+        self._sqlite_workers: ThreadPoolExecutor | None = None
+        self._worker_local = threading.local()
+        self._worker_readers: list[sqlite3.Connection] = []
 
     def session(self) -> AsyncSession:
         return self.sessions()
@@ -73,16 +81,38 @@ class Database:
         if not self.is_sqlite:
             raise RuntimeError("sqlite_reader() is for SQLite databases only")
         if self._sqlite_reader is None:
-            conn = sqlite3.connect(
-                self.url.split("///", 1)[1],
-                timeout=30,
-                isolation_level=None,  # autocommit: a read never holds a transaction open
-                check_same_thread=False,  # used on the loop, closed by dispose() anywhere
-            )
-            _sqlite_pragmas(conn, None)
-            conn.execute("PRAGMA query_only=ON")
-            self._sqlite_reader = conn
+            self._sqlite_reader = self._open_sqlite_reader()
         return self._sqlite_reader
+
+    async def sqlite_read_in_worker(self, sql: str, params: dict[str, Any]) -> list[Any]:
+        """Run a read that may take long (a full-text search over many rows) on a worker
+        thread with a reader connection of its own, so the loop keeps serving meanwhile."""
+        if not self.is_sqlite:
+            raise RuntimeError("sqlite_read_in_worker() is for SQLite databases only")
+        if self._sqlite_workers is None:
+            self._sqlite_workers = ThreadPoolExecutor(
+                max_workers=SQLITE_READ_WORKERS, thread_name_prefix="sqlite-read"
+            )
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._sqlite_workers, self._worker_read, sql, params)
+
+    def _worker_read(self, sql: str, params: dict[str, Any]) -> list[Any]:
+        conn: sqlite3.Connection | None = getattr(self._worker_local, "conn", None)
+        if conn is None:
+            conn = self._worker_local.conn = self._open_sqlite_reader()
+            self._worker_readers.append(conn)
+        return conn.execute(sql, params).fetchall()
+
+    def _open_sqlite_reader(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.url.split("///", 1)[1],
+            timeout=30,
+            isolation_level=None,  # autocommit: a read never holds a transaction open
+            check_same_thread=False,  # used on one thread, closed by dispose() on another
+        )
+        _sqlite_pragmas(conn, None)
+        conn.execute("PRAGMA query_only=ON")
+        return conn
 
     def _alembic_config(self) -> Config:
         cfg = Config()
@@ -132,6 +162,12 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        if self._sqlite_workers is not None:
+            await asyncio.to_thread(self._sqlite_workers.shutdown)
+            self._sqlite_workers = None
+        for conn in self._worker_readers:
+            conn.close()
+        self._worker_readers.clear()
         if self._sqlite_reader is not None:
             self._sqlite_reader.close()
             self._sqlite_reader = None

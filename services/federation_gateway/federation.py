@@ -72,6 +72,7 @@ from mosaic.federation.v1 import (
 )
 from mosaic.logs import request_id_var
 from mosaic.scope import RESOURCES
+from mosaic.search import query_problem
 from mosaic.x509ext import InvalidGrantExtension, grant_identity, serial_hex
 
 log = logging.getLogger("mosaic.gateway.federation")
@@ -83,7 +84,6 @@ SOURCE_DEADLINE_S = 5.0
 # concurrent read there holds its own connection thread, and beyond a few they only
 # contend for its GIL (measured: CPU per read grows several-fold at 16 in flight).
 SOURCE_CONCURRENCY = 4
-MAX_QUERY_CHARS = 1000
 RENEW_CA_DEADLINE_S = 30.0
 RENEW_GRANTS_DEADLINE_S = 10.0
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -441,12 +441,9 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
     ) -> gateway_pb2.SearchResponse:
         access = self._access(view, request.resource)
         text = request.query
-        if not text.strip() or len(text) > MAX_QUERY_CHARS or "\x00" in text:
-            raise invalid_argument(
-                QUERY_INVALID,
-                f"query must be 1 to {MAX_QUERY_CHARS} characters of text",
-                violations=[("query", "empty, too long or contains NUL")],
-            )
+        problem = query_problem(text)
+        if problem is not None:
+            raise invalid_argument(QUERY_INVALID, problem, violations=[("query", problem)])
         limit = _page_size(request.limit, view.scope.max_rows_per_query, "limit", LIMIT_INVALID)
         reply = await self._read(
             self._resources.SearchResources,

@@ -16,13 +16,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from mosaic.search import query_problem
 from mosaic.x509ext import canonical_uuid
 
 __all__ = [
     "MAX_BODY_BYTES",
     "MAX_IMPORT_ITEMS",
     "MAX_LIMIT",
-    "MAX_QUERY_CHARS",
     "MAX_TEAMS",
     "MAX_TITLE_CHARS",
     "RESOURCE_KINDS",
@@ -45,7 +45,6 @@ RESOURCE_KINDS: Final = frozenset({"tasks", "notes", "memory", "credentials", "a
 MAX_LIMIT: Final = 10_000
 MAX_TITLE_CHARS: Final = 1000
 MAX_BODY_BYTES: Final = 100 * 1024
-MAX_QUERY_CHARS: Final = 1000
 # Bounds the IN list a single visibility can put in a query (mosaic.scope refuses more in
 # a grant, MAX_TEAMS_PER_FILTER).
 MAX_TEAMS: Final = 1000
@@ -182,16 +181,9 @@ def parse_visibility(
 
 def check_query(query: str) -> str:
     """Search text: any words, never query syntax (the store quotes it for its engine)."""
-    if not query.strip():
-        raise InvalidInput(INVALID_QUERY, "query is empty", [("query", "empty")])
-    if len(query) > MAX_QUERY_CHARS:
-        raise InvalidInput(
-            INVALID_QUERY,
-            f"query is longer than {MAX_QUERY_CHARS} characters",
-            [("query", "too long")],
-        )
-    if "\x00" in query:
-        raise InvalidInput(INVALID_QUERY, "query contains a NUL character", [("query", "NUL")])
+    problem = query_problem(query)
+    if problem is not None:
+        raise InvalidInput(INVALID_QUERY, problem, [("query", problem)])
     return query
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,6 +41,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import TSVECTOR
 
 from mosaic.db import Database
+from mosaic.rpc.options import ROWS_BUDGET_BYTES
+from mosaic.search import query_words
 from mosaic.sqltypes import UtcDateTime
 from resource_service.domain import ResourceRow, Visibility
 
@@ -199,10 +200,8 @@ class ResourceStore:
             return [], False
         stmt = _list_statement(_shape(visibility, self._on_sqlite))
         params = self._params(kind, visibility, after_id=after_id, limit=limit + 1)
-        rows = await self._read_all(stmt, params)
-        if len(rows) > limit:
-            return rows[:limit], True
-        return rows, False
+        rows, cut = await self._read_within_budget(stmt, params)
+        return rows[:limit], cut or len(rows) > limit
 
     async def get(self, kind: str, visibility: Visibility, row_id: str) -> ReadRow | None:
         """The row, or None when it is missing or outside the visibility (same answer)."""
@@ -224,7 +223,13 @@ class ResourceStore:
         if match is None:
             return []
         stmt = self._search_statement(_shape(visibility, self._on_sqlite))
-        return await self._read_all(stmt, self._params(kind, visibility, limit=limit, match=match))
+        params = self._params(kind, visibility, limit=limit, match=match)
+        if self._on_sqlite:
+            # A match may walk much of the full-text index (common words, every user's
+            # rows before the visibility filter): never on the loop.
+            sql, defaults = _sqlite_sql(stmt)
+            return await self._db.sqlite_read_in_worker(sql, defaults | params)
+        return await self._read_all(stmt, params)
 
     async def _read_all(self, stmt: Select[Any], params: dict[str, Any]) -> Sequence[ReadRow]:
         """Run a read: inline on SQLite (see _SQLITE), via asyncpg otherwise."""
@@ -233,6 +238,32 @@ class ResourceStore:
             return self._db.sqlite_reader().execute(sql, defaults | params).fetchall()
         async with self._db.engine.connect() as conn:
             return (await conn.execute(stmt, params)).all()
+
+    async def _read_within_budget(
+        self, stmt: Select[Any], params: dict[str, Any]
+    ) -> tuple[list[ReadRow], bool]:
+        """Rows of a read until their text passes ROWS_BUDGET_BYTES (the rest are never
+        fetched: a page of large rows would be cut to that size anyway), and whether the
+        read stopped there."""
+        rows: list[ReadRow] = []
+        size = 0
+        if self._on_sqlite:
+            sql, defaults = _sqlite_sql(stmt)
+            for row in self._db.sqlite_reader().execute(sql, defaults | params):
+                rows.append(row)
+                size += _text_size(row)
+                if size > ROWS_BUDGET_BYTES:
+                    return rows, True
+            return rows, False
+        async with self._db.engine.connect() as conn:
+            result = await conn.stream(stmt, params)
+            async for row in result:
+                rows.append(row)
+                size += _text_size(row)
+                if size > ROWS_BUDGET_BYTES:
+                    await result.close()
+                    return rows, True
+        return rows, False
 
     async def upsert(self, rows: Sequence[ResourceRow]) -> int:
         """Insert or replace every row in one transaction."""
@@ -262,7 +293,12 @@ class ResourceStore:
 
 
 _MATCH = bindparam("match", type_=Text)
-_WORD = re.compile(r"[^\W_]+")
+_TITLE, _BODY = 4, 5  # positions in READ_COLUMNS
+
+
+def _text_size(row: ReadRow) -> int:
+    """A lower bound on the row's encoded size: its title and body, one byte a character."""
+    return len(row[_TITLE]) + len(row[_BODY])
 
 
 def _sqlite_match_expression(query: str) -> str | None:
@@ -273,7 +309,7 @@ def _sqlite_match_expression(query: str) -> str | None:
     Inside a string FTS5 sees only tokens: never an operator, column filter or prefix.
     None when the text has no word at all (nothing can match).
     """
-    terms = ['"' + word.replace('"', '""') + '"' for word in _WORD.findall(query)]
+    terms = ['"' + word.replace('"', '""') + '"' for word in query_words(query)]
     return " AND ".join(terms) if terms else None
 
 
@@ -291,7 +327,10 @@ def _sqlite_search_statement(shape: Shape) -> Select[Any]:
 
 
 def _postgres_match_text(query: str) -> str | None:
-    return query
+    """The words of ``query``, split as for SQLite: Postgres' parser would keep an e-mail
+    address, a URL, a path or a version as one token of its own."""
+    words = query_words(query)
+    return " ".join(words) if words else None
 
 
 @functools.cache

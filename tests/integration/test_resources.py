@@ -500,6 +500,12 @@ SEARCHES: list[tuple[str, str, tuple[str, ...], bool, set[str]]] = [
     ("(", U1, (T1,), True, set()),
     ("^pineapple", U1, (), True, {"note-grocery"}),
     ("pineapple'); DROP TABLE resources; --", U1, (), True, set()),
+    # Repeating a word adds nothing (the index is asked once per distinct word):
+    ("pineapple " * 99, U1, (), True, {"note-grocery"}),
+    ("Bread bread BREAD pineapple", U1, (), True, {"note-grocery"}),
+    # Words as SQLite splits them, on both engines (Postgres' own parser would read
+    # "pineapple-bread" as one hyphenated word):
+    ("pineapple-bread", U1, (), True, {"note-grocery"}),
 ]
 
 
@@ -544,7 +550,17 @@ async def test_search_is_capped_at_the_limit(
         assert set(got) <= set(everyone)
 
 
-@pytest.mark.parametrize("query", ["", " ", "\t\n", "a" * 1001, "pine\x00apple"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        " ",
+        "\t\n",
+        "a" * 1001,
+        "pine\x00apple",
+        " ".join(f"w{i}" for i in range(33)),  # each distinct word is one index lookup
+    ],
+)
 async def test_search_refuses_empty_or_unusable_text(
     source: resources_pb2_grpc.ResourceSourceStub, query: str
 ) -> None:
