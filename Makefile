@@ -11,7 +11,8 @@ export PYTHONDONTWRITEBYTECODE := 1
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { echo "$(PYTHON) cannot make a virtualenv with pip: install python3-venv (Debian: apt-get install -y python3-venv)" >&2; exit 1; }
+	test -x $(VENV)/bin/pip || $(PYTHON) -m venv --clear $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
@@ -23,8 +24,9 @@ proto: venv
 	$(PY) scripts/gen_protos.py
 
 lint: venv
+	bash infra/scripts/ensure-system-deps.sh npm
 	$(PY) scripts/gen_protos.py --check
-	cd protos && "$$(bash ../infra/scripts/ensure-buf.sh | tail -n 1)" lint
+	set -o pipefail; buf=$$(bash infra/scripts/ensure-buf.sh | tail -n 1) && cd protos && "$$buf" lint
 	$(VENV)/bin/ruff check libs services tests scripts
 	$(VENV)/bin/ruff format --check libs services tests scripts
 	$(VENV)/bin/mypy

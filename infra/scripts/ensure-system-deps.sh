@@ -10,17 +10,18 @@
 #   go        -> golang-go
 #   stepca    -> golang-github-smallstep-certificates-dev (+ golang-go to build it)
 #   compose   -> docker-compose (validates compose files without a Docker engine)
+#   npm       -> npm           (installs the pinned `buf` for `make lint`: ensure-buf.sh)
 #
 # Idempotent and fast: when everything asked for is present, no apt command runs.
 # When something is missing: as root, `apt-get update` once and install it; otherwise
 # print exactly what to install and exit 1.
 set -euo pipefail
 
-ALL_COMPONENTS=(postgres redis go stepca compose)
+ALL_COMPONENTS=(postgres redis go stepca compose npm)
 STEPCA_SRC=/usr/share/gocode/src/github.com/smallstep/certificates
 
 usage() {
-    echo "usage: $0 [postgres|redis|go|stepca|compose ...]   (no arguments = all)" >&2
+    echo "usage: $0 [postgres|redis|go|stepca|compose|npm ...]   (no arguments = all)" >&2
 }
 
 # check_<component> returns 0 when the component is present.
@@ -29,6 +30,7 @@ check_redis() { command -v redis-server >/dev/null 2>&1; }
 check_go() { command -v go >/dev/null 2>&1; }
 check_stepca() { [[ -d "$STEPCA_SRC" ]]; }
 check_compose() { command -v docker-compose >/dev/null 2>&1; }
+check_npm() { command -v npm >/dev/null 2>&1; }
 
 package_for() {
     case "$1" in
@@ -37,6 +39,7 @@ package_for() {
         go) echo golang-go ;;
         stepca) echo golang-github-smallstep-certificates-dev ;;
         compose) echo docker-compose ;;
+        npm) echo npm ;;
     esac
 }
 
@@ -47,6 +50,7 @@ normalize() {
         go | golang | golang-go) echo go ;;
         stepca | step-ca | smallstep) echo stepca ;;
         compose | docker-compose) echo compose ;;
+        npm | node | buf) echo npm ;;
         -h | --help) usage; exit 0 ;;
         *) echo "ensure-system-deps: unknown component '$1'" >&2; usage; exit 2 ;;
     esac

@@ -272,12 +272,17 @@ class InstanceConfig:
         return doc
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def find_free_port_base(low: int = 20000, high: int = 32700) -> int:
     """A port base whose whole block N..N+99 nothing on loopback listens on right now.
 
     The default range stays below Linux's ephemeral ports (32768-60999): a listener
     placed there can collide with the local port of some outgoing connection.
     Used by `mosaic demo`, the benchmarks and the tests, which start instances side by side.
+    A base is handed out once per process: two instances picked before either one listens
+    must not get the same block.
     """
     import random
     import socket
@@ -289,7 +294,10 @@ def find_free_port_base(low: int = 20000, high: int = 32700) -> int:
 
     for _ in range(200):
         base = random.randrange(low, high, 100)  # noqa: S311 - not a secret
+        if base in _HANDED_OUT:
+            continue
         if not any(in_use(base + offset) for offset in range(100)):
+            _HANDED_OUT.add(base)
             return base
     raise ConfigError(
         "no free block of 100 ports on loopback",

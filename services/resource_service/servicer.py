@@ -18,7 +18,7 @@ from mosaic.federation.v1 import common_pb2, resources_pb2, resources_pb2_grpc
 from mosaic.rpc.options import ROWS_BUDGET_BYTES, encoded_size
 from mosaic.sqltypes import utcnow
 from resource_service import domain
-from resource_service.store import ReadRow, ResourceStore
+from resource_service.store import IdsTaken, ReadRow, ResourceStore
 
 # One message for "missing" and "not visible": callers must not learn which it was.
 _NOT_FOUND_MESSAGE = "no such resource"
@@ -165,5 +165,19 @@ class ResourceSourceServicer(resources_pb2_grpc.ResourceSourceServicer):
             rows = domain.validate_rows([_row_input(i) for i in request.items], utcnow())
         except domain.InvalidInput as exc:
             raise _refused(exc) from None
-        imported = await self._store.upsert(rows)
+        try:
+            imported = await self._store.upsert(rows)
+        except IdsTaken as exc:
+            problems = [
+                (f"items[{i}].id", f"{rows[i].id!r} is already another user's or resource's row")
+                for i in exc.positions
+            ]
+            raise _refused(
+                domain.InvalidInput(
+                    domain.INVALID_ITEMS,
+                    f"{len(problems)} of {len(rows)} rows reuse the id of a row of another "
+                    "owner or resource; nothing imported",
+                    problems,
+                )
+            ) from None
         return resources_pb2.ImportResourcesResponse(imported=imported)

@@ -176,6 +176,14 @@ def _sqlite_sql(stmt: Select[Any]) -> tuple[str, dict[str, Any]]:
     return compiled.string, defaults
 
 
+class IdsTaken(Exception):
+    """Rows (by position) whose id is already another owner's or another resource's row."""
+
+    def __init__(self, positions: list[int]) -> None:
+        super().__init__(f"{len(positions)} ids belong to other rows")
+        self.positions = positions
+
+
 class ResourceStore:
     """The only place that touches the ``resources`` table."""
 
@@ -266,7 +274,12 @@ class ResourceStore:
         return rows, False
 
     async def upsert(self, rows: Sequence[ResourceRow]) -> int:
-        """Insert or replace every row in one transaction."""
+        """Insert or replace every row in one transaction, or none of them.
+
+        A row replaces only a row of the same owner and resource: an id that is already
+        another user's row (or another resource's) would otherwise hand that row over.
+        Such ids are refused (IdsTaken) and nothing is written.
+        """
         if not rows:
             return 0
         dialect = sqlite if self._db.is_sqlite else postgresql
@@ -274,7 +287,9 @@ class ResourceStore:
         stmt = insert.on_conflict_do_update(
             index_elements=[_c.id],
             set_={c.name: insert.excluded[c.name] for c in ROW_COLUMNS if c is not _c.id},
-        )
+            where=(_c.owner_user_id == insert.excluded.owner_user_id)
+            & (_c.resource == insert.excluded.resource),
+        ).returning(_c.id)
         values = [
             {
                 "id": r.id,
@@ -288,7 +303,10 @@ class ResourceStore:
             for r in rows
         ]
         async with self._db.engine.begin() as conn:
-            await conn.execute(stmt, values)
+            written = set((await conn.execute(stmt, values)).scalars().all())
+            taken = [i for i, r in enumerate(rows) if r.id not in written]
+            if taken:
+                raise IdsTaken(taken)  # rolls the whole batch back
         return len(rows)
 
 

@@ -642,6 +642,30 @@ async def test_import_upserts_and_search_follows(
     assert await search("kiwifruit") == []
 
 
+async def test_import_never_hands_a_row_to_another_owner_or_resource(
+    instance: Instance, source: resources_pb2_grpc.ResourceSourceStub, tmp_path: Path
+) -> None:
+    """Two users' exports may both hold an id like task-1: the second import used to
+    replace the first user's row, which then showed up as the other user's."""
+    first = write_rows(tmp_path, [good_row("u3-shared-id", title="mine")], "mine.json")
+    code, doc, _ = await asyncio.to_thread(instance.cli, "resources", "import", str(first))
+    assert (code, doc) == (0, {"imported": 1})
+    for changes in ({"owner_user_id": str(uuid.uuid4())}, {"resource": "tasks"}):
+        clash = write_rows(
+            tmp_path,
+            [good_row("u3-other-fine", title="other"), good_row("u3-shared-id", **changes)],
+            "clash.json",
+        )
+        code, doc, _ = await asyncio.to_thread(instance.cli, "resources", "import", str(clash))
+        assert code == 1, doc
+        assert doc["error"]["code"] == "INVALID_ITEMS"
+        assert any(v.startswith("items[1].id: 'u3-shared-id'") for v in doc["error"]["violations"])
+        # Nothing of that import was written, and the row is still the first owner's.
+        assert isinstance(await get_u3(source, "u3-other-fine"), RemoteError)
+        item = await get_u3(source, "u3-shared-id")
+        assert isinstance(item, common_pb2.ResourceItem) and item.title == "mine"
+
+
 async def test_import_of_many_rows_goes_in_batches(
     instance: Instance, source: resources_pb2_grpc.ResourceSourceStub, tmp_path: Path
 ) -> None:
@@ -705,6 +729,8 @@ async def test_import_lists_every_bad_row_and_imports_nothing(
         good_row("u3-number-title", title=42),  # 13
         good_row("x" * 65),  # 14
         good_row("u3-nul", body="a\x00b"),  # 15
+        good_row("u3-null-title", title=None, body=None),  # 16: only team_id may be null
+        good_row("u3-personal", team_id=None),  # 17: fine
     ]
     path = write_rows(tmp_path, rows)
     code, doc, _ = await asyncio.to_thread(instance.cli, "resources", "import", str(path))
@@ -728,9 +754,11 @@ async def test_import_lists_every_bad_row_and_imports_nothing(
         "items[13].title: not a string",
         "items[14].id:",
         "items[15].body:",
+        "items[16].title: not a string (null)",
+        "items[16].body: not a string (null)",
     ]:
         assert any(v.startswith(expected) for v in violations), (expected, violations)
-    assert not any(v.startswith("items[0]") for v in violations)
+    assert not any(v.startswith(("items[0]", "items[17]")) for v in violations)
     missing = await get_u3(source, "u3-good")
     assert isinstance(missing, RemoteError) and missing.code == grpc.StatusCode.NOT_FOUND
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from federation_gateway.admin.enrollment import _ENDPOINT
+from mosaic import config
 from mosaic.cli.instance import create_instance
-from mosaic.config import GATEWAY, RESOURCES, ConfigError, InstanceConfig
+from mosaic.config import GATEWAY, RESOURCES, ConfigError, InstanceConfig, find_free_port_base
 
 
 def _config(tmp_path: Path, **kw: object) -> InstanceConfig:
@@ -66,3 +67,14 @@ def test_init_with_a_bad_host_writes_nothing(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         create_instance(home, name="b", host="gw.example.org:7443")
     assert not home.exists()
+
+
+def test_port_bases_picked_one_after_another_never_repeat(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two gateways picked before either listens used to share a block 1 time in 127."""
+    monkeypatch.setattr(config, "_HANDED_OUT", set())
+    bases = [find_free_port_base(low=23000, high=25000) for _ in range(20)]
+    assert len(set(bases)) == 20
+    with pytest.raises(ConfigError, match="no free block"):
+        find_free_port_base(low=23000, high=25000)

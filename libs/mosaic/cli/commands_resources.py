@@ -133,7 +133,9 @@ def _to_items(ctx: typer.Context, rows: list[Any]) -> list[common_pb2.ResourceIt
         values: dict[str, str] = {}
         for key in _FIELDS[:-1]:
             value = row.get(key)
-            if value is None:  # missing (reported above) or a null team_id (personal row)
+            if value is None:  # missing (reported above), or null: a personal row's team_id
+                if key in row and key != "team_id":
+                    problems.append((f"{at}.{key}", "not a string (null)"))
                 value = ""
             elif not isinstance(value, str):
                 problems.append((f"{at}.{key}", "not a string"))
