@@ -18,9 +18,16 @@ from grpc_status import rpc_status
 
 DOMAIN = "mosaic.federation"
 REMEDIATION_KEY = "remediation"
-# Field violations one status carries (the rest are counted in a last entry): the details
-# travel in a trailer, which gRPC caps at a few KiB by default.
+# What one status carries. The message travels twice (grpc-message, percent-encoded, and
+# in grpc-status-details-bin, base64) and the details once, all in trailers that gRPC
+# caps at 8 KiB (16 KiB hard; past it the caller gets RESOURCE_EXHAUSTED instead): so the
+# message is cut, each violation is cut, and violations stop at a count and a size, the
+# rest counted in a last entry.
+MAX_MESSAGE_BYTES = 600
 MAX_VIOLATIONS = 50
+MAX_VIOLATION_FIELD_CHARS = 100
+MAX_VIOLATION_TEXT_CHARS = 200
+VIOLATIONS_BUDGET_BYTES = 2500
 
 # Stable reason codes shared by more than one service.
 INTERNAL = "INTERNAL"
@@ -30,6 +37,39 @@ UNAUTHENTICATED = "UNAUTHENTICATED"
 NOT_FOUND = "NOT_FOUND"
 DEPENDENCY_UNAVAILABLE = "DEPENDENCY_UNAVAILABLE"
 RATE_LIMITED = "RATE_LIMITED"
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _cut_bytes(text: str, limit: int) -> str:
+    """``text`` in at most ``limit`` bytes of UTF-8 (never half a character)."""
+    encoded = text.encode()
+    if len(encoded) <= limit:
+        return text
+    return encoded[: limit - 3].decode(errors="ignore") + "…"
+
+
+def _bounded_violations(violations: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Every violation, each cut, when they fit the limits; else as many as fit and a last
+    entry counting the rest."""
+    entries = [
+        (_cut(field, MAX_VIOLATION_FIELD_CHARS), _cut(text, MAX_VIOLATION_TEXT_CHARS))
+        for field, text in violations[:MAX_VIOLATIONS]
+    ]
+    if len(violations) <= MAX_VIOLATIONS and _size(entries) <= VIOLATIONS_BUDGET_BYTES:
+        return entries
+    kept: list[tuple[str, str]] = []
+    for entry in entries[: MAX_VIOLATIONS - 1]:
+        if _size([*kept, entry]) > VIOLATIONS_BUDGET_BYTES:
+            break
+        kept.append(entry)
+    return [*kept, ("...", f"{len(violations) - len(kept)} more")]
+
+
+def _size(entries: list[tuple[str, str]]) -> int:
+    return sum(len(field.encode()) + len(text.encode()) for field, text in entries)
 
 
 class ServiceError(Exception):
@@ -64,10 +104,7 @@ class ServiceError(Exception):
             _pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=meta))
         ]
         if self.violations:
-            violations = list(self.violations)
-            if len(violations) > MAX_VIOLATIONS:
-                more = len(violations) - (MAX_VIOLATIONS - 1)
-                violations = [*violations[: MAX_VIOLATIONS - 1], ("...", f"{more} more")]
+            violations = _bounded_violations(self.violations)
             details.append(
                 _pack(
                     error_details_pb2.BadRequest(
@@ -82,7 +119,8 @@ class ServiceError(Exception):
             delay = duration_pb2.Duration()
             delay.FromNanoseconds(int(self.retry_after_s * 1e9))
             details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-        status = status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
+        message = _cut_bytes(self.message, MAX_MESSAGE_BYTES)
+        status = status_pb2.Status(code=self.code.value[0], message=message, details=details)
         return rpc_status.to_status(status)
 
 

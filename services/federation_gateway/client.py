@@ -48,6 +48,8 @@ BUILD_ATTEMPTS = 3
 PEER_NOT_FOUND = "PEER_NOT_FOUND"
 PEER_INACTIVE = "PEER_INACTIVE"
 PEER_MISCONFIGURED = "PEER_MISCONFIGURED"
+# grants-service: the peer has no client key (it is one we serve).
+PEER_HAS_NO_CREDENTIALS = "PEER_HAS_NO_CREDENTIALS"
 NETWORK = "NETWORK"
 FORBIDDEN = "FORBIDDEN"
 NOT_FOUND = "NOT_FOUND"
@@ -326,6 +328,12 @@ class FederationClient:
             if code == grpc.StatusCode.FAILED_PRECONDITION:
                 # grants-service says why (e.g. the seal secret is missing) and what to do.
                 remote = RemoteError.from_rpc_error(err)
+                if remote.reason == PEER_HAS_NO_CREDENTIALS:
+                    # No client key: an inbound peer, one that queries us. Removing it (the
+                    # generic advice below) would delete every grant we gave it.
+                    raise PeerError(
+                        PEER_NOT_FOUND, f"{key!r} is a peer we serve, not one we query"
+                    ) from None
                 raise PeerError(
                     PEER_MISCONFIGURED,
                     f"this peer has no usable client credentials: {remote.message} "

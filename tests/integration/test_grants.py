@@ -258,6 +258,23 @@ def test_invalid_scope_fails_naming_every_offending_field(
     assert all(g["scope"]["resources"] != ["bogus"] for g in listed["grants"])
 
 
+def test_a_scope_with_hundreds_of_problems_is_still_refused_readably(
+    instance: Instance, scope_file: Any
+) -> None:
+    """Team names instead of UUIDs, 400 of them: the refusal used to outgrow gRPC's
+    trailer limit on its way back and reach the operator as RESOURCE_EXHAUSTED."""
+    teams = [f"the team formerly known as number {i}" for i in range(400)]
+    bad = scope_file({"resources": ["tasks"], "filters": {"tasks": {"include_teams": teams}}})
+    code, doc, err = instance.cli(
+        "federation", "grant", "create", "--user", USER, "--peer-name", unique("p"), "--scope", bad
+    )
+    assert code == 1, (doc, err)
+    assert doc["error"]["code"] == "SCOPE_INVALID"
+    violations = doc["error"]["violations"]
+    assert violations[0].startswith("scope.filters.tasks.include_teams[0]:")
+    assert violations[-1].startswith("...:") and violations[-1].endswith(" more")
+
+
 def test_sensitive_resource_needs_allow_sensitive(instance: Instance, scope_file: Any) -> None:
     scope = scope_file({"resources": ["notes", "credentials", "api_keys"]})
     peer = unique("sens")

@@ -268,6 +268,19 @@ async def test_unusable_credentials_keep_grants_services_reason_and_remediation(
     )
 
 
+async def test_querying_a_peer_we_serve_does_not_advise_removing_it(setup: Setup) -> None:
+    """grants-service has no client key for an inbound peer; the generic advice for
+    unusable credentials ("remove the peer and enroll again") would delete its grants."""
+    setup.grants.refusal = failed_precondition(
+        "PEER_HAS_NO_CREDENTIALS", "this peer has no client key (only peers we query have one)"
+    )
+    with pytest.raises(PeerError) as caught:
+        await setup.client.query(_capabilities())
+    assert caught.value.code == "PEER_NOT_FOUND"
+    assert "a peer we serve, not one we query" in caught.value.message
+    assert "remove" not in (caught.value.to_service_error().remediation or "")
+
+
 async def test_keys_that_are_not_peers_leave_no_lock_behind(setup: Setup) -> None:
     """The admin API passes any string as a peer key: refused lookups must not make the
     client's per-key state grow."""

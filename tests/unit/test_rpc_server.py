@@ -307,3 +307,38 @@ def test_a_status_carries_at_most_fifty_violations_and_counts_the_rest() -> None
         "251 more",
     )
     assert bad.field_violations[0].field == "items[0].id"
+
+
+@pytest.mark.parametrize("text", ["x" * 5000, "é" * 5000])
+def test_a_status_of_long_texts_stays_within_grpcs_trailer_limit(text: str) -> None:
+    """A scope listing hundreds of team names made a message and violations so long that
+    the caller got RESOURCE_EXHAUSTED ("metadata size exceeds hard limit") instead."""
+    error = invalid_argument(
+        "SCOPE_INVALID",
+        "; ".join(f"team {i}: {text[:40]} is not a UUID" for i in range(400)),
+        violations=[(f"scope.filters.tasks.include_teams[{i}]{text}", text) for i in range(400)],
+    )
+    status = error.to_status()
+    size = len(status.details.encode()) * 3  # grpc-message is percent-encoded
+    size += sum(len(k) + len(v) * 4 // 3 for k, v in status.trailing_metadata)  # base64
+    assert size < 8 * 1024
+    details = status_pb2.Status.FromString(
+        dict(status.trailing_metadata)["grpc-status-details-bin"]
+    )
+    bad = error_details_pb2.BadRequest()
+    assert any(d.Unpack(bad) for d in details.details)
+    last = bad.field_violations[-1]
+    assert last.field == "..."
+    assert last.description == f"{400 - (len(bad.field_violations) - 1)} more"
+    assert bad.field_violations[0].field.startswith("scope.filters.tasks.include_teams[0]")
+    assert details.message.endswith("…")
+
+
+def test_fifty_short_violations_are_all_kept() -> None:
+    error = invalid_argument("X", "bad", violations=[(f"f{i}", "bad") for i in range(50)])
+    details = status_pb2.Status.FromString(
+        dict(error.to_status().trailing_metadata)["grpc-status-details-bin"]
+    )
+    bad = error_details_pb2.BadRequest()
+    assert any(d.Unpack(bad) for d in details.details)
+    assert [v.field for v in bad.field_violations] == [f"f{i}" for i in range(50)]
