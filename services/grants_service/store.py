@@ -213,6 +213,19 @@ class GrantsStore:
             grant = await self._grant_in(conn, grant_id)
         return grant, peer, created
 
+    async def _lock_peer(self, conn: AsyncConnection, peer_id: uuid.UUID) -> None:
+        """Postgres: lock the peer row before touching its grants.
+
+        Every transaction that writes a peer and its grants takes the peer first (a peer's
+        revocation revokes its grants, its removal deletes them): one taking a grant first
+        and then waiting for the peer could deadlock with one of those. SQLite needs no
+        lock; it runs one write transaction at a time.
+        """
+        if not self._db.is_sqlite:
+            await conn.execute(
+                select(_P.c.id).where(_P.c.id == peer_id).with_for_update(key_share=True)
+            )
+
     @staticmethod
     async def _set_peer_certificate(
         conn: AsyncConnection,
@@ -311,6 +324,7 @@ class GrantsStore:
         and the refusal names the state that stopped it.
         """
         async with self._engine.begin() as conn:
+            await self._lock_peer(conn, peer_id)
             grant_won = await conn.execute(
                 update(_G)
                 .where(
@@ -484,6 +498,7 @@ class GrantsStore:
         ``expected_serial`` (of concurrent renewals exactly one wins), and the active
         inbound peer's latest certificate becomes ``new`` with it."""
         async with self._engine.begin() as conn:
+            await self._lock_peer(conn, peer_id)
             grant_won = await conn.execute(
                 update(_G)
                 .where(
