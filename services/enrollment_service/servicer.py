@@ -50,9 +50,14 @@ from mosaic.sqltypes import utcnow
 
 log = logging.getLogger("enrollment_service")
 
-# Deadlines inside one redeem; together well below domain.CLAIM_DURATION.
-GRANTS_TIMEOUT_S: Final = 10.0
-CA_TIMEOUT_S: Final = 20.0
+# Deadlines inside one redeem. On the way to an answer: the trust bundle, then GetGrant,
+# IssueCertificate and ActivateGrantAndPeer, 30 s in all, below the gateway's deadline
+# for the whole redeem (peer_enrollment.REDEEM_TIMEOUT_S, 40 s) and well below
+# domain.CLAIM_DURATION (60 s). Nothing slow comes after the activation, so a redeem
+# that activated the grant also answers the peer.
+GRANTS_TIMEOUT_S: Final = 5.0
+CA_TIMEOUT_S: Final = 15.0
+TRUST_TIMEOUT_S: Final = 5.0
 ABORTED_REASON: Final = "enrollment aborted"
 
 REMEDIATION: Final = (
@@ -160,6 +165,7 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
         if not domain.is_well_formed_token(token):
             raise _refused(domain.RedeemRefused(domain.TOKEN_UNKNOWN), None, hint)
         token_hash = domain.hash_token(token)
+        trust = await self._trust_bundle()  # before the claim: nothing slow after activation
         now = utcnow()
         row = await self._store.claim(token_hash, now=now, until=now + domain.CLAIM_DURATION)
         if row is None:
@@ -168,7 +174,7 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
             raise _refused(refusal, found, hint)
         progress = _Progress()
         try:
-            return await self._redeem_claimed(row, request.csr_pem, hint, progress)
+            return await self._redeem_claimed(row, request.csr_pem, hint, progress, trust)
         except BaseException:
             # Whatever stopped the redeem before the grant became active (refusal, CA or
             # grants failure, cancellation), the token goes back to unused. Shielded so a
@@ -178,7 +184,12 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
             raise
 
     async def _redeem_claimed(
-        self, row: TokenRow, csr_pem: str, hint: str, progress: _Progress
+        self,
+        row: TokenRow,
+        csr_pem: str,
+        hint: str,
+        progress: _Progress,
+        trust: ca_pb2.GetTrustBundleResponse,
     ) -> enrollment_pb2.RedeemResponse:
         grant_reply = await self._get_grant(str(row.grant_id))
         grant = grant_reply.grant
@@ -229,7 +240,6 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
             "enrollment token redeemed",
             extra=_ids(row, hint) | {"serial": issued.serial},
         )
-        trust = await self._trust_bundle()
         chain = list(issued.chain_pem)
         # With the step-ca backend the client certificate chains to step-ca's root, not
         # to the root the peer pinned: send that root along (over the pinned channel) so
@@ -357,11 +367,11 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
     async def _trust_bundle(self) -> ca_pb2.GetTrustBundleResponse:
         try:
             reply: ca_pb2.GetTrustBundleResponse = await self._ca.GetTrustBundle(
-                ca_pb2.GetTrustBundleRequest(), timeout=CA_TIMEOUT_S
+                ca_pb2.GetTrustBundleRequest(), timeout=TRUST_TIMEOUT_S
             )
         except grpc.aio.AioRpcError as err:
-            # The certificate is issued and the grant active: answer without the extra
-            # root rather than fail (the local backend never needs it).
+            # Enroll without the extra root rather than fail: the local backend never
+            # needs it, and with step-ca the peer refuses a chain it cannot verify.
             log.warning("trust bundle unavailable", extra={"code": err.code().name})
             return ca_pb2.GetTrustBundleResponse()
         return reply

@@ -27,7 +27,8 @@ from mosaic.rpc.interceptors import new_request_id
 log = logging.getLogger("federation_gateway.enrollment")
 
 REDEEM_VERB: Final = "redeem"
-# Above the sum of the enrollment service's own deadlines (CA issuance + grants).
+# Above the sum of the enrollment service's own deadlines on the way to an answer (30 s:
+# enrollment_service.servicer); the querying gateway gives the redeem 60 s.
 REDEEM_TIMEOUT_S: Final = 40.0
 ROOT_CERT: Final = "root.crt"
 

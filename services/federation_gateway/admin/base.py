@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from typing import TypeVar
+import asyncio
+from collections.abc import Awaitable, Coroutine
+from typing import Any, TypeVar
 
 import grpc
 
@@ -33,6 +34,19 @@ class AdminBase:
         self.ca = ca_pb2_grpc.CertificateAuthorityStub(channels.get(CA))
         self.enrollment = enrollment_pb2_grpc.EnrollmentStub(channels.get(ENROLLMENT))
         self.resources = resources_pb2_grpc.ResourceSourceStub(channels.get(RESOURCES))
+        # Work that outlives the call that started it (finish_anyway); kept referenced.
+        self._finishing: set[asyncio.Task[Any]] = set()
+
+    async def finish_anyway(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run ``work`` to its end even if our caller goes away (Ctrl-C, the CLI's deadline,
+        a dropped connection). Once a peer gateway has acted on a request of ours (spent an
+        enrollment token, rotated our certificate), its answer must be stored, not dropped
+        with the call; ``work`` logs its own outcome."""
+        task = asyncio.ensure_future(work)
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+        task.add_done_callback(_retrieved)
+        return await asyncio.shield(task)
 
     async def forward(self, call: Awaitable[T]) -> T:
         """Await an internal call; its error reaches the operator unchanged (code, reason, hint)."""
@@ -40,3 +54,8 @@ class AdminBase:
             return await call
         except grpc.aio.AioRpcError as err:
             raise RemoteError.from_rpc_error(err).to_service_error() from None
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # logged by the work itself; its caller may be gone

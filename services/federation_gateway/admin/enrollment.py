@@ -130,6 +130,13 @@ class EnrollmentAdminMixin(AdminBase):
         await self._check_name_free(name)
 
         root = await fetch_pinned_root(target)
+        # From the redeem on, the serving gateway may spend the token and activate the
+        # grant: finish and store the peer even if the operator's call goes away.
+        return await self.finish_anyway(self._enroll(target, root, name))
+
+    async def _enroll(
+        self, target: EnrollmentURL, root: x509.Certificate, name: str
+    ) -> gateway_pb2.AddPeerResponse:
         key = ec.generate_private_key(ec.SECP256R1())
         csr = _csr(key, self.config.name)
         reply = await self._redeem(target, root, csr)

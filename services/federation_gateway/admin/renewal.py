@@ -58,8 +58,19 @@ class RenewalAdminMixin(AdminBase):
         try:
             peer, _ = await client.credentials(request.id)
             grant_id, subject_user_id = _current_identity(peer)
-            key = ec.generate_private_key(ec.SECP256R1())
-            csr = _csr(key, self.config.name).public_bytes(serialization.Encoding.PEM)
+        except PeerError as exc:
+            raise exc.to_service_error() from None
+        # From the RenewCertificate call on, the peer may have switched to the new
+        # certificate: finish and store it even if the operator's call goes away.
+        return await self.finish_anyway(self._renew(peer, grant_id, subject_user_id))
+
+    async def _renew(
+        self, peer: grants_pb2.Peer, grant_id: str, subject_user_id: str
+    ) -> gateway_pb2.RenewPeerResponse:
+        client = self.gateway.federation_client
+        key = ec.generate_private_key(ec.SECP256R1())
+        csr = _csr(key, self.config.name).public_bytes(serialization.Encoding.PEM)
+        try:
             reply = await client.renew(peer.id, csr.decode("ascii"))
         except PeerError as exc:
             raise exc.to_service_error() from None

@@ -1,0 +1,125 @@
+"""The querying side (A) finishes what a peer gateway has already acted on, even when the
+operator's call goes away (Ctrl-C, the CLI's deadline): an enrollment whose redeem B
+answered stores the peer, a renewal B carried out stores the new certificate. Before,
+both were dropped with the call, the token spent or the old certificate revoked on B."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from types import SimpleNamespace
+from typing import Any
+
+import grpc
+import pytest
+
+from federation_gateway.admin import enrollment as enrollment_admin
+from federation_gateway.admin import renewal as renewal_admin
+from federation_gateway.admin.enrollment import EnrollmentAdminMixin, _Accepted
+from federation_gateway.admin.renewal import RenewalAdminMixin
+from mosaic.enrollment_url import build_enrollment_url
+from mosaic.federation.v1 import enrollment_pb2, gateway_pb2, grants_pb2
+from tests.support.federation_fakes import FakeChannel, rpc_error
+
+
+class Backends:
+    """grants-service as A's admin servicer sees it: records what gets stored."""
+
+    def __init__(self) -> None:
+        self.stored: list[str] = []
+
+    def __call__(self, method: str, request: Any) -> Any:
+        if method == "GetPeer":
+            raise rpc_error(grpc.StatusCode.NOT_FOUND)
+        if method == "RegisterOutboundPeer":
+            self.stored.append(request.name)
+            return grants_pb2.RegisterOutboundPeerResponse(peer=grants_pb2.Peer(name=request.name))
+        if method == "UpdateOutboundPeerCredentials":
+            self.stored.append(request.peer_id)
+            return grants_pb2.UpdateOutboundPeerCredentialsResponse(
+                peer=grants_pb2.Peer(id=request.peer_id)
+            )
+        raise AssertionError(f"unexpected call {method}")
+
+
+def _gateway(backends: Backends, federation_client: Any = None) -> Any:
+    channel = FakeChannel(backends)
+    runtime = SimpleNamespace(
+        config=SimpleNamespace(name="a"),
+        channels=SimpleNamespace(get=lambda _name: channel),
+    )
+    return SimpleNamespace(runtime=runtime, federation_client=federation_client)
+
+
+async def _cancel_while(started: asyncio.Event, call: Any) -> None:
+    task = asyncio.ensure_future(call)
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def _eventually(check: Any) -> None:
+    for _ in range(200):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the work did not finish")
+
+
+async def test_peer_add_cancelled_during_the_redeem_still_stores_the_peer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    backends = Backends()
+    redeeming, answer = asyncio.Event(), asyncio.Event()
+
+    async def fetch_pinned_root(target: Any) -> str:
+        return "ROOT"
+
+    async def redeem(self: Any, target: Any, root: Any, csr: Any) -> Any:
+        redeeming.set()
+        await answer.wait()
+        return enrollment_pb2.RedeemResponse(federation_endpoint="127.0.0.1:7443")
+
+    def accept(reply: Any, key: Any, root: Any, target: Any) -> _Accepted:
+        return _Accepted("CHAIN", "BUNDLE", "grant", "subject", "5e71a1")
+
+    monkeypatch.setattr(enrollment_admin, "fetch_pinned_root", fetch_pinned_root)
+    monkeypatch.setattr(EnrollmentAdminMixin, "_redeem", redeem)
+    monkeypatch.setattr(enrollment_admin, "_accept", accept)
+    servicer = EnrollmentAdminMixin(_gateway(backends))
+    url = build_enrollment_url("127.0.0.1", 7444, secrets.token_urlsafe(32), "0" * 64)
+    request = gateway_pb2.AddPeerRequest(enrollment_url=url, name="b")
+
+    await _cancel_while(redeeming, servicer.AddPeer(request, None))
+    answer.set()  # B answers after our caller went away
+    await _eventually(lambda: backends.stored == ["b"])
+
+
+async def test_peer_renew_cancelled_during_the_call_still_stores_the_certificate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    backends = Backends()
+    renewing, answer = asyncio.Event(), asyncio.Event()
+    peer = grants_pb2.Peer(id="peer-1", name="b", cert_serial="01", ca_bundle_pem="BUNDLE")
+
+    async def credentials(key: str) -> tuple[grants_pb2.Peer, str]:
+        return peer, "KEY"
+
+    async def renew(peer_id: str, csr_pem: str) -> gateway_pb2.RenewCertificateResponse:
+        renewing.set()
+        await answer.wait()
+        return gateway_pb2.RenewCertificateResponse(serial="02")
+
+    client = SimpleNamespace(credentials=credentials, renew=renew, flush=lambda _id: None)
+    monkeypatch.setattr(renewal_admin, "_current_identity", lambda _peer: ("grant", "subject"))
+    monkeypatch.setattr(renewal_admin, "_check_renewal", lambda *_: ("LEAF", []))
+    monkeypatch.setattr(renewal_admin, "certs_to_pem", lambda _certs: "CHAIN")
+    servicer = RenewalAdminMixin(_gateway(backends, client))
+
+    await _cancel_while(
+        renewing,
+        servicer.RenewPeer(gateway_pb2.RenewPeerRequest(id="b"), None),
+    )
+    answer.set()
+    await _eventually(lambda: backends.stored == ["peer-1"])
