@@ -30,6 +30,9 @@ MAX_VIOLATION_TEXT_CHARS = 200
 VIOLATIONS_BUDGET_BYTES = 2500
 
 # Stable reason codes shared by more than one service.
+# Every reason of ca-service's backend failures starts so (ca_service.backends.base); their
+# messages name the CA's set-up, which a peer gateway has no business reading.
+CA_BACKEND_REASON_PREFIX = "CA_BACKEND_"
 INTERNAL = "INTERNAL"
 INVALID_ARGUMENT = "INVALID_ARGUMENT"
 CALLER_NOT_ALLOWED = "CALLER_NOT_ALLOWED"

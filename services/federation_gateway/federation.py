@@ -50,6 +50,7 @@ from mosaic import __version__
 from mosaic.config import CA, GRANTS
 from mosaic.config import RESOURCES as RESOURCE_SERVICE
 from mosaic.errors import (
+    CA_BACKEND_REASON_PREFIX,
     DEPENDENCY_UNAVAILABLE,
     RATE_LIMITED,
     RemoteError,
@@ -491,7 +492,7 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
                 timeout=RENEW_CA_DEADLINE_S,
             )
         except grpc.aio.AioRpcError as err:
-            raise RemoteError.from_rpc_error(err).to_service_error() from None
+            raise _for_renewing_peer(RemoteError.from_rpc_error(err)) from None
         task = asyncio.ensure_future(self._record_renewal(view, issued))
         self._background.add(task)
         task.add_done_callback(_renewal_done)
@@ -526,11 +527,11 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
                 # Unknown: leave the new certificate be. If it is not current the gate
                 # refuses it anyway; if it is, revoking it would lock the peer out.
                 log.warning("renewal outcome unknown; new certificate not revoked", extra=ids)
-                raise remote.to_service_error() from None
+                raise _for_renewing_peer(remote) from None
             if current != issued.serial:
                 log.warning("renewal not recorded; revoking the new certificate", extra=ids)
                 await self._revoke_serial(issued.serial, "renewal not recorded", view)
-                raise remote.to_service_error() from None
+                raise _for_renewing_peer(remote) from None
             log.info("renewal recorded although the rotate call failed", extra=ids)
         self._grants.invalidate(grant_ids=[view.grant_id])
         await self._revoke_serial(old_serial, "superseded by renewal", view)
@@ -662,6 +663,34 @@ async def _within_limit(limiter: RateLimiter, key: str, refusal: str) -> None:
             remediation="retry after the delay in RetryInfo",
             retry_after_s=decision.retry_after_s,
         )
+
+
+def _for_renewing_peer(remote: RemoteError) -> ServiceError:
+    """What a renewing peer learns of ca-service's or grants-service's refusal: refusals of
+    its CSR or its grant's state as they are; our own trouble (a CA backend naming our
+    set-up, an internal check) generically, as enrollment does."""
+    if remote.code in (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ) and not remote.reason.startswith(CA_BACKEND_REASON_PREFIX):
+        return ServiceError(
+            remote.code,
+            remote.reason,
+            remote.message,
+            remediation=remote.remediation,
+            violations=remote.violations,
+        )
+    if remote.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) or (
+        remote.reason.startswith(CA_BACKEND_REASON_PREFIX)
+    ):
+        return unavailable(
+            DEPENDENCY_UNAVAILABLE,
+            "the serving gateway cannot renew certificates right now",
+            remediation="retry shortly",
+            retry_after_s=remote.retry_after_s or 5.0,
+        )
+    log.error("renewal failed", extra={"code": remote.code.name, "reason": remote.reason})
+    return internal_error(request_id_var.get() or "")
 
 
 def _renewal_done(task: asyncio.Task[Any]) -> None:

@@ -19,7 +19,14 @@ import grpc
 from federation_gateway.audit import AuditRecord
 from federation_gateway.context import GatewayContext
 from mosaic.config import ENROLLMENT
-from mosaic.errors import INTERNAL, RATE_LIMITED, RemoteError, ServiceError, internal_error
+from mosaic.errors import (
+    CA_BACKEND_REASON_PREFIX,
+    INTERNAL,
+    RATE_LIMITED,
+    RemoteError,
+    ServiceError,
+    internal_error,
+)
 from mosaic.federation.v1 import enrollment_pb2, enrollment_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from mosaic.logs import request_id_var, token_hint
 from mosaic.rpc.interceptors import new_request_id
@@ -27,24 +34,47 @@ from mosaic.rpc.interceptors import new_request_id
 log = logging.getLogger("federation_gateway.enrollment")
 
 REDEEM_VERB: Final = "redeem"
+GRANT_NOT_PENDING: Final = "GRANT_NOT_PENDING"
 # Above the sum of the enrollment service's own deadlines on the way to an answer (30 s:
 # enrollment_service.servicer); the querying gateway gives the redeem 60 s.
 REDEEM_TIMEOUT_S: Final = 40.0
 ROOT_CERT: Final = "root.crt"
 
-# Failures that are the caller's (a refused token, a bad CSR): "denied", message kept.
-_DENIED: Final = frozenset(
+# Refusals that are about what the peer sent (its token, its CSR): "denied", and passed
+# on as they are. Nothing else is: an unauthenticated caller must not read our internal
+# access lists, our CA's set-up, or the state of our grants and peers.
+_PEER_REASONS: Final = frozenset(
     {
+        "TOKEN_UNKNOWN",
+        "TOKEN_EXPIRED",
+        "TOKEN_ALREADY_USED",
+        "TOKEN_IN_USE",
+        "TOKEN_BINDING_MISMATCH",
+        GRANT_NOT_PENDING,
+        "CSR_REQUIRED",
+        "CSR_TOO_LARGE",
+        "CSR_MALFORMED",
+        "CSR_BAD_SIGNATURE",
+        "CSR_WEAK_KEY",
+        "CSR_BAD_NAMES",
+    }
+)
+# The grant's state stopped the redeem (revoked, removed, its peer suspended meanwhile):
+# denied, told to the peer as the grant being no longer pending.
+_GRANT_STATE_CODES: Final = frozenset(
+    {grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND}
+)
+# What the peer is told that makes the audit row "denied" (the rest is "error").
+_DENIED_CODES: Final = frozenset(
+    {
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.ABORTED,
         grpc.StatusCode.UNAUTHENTICATED,
         grpc.StatusCode.PERMISSION_DENIED,
-        grpc.StatusCode.FAILED_PRECONDITION,
-        grpc.StatusCode.ABORTED,
-        grpc.StatusCode.INVALID_ARGUMENT,
         grpc.StatusCode.NOT_FOUND,
     }
 )
-# Reasons of ca-service's backend failures (ca_service.backends.base).
-_CA_BACKEND: Final = "CA_BACKEND_"
 # Ids the enrollment service attaches for our audit row; never passed on to the peer.
 _AUDIT_ONLY_METADATA: Final = ("grant_id", "peer_id", "request_id")
 
@@ -97,19 +127,17 @@ class PeerEnrollmentServicer(gateway_pb2_grpc.PeerEnrollmentServicer):
             )
         except grpc.aio.AioRpcError as err:
             remote = RemoteError.from_rpc_error(err)
-            # The serving side's own CA trouble is ours, not the caller's: its message names
-            # our CA's configuration, which the enrolling peer has no business seeing.
-            denied = remote.code in _DENIED and not remote.reason.startswith(_CA_BACKEND)
+            answer = _for_peer(remote)
             await self._gateway.audit.record(
                 audit.row(
-                    "denied" if denied else "error",
+                    "denied" if answer.code in _DENIED_CODES else "error",
                     remote.code,
-                    remote.reason,
+                    remote.reason,  # the real reason, whatever the peer is told
                     grant_id=remote.metadata.get("grant_id"),
                     peer_id=remote.metadata.get("peer_id"),
                 )
             )
-            raise _for_peer(remote, denied) from None
+            raise answer from None
         except asyncio.CancelledError:
             # The peer went away (or its deadline passed) mid-redeem: still one row, written
             # in the background since this task is being cancelled.
@@ -185,10 +213,11 @@ class _Audit:
         )
 
 
-def _for_peer(remote: RemoteError, denied: bool) -> ServiceError:
-    """What the enrolling peer learns: refusals as they are, our own trouble generically."""
-    metadata = {k: v for k, v in remote.metadata.items() if k not in _AUDIT_ONLY_METADATA}
-    if denied:
+def _for_peer(remote: RemoteError) -> ServiceError:
+    """What the enrolling peer learns: its own refusals as they are, a refusal for the
+    grant's state as GRANT_NOT_PENDING, and our own trouble generically."""
+    if remote.reason in _PEER_REASONS:
+        metadata = {k: v for k, v in remote.metadata.items() if k not in _AUDIT_ONLY_METADATA}
         return ServiceError(
             remote.code,
             remote.reason,
@@ -198,16 +227,24 @@ def _for_peer(remote: RemoteError, denied: bool) -> ServiceError:
             violations=remote.violations,
         )
     if remote.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) or (
-        remote.reason.startswith(_CA_BACKEND)
+        remote.reason.startswith(CA_BACKEND_REASON_PREFIX)
     ):
         return ServiceError(
             grpc.StatusCode.UNAVAILABLE,
-            remote.reason
-            if remote.code != grpc.StatusCode.DEADLINE_EXCEEDED
-            else "DEADLINE_EXCEEDED",
+            "DEADLINE_EXCEEDED"
+            if remote.code == grpc.StatusCode.DEADLINE_EXCEEDED
+            else "UNAVAILABLE",
             "the serving gateway cannot enroll peers right now",
             remediation="try again in a minute",
             retry_after_s=remote.retry_after_s,
+        )
+    if remote.code in _GRANT_STATE_CODES:
+        return ServiceError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            GRANT_NOT_PENDING,
+            "the grant this enrollment token is for can no longer be enrolled",
+            remediation="ask the serving gateway's administrator for a new grant and "
+            "enrollment URL",
         )
     return internal_error(request_id_var.get() or new_request_id())
 

@@ -89,6 +89,86 @@ async def test_the_serving_sides_ca_trouble_is_not_told_to_the_peer(tmp_path: Pa
     assert (row.outcome, row.reason) == ("error", "CA_BACKEND_REJECTED")
 
 
+def _failing(code: grpc.StatusCode, reason: str, message: str, **kw: Any) -> Backend:
+    status = ServiceError(code, reason, message, **kw).to_status()
+    error = grpc.aio.AioRpcError(
+        status.code, grpc.aio.Metadata(), grpc.aio.Metadata(*status.trailing_metadata), message
+    )
+
+    def backend(_method: str, _request: Any) -> Any:
+        raise error
+
+    return backend
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "message", "told", "outcome"),
+    [
+        # our internal access list: an unauthenticated caller must not read it
+        (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "CALLER_NOT_ALLOWED",
+            "spiffe://b/enrollment-service may not call /CertificateAuthority/IssueCertificate",
+            (grpc.StatusCode.INTERNAL, "INTERNAL"),
+            "error",
+        ),
+        # the grant was removed meanwhile: not its id, not our CLI's advice
+        (
+            grpc.StatusCode.NOT_FOUND,
+            "GRANT_NOT_FOUND",
+            "no grant 0b6f4c1e-1111-4a5b-8c7d-000000000001",
+            (grpc.StatusCode.FAILED_PRECONDITION, "GRANT_NOT_PENDING"),
+            "denied",
+        ),
+        # the operator suspended the peer mid-redeem: not the state of our peers
+        (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "PEER_SUSPENDED",
+            "peer a is suspended",
+            (grpc.StatusCode.FAILED_PRECONDITION, "GRANT_NOT_PENDING"),
+            "denied",
+        ),
+    ],
+    ids=["internal-acl", "grant-removed", "peer-suspended"],
+)
+async def test_the_serving_sides_own_state_is_not_told_to_the_enrolling_peer(
+    tmp_path: Path,
+    code: grpc.StatusCode,
+    reason: str,
+    message: str,
+    told: tuple[grpc.StatusCode, str],
+    outcome: str,
+) -> None:
+    backend = _failing(code, reason, message, remediation="list grants with `mosaic ...`")
+    servicer, audit = _servicer(tmp_path, backend)
+    with pytest.raises(ServiceError) as caught:
+        await servicer.Redeem(_request(), Context())
+    assert (caught.value.code, caught.value.reason) == told
+    assert message not in caught.value.message
+    assert "mosaic" not in (caught.value.remediation or "")
+    [row] = audit.rows
+    assert (row.outcome, row.reason) == (outcome, reason)  # the real reason, for B's admin
+
+
+async def test_the_peers_own_refusals_reach_it_as_they_are(tmp_path: Path) -> None:
+    backend = _failing(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "CSR_WEAK_KEY",
+        "the CSR's key is RSA 1024; use P-256",
+        violations=[("csr_pem", "weak key")],
+    )
+    servicer, audit = _servicer(tmp_path, backend)
+    with pytest.raises(ServiceError) as caught:
+        await servicer.Redeem(_request(), Context())
+    assert (caught.value.code, caught.value.reason) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "CSR_WEAK_KEY",
+    )
+    assert caught.value.message == "the CSR's key is RSA 1024; use P-256"
+    assert list(caught.value.violations) == [("csr_pem", "weak key")]
+    assert audit.rows[0].outcome == "denied"
+
+
 async def test_a_peer_that_goes_away_mid_redeem_still_leaves_a_row(tmp_path: Path) -> None:
     started = asyncio.Event()
 

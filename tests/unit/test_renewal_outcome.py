@@ -83,7 +83,8 @@ async def test_a_rotate_that_failed_uncertainly_is_settled_by_asking_grants_serv
     else:
         with pytest.raises(ServiceError) as caught:
             await _renew(backends)
-        assert caught.value.code == failure
+        # The peer is told to retry, whichever of our services failed and how.
+        assert caught.value.code == grpc.StatusCode.UNAVAILABLE
     assert backends.revoked == revoked
 
 
@@ -137,3 +138,51 @@ async def test_renewals_beyond_the_grants_renewal_limit_are_refused_before_the_c
     # Another grant has a limit of its own.
     await servicer._renew(grant_view(cert_serial=OLD, grant_id=OTHER_GRANT), request)
     assert len(issued) == 3
+
+
+def _ca_refusal(code: grpc.StatusCode, reason: str, message: str) -> grpc.aio.AioRpcError:
+    status = ServiceError(
+        code, reason, message, remediation="check https://10.0.0.5:9000"
+    ).to_status()
+    return grpc.aio.AioRpcError(
+        status.code, grpc.aio.Metadata(), grpc.aio.Metadata(*status.trailing_metadata), message
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "told"),
+    [
+        (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "CSR_WEAK_KEY",
+            (grpc.StatusCode.INVALID_ARGUMENT, "CSR_WEAK_KEY"),
+        ),
+        (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "CA_BACKEND_REJECTED",
+            (grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE"),
+        ),
+        (grpc.StatusCode.INTERNAL, "ISSUED_CERT_MISMATCH", (grpc.StatusCode.INTERNAL, "INTERNAL")),
+    ],
+    ids=["its-csr", "our-ca-backend", "our-internal-check"],
+)
+async def test_a_renewing_peer_learns_of_its_own_mistakes_only(
+    code: grpc.StatusCode, reason: str, told: tuple[grpc.StatusCode, str]
+) -> None:
+    """Like enrollment: ca-service's own trouble names our CA's set-up (its URL, its
+    provisioner, its files) and reaches the peer generically."""
+    message = "step-ca at https://10.0.0.5:9000 refused provisioner mosaic-b"
+    refusal = _ca_refusal(code, reason, message)
+
+    def backend(method: str, request: Any) -> Any:
+        raise refusal
+
+    servicer = federation_servicer(backend)
+    with pytest.raises(ServiceError) as caught:
+        await servicer._renew(
+            grant_view(cert_serial=OLD), gateway_pb2.RenewCertificateRequest(csr_pem="CSR")
+        )
+    assert (caught.value.code, caught.value.reason) == told
+    if reason != "CSR_WEAK_KEY":
+        assert "10.0.0.5" not in caught.value.message
+        assert "10.0.0.5" not in (caught.value.remediation or "")

@@ -382,14 +382,6 @@ def _check_reply(
     key: ec.EllipticCurvePrivateKey,
     pinned_root: x509.Certificate,
 ) -> _Accepted:
-    try:
-        bundle = (
-            x509.load_pem_x509_certificates(reply.ca_bundle_pem.encode())
-            if reply.ca_bundle_pem.strip()
-            else []
-        )
-    except ValueError:
-        raise CertificateRefused("a certificate in the answer does not parse") from None
     leaf, intermediates = verified_leaf(reply.certificate_pem, reply.chain_pem, [pinned_root])
     try:
         identity = grant_identity(leaf)
@@ -406,10 +398,11 @@ def _check_reply(
         raise CertificateRefused("the certificate's serial differs from the one reported")
     if _ENDPOINT.fullmatch(reply.federation_endpoint) is None:
         raise CertificateRefused("the federation endpoint is missing or not host:port")
-    trusted = [pinned_root, *(c for c in bundle if c != pinned_root and _self_signed(c))]
     return _Accepted(
         cert_chain_pem=certs_to_pem([leaf, *intermediates]),
-        ca_bundle_pem=certs_to_pem(trusted),
+        # The pinned root alone verifies the serving gateway's TLS certificate; whatever
+        # else its answer lists is not trusted for it.
+        ca_bundle_pem=certs_to_pem([pinned_root]),
         grant_id=identity.grant_id,
         subject_user_id=identity.subject_user_id,
         serial=serial,

@@ -1,0 +1,51 @@
+"""What A accepts from B's redeem answer (flow 3): A trusts the root it pinned from the
+enrollment URL and nothing the answer adds."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from ca_service.backends.local import LocalCABackend, create_local_ca
+from federation_gateway.admin.enrollment import _check_reply
+from mosaic.federation.v1 import enrollment_pb2
+from mosaic.x509ext import certs_to_pem, load_pem_certificates
+
+GRANT, SUBJECT = str(uuid.uuid4()), str(uuid.uuid4())
+
+
+async def test_only_the_pinned_root_is_stored_to_trust_the_serving_gateway() -> None:
+    b = create_local_ca("gateway-b")
+    other = create_local_ca("someone-else")  # a root B's answer lists besides its own
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a")]))
+        .sign(key, hashes.SHA256())
+    )
+    signed = await LocalCABackend(
+        b.root_certificate, b.intermediate_certificate, b.intermediate_key
+    ).sign(
+        csr,
+        grant_id=GRANT,
+        subject_user_id=SUBJECT,
+        peer_id=str(uuid.uuid4()),
+        lifetime=dt.timedelta(hours=1),
+    )
+    pem = serialization.Encoding.PEM
+    reply = enrollment_pb2.RedeemResponse(
+        certificate_pem=signed.certificate.public_bytes(pem).decode(),
+        chain_pem=[c.public_bytes(pem).decode() for c in signed.chain],
+        ca_bundle_pem=certs_to_pem([b.root_certificate, other.root_certificate]),
+        grant_id=GRANT,
+        subject_user_id=SUBJECT,
+        federation_endpoint="b.example:7443",
+    )
+    accepted = _check_reply(reply, key, b.root_certificate)
+    assert load_pem_certificates(accepted.ca_bundle_pem) == [b.root_certificate]
+    assert accepted.grant_id == GRANT
