@@ -4,7 +4,9 @@ A revocation made by this process is published at once (:meth:`RevocationFeed.pu
 One made by another ca-service replica sharing the database is found by polling the
 table about once a second, so a gateway watching any replica learns of every
 revocation. Polling reads a sliding window of recent revocations (not a high-water
-mark) so a replica whose clock is behind ours by less than the window is not missed.
+mark) so a replica whose clock is behind ours by less than the window is not missed;
+after polls failed (a database outage), the next one reads back to the start of the last
+one that succeeded.
 Watchers de-duplicate by serial: the same revocation may arrive both ways.
 """
 
@@ -74,6 +76,9 @@ class RevocationFeed:
         # serial -> revoked_at of revocations already fanned out, pruned to the window.
         self._known: dict[str, datetime] = {}
         self._closed = False
+        # When the last read that succeeded began: after failed polls (a database outage)
+        # the next one reads back from there, however long the outage lasted.
+        self._last_read: datetime | None = None
 
     @contextlib.contextmanager
     def subscribe(self) -> Iterator[Subscription]:
@@ -120,9 +125,10 @@ class RevocationFeed:
 
     async def _prime(self) -> None:
         while True:
+            started = utcnow()
             try:
                 recent = await store.list_revoked(
-                    self._engine, revoked_since=utcnow() - self._window
+                    self._engine, revoked_since=started - self._window
                 )
             except asyncio.CancelledError:
                 raise
@@ -132,10 +138,13 @@ class RevocationFeed:
                 continue
             for record in recent:
                 self._known.setdefault(record.serial, record.revoked_at or utcnow())
+            self._last_read = started
             return
 
     async def _poll_once(self) -> None:
-        since = utcnow() - self._window
+        started = utcnow()
+        since = min(started, self._last_read or started) - self._window
         recent = await store.list_revoked(self._engine, revoked_since=since)
         self.publish(recent)
         self._known = {serial: at for serial, at in self._known.items() if at >= since}
+        self._last_read = started
