@@ -57,6 +57,10 @@ def sealed_key_context(peer_id: uuid.UUID) -> str:
     return seal_context(SEALED_KEY_TABLE, SEALED_KEY_COLUMN, str(peer_id))
 
 
+# Changes queued for one WatchChanges subscriber before it is cut off as stalled.
+MAX_PENDING_CHANGES = 10_000
+
+
 class ChangeNotifier:
     """Tells WatchChanges subscribers which grants and peers changed, within this process.
 
@@ -76,12 +80,20 @@ class ChangeNotifier:
         )
         if not change.grant_ids and not change.peer_ids:
             return
-        for queue in self._queues:
-            queue.put_nowait(change)
+        for queue in list(self._queues):
+            try:
+                queue.put_nowait(change)
+            except asyncio.QueueFull:
+                # A subscriber this far behind is cut off rather than grown without end:
+                # its stream ends, and a watcher that reconnects drops what it cached.
+                self._queues.discard(queue)
+                _end(queue)
 
     async def subscribe(self) -> AsyncGenerator[grants_pb2.WatchChangesResponse, None]:
         """Yield changes until the notifier closes; the first message is empty (subscribed)."""
-        queue: asyncio.Queue[grants_pb2.WatchChangesResponse | None] = asyncio.Queue()
+        queue: asyncio.Queue[grants_pb2.WatchChangesResponse | None] = asyncio.Queue(
+            MAX_PENDING_CHANGES
+        )
         self._queues.add(queue)
         try:
             yield grants_pb2.WatchChangesResponse()
@@ -92,7 +104,7 @@ class ChangeNotifier:
 
     def close(self) -> None:
         for queue in self._queues:
-            queue.put_nowait(None)
+            _end(queue)
 
     async def close_when_cancelled(self) -> None:
         """A background job: when the service stops, end every stream so shutdown is prompt."""
@@ -100,6 +112,13 @@ class ChangeNotifier:
             await asyncio.Event().wait()
         finally:
             self.close()
+
+
+def _end(queue: asyncio.Queue[grants_pb2.WatchChangesResponse | None]) -> None:
+    """End a subscriber's stream now: what is still queued for it is dropped."""
+    while not queue.empty():
+        queue.get_nowait()
+    queue.put_nowait(None)
 
 
 class GrantsServicer(grants_pb2_grpc.GrantsServicer):

@@ -34,7 +34,7 @@ class QueryAdminMixin(AdminBase):
         if not 0 <= request.limit <= MAX_AUDIT_LIMIT:
             raise invalid_argument(
                 "LIMIT_INVALID",
-                f"limit must be between 1 and {MAX_AUDIT_LIMIT}",
+                f"limit must be between 1 and {MAX_AUDIT_LIMIT} (0: the default)",
                 violations=[("limit", "out of range")],
             )
         peer_id: uuid.UUID | None = None
