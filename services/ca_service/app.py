@@ -15,7 +15,7 @@ from ca_service.backends.base import CABackend
 from ca_service.keys import load_backend
 from ca_service.revocations import RevocationFeed
 from ca_service.servicer import CertificateAuthorityServicer
-from mosaic.config import CA, ENROLLMENT, GATEWAY, GRANTS, InstanceConfig
+from mosaic.config import CA, ENROLLMENT, GATEWAY, InstanceConfig
 from mosaic.federation.v1 import ca_pb2, ca_pb2_grpc, common_pb2
 from mosaic.pki import ROOT_CERT
 from mosaic.rpc.acl import methods
@@ -34,7 +34,7 @@ ACL: dict[str, set[str]] = {
     },
     # enrollment-service revokes the certificate of an enrollment whose activation was
     # refused; it may issue certificates anyway, so this widens nothing that matters.
-    **{m: {ENROLLMENT, GATEWAY, GRANTS} for m in methods(SERVICE_NAME, ["RevokeCertificate"])},
+    **{m: {ENROLLMENT, GATEWAY} for m in methods(SERVICE_NAME, ["RevokeCertificate"])},
     **{m: {GATEWAY} for m in methods(SERVICE_NAME, ["ListRevocations", "WatchRevocations"])},
 }
 

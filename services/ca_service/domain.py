@@ -277,8 +277,13 @@ def build_issuance(
             f"the lifetime is {lifetime_seconds} s; use 0 for the default "
             f"({int(default_lifetime.total_seconds())} s) or a positive number of seconds",
         )
-    requested = default_lifetime if lifetime_seconds == 0 else timedelta(seconds=lifetime_seconds)
-    lifetime = min(requested, max_lifetime)
+    # Compared in seconds: a huge request (the field is an int64) would overflow timedelta.
+    if lifetime_seconds == 0:
+        lifetime = min(default_lifetime, max_lifetime)
+    elif lifetime_seconds >= max_lifetime.total_seconds():
+        lifetime = max_lifetime
+    else:
+        lifetime = timedelta(seconds=lifetime_seconds)
 
     return IssuanceRequest(
         csr=validate_csr(csr_pem),

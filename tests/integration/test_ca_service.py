@@ -286,6 +286,16 @@ async def test_callers_off_the_acl_may_not_issue(instance: Instance, caller: str
     assert (err.code, err.reason) == (grpc.StatusCode.PERMISSION_DENIED, "CALLER_NOT_ALLOWED")
 
 
+@pytest.mark.parametrize("caller", [RESOURCES, GRANTS, "operator"])
+async def test_callers_off_the_acl_may_not_revoke(instance: Instance, caller: str) -> None:
+    async with internal_channel_as(instance.home, CA, caller) as channel:
+        stub = ca_pb2_grpc.CertificateAuthorityStub(channel)
+        err = await rpc_error(
+            stub.RevokeCertificate(ca_pb2.RevokeCertificateRequest(serial="ab"), timeout=5)
+        )
+    assert (err.code, err.reason) == (grpc.StatusCode.PERMISSION_DENIED, "CALLER_NOT_ALLOWED")
+
+
 async def test_only_the_gateway_may_read_revocations(instance: Instance) -> None:
     async with internal_channel_as(instance.home, CA, ENROLLMENT) as channel:
         stub = ca_pb2_grpc.CertificateAuthorityStub(channel)
@@ -387,8 +397,8 @@ async def test_revocation_reaches_list_and_a_watch_opened_before_it(
         assert first.snapshot is True
         assert issued.serial not in {r.serial for r in first.revocations}
 
-        # grants-service revokes (it is on the RevokeCertificate ACL, like the gateway).
-        async with internal_channel_as(instance.home, CA, GRANTS) as channel:
+        # enrollment-service revokes (it is on the RevokeCertificate ACL, like the gateway).
+        async with internal_channel_as(instance.home, CA, ENROLLMENT) as channel:
             reply = await _revoke(
                 ca_pb2_grpc.CertificateAuthorityStub(channel),
                 serial=issued.serial,

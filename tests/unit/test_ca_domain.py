@@ -339,6 +339,7 @@ def test_build_issuance_lowercases_identifiers(p256: ec.EllipticCurvePrivateKey)
         (int(MAX.total_seconds()), MAX),
         (int(MAX.total_seconds()) + 1, MAX),
         (10**9, MAX),
+        (2**63 - 1, MAX),  # the largest int64: timedelta would overflow
     ],
 )
 def test_lifetime_default_and_cap(
