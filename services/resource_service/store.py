@@ -4,8 +4,10 @@ Every read is one statement. Visibility is part of the WHERE clause, so a row ou
 is indistinguishable from a missing one. Lists walk ``ix_resources_owner_kind_id``
 (owner_user_id, resource, id) in id order; search uses the full-text index made by
 migration ``resources_0002`` (SQLite: FTS5 table ``resources_fts``; Postgres: generated
-``search_tsv`` column with a GIN index). On Postgres ``id`` uses the "C" collation
-(``resources_0003``) so ids sort bytewise on both engines.
+``search_tsv`` column with a GIN index), which ``resources_0004`` makes split text into
+the same words on both engines (punctuation separates words, diacritics count). On
+Postgres ``id`` uses the "C" collation (``resources_0003``) so ids sort bytewise on both
+engines.
 """
 
 from __future__ import annotations
@@ -322,8 +324,9 @@ def _text_size(row: ReadRow) -> int:
 def _sqlite_match_expression(query: str) -> str | None:
     """Every word of ``query`` as an FTS5 string ("word", quotes doubled), ANDed.
 
-    Words are runs of letters and digits, as FTS5's unicode61 tokenizer and Postgres'
-    plainto_tsquery see them, so both engines answer "rows containing all these words".
+    Words are runs of letters and digits (mosaic.search), as FTS5's unicode61 tokenizer
+    and Postgres' search_tsv (resources_0004) split rows, so both engines answer "rows
+    containing all these words".
     Inside a string FTS5 sees only tokens: never an operator, column filter or prefix.
     None when the text has no word at all (nothing can match).
     """

@@ -107,6 +107,15 @@ def build_rows() -> list[Row]:
         Row("note-team-pineapple", "notes", U1, T1, "Team fruit", "pineapple for the team"),
         Row("u2-grocery", "notes", U2, "", "Pizza", "pineapple pizza and bread"),
         Row("u2-team-pineapple", "notes", U2, T1, "Their fruit", "pineapple in another home"),
+        Row(
+            "u2-links",
+            "notes",
+            U2,
+            "",
+            "Links",
+            "mail alice@example.com, see https://example.org/docs/page and "
+            "/etc/mosaic/config, v1.2.3, state-of-the-art, snake_case",
+        ),
     ]
     return rows
 
@@ -483,6 +492,15 @@ SEARCHES: list[tuple[str, str, tuple[str, ...], bool, set[str]]] = [
     ("Pineapple BREAD", U1, (T1,), True, {"note-grocery"}),
     ("bread", U1, (), True, {"note-grocery", "note-banana"}),
     ("café", U1, (), True, {"note-cafe"}),
+    ("cafe", U1, (), True, set()),  # diacritics count, on both engines
+    # Punctuation only separates words, in rows as in queries, on both engines:
+    ("example", U2, (), True, {"u2-links"}),
+    ("alice@example.com", U2, (), True, {"u2-links"}),
+    ("docs page", U2, (), True, {"u2-links"}),
+    ("mosaic config", U2, (), True, {"u2-links"}),
+    ("v1 2", U2, (), True, {"u2-links"}),
+    ("the art", U2, (), True, {"u2-links"}),
+    ("snake case", U2, (), True, {"u2-links"}),
     # FTS5 / tsquery operators are words, never syntax:
     ("NOT forget", U1, (), True, {"note-grocery"}),
     ("bread NOT banana", U1, (), True, set()),  # as syntax: note-grocery
