@@ -60,12 +60,21 @@ class Gateway:
         return proc.returncode, doc
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mosaic.cli", "--home", str(self.home), "up"],
-            stdout=self.log.open("ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        # A Ctrl-C between the fork and the assignment would leave a tree no one stops
+        # (it runs in a session of its own): hold it until self.proc is set.
+        held: list[int] = []
+        previous = signal.signal(signal.SIGINT, lambda signum, _frame: held.append(signum))
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mosaic.cli", "--home", str(self.home), "up"],
+                stdout=self.log.open("ab"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if held:
+            raise KeyboardInterrupt
 
     def stop(self) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
@@ -73,7 +82,9 @@ class Gateway:
         self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(20)
-        except subprocess.TimeoutExpired:
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            # Too slow, or a second Ctrl-C while stopping: never leave the tree running
+            # (it is in a session of its own, out of reach of the terminal's signals).
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
             return None
@@ -372,6 +383,16 @@ def demo(
         run_demo(workdir)
     except DemoFailed:
         console.print(f"[red]demo failed[/]; homes and logs kept in {workdir}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        # The gateways are stopped (run_demo's finally); their homes hold throw-away keys.
+        console.print("[yellow]demo interrupted[/]; both gateways stopped")
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise typer.Exit(130) from None
+    except Exception as exc:  # a timeout, an unexpected answer: say so, keep the logs
+        console.print(f"[red]demo failed: {type(exc).__name__}: {exc}[/]")
+        console.print(f"homes and logs kept in {workdir}")
         raise typer.Exit(1) from None
     if not keep:
         shutil.rmtree(workdir, ignore_errors=True)
