@@ -204,14 +204,15 @@ class RemoteError(Exception):
                 out.retry_after_s = retry.retry_delay.ToNanoseconds() / 1e9
         return out
 
-    def to_service_error(self) -> ServiceError:
-        """Re-raise a dependency's error to our own caller unchanged."""
+    def to_service_error(self, *, metadata: Mapping[str, str] | None = None) -> ServiceError:
+        """Re-raise a dependency's error to our own caller unchanged (with ``metadata``
+        instead of the dependency's own, when given)."""
         return ServiceError(
             self.code,
             self.reason,
             self.message,
             remediation=self.remediation,
-            metadata=self.metadata,
+            metadata=self.metadata if metadata is None else metadata,
             violations=self.violations,
             retry_after_s=self.retry_after_s,
         )

@@ -673,13 +673,7 @@ def _for_renewing_peer(remote: RemoteError) -> ServiceError:
         grpc.StatusCode.INVALID_ARGUMENT,
         grpc.StatusCode.FAILED_PRECONDITION,
     ) and not remote.reason.startswith(CA_BACKEND_REASON_PREFIX):
-        return ServiceError(
-            remote.code,
-            remote.reason,
-            remote.message,
-            remediation=remote.remediation,
-            violations=remote.violations,
-        )
+        return remote.to_service_error(metadata={})  # not our services' request ids
     if remote.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) or (
         remote.reason.startswith(CA_BACKEND_REASON_PREFIX)
     ):

@@ -217,14 +217,8 @@ def _for_peer(remote: RemoteError) -> ServiceError:
     """What the enrolling peer learns: its own refusals as they are, a refusal for the
     grant's state as GRANT_NOT_PENDING, and our own trouble generically."""
     if remote.reason in _PEER_REASONS:
-        metadata = {k: v for k, v in remote.metadata.items() if k not in _AUDIT_ONLY_METADATA}
-        return ServiceError(
-            remote.code,
-            remote.reason,
-            remote.message,
-            remediation=remote.remediation,
-            metadata=metadata,
-            violations=remote.violations,
+        return remote.to_service_error(
+            metadata={k: v for k, v in remote.metadata.items() if k not in _AUDIT_ONLY_METADATA}
         )
     if remote.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) or (
         remote.reason.startswith(CA_BACKEND_REASON_PREFIX)
