@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command, context
 from alembic.config import Config
@@ -32,6 +32,8 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+
+T = TypeVar("T")
 
 # Threads (each with its own reader connection) for SQLite reads too slow for the loop.
 SQLITE_READ_WORKERS = 2
@@ -84,9 +86,12 @@ class Database:
             self._sqlite_reader = self._open_sqlite_reader()
         return self._sqlite_reader
 
-    async def sqlite_read_in_worker(self, sql: str, params: dict[str, Any]) -> list[Any]:
+    async def sqlite_read_in_worker(
+        self, sql: str, params: dict[str, Any], *, take: Callable[[sqlite3.Cursor], T]
+    ) -> T:
         """Run a read that may take long (a full-text search over many rows) on a worker
-        thread with a reader connection of its own, so the loop keeps serving meanwhile."""
+        thread with a reader connection of its own, so the loop keeps serving meanwhile;
+        ``take`` reads the rows it needs from the cursor, there too."""
         if not self.is_sqlite:
             raise RuntimeError("sqlite_read_in_worker() is for SQLite databases only")
         if self._sqlite_workers is None:
@@ -94,14 +99,22 @@ class Database:
                 max_workers=SQLITE_READ_WORKERS, thread_name_prefix="sqlite-read"
             )
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._sqlite_workers, self._worker_read, sql, params)
+        return await loop.run_in_executor(
+            self._sqlite_workers, self._worker_read, sql, params, take
+        )
 
-    def _worker_read(self, sql: str, params: dict[str, Any]) -> list[Any]:
+    def _worker_read(
+        self, sql: str, params: dict[str, Any], take: Callable[[sqlite3.Cursor], T]
+    ) -> T:
         conn: sqlite3.Connection | None = getattr(self._worker_local, "conn", None)
         if conn is None:
             conn = self._worker_local.conn = self._open_sqlite_reader()
             self._worker_readers.append(conn)
-        return conn.execute(sql, params).fetchall()
+        cursor = conn.execute(sql, params)
+        try:
+            return take(cursor)
+        finally:
+            cursor.close()
 
     def _open_sqlite_reader(self) -> sqlite3.Connection:
         conn = sqlite3.connect(

@@ -210,9 +210,12 @@ def _is_host_name(host: str) -> bool:
 
 
 def is_host(host: str) -> bool:
-    """True for a DNS name, an IPv4 address or a bare (unbracketed) IPv6 address."""
+    """True for a DNS name, an IPv4 address or a bare (unbracketed) IPv6 address; not for
+    one with a zone (fe80::1%eth0), which names an interface of this host only."""
     if ":" not in host:
         return _is_host_name(host)
+    if "%" in host:
+        return False
     try:
         ipaddress.IPv6Address(host)
     except ValueError:

@@ -64,6 +64,9 @@ from mosaic.x509ext import (
 log = logging.getLogger("ca_service")
 
 MAX_REVOCATIONS_PAGE = 5000
+# Revocations stay listed this long after their certificate expires: a gateway whose clock
+# runs behind ours still finds the serial while it would accept the certificate.
+EXPIRY_GRACE = timedelta(hours=1)
 DEFAULT_REVOCATION_REASON = "unspecified"
 BACKEND_RETRY_AFTER_S = 5.0
 
@@ -328,7 +331,7 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
             )
         size = min(request.page_size or MAX_REVOCATIONS_PAGE, MAX_REVOCATIONS_PAGE)
         page = await store.revoked_page(
-            self._engine, unexpired_at=utcnow(), after_serial=after, limit=size + 1
+            self._engine, unexpired_at=utcnow() - EXPIRY_GRACE, after_serial=after, limit=size + 1
         )
         more = len(page) > size
         page = page[:size]
@@ -346,12 +349,16 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
                 # delivered afterwards (or de-duplicated if the snapshot has it).
                 # Expired certificates fail the handshake anyway: leaving them out keeps
                 # the snapshot as large as the certificates still valid, not the history.
-                snapshot = await store.list_revoked(self._engine, unexpired_at=utcnow())
+                snapshot = await store.list_revoked(
+                    self._engine, unexpired_at=utcnow() - EXPIRY_GRACE
+                )
                 subscription.mark_sent(snapshot)
                 parts = _in_parts([_revocation(r) for r in snapshot])
                 for i, part in enumerate(parts):
+                    # Only the first part says snapshot: a gateway that predates `more`
+                    # then adds the later parts to its set instead of replacing it.
                     yield ca_pb2.WatchRevocationsResponse(
-                        snapshot=True, revocations=part, more=i < len(parts) - 1
+                        snapshot=i == 0, revocations=part, more=i < len(parts) - 1
                     )
                 async for batch in subscription.batches():
                     for part in _in_parts([_revocation(r) for r in batch]):

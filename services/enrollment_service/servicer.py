@@ -31,11 +31,13 @@ from google.protobuf import timestamp_pb2
 from enrollment_service import domain
 from enrollment_service.store import TokenRow, TokenStore
 from mosaic.errors import (
+    DEPENDENCY_UNAVAILABLE,
     INVALID_ARGUMENT,
     RemoteError,
     ServiceError,
     failed_precondition,
     invalid_argument,
+    unavailable,
 )
 from mosaic.federation.v1 import (
     ca_pb2,
@@ -370,10 +372,16 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
                 ca_pb2.GetTrustBundleRequest(), timeout=TRUST_TIMEOUT_S
             )
         except grpc.aio.AioRpcError as err:
-            # Enroll without the extra root rather than fail: the local backend never
-            # needs it, and with step-ca the peer refuses a chain it cannot verify.
+            # Asked before the token is claimed: refusing now spends nothing, while
+            # enrolling without the root (step-ca's) would hand the peer a chain it
+            # cannot verify after the grant is active.
             log.warning("trust bundle unavailable", extra={"code": err.code().name})
-            return ca_pb2.GetTrustBundleResponse()
+            raise unavailable(
+                DEPENDENCY_UNAVAILABLE,
+                "the certificate authority is not answering",
+                remediation="retry shortly; the enrollment token is still unused",
+                retry_after_s=5.0,
+            ) from None
         return reply
 
 

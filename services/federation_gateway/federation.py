@@ -481,6 +481,9 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         await _within_limit(
             self._renew_limiter, view.grant_id, "too many certificate renewals for this grant"
         )
+        # Before anything is issued: without it (step-ca) the peer could not verify the
+        # new chain, after the old certificate is revoked.
+        root = await self._client_root()
         try:
             issued: ca_pb2.IssueCertificateResponse = await self._ca.IssueCertificate(
                 ca_pb2.IssueCertificateRequest(
@@ -493,14 +496,14 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
             )
         except grpc.aio.AioRpcError as err:
             raise _for_renewing_peer(RemoteError.from_rpc_error(err)) from None
-        task = asyncio.ensure_future(self._record_renewal(view, issued))
+        task = asyncio.ensure_future(self._record_renewal(view, issued, root))
         self._background.add(task)
         task.add_done_callback(_renewal_done)
         task.add_done_callback(self._background.discard)
         return await asyncio.shield(task)
 
     async def _record_renewal(
-        self, view: GrantView, issued: ca_pb2.IssueCertificateResponse
+        self, view: GrantView, issued: ca_pb2.IssueCertificateResponse, root: str
     ) -> gateway_pb2.RenewCertificateResponse:
         old_serial = view.cert_serial
         ids = {"grant_id": view.grant_id, "peer_id": view.peer_id, "serial": issued.serial}
@@ -537,7 +540,6 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         await self._revoke_serial(old_serial, "superseded by renewal", view)
         log.info("peer certificate renewed", extra=ids | {"old_serial": old_serial})
         chain = list(issued.chain_pem)
-        root = await self._client_root()
         if root:
             chain.append(root)
         return gateway_pb2.RenewCertificateResponse(
@@ -589,7 +591,12 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
             )
         except grpc.aio.AioRpcError as err:
             log.warning("trust bundle unavailable", extra={"code": err.code().name})
-            return ""
+            raise unavailable(
+                DEPENDENCY_UNAVAILABLE,
+                "the serving gateway cannot renew certificates right now",
+                remediation="retry shortly; your certificate is unchanged",
+                retry_after_s=5.0,
+            ) from None
         if trust.root_pem and trust.root_sha256 != trust.server_root_sha256:
             return trust.root_pem
         return ""

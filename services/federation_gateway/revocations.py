@@ -1,10 +1,11 @@
 """Revoked certificate serials, in memory, fed by ca-service WatchRevocations.
 
 The first message of every watch is a full snapshot of the certificates not yet expired,
-in as many messages as it takes (``more`` says another part follows); later ones add
-revocations. Until a whole snapshot has arrived — at start-up and again after the stream
-breaks — the set is not *loaded* and the federation servicer refuses every request (fail
-closed): a serial revoked while we were not listening must never be honoured.
+in as many messages as it takes (the first says ``snapshot``; ``more`` says another part
+follows); later ones add revocations. Until a whole snapshot has arrived (at start-up,
+and again after the stream breaks) the set is not *loaded* and the federation servicer
+refuses every request (fail closed): a serial revoked while we were not listening must
+never be honoured.
 """
 
 from __future__ import annotations
@@ -40,21 +41,19 @@ class RevokedSerials:
     def apply(self, message: ca_pb2.WatchRevocationsResponse) -> None:
         serials = {r.serial for r in message.revocations}
         if message.snapshot:
-            self._partial = serials if self._partial is None else self._partial | serials
-            if message.more:
-                return
-            self.serials, self._partial = self._partial, None
-            self.loaded = True
-            log.info("revocations loaded", extra={"revoked": len(self.serials)})
+            self._partial = serials  # a new snapshot starts; any unfinished one is void
         elif self._partial is not None:
-            # A delta inside a snapshot breaks the protocol; keep it, with the snapshot.
-            self._partial |= serials
+            self._partial |= serials  # a later part of the snapshot
         elif self.loaded:
             self.serials |= serials
             log.info("serials revoked", extra={"count": len(serials)})
         else:
             # A delta before any snapshot breaks the protocol; wait for the snapshot.
             self.serials |= serials
+        if self._partial is not None and not message.more:
+            self.serials, self._partial = self._partial, None
+            self.loaded = True
+            log.info("revocations loaded", extra={"revoked": len(self.serials)})
         REVOKED_SERIALS.set(len(self.serials))
         REVOCATIONS_LOADED.set(1 if self.loaded else 0)
 

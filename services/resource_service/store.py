@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Column as SAColumn
@@ -238,8 +238,12 @@ class ResourceStore:
             # A match may walk much of the full-text index (common words, every user's
             # rows before the visibility filter): never on the loop.
             sql, defaults = _sqlite_sql(stmt)
-            return await self._db.sqlite_read_in_worker(sql, defaults | params)
-        return await self._read_all(stmt, params)
+            rows, _ = await self._db.sqlite_read_in_worker(
+                sql, defaults | params, take=_within_budget
+            )
+            return rows
+        rows, _ = await self._read_within_budget(stmt, params)
+        return rows
 
     async def _read_all(self, stmt: Select[Any], params: dict[str, Any]) -> Sequence[ReadRow]:
         """Run a read: inline on SQLite (see _SQLITE), via asyncpg otherwise."""
@@ -253,27 +257,23 @@ class ResourceStore:
         self, stmt: Select[Any], params: dict[str, Any]
     ) -> tuple[list[ReadRow], bool]:
         """Rows of a read until their text passes ROWS_BUDGET_BYTES (the rest are never
-        fetched: a page of large rows would be cut to that size anyway), and whether the
+        fetched: a reply of large rows would be cut to that size anyway), and whether the
         read stopped there."""
-        rows: list[ReadRow] = []
-        size = 0
         if self._on_sqlite:
             sql, defaults = _sqlite_sql(stmt)
-            for row in self._db.sqlite_reader().execute(sql, defaults | params):
-                rows.append(row)
-                size += _text_size(row)
-                if size > ROWS_BUDGET_BYTES:
-                    return rows, True
-            return rows, False
+            cursor = self._db.sqlite_reader().execute(sql, defaults | params)
+            try:
+                return _within_budget(cursor)
+            finally:
+                cursor.close()  # a statement left unfinished would hold its read snapshot
+        budget = _Budget()
         async with self._db.engine.connect() as conn:
             result = await conn.stream(stmt, params)
             async for row in result:
-                rows.append(row)
-                size += _text_size(row)
-                if size > ROWS_BUDGET_BYTES:
+                if budget.take(row):
                     await result.close()
-                    return rows, True
-        return rows, False
+                    return budget.rows, True
+        return budget.rows, False
 
     async def upsert(self, rows: Sequence[ResourceRow]) -> int:
         """Insert or replace every row in one transaction, or none of them.
@@ -319,6 +319,29 @@ _TITLE, _BODY = 4, 5  # positions in READ_COLUMNS
 def _text_size(row: ReadRow) -> int:
     """A lower bound on the row's encoded size: its title and body, one byte a character."""
     return len(row[_TITLE]) + len(row[_BODY])
+
+
+class _Budget:
+    """Rows taken so far, and whether their text has passed ROWS_BUDGET_BYTES."""
+
+    def __init__(self) -> None:
+        self.rows: list[ReadRow] = []
+        self._size = 0
+
+    def take(self, row: ReadRow) -> bool:
+        """Keep ``row``; True when the rows kept are now over the budget (stop reading)."""
+        self.rows.append(row)
+        self._size += _text_size(row)
+        return self._size > ROWS_BUDGET_BYTES
+
+
+def _within_budget(rows: Iterable[ReadRow]) -> tuple[list[ReadRow], bool]:
+    """Rows from ``rows`` until they pass the budget, and whether they did."""
+    budget = _Budget()
+    for row in rows:
+        if budget.take(row):
+            return budget.rows, True
+    return budget.rows, False
 
 
 def _sqlite_match_expression(query: str) -> str | None:

@@ -556,7 +556,8 @@ async def test_a_snapshot_larger_than_a_message_arrives_in_parts_without_expired
             "backend": "history",
             "fingerprint_sha256": "0" * 64,
             "not_before": now - timedelta(days=2),
-            "not_after": now - timedelta(minutes=1) if expired else now + timedelta(hours=1),
+            # Expired for longer than the hour of grace for clocks behind ours.
+            "not_after": now - timedelta(hours=2) if expired else now + timedelta(hours=1),
             "created_at": now - timedelta(days=2),
             "revoked_at": now - timedelta(days=1),
             "revoke_reason": "superseded by renewal",
@@ -579,7 +580,9 @@ async def test_a_snapshot_larger_than_a_message_arrives_in_parts_without_expired
         finally:
             watch.cancel()
         assert len(parts) >= 2
-        assert all(p.snapshot for p in parts)
+        # Only the first part says snapshot: a gateway that predates `more` adds the later
+        # parts to its set rather than replacing the set with each part in turn.
+        assert [p.snapshot for p in parts] == [True] + [False] * (len(parts) - 1)
         assert [p.more for p in parts] == [True] * (len(parts) - 1) + [False]
         assert all(p.ByteSize() < 4 * 1024 * 1024 for p in parts)
         serials = [r.serial for p in parts for r in p.revocations]

@@ -123,3 +123,34 @@ async def test_peer_renew_cancelled_during_the_call_still_stores_the_certificate
     )
     answer.set()
     await _eventually(lambda: backends.stored == ["peer-1"])
+
+
+async def test_a_redeem_without_the_ca_roots_leaves_the_token_unclaimed() -> None:
+    """enrollment-service asks ca-service for its roots before it claims the token: with
+    step-ca the peer needs that root to verify its chain, and refusing after the grant is
+    active would spend the token for nothing."""
+    from enrollment_service.servicer import EnrollmentServicer
+    from mosaic.errors import ServiceError
+    from mosaic.federation.v1 import ca_pb2_grpc, grants_pb2_grpc
+
+    claims: list[Any] = []
+    store = SimpleNamespace(claim=lambda *a, **kw: claims.append(a))
+
+    def ca(method: str, request: Any) -> Any:
+        assert method == "GetTrustBundle", method
+        raise rpc_error(grpc.StatusCode.UNAVAILABLE)
+
+    def grants(method: str, request: Any) -> Any:
+        raise AssertionError(f"{method} called after the trust bundle failed")
+
+    servicer = EnrollmentServicer(
+        store,  # type: ignore[arg-type]
+        grants_pb2_grpc.GrantsStub(FakeChannel(grants)),
+        ca_pb2_grpc.CertificateAuthorityStub(FakeChannel(ca)),
+    )
+    request = enrollment_pb2.RedeemRequest(token=secrets.token_urlsafe(32), csr_pem="CSR")
+    with pytest.raises(ServiceError) as caught:
+        await servicer.Redeem(request, None)
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+    assert "still unused" in (caught.value.remediation or "")
+    assert claims == []

@@ -3,6 +3,7 @@ gRPC and peers can read, IPv6 included, and a host that is not one is refused up
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,16 @@ def test_ipv6_listen_and_dial_addresses_are_bracketed(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "host",
-    ["", "gw example.org", "[2001:db8::5]", "gw.example.org:7443", "-gw", "a" * 254, "2001:db8::g"],
+    [
+        "",
+        "gw example.org",
+        "[2001:db8::5]",
+        "gw.example.org:7443",
+        "-gw",
+        "a" * 254,
+        "2001:db8::g",
+        "fe80::1%eth0",
+    ],
 )
 def test_a_host_that_is_no_name_or_address_is_refused(tmp_path: Path, host: str) -> None:
     with pytest.raises(ConfigError, match="not a DNS name or an IP address"):
@@ -74,6 +84,8 @@ def test_port_bases_picked_one_after_another_never_repeat(
 ) -> None:
     """Two gateways picked before either listens used to share a block 1 time in 127."""
     monkeypatch.setattr(config, "_HANDED_OUT", set())
+    # Every block free, whatever else listens on this machine right now.
+    monkeypatch.setattr(socket.socket, "connect_ex", lambda _self, _address: 1)
     bases = [find_free_port_base(low=23000, high=25000) for _ in range(20)]
     assert len(set(bases)) == 20
     with pytest.raises(ConfigError, match="no free block"):

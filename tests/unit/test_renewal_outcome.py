@@ -175,6 +175,8 @@ async def test_a_renewing_peer_learns_of_its_own_mistakes_only(
     refusal = _ca_refusal(code, reason, message)
 
     def backend(method: str, request: Any) -> Any:
+        if method == "GetTrustBundle":
+            return ca_pb2.GetTrustBundleResponse()
         raise refusal
 
     servicer = federation_servicer(backend)
@@ -186,3 +188,22 @@ async def test_a_renewing_peer_learns_of_its_own_mistakes_only(
     if reason != "CSR_WEAK_KEY":
         assert "10.0.0.5" not in caught.value.message
         assert "10.0.0.5" not in (caught.value.remediation or "")
+
+
+async def test_a_renewal_without_the_ca_roots_issues_and_revokes_nothing() -> None:
+    """With step-ca the peer needs step-ca's root to verify the new chain: a renewal that
+    cannot fetch it must stop before the old certificate is replaced and revoked."""
+    calls: list[str] = []
+
+    def backend(method: str, request: Any) -> Any:
+        calls.append(method)
+        if method == "GetTrustBundle":
+            raise rpc_error(grpc.StatusCode.UNAVAILABLE)
+        raise AssertionError(f"{method} called after the trust bundle failed")
+
+    with pytest.raises(ServiceError) as caught:
+        await federation_servicer(backend)._renew(
+            grant_view(cert_serial=OLD), gateway_pb2.RenewCertificateRequest(csr_pem="CSR")
+        )
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+    assert calls == ["GetTrustBundle"]

@@ -223,7 +223,18 @@ class EnrollmentAdminMixin(AdminBase):
                 timeout=REDEEM_TIMEOUT_S,
             )
         except grpc.aio.AioRpcError as err:
-            raise _redeem_error(RemoteError.from_rpc_error(err), target) from None
+            remote = RemoteError.from_rpc_error(err)
+            # Logged too: the operator's call may have gone away (finish_anyway).
+            log.warning(
+                "enrollment refused or failed",
+                extra={
+                    "endpoint": target.endpoint,
+                    "code": remote.code.name,
+                    "reason": remote.reason,
+                    "token": token_hint(target.token),
+                },
+            )
+            raise _redeem_error(remote, target) from None
         finally:
             await channel.close()
         return reply

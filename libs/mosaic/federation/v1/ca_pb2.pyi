@@ -205,9 +205,9 @@ Global___ListRevocationsRequest: _TypeAlias = ListRevocationsRequest  # noqa: Y0
 
 @_typing.final
 class ListRevocationsResponse(_message.Message):
-    """Revocations of certificates that have not expired yet (as a CRL lists them): an
-    expired certificate fails the TLS handshake whether or not it was revoked. Pages
-    go in serial order.
+    """Revocations of certificates that have not expired yet, give or take an hour for clock
+    differences (as a CRL lists them): an expired certificate fails the TLS handshake
+    whether or not it was revoked. Pages go in serial order.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -260,7 +260,8 @@ class WatchRevocationsResponse(_message.Message):
     """
     more: _builtins.bool
     """The snapshot continues in the next message (each message stays under the size cap).
-    A watcher applies the snapshot once its last part, with more = false, has arrived.
+    Only its first part has snapshot = true; a watcher applies the snapshot once its last
+    part, with more = false, has arrived.
     """
     @_builtins.property
     def revocations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Revocation]: ...
