@@ -53,7 +53,15 @@ def test_the_demo_runs_the_whole_flow_and_cleans_up() -> None:
 
 
 def test_an_interrupted_demo_stops_both_gateways_and_removes_its_homes() -> None:
-    proc = subprocess.Popen(DEMO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        DEMO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        # Each line as it is printed: a pipe is block-buffered, and the demo would be over
+        # by the time "doctor ok" reached us.
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     assert proc.stdout is not None
     output = ""
     deadline = time.monotonic() + 120
