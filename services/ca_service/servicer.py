@@ -48,7 +48,7 @@ from ca_service.store import IssuedRecord
 from mosaic.config import InstanceConfig
 from mosaic.errors import ServiceError, invalid_argument, not_found, unavailable
 from mosaic.federation.v1 import ca_pb2, ca_pb2_grpc
-from mosaic.rpc.options import ROWS_BUDGET_BYTES, encoded_size
+from mosaic.rpc.options import in_batches
 from mosaic.sqltypes import utcnow
 from mosaic.x509ext import (
     MAX_REVOCATION_REASON,
@@ -353,7 +353,8 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
                     self._engine, unexpired_at=utcnow() - EXPIRY_GRACE
                 )
                 subscription.mark_sent(snapshot)
-                parts = _in_parts([_revocation(r) for r in snapshot])
+                # At least one message, even for an empty snapshot.
+                parts = in_batches([_revocation(r) for r in snapshot]) or [[]]
                 for i, part in enumerate(parts):
                     # Only the first part says snapshot: a gateway that predates `more`
                     # then adds the later parts to its set instead of replacing it.
@@ -361,7 +362,7 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
                         snapshot=i == 0, revocations=part, more=i < len(parts) - 1
                     )
                 async for batch in subscription.batches():
-                    for part in _in_parts([_revocation(r) for r in batch]):
+                    for part in in_batches([_revocation(r) for r in batch]):
                         yield ca_pb2.WatchRevocationsResponse(snapshot=False, revocations=part)
         except FeedClosed:
             raise unavailable(
@@ -443,20 +444,6 @@ def _revocation_reason(text: str) -> str:
 
 # A serial as stored: lowercase hex, as the page token of ListRevocations.
 _SERIAL_TOKEN = re.compile(r"[0-9a-f]{1,64}")
-
-
-def _in_parts(revocations: list[ca_pb2.Revocation]) -> list[list[ca_pb2.Revocation]]:
-    """Consecutive runs of ``revocations`` that each fit one message (at least one run)."""
-    parts: list[list[ca_pb2.Revocation]] = [[]]
-    size = 0
-    for revocation in revocations:
-        item = encoded_size(revocation)
-        if parts[-1] and size + item > ROWS_BUDGET_BYTES:
-            parts.append([])
-            size = 0
-        parts[-1].append(revocation)
-        size += item
-    return parts
 
 
 def _revocation(record: IssuedRecord) -> ca_pb2.Revocation:

@@ -23,7 +23,7 @@ import typer
 from mosaic.cli.admin import call_admin, load_or_fail
 from mosaic.cli.output import emit, fail, state
 from mosaic.federation.v1 import common_pb2, gateway_pb2_grpc, resources_pb2
-from mosaic.rpc.options import ROWS_BUDGET_BYTES, encoded_size
+from mosaic.rpc.options import in_batches
 
 BATCH_SIZE = 500
 _FIELDS = ("id", "resource", "owner_user_id", "team_id", "title", "body", "updated_at")
@@ -51,7 +51,8 @@ def import_rows(
     rows = _read_rows(ctx, file)
     items = _to_items(ctx, rows)
     imported = 0
-    for batch in _batches(items):
+    # 500 rows of 10 KiB would not fit in one gRPC message: batches go by size as well.
+    for batch in in_batches(items, max_items=BATCH_SIZE):
         request = resources_pb2.ImportResourcesRequest(items=batch)
         try:
             reply = call_admin(ctx, config, _send(request))
@@ -61,24 +62,6 @@ def import_rows(
             raise
         imported += reply.imported
     emit(ctx, {"imported": imported}, lambda: typer.echo(f"imported {imported} rows"))
-
-
-def _batches(items: list[common_pb2.ResourceItem]) -> list[list[common_pb2.ResourceItem]]:
-    """Consecutive batches of at most BATCH_SIZE rows and ROWS_BUDGET_BYTES (500 rows of
-    10 KiB would not fit in one gRPC message)."""
-    batches: list[list[common_pb2.ResourceItem]] = []
-    batch: list[common_pb2.ResourceItem] = []
-    size = 0
-    for item in items:
-        item_size = encoded_size(item)
-        if batch and (len(batch) == BATCH_SIZE or size + item_size > ROWS_BUDGET_BYTES):
-            batches.append(batch)
-            batch, size = [], 0
-        batch.append(item)
-        size += item_size
-    if batch:
-        batches.append(batch)
-    return batches
 
 
 def _send(

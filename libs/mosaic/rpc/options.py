@@ -6,7 +6,10 @@ get GOAWAY ``too_many_pings``.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 MAX_RECEIVE_BYTES = 4 * 1024 * 1024
 MAX_SEND_BYTES = 4 * 1024 * 1024
@@ -19,6 +22,25 @@ def encoded_size(item: Any) -> int:
     """A repeated message field's share of its message: the item, its tag and length
     prefix (counted generously)."""
     return int(item.ByteSize()) + 8
+
+
+def in_batches(items: Sequence[T], *, max_items: int | None = None) -> list[list[T]]:
+    """Consecutive runs of ``items`` that each fit one message: at most ROWS_BUDGET_BYTES
+    by encoded_size, and at most ``max_items`` when given. None for no items."""
+    batches: list[list[T]] = []
+    batch: list[T] = []
+    size = 0
+    for item in items:
+        item_size = encoded_size(item)
+        full = max_items is not None and len(batch) == max_items
+        if batch and (full or size + item_size > ROWS_BUDGET_BYTES):
+            batches.append(batch)
+            batch, size = [], 0
+        batch.append(item)
+        size += item_size
+    if batch:
+        batches.append(batch)
+    return batches
 
 
 CLIENT_KEEPALIVE_MS = 30_000
