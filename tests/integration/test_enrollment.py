@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import hashlib
 import json
 import secrets
 import sqlite3
@@ -508,3 +509,24 @@ def test_a_holds_no_private_key_in_clear(pair: Pair) -> None:
     logs = (pair.a.log_text()).encode()
     for needle in needles:
         assert needle not in logs
+
+
+def test_b_holds_no_enrollment_token_in_clear(pair: Pair) -> None:
+    """Database theft yields no usable token: enrollment-service keeps the SHA-256 of each
+    token (and its first 8 characters as a hint), never the token itself."""
+    assert len(pair.tokens) >= 10
+    path = pair.b.home / "data" / "enrollment_service.db"
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        stored = dict(
+            conn.execute("SELECT token_hash, token_hint FROM federation_enrollment_tokens")
+        )
+    for token in pair.tokens:
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        assert stored.get(digest) == token[:8]
+    files = [p for p in (pair.b.home / "data").rglob("*") if p.is_file()]
+    assert path in files
+    for file in files:
+        content = file.read_bytes()
+        for token in pair.tokens:
+            assert token.encode() not in content, f"{file.name} holds a token"
+            assert token[8:].encode() not in content, f"{file.name} holds a token's secret part"

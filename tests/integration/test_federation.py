@@ -140,6 +140,22 @@ async def admin_call(inst: Instance, method: str, request: Any) -> Any:
         return await getattr(stub, method)(request, metadata=admin_metadata(config), timeout=30)
 
 
+async def issue(
+    inst: Instance, csr_pem: bytes, *, grant_id: str, subject: str, peer_id: str
+) -> ca_pb2.IssueCertificateResponse:
+    """A certificate from B's CA for the grant and subject given, as the gateway asks."""
+    async with internal_channel_as(inst.home, "ca-service", "federation-gateway") as channel:
+        return await ca_pb2_grpc.CertificateAuthorityStub(channel).IssueCertificate(
+            ca_pb2.IssueCertificateRequest(
+                csr_pem=csr_pem.decode(),
+                grant_id=grant_id,
+                subject_user_id=subject,
+                peer_id=peer_id,
+            ),
+            timeout=30,
+        )
+
+
 async def grant_with_cert(
     inst: Instance,
     scope: dict[str, Any],
@@ -162,16 +178,7 @@ async def grant_with_cert(
     created = await admin_call(inst, "CreateGrant", request)
     grant_id, peer_id = created.grant.id, created.peer.id
     key_pem, csr_pem = make_csr(created.peer.name)
-    async with internal_channel_as(inst.home, "ca-service", "federation-gateway") as channel:
-        issued = await ca_pb2_grpc.CertificateAuthorityStub(channel).IssueCertificate(
-            ca_pb2.IssueCertificateRequest(
-                csr_pem=csr_pem.decode(),
-                grant_id=grant_id,
-                subject_user_id=subject,
-                peer_id=peer_id,
-            ),
-            timeout=30,
-        )
+    issued = await issue(inst, csr_pem, grant_id=grant_id, subject=subject, peer_id=peer_id)
     if activate:
         async with internal_channel_as(inst.home, "grants-service", "enrollment-service") as ch:
             await grants_pb2_grpc.GrantsStub(ch).ActivateGrantAndPeer(
@@ -657,6 +664,35 @@ async def test_each_grant_of_one_peer_is_served_with_its_own_certificate(b: Inst
         async with Peer(b, cert) as peer:
             caps = await peer.stub.Capabilities(gateway_pb2.CapabilitiesRequest(), timeout=10)
             assert (caps.grant_id, caps.subject_user_id) == (cert.grant_id, cert.subject)
+
+
+@pytest.mark.parametrize(
+    ("subject", "reason"), [(U, "CERT_NOT_CURRENT"), (V, "PEER_GRANT_MISMATCH")]
+)
+async def test_a_certificate_the_grant_was_not_activated_with_is_refused(
+    b: Instance, subject: str, reason: str
+) -> None:
+    """A certificate from B's own CA naming an active grant is still refused unless it is
+    the one enrollment (or the last renewal) made current for that grant's peer and
+    subject: a second certificate for the grant, or one naming another user."""
+    cert = await grant_with_cert(b, MAIN_SCOPE)
+    key_pem, csr_pem = make_csr("cross-wired")
+    other = await issue(b, csr_pem, grant_id=cert.grant_id, subject=subject, peer_id=cert.peer_id)
+    crossed = PeerCert(
+        grant_id=cert.grant_id,
+        peer_id=cert.peer_id,
+        subject=subject,
+        key_pem=key_pem,
+        cert_pem=other.certificate_pem.encode(),
+        chain_pem="".join(other.chain_pem).encode(),
+        serial=other.serial,
+    )
+    async with Peer(b, crossed) as peer:
+        err = await refusal(peer.stub.List(gateway_pb2.ListRequest(resource="tasks"), timeout=10))
+    assert err.code == grpc.StatusCode.PERMISSION_DENIED and err.reason == reason
+    # The grant's own certificate is still served.
+    async with Peer(b, cert) as peer:
+        await peer.stub.List(gateway_pb2.ListRequest(resource="tasks"), timeout=10)
 
 
 async def test_pending_grant_is_not_served(b: Instance) -> None:
