@@ -28,35 +28,76 @@ log = logging.getLogger("ca_service.revocations")
 
 POLL_INTERVAL_S = 1.0
 POLL_WINDOW = timedelta(minutes=10)
+# Batches queued for one watcher before it is cut off as stalled (it reconnects and gets
+# a snapshot, which holds everything it missed).
+MAX_PENDING_BATCHES = 1000
 
 
 class FeedClosed(Exception):
     """The feed stopped (the service is shutting down); watchers should reconnect."""
 
 
+class WatcherBehind(FeedClosed):
+    """This watcher stopped reading and was cut off; it should reconnect."""
+
+
+_BEHIND: list[IssuedRecord] = []  # the sentinel that ends a stalled watcher's stream
+
+
 class Subscription:
     """One watcher's queue of revocation batches."""
 
     def __init__(self) -> None:
-        self._queue: asyncio.Queue[list[IssuedRecord] | None] = asyncio.Queue()
-        self._sent: set[str] = set()
+        self._queue: asyncio.Queue[list[IssuedRecord] | None] = asyncio.Queue(MAX_PENDING_BATCHES)
+        self._cut_off = False
+        # Serials already sent, by when they were revoked. Only needed while the feed may
+        # still hand the same revocation over again (inside its poll window); older ones
+        # are dropped, so a long-lived stream does not keep every serial it ever sent.
+        self._sent: dict[str, datetime] = {}
+        self._pruned_at = utcnow()
 
     def mark_sent(self, records: Iterable[IssuedRecord]) -> None:
-        self._sent.update(r.serial for r in records)
+        now = utcnow()
+        for record in records:
+            self._sent[record.serial] = record.revoked_at or now
 
     def put(self, records: list[IssuedRecord] | None) -> None:
-        self._queue.put_nowait(records)
+        if self._cut_off:
+            return
+        try:
+            self._queue.put_nowait(records)
+        except asyncio.QueueFull:
+            # Grown this far, the watcher is not reading: end its stream rather than keep
+            # growing. What is queued is dropped; its reconnection starts with a snapshot.
+            self._cut_off = True
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            self._queue.put_nowait(None if records is None else _BEHIND)
 
     async def batches(self) -> AsyncIterator[list[IssuedRecord]]:
-        """New revocations not yet sent to this watcher; raises FeedClosed at shutdown."""
+        """New revocations not yet sent to this watcher; raises FeedClosed at shutdown and
+        WatcherBehind once it is cut off."""
         while True:
             batch = await self._queue.get()
             if batch is None:
                 raise FeedClosed
+            if batch is _BEHIND:
+                raise WatcherBehind
+            self._prune()
             fresh = [r for r in batch if r.serial not in self._sent]
             if fresh:
                 self.mark_sent(fresh)
                 yield fresh
+
+    def _prune(self) -> None:
+        now = utcnow()
+        if now - self._pruned_at < POLL_WINDOW:
+            return
+        # After an outage the feed reads back further than its window, so keep twice it;
+        # a serial re-sent after that is harmless (the gateway keeps a set).
+        oldest = now - 2 * POLL_WINDOW
+        self._sent = {serial: at for serial, at in self._sent.items() if at >= oldest}
+        self._pruned_at = now
 
 
 class RevocationFeed:

@@ -43,7 +43,7 @@ from ca_service.backends.base import (
     CABackendRejected,
     CABackendUnavailable,
 )
-from ca_service.revocations import FeedClosed, RevocationFeed
+from ca_service.revocations import FeedClosed, RevocationFeed, WatcherBehind
 from ca_service.store import IssuedRecord
 from mosaic.config import InstanceConfig
 from mosaic.errors import ServiceError, invalid_argument, not_found, unavailable
@@ -364,6 +364,13 @@ class CertificateAuthorityServicer(ca_pb2_grpc.CertificateAuthorityServicer):
                 async for batch in subscription.batches():
                     for part in in_batches([_revocation(r) for r in batch]):
                         yield ca_pb2.WatchRevocationsResponse(snapshot=False, revocations=part)
+        except WatcherBehind:
+            log.warning("revocation watcher cut off: it stopped reading")
+            raise unavailable(
+                "WATCHER_BEHIND",
+                "this watch stream fell too far behind and was ended",
+                remediation="reconnect and watch again (the first message is a full snapshot)",
+            ) from None
         except FeedClosed:
             raise unavailable(
                 "SHUTTING_DOWN",
