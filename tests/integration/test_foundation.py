@@ -202,9 +202,37 @@ def test_doctor_without_an_instance_explains_itself(tmp_path: Path) -> None:
 
 def test_init_refuses_to_overwrite(tmp_path: Path) -> None:
     inst = Instance(tmp_path, "x")
+    before = _tree(inst.home)
     code, doc, _ = inst.cli("init", "--name", "x")
     assert code == 1
     assert "already exists" in doc["error"]["message"]
+    # Nor does a refused step-ca init touch the home (it used to replace the trusted
+    # step-ca root before finding the instance there).
+    key = tmp_path / "provisioner.jwk.json"
+    key.write_text(json.dumps({"kty": "EC", "kid": "k"}))
+    other_root = tmp_path / "other-root.crt"
+    other_root.write_bytes((load_config(inst.home).internal_pki_dir / "ca.crt").read_bytes())
+    code, doc, _ = inst.cli(
+        "init",
+        "--name",
+        "x",
+        "--ca",
+        "step-ca",
+        "--step-ca-url",
+        "https://127.0.0.1:9",
+        "--step-ca-root",
+        str(other_root),
+        "--step-ca-dns-name",
+        "ca.example",
+        "--step-ca-provisioner-key",
+        str(key),
+    )
+    assert code == 1 and "already exists" in doc["error"]["message"], doc
+    assert _tree(inst.home) == before
+
+
+def _tree(home: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(home)): p.read_bytes() for p in home.rglob("*") if p.is_file()}
 
 
 def test_init_bad_name_and_usage(tmp_path: Path) -> None:
@@ -276,6 +304,8 @@ def test_secret_files_are_private(tmp_path: Path) -> None:
     inst = Instance(tmp_path, "p")
     config = load_config(inst.home)
     private = [
+        # Its database and Valkey URLs may carry passwords.
+        config.home / "instance.toml",
         config.seal_secret_file,
         config.admin_token_file,
         config.internal_pki_dir / "ca.key",

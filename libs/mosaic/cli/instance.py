@@ -45,9 +45,15 @@ def create_instance(
     valkey_url: str = "",
     step_ca: StepCAConfig | None = None,
     step_ca_private_jwk: dict[str, object] | None = None,
+    step_ca_root_pem: bytes | None = None,
     rate_limit: RateLimitConfig | None = None,
 ) -> InstanceConfig:
-    """Write a new instance home; refuse to overwrite an existing one."""
+    """Write a new instance home; refuse to overwrite an existing one.
+
+    ``instance.toml`` is private (0600) like the secrets: its database and Valkey URLs may
+    carry passwords. With step-ca, ``step_ca_root_pem`` is written to
+    ``step_ca.root_file`` only once the home is known to be new.
+    """
     if not NAME_RE.match(name):
         raise ConfigError(
             f"invalid instance name {name!r}",
@@ -99,12 +105,14 @@ def create_instance(
 
     create_federation_pki(config, sealer)
     if step_ca is not None and step_ca_private_jwk is not None:
+        if step_ca_root_pem is not None:
+            write_public(Path(step_ca.root_file), step_ca_root_pem)
         blob = sealer.seal(json.dumps(step_ca_private_jwk).encode(), stepca_key_context())
         write_private(config.secrets_dir / STEPCA_KEY_FILE, blob)
 
     import tomli_w
 
-    (home / CONFIG_FILE).write_text(tomli_w.dumps(config.to_toml_dict()))
+    write_private(home / CONFIG_FILE, tomli_w.dumps(config.to_toml_dict()).encode())
     return config
 
 

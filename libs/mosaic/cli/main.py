@@ -116,6 +116,7 @@ def init(
         fail(ctx, "USAGE", "--name is required", "mosaic init --name NAME", exit_code=2)
     step: StepCAConfig | None = None
     jwk: dict[str, Any] | None = None
+    root_pem: bytes | None = None
     if ca == "step-ca":
         if not (step_ca_url and step_ca_root and step_ca_dns_name and step_ca_provisioner_key):
             fail(
@@ -134,9 +135,12 @@ def init(
                 "cannot read the provisioner key as JSON",
                 "pass the private JWK file",
             )
+        try:
+            root_pem = step_ca_root.read_bytes()
+        except OSError as exc:
+            fail(ctx, "CONFIG", f"cannot read --step-ca-root: {exc.strerror}", "pass a PEM file")
+        # Written by create_instance, once it knows no instance is there already.
         root_dest = home / "pki" / "stepca" / "root.crt"
-        root_dest.parent.mkdir(parents=True, exist_ok=True)
-        root_dest.write_bytes(step_ca_root.read_bytes())
         step = StepCAConfig(
             url=step_ca_url,
             root_file=str(root_dest),
@@ -155,6 +159,7 @@ def init(
             valkey_url=valkey,
             step_ca=step,
             step_ca_private_jwk=jwk,
+            step_ca_root_pem=root_pem,
         )
     except ConfigError as exc:
         fail(ctx, "CONFIG", exc.message, exc.remediation)
