@@ -43,13 +43,25 @@ def load_sealer(config: InstanceConfig) -> Sealer:
         )
     previous: bytes | None = None
     try:
-        current = parse_secret(path.read_text())
+        current = parse_secret(_secret_text(path))
         prev_path = config.previous_seal_secret_file
         if prev_path.is_file():
-            previous = parse_secret(prev_path.read_text())
+            previous = parse_secret(_secret_text(prev_path))
     except WeakSecretError as exc:
         raise ConfigError(f"seal secret is too weak: {exc}", remediation=exc.remediation) from exc
     return Sealer(current, previous)
+
+
+def _secret_text(path: Path) -> str:
+    """A seal secret file's text. A file that is not UTF-8 is refused without the decoder's
+    message, which would quote a byte of the secret."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"the seal secret file {path} is not text",
+            remediation="write the secret as hex or base64 text (`mosaic init` writes base64url)",
+        ) from None
 
 
 def expiry_check(name: str, not_after: dt.datetime, remediation: str) -> common_pb2.Check:

@@ -410,6 +410,13 @@ def test_malformed_urls_are_refused_by_the_cli(pair: Pair) -> None:
     assert token["token"] not in json.dumps(doc)
     code, _, _ = pair.a.cli("federation", "peer", "add")
     assert code == 2
+    # The same through standard input (`-`), and nothing there at all.
+    code, doc, _ = pair.a.cli("federation", "peer", "add", "-", stdin=broken + "\n")
+    assert code == 1 and doc["error"]["code"] == "ENROLLMENT_URL_INVALID", doc
+    assert token["token"] not in json.dumps(doc)
+    code, doc, _ = pair.a.cli("federation", "peer", "add", "-", stdin="")
+    assert code == 1 and doc["error"]["code"] == "ENROLLMENT_URL_INVALID", doc
+    assert "standard input" in doc["error"]["message"]
     assert pair.grant_status(grant["id"]) == "pending"
 
 

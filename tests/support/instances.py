@@ -31,11 +31,13 @@ def cli(
     timeout: float = 60,
     check: bool = False,
     env: dict[str, str] | None = None,
+    stdin: str | None = None,
 ) -> tuple[int, Any, str]:
     """Run `mosaic --home HOME [--json] ARGS`; return (exit code, parsed stdout, stderr)."""
     argv = [*MOSAIC, "--home", str(home), *(["--json"] if json_out else []), *args]
     proc = subprocess.run(
         argv,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,

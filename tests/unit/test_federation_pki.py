@@ -139,3 +139,20 @@ def test_renewal_names_the_current_host(config: InstanceConfig) -> None:
     moved = dataclasses.replace(config, host="gateway-b2.example.org")
     cert = renew_federation_server_certificate(moved, load_sealer(moved))
     assert _names(cert) == ["127.0.0.1", "gateway-b2.example.org", "localhost"]
+
+
+@pytest.mark.parametrize("which", ["current", "previous"])
+def test_a_seal_secret_file_that_is_not_text_is_refused_without_quoting_it(
+    config: InstanceConfig, which: str
+) -> None:
+    raw = b"AB\xff\x9c" + bytes(range(0x80, 0xC0))
+    path = config.seal_secret_file if which == "current" else config.previous_seal_secret_file
+    write_private(path, raw)
+
+    with pytest.raises(ConfigError) as err:
+        load_sealer(config)
+
+    assert "is not text" in err.value.message
+    shown = f"{err.value.message} {err.value.remediation} {err.value!r}"
+    assert "0xff" not in shown and "\\xff" not in shown
+    assert err.value.__cause__ is None and err.value.__suppress_context__

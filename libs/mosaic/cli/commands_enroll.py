@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -10,7 +11,7 @@ from mosaic.cli.admin import call_admin, load_or_fail
 from mosaic.cli.commands_grants import iso, peer_doc
 from mosaic.cli.federation import grant_app, peer_app
 from mosaic.cli.output import EXIT_USAGE, console, emit, fail, fields, state
-from mosaic.enrollment_url import EnrollmentURLError, parse_enrollment_url
+from mosaic.enrollment_url import MAX_URL_LENGTH, EnrollmentURLError, parse_enrollment_url
 from mosaic.federation.v1 import enrollment_pb2, gateway_pb2
 
 # The admin call of `peer add` waits for the other gateway (TLS probe, CA issuance).
@@ -65,13 +66,27 @@ def grant_token(
 def peer_add(
     ctx: typer.Context,
     url: Annotated[
-        str, typer.Argument(metavar="URL", help="The enrollment URL (mosaic-enroll://…).")
+        str,
+        typer.Argument(
+            metavar="URL",
+            help="The enrollment URL (mosaic-enroll://…), or - to read it from standard input "
+            "(keeps its token out of the process list and the shell history).",
+        ),
     ],
     name: Annotated[
         str, typer.Option("--name", help="Local name for the peer (default: its host).")
     ] = "",
 ) -> None:
     """Enroll with a gateway that granted us access: pin its CA, redeem, store the peer."""
+    if url == "-":
+        url = sys.stdin.readline(MAX_URL_LENGTH + 1).strip()
+        if not url:
+            fail(
+                ctx,
+                "ENROLLMENT_URL_INVALID",
+                "no enrollment URL on standard input",
+                "pipe the URL in, e.g. `mosaic federation peer add - < url.txt`",
+            )
     try:
         parse_enrollment_url(url)
     except EnrollmentURLError as exc:

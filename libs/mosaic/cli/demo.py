@@ -50,9 +50,11 @@ class Gateway:
     proc: subprocess.Popen[bytes] | None = None
     docs: dict[str, Any] = field(default_factory=dict)
 
-    def run(self, *args: str, timeout: float = 60) -> tuple[int, Any]:
+    def run(self, *args: str, timeout: float = 60, stdin: str | None = None) -> tuple[int, Any]:
         argv = [sys.executable, "-m", "mosaic.cli", "--home", str(self.home), "--json", *args]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        proc = subprocess.run(
+            argv, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+        )
         try:
             doc: Any = json.loads(proc.stdout) if proc.stdout.strip() else {}
         except ValueError:
@@ -123,8 +125,8 @@ def _expect(ok: bool, message: str) -> None:
         raise DemoFailed(message)
 
 
-def _ok(gw: Gateway, *args: str) -> Any:
-    code, doc = gw.run(*args)
+def _ok(gw: Gateway, *args: str, stdin: str | None = None) -> Any:
+    code, doc = gw.run(*args, stdin=stdin)
     if code != 0:
         err = doc.get("error", doc) if isinstance(doc, dict) else doc
         raise DemoFailed(f"`mosaic {' '.join(args)}` failed: {json.dumps(err)[:400]}")
@@ -207,7 +209,10 @@ def run_demo(workdir: Path) -> None:
         steps.run("B", "issue an enrollment token", token)
 
         def enroll() -> str:
-            doc = _ok(a, "federation", "peer", "add", state["url"], "--name", "gateway-b")
+            # The URL on standard input: its token stays off the process list.
+            doc = _ok(
+                a, "federation", "peer", "add", "-", "--name", "gateway-b", stdin=state["url"]
+            )
             peer = doc.get("peer", doc)
             _expect(peer["state"] == "active", f"peer state {peer['state']}")
             state["peer"] = peer["name"]
