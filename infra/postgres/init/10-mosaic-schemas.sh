@@ -45,12 +45,13 @@ SQL
 
 for schema in $SCHEMAS; do
     role="mosaic_$schema"
-    # $(...) drops the trailing newline; psql quotes the value (:'password'), so any
-    # character is safe, and the password never appears on a command line.
-    password="$(cat "$SECRETS_DIR/db_password_$schema")"
+    # psql reads the password itself (a backquoted command drops the trailing newline)
+    # and quotes it (:'password'), so any character is safe. Only the file's path is on
+    # a command line (psql's and cat's): the password never is, where `ps` would show it.
     psql -v ON_ERROR_STOP=1 --no-psqlrc --quiet --dbname "$DB" \
         --set=db="$DB" --set=role="$role" --set=schema="$schema" \
-        --set=password="$password" <<'SQL'
+        --set=password_file="$SECRETS_DIR/db_password_$schema" <<'SQL'
+\set password `cat :'password_file'`
 SELECT NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'role') AS role_missing \gset
 \if :role_missing
 CREATE ROLE :"role" LOGIN PASSWORD :'password';
