@@ -59,6 +59,16 @@ def configure_logging(service: str, level: str = "INFO") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+_HINT_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
 def token_hint(token: str) -> str:
-    """The loggable part of a secret token: its first 8 characters."""
-    return token[:8] + "…" if token else ""
+    """The loggable part of a secret token: its first 8 characters, when they are token
+    characters. Anything else came from whoever sent it (a NUL, escapes, markup) and is
+    not repeated into logs and audit rows: the hint is then ``(malformed)``."""
+    if not token:
+        return ""
+    head = token[:8]
+    if not _HINT_CHARACTERS.issuperset(head):
+        return "(malformed)"
+    return head + "…"

@@ -46,6 +46,7 @@ from mosaic.sqltypes import utcnow
 log = logging.getLogger("mosaic.audit")
 
 MAX_BATCH = 512
+CLOSE_DRAIN_S = 5.0
 # Inline commits leave the WAL to grow; the worker thread checkpoints it (PASSIVE: it
 # never blocks a writer) after this many commits.
 CHECKPOINT_EVERY_COMMITS = 200
@@ -89,7 +90,8 @@ class AuditRecord:
     source_address: str | None = None
     detail: str | None = None
     id: uuid.UUID = field(default_factory=uuid7)
-    created_at: dt.datetime = field(default_factory=utcnow)
+    # Set by AuditWriter.record when not given: when the request is answered.
+    created_at: dt.datetime | None = None
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -179,6 +181,7 @@ class AuditWriter:
         self.recorded = 0
         self._row_counters: dict[tuple[str, str, str, str], Counter] = {}
         self._background: set[asyncio.Future[None]] = set()  # record_soon's tasks
+        self._one_at_a_time = 0  # rows at the head of _pending to commit alone (_settle)
         # SQLite: see _SqliteCommits; Postgres: the async engine.
         self._sqlite = _SqliteCommits(db.engine.url.database or "") if db.is_sqlite else None
 
@@ -188,9 +191,19 @@ class AuditWriter:
         return self._sqlite.on_worker if self._sqlite is not None else 0
 
     async def record(self, record: AuditRecord) -> None:
-        """Queue ``record`` and wait until the transaction holding it has committed."""
+        """Queue ``record`` and wait until the transaction holding it has committed.
+
+        The row's time is set here, when its request is answered (``latency_ms`` says how
+        long before that it began): rows then commit in the order of their times, so a
+        reader polling with ``--since`` the newest time it has seen misses none.
+        """
         if self._closed:
             raise RuntimeError("audit writer stopped")
+        if record.created_at is None:
+            record.created_at = utcnow()
+        # Postgres refuses NUL in text, and the detail may quote what a caller sent.
+        if record.detail and "\x00" in record.detail:
+            record.detail = record.detail.replace("\x00", "\ufffd")
         loop = asyncio.get_running_loop()
         done = loop.create_future()
         self._pending.append((record, done))
@@ -209,8 +222,24 @@ class AuditWriter:
         if not task.cancelled() and task.exception() is not None:
             log.error("audit row not written", exc_info=task.exception())
 
-    async def close(self) -> None:
-        """Stop: a commit in flight is abandoned and every waiter is told."""
+    async def close(self, drain_s: float = CLOSE_DRAIN_S) -> None:
+        """Stop: first let the rows already queued (those of requests cancelled by the
+        server's shutdown included) commit, for at most ``drain_s``; then a commit still
+        in flight is abandoned and every waiter left is told."""
+        deadline = asyncio.get_running_loop().time() + drain_s
+        while self._pending or self._committing is not None or self._background:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                log.error(
+                    "audit rows not written at shutdown",
+                    extra={"rows": len(self._pending) + len(self._background)},
+                )
+                break
+            waiting: list[asyncio.Future[Any]] = [*self._background]
+            waiting += [done for _, done in self._pending]
+            if self._committing is not None:
+                waiting.append(self._committing)
+            await asyncio.wait(waiting, timeout=left)
         self._closed = True
         if self._committing is not None:
             self._committing.cancel()
@@ -232,8 +261,12 @@ class AuditWriter:
         self._flush_scheduled = False
         if self._closed or self._committing is not None or not self._pending:
             return
-        batch = self._pending[:MAX_BATCH]
-        del self._pending[:MAX_BATCH]
+        # After a failed batch its rows go one at a time, so one row the database refuses
+        # fails only its own request, not the others that happened to share its commit.
+        size = 1 if self._one_at_a_time else MAX_BATCH
+        batch = self._pending[:size]
+        del self._pending[:size]
+        self._one_at_a_time = max(0, self._one_at_a_time - len(batch))
         if self._sqlite is not None:
             params = [sqlite_params(rec) for rec, _ in batch]
             try:
@@ -276,6 +309,15 @@ class AuditWriter:
     def _settle(
         self, batch: list[tuple[AuditRecord, asyncio.Future[None]]], error: BaseException | None
     ) -> None:
+        if error is not None and len(batch) > 1 and not self._closed:
+            # Retry each row alone (see _flush): nothing was written, all or none.
+            log.warning(
+                "audit batch failed; committing its rows one by one",
+                extra={"rows": len(batch), "error": type(error).__name__},
+            )
+            self._pending[:0] = batch
+            self._one_at_a_time += len(batch)
+            return
         if error is None:
             self.commits += 1
             self.recorded += len(batch)

@@ -26,6 +26,8 @@ from federation_gateway.audit import SQLITE_COLUMNS, AuditRecord, AuditWriter, s
 from federation_gateway.store import federation_audit_log
 from mosaic.config import to_async_postgres_url
 from mosaic.db import Database
+from mosaic.logs import token_hint
+from mosaic.sqltypes import utcnow
 
 
 async def _migrated(url: str) -> Database:
@@ -173,17 +175,42 @@ def test_sqlite_params_store_what_sqlalchemy_would_store() -> None:
     assert sqlite_params(bare)[3:6] == (None, None, None)  # peer, grant, subject
 
 
-async def test_close_fails_waiters_and_refuses_new_records(database: Database) -> None:
+async def test_close_commits_what_is_queued_then_refuses_new_records(
+    database: Database,
+) -> None:
+    """At shutdown the server cancels the requests still running; each queues its row with
+    record_soon. close() lets those rows commit before it stops the writer."""
     writer = AuditWriter(database)
     pending = asyncio.ensure_future(writer.record(_record(1)))
     await asyncio.sleep(0)  # queued; its flush has not run yet
     assert not pending.done()
+    for n in (2, 3, 4):
+        writer.record_soon(_record(n))
     await writer.close()
 
+    await asyncio.wait_for(pending, 5)
+    assert sorted(r[1] for r in _rows(database)) == [f"req-0000000{n}" for n in (1, 2, 3, 4)]
     with pytest.raises(RuntimeError, match="stopped"):
-        await asyncio.wait_for(pending, 5)
-    with pytest.raises(RuntimeError, match="stopped"):
-        await writer.record(_record(2))
+        await writer.record(_record(5))
+
+
+async def test_close_gives_up_on_rows_that_cannot_commit_in_time(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit, "LOCKED_WAIT_S", 1.0)  # the worker's own wait for the lock
+    path = database.url.split("///", 1)[1]
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock throughout
+    writer = AuditWriter(database)
+    try:
+        pending = asyncio.ensure_future(writer.record(_record(1)))
+        await asyncio.sleep(0.05)
+        await writer.close(drain_s=0.3)
+        with pytest.raises(RuntimeError, match="stopped"):
+            await asyncio.wait_for(pending, 5)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
 
 
 async def test_row_ids_are_time_ordered_uuid7(writer: AuditWriter, database: Database) -> None:
@@ -266,22 +293,24 @@ async def test_a_failed_commit_reaches_every_waiter(
     assert all(isinstance(r, sqlite3.OperationalError) for r in results), results
 
 
-async def test_a_batch_is_all_or_nothing(writer: AuditWriter, database: Database) -> None:
-    """One bad row (here a duplicate id) fails its whole batch: no row of it is stored,
-    every waiter learns the commit failed, and the writer goes on."""
+async def test_one_bad_row_fails_only_its_own_request(
+    writer: AuditWriter, database: Database
+) -> None:
+    """A batch is one transaction, so a row the database refuses (here a duplicate id) fails
+    the commit of every row in it. Its rows are then committed one by one: the others'
+    requests are answered, only the bad row's caller learns its commit failed."""
     records = [_record(n) for n in range(4)]
     records[3].id = records[1].id
 
     rows_before, commits_before, *_, failed_before = _audit_metrics()
     results = await asyncio.gather(*(writer.record(r) for r in records), return_exceptions=True)
 
-    assert all(isinstance(r, sqlite3.IntegrityError) for r in results), results
-    assert _rows(database) == []
+    assert results[:3] == [None, None, None]
+    assert isinstance(results[3], sqlite3.IntegrityError), results
+    assert sorted(r[1] for r in _rows(database)) == ["req-00000000", "req-00000001", "req-00000002"]
     await writer.record(_record(9))
-    assert [r[1] for r in _rows(database)] == ["req-00000009"]
     rows, commits, *_, failed = _audit_metrics()
-    # Only the row that was stored is counted; the failed batch is counted as a failure.
-    assert (rows, commits, failed) == (rows_before + 1, commits_before + 1, failed_before + 1)
+    assert (rows, commits, failed) == (rows_before + 4, commits_before + 4, failed_before + 1)
 
 
 async def test_a_batch_larger_than_one_statement_binds_is_still_one_transaction(
@@ -295,10 +324,16 @@ async def test_a_batch_larger_than_one_statement_binds_is_still_one_transaction(
     assert len(_rows(database)) == 8
     assert writer.commits == 1
 
-    failing = [_record(n) for n in range(10, 18)]
-    failing[7].id = failing[0].id  # the duplicate is in the batch's third statement
-    results = await asyncio.gather(*(writer.record(r) for r in failing), return_exceptions=True)
-    assert all(isinstance(r, sqlite3.IntegrityError) for r in results), results
+    appender = audit._SqliteAppender(database.url.split("///", 1)[1], busy_timeout_s=1.0)
+    try:
+        failing = [_record(n) for n in range(10, 18)]
+        for rec in failing:
+            rec.created_at = utcnow()
+        failing[7].id = failing[0].id  # the duplicate is in the batch's third statement
+        with pytest.raises(sqlite3.IntegrityError):
+            appender.append([sqlite_params(r) for r in failing])
+    finally:
+        appender.close()
     assert len(_rows(database)) == 8  # the batch's first two statements were rolled back
 
 
@@ -429,3 +464,24 @@ async def test_the_audit_log_has_the_design_indexes(database: Database) -> None:
         "ix_audit_peer_created_at": [("peer_id", 0), ("created_at", 1)],
         "ix_audit_grant_created_at": [("grant_id", 0), ("created_at", 1)],
     }
+
+
+async def test_a_nul_from_a_caller_does_not_fail_the_commit(any_database: Database) -> None:
+    """Postgres refuses NUL in text. An enrolling peer's token reaches the audit row only
+    as its hint, and a token that is not one (a NUL, escapes) is not quoted at all; the
+    row's detail is also cleaned, so no caller can make a commit (shared with other
+    peers' requests) fail."""
+    writer = AuditWriter(any_database)
+    try:
+        hostile = "\x00\x1b[2J<b>"
+        assert token_hint(hostile) == "(malformed)"
+        assert token_hint("Ab3_-xYz9QQQQ") == "Ab3_-xYz…"
+        records = [_record(n) for n in range(3)]
+        records[1].detail = f"token {hostile}"
+        await asyncio.gather(*(writer.record(r) for r in records))
+        rows = await writer.list(limit=10)
+    finally:
+        await writer.close()
+    details = {r["request_id"]: r["detail"] for r in rows}
+    assert details["req-00000001"] == "token \ufffd\x1b[2J<b>"
+    assert len(details) == 3
