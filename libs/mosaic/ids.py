@@ -1,4 +1,5 @@
-"""Identifiers for rows that are only ever appended (audit logs).
+"""Identifiers for rows that are only ever appended (audit logs), and reading ids that
+another service sent.
 
 A random UUIDv4 primary key lands each insert on a random page of the key's B-tree, so
 every commit dirties (and, in SQLite's WAL, rewrites) one page per row. A UUIDv7
@@ -30,3 +31,14 @@ def uuid7() -> uuid.UUID:
         | (rand & _RAND_B)
     )
     return uuid.UUID(int=value)
+
+
+def uuid_or_none(value: str | None) -> uuid.UUID | None:
+    """``value`` as a UUID, or None when it is empty or not one (another service's answer
+    is not trusted to be well formed)."""
+    if not value:
+        return None
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None

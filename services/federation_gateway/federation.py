@@ -71,6 +71,7 @@ from mosaic.federation.v1 import (
     resources_pb2,
     resources_pb2_grpc,
 )
+from mosaic.ids import uuid_or_none
 from mosaic.logs import request_id_var
 from mosaic.scope import RESOURCES
 from mosaic.search import query_problem
@@ -314,7 +315,9 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
                 remediation="retry shortly",
                 retry_after_s=1.0,
             )
-        if identity.serial in revoked.serials:
+        revoked_peer = revoked.serials.get(identity.serial)
+        if revoked_peer is not None:
+            record.peer_id = uuid_or_none(revoked_peer)
             raise refused(CERT_REVOKED, "this certificate has been revoked")
         result = await self._grants.get(identity.grant_id)
         if isinstance(result, Refusal):

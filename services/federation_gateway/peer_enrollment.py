@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from typing import Final
 
 import grpc
@@ -28,6 +27,7 @@ from mosaic.errors import (
     internal_error,
 )
 from mosaic.federation.v1 import enrollment_pb2, enrollment_pb2_grpc, gateway_pb2, gateway_pb2_grpc
+from mosaic.ids import uuid_or_none
 from mosaic.logs import request_id_var, token_hint
 from mosaic.rpc.interceptors import new_request_id
 
@@ -203,9 +203,9 @@ class _Audit:
             status=code.name,
             outcome=outcome,
             reason=reason,
-            grant_id=_uuid_or_none(grant_id),
-            peer_id=_uuid_or_none(peer_id),
-            subject_user_id=_uuid_or_none(subject_user_id),
+            grant_id=uuid_or_none(grant_id),
+            peer_id=uuid_or_none(peer_id),
+            subject_user_id=uuid_or_none(subject_user_id),
             source_address=self._source[:128],
             bytes_out=bytes_out,
             latency_ms=round((time.perf_counter() - self._started) * 1000, 3),
@@ -241,12 +241,3 @@ def _for_peer(remote: RemoteError) -> ServiceError:
             "enrollment URL",
         )
     return internal_error(request_id_var.get() or new_request_id())
-
-
-def _uuid_or_none(value: str | None) -> uuid.UUID | None:
-    if not value:
-        return None
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        return None

@@ -30,16 +30,17 @@ REVOCATIONS_LOADED = Gauge(
 
 
 class RevokedSerials:
-    """The set of revoked serials (lowercase hex) and whether it is complete right now."""
+    """The revoked serials (lowercase hex), each with the peer its certificate was issued
+    to (so a refusal's audit row names the peer), and whether the set is complete now."""
 
     def __init__(self) -> None:
-        self.serials: set[str] = set()
+        self.serials: dict[str, str] = {}
         self.loaded = False
         # The parts of a snapshot received so far (it may span several messages).
-        self._partial: set[str] | None = None
+        self._partial: dict[str, str] | None = None
 
     def apply(self, message: ca_pb2.WatchRevocationsResponse) -> None:
-        serials = {r.serial for r in message.revocations}
+        serials = {r.serial: r.peer_id for r in message.revocations}
         if message.snapshot:
             self._partial = serials  # a new snapshot starts; any unfinished one is void
         elif self._partial is not None:

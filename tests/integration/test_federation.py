@@ -586,6 +586,10 @@ async def test_revoked_serial_is_refused_on_the_next_request(b: Instance) -> Non
             )
         err = await _next_refusal(peer)
     assert err.code == grpc.StatusCode.PERMISSION_DENIED and err.reason == "CERT_REVOKED"
+    # The refusal is found under the peer (`audit list --peer`), as RUNBOOK advises.
+    refusals = [r for r in await audit_rows(b, cert.peer_id) if r.reason == "CERT_REVOKED"]
+    assert refusals and refusals[0].outcome == "denied"
+    assert refusals[0].grant_id == cert.grant_id
 
 
 async def test_grant_revoke_through_the_admin_api_revokes_its_certificates(b: Instance) -> None:
