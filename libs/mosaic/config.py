@@ -6,6 +6,7 @@ environment variables override them (compose passes settings that way).
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -108,6 +109,25 @@ class RateLimitConfig:
     # every gateway holds every revocation until that certificate expires.
     renew_per_second: float = 1 / 60
     renew_burst: int = 5
+
+    def __post_init__(self) -> None:
+        check_rate(self.per_second, self.burst, "rate_limit.")
+        check_rate(self.redeem_per_second, self.redeem_burst, "rate_limit.redeem_")
+        check_rate(self.renew_per_second, self.renew_burst, "rate_limit.renew_")
+
+
+# Above a million a second GCRA's interval in microseconds (Valkey) would round to 0.
+MAX_PER_SECOND = 1_000_000.0
+MAX_BURST = 1_000_000
+
+
+def check_rate(per_second: float, burst: int, name: str = "") -> None:
+    """ValueError unless ``per_second`` is finite in (0, 1e6] and ``burst`` in 1..1e6: a
+    NaN rate would compare false everywhere and allow every request."""
+    if not (math.isfinite(per_second) and 0 < per_second <= MAX_PER_SECOND):
+        raise ValueError(f"{name}per_second must be above 0 and at most {MAX_PER_SECOND:.0f}")
+    if not 1 <= burst <= MAX_BURST:
+        raise ValueError(f"{name}burst must be 1 to {MAX_BURST}")
 
 
 @dataclass(frozen=True)

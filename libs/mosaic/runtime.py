@@ -94,6 +94,10 @@ class ServiceRuntime:
                 config.database_url(service), schema=self.spec.schema, migrations_dir=migrations_dir
             )
         self.extra_checks: list[ExtraCheck] = []
+        # Other things this service cannot serve without, by name: each a ping that raises
+        # when it does not answer (the gateway's Valkey). Part of readiness, like
+        # ``spec.depends_on``.
+        self.extra_dependencies: dict[str, Callable[[], Awaitable[object]]] = {}
 
     async def migrate(self) -> None:
         if self.db is not None:
@@ -132,7 +136,17 @@ class ServiceRuntime:
                 return f"{dep}: not serving"
             return None
 
-        results = await asyncio.gather(*(check(d) for d in self.spec.depends_on))
+        async def ping(name: str, probe: Callable[[], Awaitable[object]]) -> str | None:
+            try:
+                await asyncio.wait_for(probe(), 1.0)
+            except Exception as exc:
+                return f"{name}: {type(exc).__name__}"
+            return None
+
+        results = await asyncio.gather(
+            *(check(d) for d in self.spec.depends_on),
+            *(ping(name, probe) for name, probe in self.extra_dependencies.items()),
+        )
         return [r for r in results if r]
 
     async def run(
@@ -171,8 +185,11 @@ class ServiceRuntime:
             common_pb2.Check(
                 name="dependencies",
                 ok=not deps,
-                detail="; ".join(deps) or ", ".join(self.spec.depends_on) or "none",
-                remediation="start the services named here (`mosaic up` starts them all)"
+                detail="; ".join(deps)
+                or ", ".join([*self.spec.depends_on, *self.extra_dependencies])
+                or "none",
+                remediation="start the services named here (`mosaic up` starts them all; "
+                "Valkey is the one configured with `mosaic init --valkey`)"
                 if deps
                 else "",
             )

@@ -175,6 +175,10 @@ async def main(config: InstanceConfig) -> None:
     runtime.extra_checks.append(lambda: federation_ca_check(config))
     await runtime.migrate()
     gateway = GatewayContext.build(runtime)
+    if config.valkey_url:
+        # Every federation request and redeem is refused while Valkey is down (the limits
+        # fail closed): health says so too, and the doctor names it.
+        runtime.extra_dependencies["valkey"] = gateway.grant_limiter.ping
     admin = admin_listener(runtime)
     admin.add(
         gateway_pb2_grpc.add_FederationAdminServicer_to_server,

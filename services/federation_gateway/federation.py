@@ -45,14 +45,13 @@ from federation_gateway.audit import AuditRecord
 from federation_gateway.authz import GrantView, Refusal, check_certificate, refused
 from federation_gateway.context import GatewayContext
 from federation_gateway.pagetoken import PageTokenInvalid, PageTokens
-from federation_gateway.ratelimit import RateLimiter
+from federation_gateway.ratelimit import within_limit
 from mosaic import __version__
 from mosaic.config import CA, GRANTS
 from mosaic.config import RESOURCES as RESOURCE_SERVICE
 from mosaic.errors import (
     CA_BACKEND_REASON_PREFIX,
     DEPENDENCY_UNAVAILABLE,
-    RATE_LIMITED,
     RemoteError,
     ServiceError,
     internal_error,
@@ -95,7 +94,6 @@ CERT_MISSING = "CERT_MISSING"
 CERT_NO_GRANT = "CERT_NO_GRANT"
 CERT_REVOKED = "CERT_REVOKED"
 REVOCATIONS_NOT_LOADED = "REVOCATIONS_NOT_LOADED"
-RATE_LIMITER_UNAVAILABLE = "RATE_LIMITER_UNAVAILABLE"
 RESOURCE_UNKNOWN = "RESOURCE_UNKNOWN"
 RESOURCE_NOT_GRANTED = "RESOURCE_NOT_GRANTED"
 RESOURCE_EXCLUDED = "RESOURCE_EXCLUDED"
@@ -333,7 +331,7 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         )
         if refusal is not None:
             raise refusal.error()
-        await _within_limit(self._limiter, identity.grant_id, "rate limit exceeded for this grant")
+        await within_limit(self._limiter, identity.grant_id, "rate limit exceeded for this grant")
         return result
 
     @staticmethod
@@ -481,7 +479,7 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         revokes a certificate, and every gateway keeps every revocation in memory until
         the revoked certificate expires.
         """
-        await _within_limit(
+        await within_limit(
             self._renew_limiter, view.grant_id, "too many certificate renewals for this grant"
         )
         # Before anything is issued: without it (step-ca) the peer could not verify the
@@ -651,28 +649,6 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
                 ) from None
             log.error("resource-service failed", extra={"code": code.name})
             raise
-
-
-async def _within_limit(limiter: RateLimiter, key: str, refusal: str) -> None:
-    """Take one request's worth of ``limiter`` for ``key``, or refuse with RetryInfo."""
-    try:
-        decision = await limiter.acquire(key)
-    except Exception as exc:  # Valkey down: refuse rather than serve unlimited
-        log.warning("rate limiter failed", extra={"error": type(exc).__name__})
-        raise unavailable(
-            RATE_LIMITER_UNAVAILABLE,
-            "the gateway cannot check its rate limit right now",
-            remediation="retry shortly",
-            retry_after_s=1.0,
-        ) from None
-    if not decision.allowed:
-        raise ServiceError(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            RATE_LIMITED,
-            refusal,
-            remediation="retry after the delay in RetryInfo",
-            retry_after_s=decision.retry_after_s,
-        )
 
 
 def _for_renewing_peer(remote: RemoteError) -> ServiceError:

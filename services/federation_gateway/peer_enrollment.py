@@ -9,6 +9,7 @@ and the root peers must trust for our TLS server certificate.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from typing import Final
@@ -17,11 +18,11 @@ import grpc
 
 from federation_gateway.audit import AuditRecord
 from federation_gateway.context import GatewayContext
+from federation_gateway.ratelimit import within_limit
 from mosaic.config import ENROLLMENT
 from mosaic.errors import (
     CA_BACKEND_REASON_PREFIX,
     INTERNAL,
-    RATE_LIMITED,
     RemoteError,
     ServiceError,
     internal_error,
@@ -87,6 +88,18 @@ def source_host(peer: str) -> str:
     return peer or "unknown"
 
 
+def limit_key(source: str) -> str:
+    """What redeem attempts are counted by: the address, or its /64 for IPv6 (one host
+    usually holds a whole /64, so counting single addresses would not limit it)."""
+    try:
+        address = ipaddress.ip_address(source)
+    except ValueError:
+        return source
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
 class PeerEnrollmentServicer(gateway_pb2_grpc.PeerEnrollmentServicer):
     def __init__(self, gateway: GatewayContext) -> None:
         self._gateway = gateway
@@ -105,18 +118,17 @@ class PeerEnrollmentServicer(gateway_pb2_grpc.PeerEnrollmentServicer):
         hint = token_hint(request.token)
         audit = _Audit(self._gateway, source, hint, started)
 
-        decision = await self._gateway.redeem_limiter.acquire(source)
-        if not decision.allowed:
-            await self._gateway.audit.record(
-                audit.row("denied", grpc.StatusCode.RESOURCE_EXHAUSTED, RATE_LIMITED)
-            )
-            raise ServiceError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                RATE_LIMITED,
+        try:
+            await within_limit(
+                self._gateway.redeem_limiter,
+                limit_key(source),
                 "too many enrollment attempts from this address",
-                remediation=f"wait {decision.retry_after_s:.0f} s before trying again",
-                retry_after_s=decision.retry_after_s,
+                remediation="wait the delay in RetryInfo before trying again",
             )
+        except ServiceError as exc:  # over the limit, or it cannot be checked: audited too
+            outcome = "denied" if exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED else "error"
+            await self._gateway.audit.record(audit.row(outcome, exc.code, exc.reason))
+            raise
 
         try:
             reply: enrollment_pb2.RedeemResponse = await self._enrollment.Redeem(

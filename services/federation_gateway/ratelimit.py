@@ -7,9 +7,20 @@ request; a request is allowed when it does not arrive earlier than
 
 from __future__ import annotations
 
+import itertools
+import logging
 import time
 from dataclasses import dataclass
 from typing import Protocol
+
+import grpc
+
+from mosaic.config import check_rate
+from mosaic.errors import RATE_LIMITED, ServiceError, unavailable
+
+log = logging.getLogger("mosaic.gateway.ratelimit")
+
+RATE_LIMITER_UNAVAILABLE = "RATE_LIMITER_UNAVAILABLE"
 
 
 @dataclass(frozen=True)
@@ -25,13 +36,16 @@ class RateLimiter(Protocol):
 
     async def close(self) -> None: ...
 
+    async def ping(self) -> None:
+        """Raise when the limit's store does not answer."""
+        ...
+
 
 class LocalGcra:
     """GCRA in this process's memory: exact for one gateway replica."""
 
     def __init__(self, per_second: float, burst: int, *, max_keys: int = 100_000) -> None:
-        if per_second <= 0 or burst < 1:
-            raise ValueError("rate must be positive and burst at least 1")
+        check_rate(per_second, burst)
         self._interval = 1.0 / per_second
         self._burst = burst
         self._tat: dict[str, float] = {}
@@ -50,11 +64,20 @@ class LocalGcra:
         return Decision(True)
 
     def _evict(self, now: float) -> None:
-        # Keys whose TAT has passed carry no state worth keeping.
+        # Keys whose TAT has passed carry no state worth keeping. If that frees too little
+        # (many keys limited at once), the oldest keys go too, down to 90% of the cap: the
+        # map stays bounded and each full scan is paid for by a tenth of the cap's inserts.
         for key in [k for k, tat in self._tat.items() if tat <= now]:
             del self._tat[key]
+        excess = len(self._tat) - int(self._max_keys * 0.9)
+        if excess > 0:
+            for key in list(itertools.islice(self._tat, excess)):
+                del self._tat[key]
 
     async def close(self) -> None:
+        return None
+
+    async def ping(self) -> None:
         return None
 
 
@@ -69,7 +92,11 @@ local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
 -- A stored TAT is never more than a full burst ahead, unless the server clock stepped
 -- back (NTP, a failover to a skewed replica): cap it, or every grant waits out the step.
-if tat > now + burst * interval then tat = now + burst * interval end
+-- The cap is stored, so the next request after the retry-after is allowed.
+if tat > now + burst * interval then
+  tat = now + burst * interval
+  redis.call('SET', KEYS[1], tat, 'PX', math.floor((tat - now) / 1000) + 1000)
+end
 local new_tat = tat + interval
 local allow_at = new_tat - burst * interval
 if now < allow_at then
@@ -86,8 +113,7 @@ class RedisGcra:
     def __init__(self, url: str, per_second: float, burst: int, *, prefix: str) -> None:
         import redis.asyncio as redis
 
-        if per_second <= 0 or burst < 1:
-            raise ValueError("rate must be positive and burst at least 1")
+        check_rate(per_second, burst)
         self._client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self._script = self._client.register_script(_GCRA_LUA)
         self._interval_us = int(1_000_000 / per_second)
@@ -105,9 +131,43 @@ class RedisGcra:
     async def close(self) -> None:
         await self._client.aclose()
 
+    async def ping(self) -> None:
+        await self._client.ping()
+
 
 def make_limiter(valkey_url: str, per_second: float, burst: int, *, prefix: str) -> RateLimiter:
     """Redis-backed when a Valkey URL is configured, in-process otherwise."""
     if valkey_url:
         return RedisGcra(valkey_url, per_second, burst, prefix=prefix)
     return LocalGcra(per_second, burst)
+
+
+async def within_limit(
+    limiter: RateLimiter,
+    key: str,
+    refusal: str,
+    *,
+    remediation: str = "retry after the delay in RetryInfo",
+) -> None:
+    """Take one request's worth of ``limiter`` for ``key``, or refuse with RetryInfo:
+    RESOURCE_EXHAUSTED ``RATE_LIMITED`` over the limit, and UNAVAILABLE
+    ``RATE_LIMITER_UNAVAILABLE`` when the limit cannot be checked (Valkey down or slow):
+    refused rather than served unlimited."""
+    try:
+        decision = await limiter.acquire(key)
+    except Exception as exc:
+        log.warning("rate limiter failed", extra={"error": type(exc).__name__})
+        raise unavailable(
+            RATE_LIMITER_UNAVAILABLE,
+            "the gateway cannot check its rate limit right now",
+            remediation="retry shortly",
+            retry_after_s=1.0,
+        ) from None
+    if not decision.allowed:
+        raise ServiceError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            RATE_LIMITED,
+            refusal,
+            remediation=remediation,
+            retry_after_s=decision.retry_after_s,
+        )

@@ -11,8 +11,10 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -133,3 +135,52 @@ def test_replica_port_overrides_are_read_from_the_environment(tmp_path: Path) ->
     ).stdout.split()
     base = inst.port_base
     assert code == ["41002", "41001", str(base + 44)]
+
+
+def test_with_valkey_down_the_gateway_says_so_and_refuses(tmp_path: Path) -> None:
+    """The limits fail closed without Valkey: every request is refused (UNAVAILABLE
+    RATE_LIMITER_UNAVAILABLE, audited), so health must not say SERVING, and the doctor
+    must name Valkey rather than report all is well."""
+    valkey = RedisServer(use_docker=False)
+    valkey.start()
+    inst = Instance(tmp_path, "vk", extra_init=("--valkey", valkey.url))
+    try:
+        inst.start()
+        asyncio.run(import_rows(inst.home, rows()))
+        cert = asyncio.run(grant_with_cert(inst, MAIN_SCOPE))
+        code, doc, _ = inst.cli("gateway", "health", "federation-gateway")
+        assert code == 0 and doc["serving"], doc
+
+        valkey.stop()
+        err = asyncio.run(_capabilities_refusal(inst, cert))
+        assert err.code == grpc.StatusCode.UNAVAILABLE
+        assert err.reason == "RATE_LIMITER_UNAVAILABLE"
+        assert err.retry_after_s
+        for _ in range(50):  # health is re-evaluated about once a second
+            code, doc, _ = inst.cli("gateway", "health", "federation-gateway")
+            if doc.get("status") == "NOT_SERVING":
+                break
+            time.sleep(0.2)
+        assert code == 1 and doc["status"] == "NOT_SERVING", doc
+        code, doc, _ = inst.cli("gateway", "doctor")
+        assert code == 1
+        [row] = [
+            c
+            for c in doc["checks"]
+            if c["service"] == "federation-gateway" and c["name"] == "dependencies"
+        ]
+        assert not row["ok"] and "valkey" in row["detail"], row
+        refusals = asyncio.run(audit_rows(inst, cert.peer_id))
+        assert any(r.reason == "RATE_LIMITER_UNAVAILABLE" for r in refusals)
+    finally:
+        inst.stop()
+        valkey.stop()
+
+
+async def _capabilities_refusal(inst: Instance, cert: Any) -> RemoteError:
+    async with Peer(inst, cert) as peer:
+        try:
+            await peer.stub.Capabilities(gateway_pb2.CapabilitiesRequest(), timeout=10)
+        except grpc.aio.AioRpcError as err:
+            return RemoteError.from_rpc_error(err)
+    raise AssertionError("served without Valkey")

@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from federation_gateway.audit import AuditRecord
-from federation_gateway.peer_enrollment import PeerEnrollmentServicer
+from federation_gateway.peer_enrollment import PeerEnrollmentServicer, limit_key
 from mosaic.errors import ServiceError
 from mosaic.federation.v1 import gateway_pb2
 from tests.support.federation_fakes import Backend, FakeChannel
@@ -34,7 +34,9 @@ class Audit:
         self.later = asyncio.ensure_future(self.record(record))
 
 
-def _servicer(tmp_path: Path, backend: Backend) -> tuple[PeerEnrollmentServicer, Audit]:
+def _servicer(
+    tmp_path: Path, backend: Backend, limiter: Any = None
+) -> tuple[PeerEnrollmentServicer, Audit]:
     (tmp_path / "root.crt").write_text("ROOT")
     audit = Audit()
     allowed = SimpleNamespace(allowed=True, retry_after_s=0.0)
@@ -49,7 +51,7 @@ def _servicer(tmp_path: Path, backend: Backend) -> tuple[PeerEnrollmentServicer,
             ),
             channels=SimpleNamespace(get=lambda _name: FakeChannel(backend)),
         ),
-        redeem_limiter=SimpleNamespace(acquire=acquire),
+        redeem_limiter=limiter or SimpleNamespace(acquire=acquire),
         audit=audit,
     )
     return PeerEnrollmentServicer(gateway), audit  # type: ignore[arg-type]
@@ -187,3 +189,39 @@ async def test_a_peer_that_goes_away_mid_redeem_still_leaves_a_row(tmp_path: Pat
     assert (row.outcome, row.status, row.reason) == ("error", "CANCELLED", "CANCELLED")
     assert row.source_address == "192.0.2.7"
     assert row.detail == "token tttttttt…"  # the hint only, never the token
+
+
+async def test_a_limiter_that_cannot_answer_refuses_and_audits_the_attempt(
+    tmp_path: Path,
+) -> None:
+    """Valkey down or slow: the attempt is refused as UNAVAILABLE with a retry delay (never
+    redeemed unlimited), and it still leaves its audit row."""
+    import redis.exceptions
+
+    async def valkey_down(_key: str) -> Any:
+        raise redis.exceptions.ConnectionError("Connection refused")
+
+    def backend(_method: str, _request: Any) -> Any:
+        raise AssertionError("enrollment-service must not be asked")
+
+    servicer, audit = _servicer(tmp_path, backend, SimpleNamespace(acquire=valkey_down))
+    with pytest.raises(ServiceError) as refused:
+        await servicer.Redeem(_request(), Context())
+    assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+    assert refused.value.reason == "RATE_LIMITER_UNAVAILABLE"
+    assert refused.value.retry_after_s
+    [row] = audit.rows
+    assert (row.outcome, row.status, row.reason) == (
+        "error",
+        "UNAVAILABLE",
+        "RATE_LIMITER_UNAVAILABLE",
+    )
+    assert row.source_address == "192.0.2.7"
+
+
+def test_redeems_are_counted_per_ipv4_address_and_per_ipv6_64() -> None:
+    assert limit_key("192.0.2.7") == "192.0.2.7"
+    assert limit_key("2001:db8:1:2:aaaa::1") == limit_key("2001:db8:1:2:bbbb::9")
+    assert limit_key("2001:db8:1:2::1") == "2001:db8:1:2::/64"
+    assert limit_key("2001:db8:1:3::1") != limit_key("2001:db8:1:2::1")
+    assert limit_key("unknown") == "unknown"

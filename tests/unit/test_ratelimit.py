@@ -4,12 +4,14 @@ real redis-server shared by two limiter instances (two replicas)."""
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 
 import pytest
 
 from federation_gateway import ratelimit
 from federation_gateway.ratelimit import LocalGcra, RedisGcra
+from mosaic.config import RateLimitConfig
 from tests.support.redis_server import RedisServer
 
 
@@ -45,11 +47,27 @@ async def test_local_keys_are_independent(clock: Clock) -> None:
     assert (await limiter.acquire("b")).allowed
 
 
-def test_invalid_limits_are_refused() -> None:
+@pytest.mark.parametrize(
+    ("per_second", "burst"),
+    [(0, 1), (1, 0), (-1, 5), (math.nan, 5), (math.inf, 5), (2e6, 5), (1, 2_000_000)],
+)
+def test_invalid_limits_are_refused(per_second: float, burst: int) -> None:
+    """A NaN rate would compare false everywhere and allow every request; above a million
+    a second Valkey's interval in microseconds rounds to 0, which allows them all too."""
     with pytest.raises(ValueError):
-        LocalGcra(0, 1)
+        LocalGcra(per_second, burst)
     with pytest.raises(ValueError):
-        LocalGcra(1, 0)
+        RateLimitConfig(per_second=per_second, burst=burst)
+    with pytest.raises(ValueError):
+        RateLimitConfig(redeem_per_second=per_second, redeem_burst=burst)
+
+
+async def test_the_local_map_stays_bounded_when_every_key_is_limited(clock: Clock) -> None:
+    limiter = LocalGcra(per_second=0.001, burst=1, max_keys=100)
+    for n in range(1000):  # each key is limited for 1000 s: nothing expires
+        assert (await limiter.acquire(f"k{n}")).allowed
+    assert len(limiter._tat) <= 100
+    assert not (await limiter.acquire("k999")).allowed  # the newest keys keep their state
 
 
 @pytest.mark.redis
@@ -83,8 +101,11 @@ async def test_a_server_clock_stepping_back_does_not_lock_every_grant_out(
         hour_ahead = (seconds + 3600) * 1_000_000 + micros
         await client.set(f"{prefix}:grant", hour_ahead, px=3_700_000)
         decision = await limiter.acquire("grant")
+        assert not decision.allowed
+        assert decision.retry_after_s is not None and decision.retry_after_s <= 0.5
+        # Waiting out the advertised delay is enough: the capped TAT was stored.
+        await asyncio.sleep(decision.retry_after_s + 0.05)
+        assert (await limiter.acquire("grant")).allowed
     finally:
         await limiter.close()
         await client.aclose()
-    assert not decision.allowed
-    assert decision.retry_after_s is not None and decision.retry_after_s <= 0.5
