@@ -325,6 +325,21 @@ def find_free_port_base(low: int = 20000, high: int = 32700) -> int:
     )
 
 
+def read_home_file(
+    path: Path,
+    remediation: str = "run mosaic as the user that owns the instance home, or restore the "
+    "file from backup (`mosaic init --renew-internal` re-issues the internal certificates)",
+) -> bytes:
+    """A file of the instance home (a certificate, a key, the admin token); a ConfigError
+    naming the file, never its content, when it cannot be read."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read {path}: {exc.strerror or type(exc).__name__}", remediation=remediation
+        ) from None
+
+
 def to_async_postgres_url(url: str) -> str:
     """Accept postgres://, postgresql:// or postgresql+asyncpg:// and return the asyncpg form."""
     for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
@@ -349,7 +364,7 @@ def load_config(home: str | os.PathLike[str] | None = None) -> InstanceConfig:
     if not file.is_file():
         raise ConfigError(
             f"no instance at {path}",
-            remediation=f"run `mosaic init --name NAME --home {path}` first",
+            remediation=f"run `mosaic --home {path} init --name NAME` first",
         )
     try:
         doc = tomllib.loads(file.read_text())

@@ -420,10 +420,14 @@ def test_malformed_urls_are_refused_by_the_cli(pair: Pair) -> None:
     assert pair.grant_status(grant["id"]) == "pending"
 
 
-def test_a_bad_ttl_is_refused(pair: Pair) -> None:
+def test_a_bad_ttl_or_grant_id_is_bad_usage(pair: Pair) -> None:
     grant = pair.grant()
-    code, _, _ = pair.b.cli("federation", "grant", "token", grant["id"], "--ttl", "901")
-    assert code == 2
+    for ttl in ("901", "0", "-1"):
+        code, doc, _ = pair.b.cli("federation", "grant", "token", grant["id"], "--ttl", ttl)
+        assert code == 2 and doc["error"]["code"] == "USAGE", (ttl, doc)
+    code, doc, _ = pair.b.cli("federation", "grant", "token", "1234")
+    assert code == 2 and doc["error"]["code"] == "USAGE", doc
+    assert pair.grant_status(grant["id"]) == "pending"
 
 
 def test_redeems_are_rate_limited_per_source_address(pair: Pair) -> None:

@@ -197,7 +197,12 @@ def test_doctor_without_an_instance_explains_itself(tmp_path: Path) -> None:
     code, doc, _ = cli(tmp_path / "nothing", "gateway", "doctor")
     assert code == 1
     assert doc["error"]["code"] == "CONFIG"
-    assert "mosaic init" in doc["error"]["remediation"]
+    # The command it gives works as written (NAME filled in).
+    command = doc["error"]["remediation"].split("`")[1]
+    argv = command.replace("NAME", "fresh").split()
+    assert argv[:3] == ["mosaic", "--home", str(tmp_path / "nothing")], command
+    code, doc, _ = cli(tmp_path / "nothing", *argv[3:])
+    assert code == 0, doc
 
 
 def test_init_refuses_to_overwrite(tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from mosaic.config import SERVICES
-from tests.support.instances import MOSAIC, Instance
+from mosaic.config import SERVICES, load_config
+from tests.support.instances import MOSAIC, Instance, cli
 
 pytestmark = pytest.mark.slow
 
@@ -82,3 +82,42 @@ def test_service_without_its_dependency_is_not_serving(tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(15)
         log.close()
+
+
+@pytest.mark.parametrize(
+    ("command", "missing"),
+    [
+        (("gateway", "doctor"), "admin_token"),
+        (("gateway", "health", "federation-gateway"), "admin_token"),
+        (("gateway", "doctor"), "operator_key"),
+        (("gateway", "health", "grants-service"), "operator_key"),
+    ],
+)
+@pytest.mark.parametrize("json_out", [True, False])
+def test_an_unreadable_home_file_is_a_config_error_not_a_traceback(
+    tmp_path: Path, command: tuple[str, ...], missing: str, json_out: bool
+) -> None:
+    inst = Instance(tmp_path, "cf")
+    config = load_config(inst.home)
+    path = (
+        config.admin_token_file
+        if missing == "admin_token"
+        else config.internal_pki_dir / "operator.key"
+    )
+    path.unlink()
+    code, out, err = inst.cli(*command, json_out=json_out)
+    assert code == 1, (out, err)
+    assert "Traceback" not in err
+    if json_out:
+        assert out["error"]["code"] == "CONFIG"
+        assert str(path) in out["error"]["message"]
+        assert out["error"]["remediation"]
+    else:
+        assert f"error CONFIG: cannot read {path}" in err
+
+
+def test_init_refuses_a_valkey_url_the_gateway_could_not_use(tmp_path: Path) -> None:
+    code, doc, err = cli(tmp_path / "h", "init", "--name", "vk", "--valkey", "http://foo")
+    assert code == 1, (doc, err)
+    assert doc["error"]["code"] == "CONFIG" and "redis://" in doc["error"]["remediation"]
+    assert not (tmp_path / "h" / "instance.toml").exists()

@@ -12,7 +12,14 @@ import grpc
 import typer
 
 from mosaic.cli.output import fail
-from mosaic.config import GATEWAY, OPERATOR, ConfigError, InstanceConfig, load_config
+from mosaic.config import (
+    GATEWAY,
+    OPERATOR,
+    ConfigError,
+    InstanceConfig,
+    load_config,
+    read_home_file,
+)
 from mosaic.errors import RemoteError
 from mosaic.federation.v1 import gateway_pb2_grpc
 from mosaic.rpc.channels import internal_client_credentials, secure_channel
@@ -35,14 +42,11 @@ def admin_metadata(config: InstanceConfig) -> tuple[tuple[str, str], ...]:
 
 
 def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read {path}: {exc.strerror or type(exc).__name__}",
-            remediation="run mosaic as the user that owns the instance home, "
-            "or check that file (`mosaic init` makes it)",
-        ) from None
+    return read_home_file(
+        path,
+        "run mosaic as the user that owns the instance home, "
+        "or check that file (`mosaic init` makes it)",
+    )
 
 
 def operator_channel(config: InstanceConfig, service: str) -> grpc.aio.Channel:

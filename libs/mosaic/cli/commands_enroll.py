@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from mosaic.cli.admin import call_admin, load_or_fail
-from mosaic.cli.commands_grants import iso, peer_doc
+from mosaic.cli.commands_grants import _uuid_arg, iso, peer_doc
 from mosaic.cli.federation import grant_app, peer_app
 from mosaic.cli.output import EXIT_USAGE, console, emit, fail, fields, state
 from mosaic.enrollment_url import MAX_URL_LENGTH, EnrollmentURLError, parse_enrollment_url
@@ -25,13 +25,12 @@ RENEW_PEER_TIMEOUT_S = 90.0
 def grant_token(
     ctx: typer.Context,
     grant_id: Annotated[str, typer.Argument(metavar="ID", help="A pending grant.")],
-    ttl: Annotated[
-        int, typer.Option("--ttl", help="Seconds the token stays valid (1-900; default 900).")
-    ] = 0,
+    ttl: Annotated[int, typer.Option("--ttl", help="Seconds the token stays valid (1-900).")] = 900,
 ) -> None:
     """Make a single-use enrollment URL for a pending grant (hand it to the peer's admin)."""
-    if ttl < 0 or ttl > 900:
+    if ttl < 1 or ttl > 900:
         fail(ctx, "USAGE", "--ttl must be between 1 and 900 seconds", exit_code=EXIT_USAGE)
+    grant_id = _uuid_arg(ctx, "ID", grant_id)
     config = load_or_fail(ctx, state(ctx).home)
     request = enrollment_pb2.CreateTokenRequest(grant_id=grant_id, ttl_seconds=ttl)
     reply = call_admin(

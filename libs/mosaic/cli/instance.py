@@ -73,6 +73,11 @@ def create_instance(
         )
     if db_url:
         to_async_postgres_url(db_url)  # validates the scheme
+    if valkey_url and not valkey_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(
+            "the Valkey URL must start with redis://, rediss:// or unix://",
+            remediation="pass --valkey redis://HOST:6379/0",
+        )
     if (home / CONFIG_FILE).exists():
         raise ConfigError(
             f"an instance already exists at {home}",

@@ -385,7 +385,22 @@ def run() -> None:
     type) is reported like any other failure: one ``{"error": ...}`` document on stdout,
     exit 2 (DESIGN.md "CLI contract"), instead of Typer's usage box on stderr.
     """
-    if "--json" not in sys.argv[1:]:
+    json_out = "--json" in sys.argv[1:]
+    try:
+        _run(json_out)
+    except ConfigError as exc:
+        # An unreadable home file (admin token, operator key) found deep in a command:
+        # the CONFIG error the command would have given, not a traceback.
+        if json_out:
+            _json_error("CONFIG", exc.message, EXIT_FAILED, exc.remediation)
+        sys.stderr.write(f"error CONFIG: {exc.message}\n")
+        if exc.remediation:
+            sys.stderr.write(f"what to do {exc.remediation}\n")
+        sys.exit(EXIT_FAILED)
+
+
+def _run(json_out: bool) -> None:
+    if not json_out:
         app()
         return
     try:
@@ -400,8 +415,9 @@ def run() -> None:
     sys.exit(result if isinstance(result, int) else EXIT_OK)
 
 
-def _json_error(code: str, message: str, exit_code: int) -> None:
-    remediation = "see `mosaic --help` and the command's --help" if code == "USAGE" else ""
+def _json_error(code: str, message: str, exit_code: int, remediation: str = "") -> None:
+    if code == "USAGE":
+        remediation = "see `mosaic --help` and the command's --help"
     error = {"code": code, "message": message, "remediation": remediation}
     sys.stdout.write(json.dumps({"error": error}, indent=2) + "\n")
     sys.exit(exit_code)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from mosaic.config import InstanceConfig
+from mosaic.config import InstanceConfig, read_home_file
 from mosaic.rpc.interceptors import client_interceptors
 from mosaic.rpc.options import CLIENT_OPTIONS
 
@@ -12,9 +12,9 @@ from mosaic.rpc.options import CLIENT_OPTIONS
 def internal_client_credentials(config: InstanceConfig, identity: str) -> grpc.ChannelCredentials:
     pki = config.internal_pki_dir
     return grpc.ssl_channel_credentials(
-        root_certificates=(pki / "ca.crt").read_bytes(),
-        private_key=(pki / f"{identity}.key").read_bytes(),
-        certificate_chain=(pki / f"{identity}.crt").read_bytes(),
+        root_certificates=read_home_file(pki / "ca.crt"),
+        private_key=read_home_file(pki / f"{identity}.key"),
+        certificate_chain=read_home_file(pki / f"{identity}.crt"),
     )
 
 
@@ -22,8 +22,8 @@ def internal_server_credentials(config: InstanceConfig, service: str) -> grpc.Se
     """mTLS: a client certificate from the internal CA is required to complete the handshake."""
     pki = config.internal_pki_dir
     return grpc.ssl_server_credentials(
-        [((pki / f"{service}.key").read_bytes(), (pki / f"{service}.crt").read_bytes())],
-        root_certificates=(pki / "ca.crt").read_bytes(),
+        [(read_home_file(pki / f"{service}.key"), read_home_file(pki / f"{service}.crt"))],
+        root_certificates=read_home_file(pki / "ca.crt"),
         require_client_auth=True,
     )
 
