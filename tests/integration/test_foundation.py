@@ -12,6 +12,7 @@ import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -329,3 +330,36 @@ def test_event_loop_is_clean() -> None:
     # Guard against a fixture leaking a running loop into sync tests.
     with pytest.raises(RuntimeError):
         asyncio.get_running_loop()
+
+
+def test_a_seal_generation_that_loses_a_race_keeps_the_original_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two `seal rotate --generate` at once: the one that checks second must not move the
+    first one's new secret over the original (the only one that opens what is sealed now).
+    The other run's move is made to land between this run's check and its own move."""
+    from typer.testing import CliRunner
+
+    import mosaic.runtime
+    from mosaic.cli.main import app
+
+    inst = Instance(tmp_path, "sg")
+    secrets_dir = inst.home / "secrets"
+    original = (secrets_dir / "seal.key").read_bytes()
+    load_sealer = mosaic.runtime.load_sealer
+
+    def other_run_wins_meanwhile(config: Any) -> Any:
+        sealer = load_sealer(config)
+        if not (secrets_dir / "seal.previous.key").exists():
+            (secrets_dir / "seal.previous.key").write_bytes(original)
+            (secrets_dir / "seal.key").write_bytes(b"the other run's new secret\n")
+        return sealer
+
+    monkeypatch.setattr(mosaic.runtime, "load_sealer", other_run_wins_meanwhile)
+    result = CliRunner().invoke(
+        app, ["--home", str(inst.home), "--json", "seal", "rotate", "--generate"]
+    )
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.output)["error"]["code"] == "SEAL_ROTATION_IN_PROGRESS"
+    assert (secrets_dir / "seal.previous.key").read_bytes() == original
+    assert (secrets_dir / "seal.key").read_bytes() == b"the other run's new secret\n"

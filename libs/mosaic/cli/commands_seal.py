@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -114,7 +114,8 @@ def _generate(ctx: typer.Context, config: InstanceConfig) -> None:
     from mosaic.runtime import load_sealer
 
     current, previous = config.seal_secret_file, config.previous_seal_secret_file
-    if previous.exists():
+
+    def in_progress() -> NoReturn:
         fail(
             ctx,
             "SEAL_ROTATION_IN_PROGRESS",
@@ -122,11 +123,24 @@ def _generate(ctx: typer.Context, config: InstanceConfig) -> None:
             f"finish that rotation first: restart the services, run `mosaic seal rotate`, "
             f"then remove {previous}",
         )
+
+    if previous.exists():
+        in_progress()
     try:
         old = load_sealer(config)
     except ConfigError as exc:
         fail(ctx, "CONFIG", exc.message, exc.remediation)
-    os.replace(current, previous)
+    # The previous file is created exclusively: of two --generate runs at once, the second
+    # is refused here instead of moving the first one's new secret over the original (which
+    # would lose the only secret that opens what is sealed now).
+    try:
+        fd = os.open(previous, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        in_progress()
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(current.read_bytes())
+        fh.flush()
+        os.fsync(fh.fileno())
     _replace_private(current, generate_secret().encode() + b"\n")
     new = load_sealer(config)
     doc = {
