@@ -12,7 +12,9 @@
   DESIGN.md's taxonomy and, when B refused, B's own reason code.
 * Successful answers are kept in memory only, for :data:`CACHE_TTL_S` at most and
   :data:`CACHE_MAX_ENTRIES` at most; one is served — marked stale, with its original
-  fetch time — only when B cannot be reached (NETWORK).
+  fetch time — only when B cannot be reached (NETWORK). A peer's answers are forgotten
+  when B refuses us (FORBIDDEN, UNAUTHENTICATED) or answers wrongly (INVALID_RESPONSE),
+  and when the peer is flushed; a ``get`` B answers NOT_FOUND is forgotten too.
 """
 
 from __future__ import annotations
@@ -83,6 +85,9 @@ _STATUS_FOR_CODE = {
     UNAUTHENTICATED: grpc.StatusCode.FAILED_PRECONDITION,
     INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
 }
+# B refused us, or answered what it cannot have meant: the peer's cached answers are
+# dropped (a stale copy of data B withdrew must not be served when it goes offline next).
+_WITHDRAWN = frozenset({FORBIDDEN, UNAUTHENTICATED, INVALID_RESPONSE})
 _REMEDIATION = {
     PEER_NOT_FOUND: "list the peers you can query with `mosaic federation peer list`",
     PEER_INACTIVE: "resume the peer (`mosaic federation peer resume`) or enroll again",
@@ -213,12 +218,25 @@ class FederationClient:
                         extra={"peer_id": peer.peer_id},
                     )
                     return cached
+            elif error.code in _WITHDRAWN:
+                # B no longer serves us what it served before (or cannot be trusted to):
+                # nothing it answered may come back as stale should it go offline next.
+                self._forget_answers(peer.peer_id)
+            elif error.code == NOT_FOUND:
+                self._cache.pop(key, None)  # the row is gone, or no longer in our scope
             raise error from None
-        _check_answer(verb, inner, answer)
+        try:
+            _check_answer(verb, inner, answer)
+        except PeerError:
+            self._forget_answers(peer.peer_id)
+            raise
         response = gateway_pb2.QueryResponse(request_id=request_id)
         getattr(response, verb).CopyFrom(answer)
         response.fetched_at.GetCurrentTime()
-        self._remember(key, response)
+        if self._channels.get(peer.peer_id) is peer:
+            # Not when the channel was flushed during the call (the peer suspended, removed
+            # or renewed meanwhile): the answer is returned but not kept.
+            self._remember(key, response)
         return response
 
     async def renew(self, key: str, csr_pem: str) -> gateway_pb2.RenewCertificateResponse:
@@ -390,8 +408,10 @@ class FederationClient:
         )
 
     def flush(self, peer_id: str) -> None:
-        """Close the peer's channel (revocation, suspension, renewal); the next call rebuilds."""
+        """Close the peer's channel and forget its answers (revocation, suspension, removal,
+        renewal); the next call rebuilds."""
         self._flushes += 1
+        self._forget_answers(peer_id)
         found = self._channels.pop(peer_id, None)
         for alias in [a for a, p in self._aliases.items() if p == peer_id]:
             del self._aliases[alias]
@@ -427,6 +447,7 @@ class FederationClient:
 
     def clear(self) -> None:
         self._flushes += 1  # a build in progress has no channel to flush yet
+        self._cache.clear()  # changes may have been missed: no peer's answers are kept
         for peer_id in list(self._channels):
             self.flush(peer_id)
 

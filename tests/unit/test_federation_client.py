@@ -14,8 +14,8 @@ import grpc
 import pytest
 
 from federation_gateway.client import FederationClient, PeerError
-from mosaic.errors import ServiceError, failed_precondition, invalid_argument
-from mosaic.federation.v1 import gateway_pb2, grants_pb2
+from mosaic.errors import ServiceError, failed_precondition, invalid_argument, permission_denied
+from mosaic.federation.v1 import common_pb2, gateway_pb2, grants_pb2
 from mosaic.pki import KeyPair, create_internal_ca, issue_internal_certificate
 
 PEER_ID = str(uuid.uuid4())
@@ -39,19 +39,39 @@ def tls() -> Tls:
 
 
 class SlowPeer:
-    """Federation.Capabilities that answers once ``release`` is set; List refuses its
-    arguments the way B's gate does."""
+    """Federation.Capabilities that answers once ``release`` is set, or refuses with
+    ``refusal``; Get answers the row asked for (or another one), or ``get_refusal``; List
+    refuses its arguments the way B's gate does. ``go_offline`` stops the server."""
 
     def __init__(self) -> None:
         self.release = asyncio.Event()
         self.started = asyncio.Event()
+        self.refusal: ServiceError | None = None
+        self.get_refusal: ServiceError | None = None
+        self.get_answers_another_row = False
+        self.server: grpc.aio.Server | None = None
+
+    async def go_offline(self) -> None:
+        assert self.server is not None
+        await self.server.stop(None)
 
     async def capabilities(
         self, request: gateway_pb2.CapabilitiesRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.CapabilitiesResponse:
         self.started.set()
+        if self.refusal is not None:
+            await context.abort_with_status(self.refusal.to_status())
         await self.release.wait()
         return gateway_pb2.CapabilitiesResponse(server_version="test")
+
+    async def get(
+        self, request: gateway_pb2.GetRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.GetResponse:
+        if self.get_refusal is not None:
+            await context.abort_with_status(self.get_refusal.to_status())
+        row_id = "another-row" if self.get_answers_another_row else request.id
+        item = common_pb2.ResourceItem(id=row_id, resource=request.resource)
+        return gateway_pb2.GetResponse(item=item)
 
     async def list(
         self, request: gateway_pb2.ListRequest, context: grpc.aio.ServicerContext
@@ -80,6 +100,11 @@ async def peer_b(tls: Tls) -> AsyncIterator[tuple[SlowPeer, int]]:
                 request_deserializer=gateway_pb2.ListRequest.FromString,
                 response_serializer=gateway_pb2.ListResponse.SerializeToString,
             ),
+            "Get": grpc.unary_unary_rpc_method_handler(
+                peer.get,
+                request_deserializer=gateway_pb2.GetRequest.FromString,
+                response_serializer=gateway_pb2.GetResponse.SerializeToString,
+            ),
         },
     )
     server.add_generic_rpc_handlers((handler,))
@@ -93,6 +118,7 @@ async def peer_b(tls: Tls) -> AsyncIterator[tuple[SlowPeer, int]]:
     )
     server.add_secure_port(f"127.0.0.1:{port}", credentials)
     await server.start()
+    peer.server = server
     yield peer, port
     await server.stop(None)
 
@@ -148,6 +174,21 @@ def _rpc_error(error: ServiceError) -> grpc.aio.AioRpcError:
 
 def _capabilities() -> gateway_pb2.QueryRequest:
     return gateway_pb2.QueryRequest(peer="b", capabilities=gateway_pb2.CapabilitiesRequest())
+
+
+def _get(row_id: str) -> gateway_pb2.QueryRequest:
+    return gateway_pb2.QueryRequest(
+        peer="b", get=gateway_pb2.GetRequest(resource="tasks", id=row_id)
+    )
+
+
+async def _code_of(client: FederationClient, request: gateway_pb2.QueryRequest) -> str:
+    """The PeerError code the query fails with, or "stale"/"fresh" for an answer."""
+    try:
+        answer = await client.query(request)
+    except PeerError as exc:
+        return exc.code
+    return "stale" if answer.stale else "fresh"
 
 
 @dataclass
@@ -305,3 +346,95 @@ async def test_a_build_that_outlives_shutdown_stores_no_channel(setup: Setup) ->
         await building
     assert caught.value.code == "NETWORK"
     assert client._channels == {} and client.builds == 0
+
+
+# ---- the answer cache --------------------------------------------------------------------
+
+
+async def test_a_cached_answer_is_served_stale_while_the_peer_is_offline(setup: Setup) -> None:
+    """The baseline the next tests depart from: B goes offline, a cached answer comes back
+    stale, an uncached one fails as NETWORK."""
+    setup.peer.release.set()
+    assert await _code_of(setup.client, _capabilities()) == "fresh"
+    await setup.peer.go_offline()
+    assert await _code_of(setup.client, _capabilities()) == "stale"
+    assert await _code_of(setup.client, _get("row-1")) == "NETWORK"
+
+
+@pytest.mark.parametrize(
+    ("refusal", "code"),
+    [
+        (permission_denied("GRANT_REVOKED", "the grant has been revoked"), "FORBIDDEN"),
+        (
+            ServiceError(grpc.StatusCode.UNAUTHENTICATED, "CERT_NO_GRANT", "no grant"),
+            "UNAUTHENTICATED",
+        ),
+        (ServiceError(grpc.StatusCode.INTERNAL, "INTERNAL", "internal error"), "INVALID_RESPONSE"),
+    ],
+    ids=["forbidden", "unauthenticated", "invalid-response"],
+)
+async def test_after_the_peer_refused_us_none_of_its_answers_is_served_stale(
+    setup: Setup, refusal: ServiceError, code: str
+) -> None:
+    """B withdrew our access, then went offline within the cache TTL: what it served
+    before the refusal must not come back, stale or not."""
+    setup.peer.release.set()
+    assert await _code_of(setup.client, _capabilities()) == "fresh"
+    assert await _code_of(setup.client, _get("row-1")) == "fresh"
+    setup.peer.refusal = refusal
+    assert await _code_of(setup.client, _capabilities()) == code
+    await setup.peer.go_offline()
+    assert await _code_of(setup.client, _capabilities()) == "NETWORK"
+    assert await _code_of(setup.client, _get("row-1")) == "NETWORK"
+
+
+async def test_after_a_wrong_answer_none_of_the_peer_s_answers_is_served_stale(
+    setup: Setup,
+) -> None:
+    """A peer that sent rows we did not ask for cannot be trusted with what it sent before."""
+    setup.peer.release.set()
+    assert await _code_of(setup.client, _capabilities()) == "fresh"
+    setup.peer.get_answers_another_row = True
+    assert await _code_of(setup.client, _get("row-1")) == "INVALID_RESPONSE"
+    await setup.peer.go_offline()
+    assert await _code_of(setup.client, _capabilities()) == "NETWORK"
+
+
+async def test_a_row_the_peer_no_longer_finds_is_not_served_stale(setup: Setup) -> None:
+    """Only that row is forgotten: B still serves the rest."""
+    setup.peer.release.set()
+    assert await _code_of(setup.client, _get("row-1")) == "fresh"
+    assert await _code_of(setup.client, _get("row-2")) == "fresh"
+    setup.peer.get_refusal = ServiceError(
+        grpc.StatusCode.NOT_FOUND, "RESOURCE_NOT_FOUND", "no such resource"
+    )
+    assert await _code_of(setup.client, _get("row-1")) == "NOT_FOUND"
+    await setup.peer.go_offline()
+    assert await _code_of(setup.client, _get("row-1")) == "NETWORK"
+    assert await _code_of(setup.client, _get("row-2")) == "stale"
+
+
+@pytest.mark.parametrize("flush", ["flush", "clear"])
+async def test_a_flushed_peer_s_answers_are_not_served_stale(setup: Setup, flush: str) -> None:
+    """The change stream names the peer (suspended, removed, renewed) or breaks: what was
+    cached under the old state is forgotten."""
+    setup.peer.release.set()
+    assert await _code_of(setup.client, _capabilities()) == "fresh"
+    if flush == "flush":
+        setup.client.flush(PEER_ID)
+    else:
+        setup.client.clear()
+    await setup.peer.go_offline()
+    assert await _code_of(setup.client, _capabilities()) == "NETWORK"
+
+
+async def test_an_answer_that_arrives_after_a_flush_is_returned_but_not_kept(
+    setup: Setup,
+) -> None:
+    query = asyncio.create_task(setup.client.query(_capabilities()))
+    await setup.peer.started.wait()
+    setup.client.flush(PEER_ID)
+    setup.peer.release.set()
+    assert not (await query).stale
+    await setup.peer.go_offline()
+    assert await _code_of(setup.client, _capabilities()) == "NETWORK"
