@@ -10,11 +10,13 @@
   a flushed channel closes once the calls already on it have ended (each has a deadline).
 * Every call has a deadline. Failures are :class:`PeerError` with a client-side code of
   DESIGN.md's taxonomy and, when B refused, B's own reason code.
-* Successful answers are kept in memory only, for :data:`CACHE_TTL_S` at most and
-  :data:`CACHE_MAX_ENTRIES` at most; one is served — marked stale, with its original
-  fetch time — only when B cannot be reached (NETWORK). A peer's answers are forgotten
-  when B refuses us (FORBIDDEN, UNAUTHENTICATED) or answers wrongly (INVALID_RESPONSE),
-  and when the peer is flushed; a ``get`` B answers NOT_FOUND is forgotten too.
+* Successful answers are kept in memory only, for :data:`CACHE_TTL_S` at most (an
+  expired one is dropped then, asked for or not), :data:`CACHE_MAX_ENTRIES` and
+  :data:`CACHE_MAX_BYTES` at most (the oldest go first); one is served — marked stale,
+  with its original fetch time — only when B cannot be reached (NETWORK). A peer's
+  answers are forgotten when B refuses us (FORBIDDEN, UNAUTHENTICATED) or answers wrongly
+  (INVALID_RESPONSE), and when the peer is flushed; a ``get`` B answers NOT_FOUND is
+  forgotten too.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ RENEW_DEADLINE_S = 60.0
 CREDENTIALS_DEADLINE_S = 5.0
 CACHE_TTL_S = 30.0
 CACHE_MAX_ENTRIES = 1000
+# One answer is at most a message (4 MiB): without a byte budget a full cache could hold
+# some GiB of peers' rows.
+CACHE_MAX_BYTES = 64 * 1024 * 1024
 # Credentials fetched while a flush happened are fetched again, at most this many times.
 BUILD_ATTEMPTS = 3
 
@@ -157,6 +162,79 @@ class _PeerChannel:
 class _Cached:
     response: gateway_pb2.QueryResponse
     expires: float  # monotonic
+    size: int  # bytes, serialized
+
+
+class _AnswerCache:
+    """Answers by (peer id, request), oldest first. With one TTL for all, the oldest entry
+    is also the first to expire, so expiry and both bounds evict from the front; a timer
+    drops expired entries even when no query comes."""
+
+    def __init__(self, ttl_s: float, max_entries: int, max_bytes: int) -> None:
+        self._ttl_s = ttl_s
+        self._max_entries = max_entries
+        self._max_bytes = max_bytes
+        self._entries: collections.OrderedDict[tuple[str, bytes], _Cached] = (
+            collections.OrderedDict()
+        )
+        self.size = 0  # bytes held
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple[str, bytes]) -> gateway_pb2.QueryResponse | None:
+        self._drop_expired()
+        entry = self._entries.get(key)
+        return None if entry is None else entry.response
+
+    def put(self, key: tuple[str, bytes], response: gateway_pb2.QueryResponse) -> None:
+        self.forget(key)  # re-added at the back: the order stays that of expiry
+        size = response.ByteSize()
+        if size > self._max_bytes:
+            return
+        self._entries[key] = _Cached(response, time.monotonic() + self._ttl_s, size)
+        self.size += size
+        self._drop_expired()
+        while len(self._entries) > self._max_entries or self.size > self._max_bytes:
+            self.forget(next(iter(self._entries)))
+        self._schedule()
+
+    def forget(self, key: tuple[str, bytes]) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.size -= entry.size
+
+    def forget_peer(self, peer_id: str) -> None:
+        for key in [k for k in self._entries if k[0] == peer_id]:
+            self.forget(key)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.size = 0
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _drop_expired(self) -> None:
+        now = time.monotonic()
+        while self._entries:
+            key, entry = next(iter(self._entries.items()))
+            if entry.expires > now:
+                break
+            self.forget(key)
+
+    def _schedule(self) -> None:
+        """A timer for the oldest entry's expiry, if there is none yet."""
+        if self._timer is None and self._entries:
+            first = next(iter(self._entries.values()))
+            delay = max(0.0, first.expires - time.monotonic())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._drop_expired()
+        self._schedule()
 
 
 @dataclass
@@ -167,6 +245,7 @@ class FederationClient:
     call_deadline_s: float = CALL_DEADLINE_S
     cache_ttl_s: float = CACHE_TTL_S
     cache_max_entries: int = CACHE_MAX_ENTRIES
+    cache_max_bytes: int = CACHE_MAX_BYTES
     builds: int = 0  # channels built so far (tests and diagnostics)
     _channels: dict[str, _PeerChannel] = field(default_factory=dict)
     _aliases: dict[str, str] = field(default_factory=dict)  # id or name -> peer id
@@ -174,14 +253,15 @@ class FederationClient:
     # (dropped at zero: keys that were never peers leave nothing behind).
     _locks: dict[str, tuple[asyncio.Lock, int]] = field(default_factory=dict)
     _closed: bool = False
-    _cache: collections.OrderedDict[tuple[str, bytes], _Cached] = field(
-        default_factory=collections.OrderedDict
-    )
+    _cache: _AnswerCache = field(init=False)
     # Flushed channels whose calls are still running (closed when the last one ends), and
     # channel closes under way.
     _retired: set[_PeerChannel] = field(default_factory=set)
     _closing: set[asyncio.Task[None]] = field(default_factory=set)
     _flushes: int = 0  # flushes so far: a build that saw one start over
+
+    def __post_init__(self) -> None:
+        self._cache = _AnswerCache(self.cache_ttl_s, self.cache_max_entries, self.cache_max_bytes)
 
     # ---- queries -------------------------------------------------------------------
 
@@ -223,7 +303,7 @@ class FederationClient:
                 # nothing it answered may come back as stale should it go offline next.
                 self._forget_answers(peer.peer_id)
             elif error.code == NOT_FOUND:
-                self._cache.pop(key, None)  # the row is gone, or no longer in our scope
+                self._cache.forget(key)  # the row is gone, or no longer in our scope
             raise error from None
         try:
             _check_answer(verb, inner, answer)
@@ -236,7 +316,7 @@ class FederationClient:
         if self._channels.get(peer.peer_id) is peer:
             # Not when the channel was flushed during the call (the peer suspended, removed
             # or renewed meanwhile): the answer is returned but not kept.
-            self._remember(key, response)
+            self._cache.put(key, response)
         return response
 
     async def renew(self, key: str, csr_pem: str) -> gateway_pb2.RenewCertificateResponse:
@@ -261,26 +341,16 @@ class FederationClient:
         return await self._credentials(key)
 
     def _cached(self, key: tuple[str, bytes]) -> gateway_pb2.QueryResponse | None:
-        entry = self._cache.get(key)
-        if entry is None:
-            return None
-        if entry.expires <= time.monotonic():
-            del self._cache[key]
+        response = self._cache.get(key)
+        if response is None:
             return None
         stale = gateway_pb2.QueryResponse()
-        stale.CopyFrom(entry.response)
+        stale.CopyFrom(response)
         stale.stale = True
         return stale
 
-    def _remember(self, key: tuple[str, bytes], response: gateway_pb2.QueryResponse) -> None:
-        self._cache[key] = _Cached(response, time.monotonic() + self.cache_ttl_s)
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.cache_max_entries:
-            self._cache.popitem(last=False)
-
     def _forget_answers(self, peer_id: str) -> None:
-        for key in [k for k in self._cache if k[0] == peer_id]:
-            del self._cache[key]
+        self._cache.forget_peer(peer_id)
 
     # ---- channels ------------------------------------------------------------------
 

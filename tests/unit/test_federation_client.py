@@ -49,6 +49,7 @@ class SlowPeer:
         self.refusal: ServiceError | None = None
         self.get_refusal: ServiceError | None = None
         self.get_answers_another_row = False
+        self.body = ""  # of the row Get answers
         self.server: grpc.aio.Server | None = None
 
     async def go_offline(self) -> None:
@@ -70,7 +71,7 @@ class SlowPeer:
         if self.get_refusal is not None:
             await context.abort_with_status(self.get_refusal.to_status())
         row_id = "another-row" if self.get_answers_another_row else request.id
-        item = common_pb2.ResourceItem(id=row_id, resource=request.resource)
+        item = common_pb2.ResourceItem(id=row_id, resource=request.resource, body=self.body)
         return gateway_pb2.GetResponse(item=item)
 
     async def list(
@@ -438,3 +439,33 @@ async def test_an_answer_that_arrives_after_a_flush_is_returned_but_not_kept(
     assert not (await query).stale
     await setup.peer.go_offline()
     assert await _code_of(setup.client, _capabilities()) == "NETWORK"
+
+
+async def test_the_cache_keeps_no_more_bytes_than_its_budget(setup: Setup) -> None:
+    """Room for two answers of ~10 kB: the third pushes the oldest out (the entry count
+    alone would have kept all three)."""
+    setup.peer.body = "x" * 10_000
+    client = FederationClient(setup.grants, cache_max_bytes=25_000)  # type: ignore[arg-type]
+    try:
+        for row_id in ("row-1", "row-2", "row-3"):
+            assert await _code_of(client, _get(row_id)) == "fresh"
+        await setup.peer.go_offline()
+        assert await _code_of(client, _get("row-1")) == "NETWORK"
+        assert await _code_of(client, _get("row-2")) == "stale"
+        assert await _code_of(client, _get("row-3")) == "stale"
+    finally:
+        await client.close()
+
+
+async def test_expired_answers_leave_memory_without_another_query(setup: Setup) -> None:
+    client = FederationClient(setup.grants, cache_ttl_s=0.1)  # type: ignore[arg-type]
+    try:
+        assert await _code_of(client, _get("row-1")) == "fresh"
+        assert len(client._cache) == 1
+        for _ in range(500):  # well past the TTL; no query meanwhile
+            if not len(client._cache):
+                break
+            await asyncio.sleep(0.01)
+        assert len(client._cache) == 0 and client._cache.size == 0
+    finally:
+        await client.close()
