@@ -9,11 +9,14 @@
   lands while a channel is being built makes that build fetch the credentials again, and
   a flushed channel closes once the calls already on it have ended (each has a deadline).
 * Every call has a deadline. Failures are :class:`PeerError` with a client-side code of
-  DESIGN.md's taxonomy and, when B refused, B's own reason code.
+  DESIGN.md's taxonomy and, when B refused, B's own reason code, message, remediation and
+  retry delay. NETWORK with a reason is B up but unable to answer (UNAVAILABLE
+  REVOCATIONS_NOT_LOADED, DEPENDENCY_UNAVAILABLE, ...); without one, B was not reached.
 * Successful answers are kept in memory only, for :data:`CACHE_TTL_S` at most (an
   expired one is dropped then, asked for or not), :data:`CACHE_MAX_ENTRIES` and
   :data:`CACHE_MAX_BYTES` at most (the oldest go first); one is served — marked stale,
-  with its original fetch time — only when B cannot be reached (NETWORK). A peer's
+  with its original fetch time — only when B cannot be reached (NETWORK without a reason
+  of B's: an answer B refuses to give now is not replaced by an older one). A peer's
   answers are forgotten when B refuses us (FORBIDDEN, UNAUTHENTICATED) or answers wrongly
   (INVALID_RESPONSE), and when the peer is flushed; a ``get`` B answers NOT_FOUND is
   forgotten too.
@@ -71,6 +74,9 @@ _CODE_FOR_STATUS = {
     grpc.StatusCode.UNAVAILABLE: NETWORK,
     grpc.StatusCode.DEADLINE_EXCEEDED: NETWORK,
     grpc.StatusCode.PERMISSION_DENIED: FORBIDDEN,
+    # B refuses a request its grant's state does not allow (a renewal that lost to another,
+    # a grant or peer that changed state meanwhile), passing on grants-service's reason.
+    grpc.StatusCode.FAILED_PRECONDITION: FORBIDDEN,
     grpc.StatusCode.NOT_FOUND: NOT_FOUND,
     grpc.StatusCode.RESOURCE_EXHAUSTED: RATE_LIMITED,
     grpc.StatusCode.UNAUTHENTICATED: UNAUTHENTICATED,
@@ -290,7 +296,7 @@ class FederationClient:
                 request_id = response_request_id(await call.trailing_metadata())
         except (grpc.aio.AioRpcError, asyncio.CancelledError) as err:
             error = _call_error(err)
-            if error.code == NETWORK:
+            if error.code == NETWORK and not error.server_reason:
                 cached = self._cached(key)
                 if cached is not None:
                     log.info(
@@ -548,18 +554,25 @@ def _call_error(err: grpc.aio.AioRpcError | asyncio.CancelledError) -> PeerError
 
 
 def _peer_error(err: grpc.aio.AioRpcError) -> PeerError:
+    """B's refusal with B's reason, message, remediation and retry delay; a status with no
+    reason of B's (gRPC's own: connection refused, handshake failed, deadline) is B not
+    reached."""
     remote = RemoteError.from_rpc_error(err)
     code = _CODE_FOR_STATUS.get(err.code(), INVALID_RESPONSE)
     server_reason = remote.reason if remote.reason != err.code().name else ""
     message = remote.message or err.code().name
     if code == NETWORK:
-        message = f"the peer did not answer ({err.code().name})"
+        if server_reason:
+            message = f"the peer is up but cannot answer now: {message}"
+        else:
+            message = f"the peer did not answer ({err.code().name})"
     return PeerError(
         code,
         message,
         server_reason=server_reason,
         request_id=response_request_id(err.trailing_metadata()),
         retry_after_s=remote.retry_after_s,
+        remediation=remote.remediation,
         violations=remote.violations,
     )
 

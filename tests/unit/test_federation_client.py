@@ -14,7 +14,13 @@ import grpc
 import pytest
 
 from federation_gateway.client import FederationClient, PeerError
-from mosaic.errors import ServiceError, failed_precondition, invalid_argument, permission_denied
+from mosaic.errors import (
+    ServiceError,
+    failed_precondition,
+    invalid_argument,
+    permission_denied,
+    unavailable,
+)
 from mosaic.federation.v1 import common_pb2, gateway_pb2, grants_pb2
 from mosaic.pki import KeyPair, create_internal_ca, issue_internal_certificate
 
@@ -40,8 +46,9 @@ def tls() -> Tls:
 
 class SlowPeer:
     """Federation.Capabilities that answers once ``release`` is set, or refuses with
-    ``refusal``; Get answers the row asked for (or another one), or ``get_refusal``; List
-    refuses its arguments the way B's gate does. ``go_offline`` stops the server."""
+    ``refusal`` (as RenewCertificate does); Get answers the row asked for (or another
+    one), or ``get_refusal``; List refuses its arguments the way B's gate does.
+    ``go_offline`` stops the server."""
 
     def __init__(self) -> None:
         self.release = asyncio.Event()
@@ -64,6 +71,13 @@ class SlowPeer:
             await context.abort_with_status(self.refusal.to_status())
         await self.release.wait()
         return gateway_pb2.CapabilitiesResponse(server_version="test")
+
+    async def renew_certificate(
+        self, request: gateway_pb2.RenewCertificateRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.RenewCertificateResponse:
+        if self.refusal is not None:
+            await context.abort_with_status(self.refusal.to_status())
+        return gateway_pb2.RenewCertificateResponse()
 
     async def get(
         self, request: gateway_pb2.GetRequest, context: grpc.aio.ServicerContext
@@ -100,6 +114,11 @@ async def peer_b(tls: Tls) -> AsyncIterator[tuple[SlowPeer, int]]:
                 peer.list,
                 request_deserializer=gateway_pb2.ListRequest.FromString,
                 response_serializer=gateway_pb2.ListResponse.SerializeToString,
+            ),
+            "RenewCertificate": grpc.unary_unary_rpc_method_handler(
+                peer.renew_certificate,
+                request_deserializer=gateway_pb2.RenewCertificateRequest.FromString,
+                response_serializer=gateway_pb2.RenewCertificateResponse.SerializeToString,
             ),
             "Get": grpc.unary_unary_rpc_method_handler(
                 peer.get,
@@ -289,6 +308,67 @@ async def test_the_peer_refusing_our_arguments_is_invalid_argument_with_its_viol
     ours = error.to_service_error()
     assert ours.code == grpc.StatusCode.INVALID_ARGUMENT
     assert ours.violations == (("resource", "not known"),)
+
+
+@pytest.mark.parametrize(
+    ("refusal", "remediation"),
+    [
+        (
+            failed_precondition(
+                "CERT_NOT_CURRENT",
+                "the certificate being renewed is no longer the grant's current one",
+                remediation="another renewal won; use the grant's current certificate",
+            ),
+            "another renewal won; use the grant's current certificate",
+        ),
+        (
+            failed_precondition(
+                "GRANT_REVOKED", "grant is revoked and its certificate cannot be renewed"
+            ),
+            "ask the peer's operator to check the grant",
+        ),
+    ],
+    ids=["lost-renewal", "grant-revoked-meanwhile"],
+)
+async def test_the_peer_refusing_a_renewal_is_forbidden_with_its_reason_and_advice(
+    setup: Setup, refusal: ServiceError, remediation: str
+) -> None:
+    """B passes on grants-service's FAILED_PRECONDITION when the grant's state does not
+    allow the renewal: that is B refusing us (FORBIDDEN), not a malformed answer."""
+    setup.peer.refusal = refusal
+    with pytest.raises(PeerError) as caught:
+        await setup.client.renew("b", "csr")
+    error = caught.value
+    assert (error.code, error.server_reason) == ("FORBIDDEN", refusal.reason)
+    assert error.message == refusal.message
+    ours = error.to_service_error()
+    assert ours.code == grpc.StatusCode.PERMISSION_DENIED
+    assert ours.remediation == remediation
+
+
+async def test_the_peer_up_but_unable_to_answer_keeps_its_reason_and_serves_nothing_stale(
+    setup: Setup,
+) -> None:
+    """B answered (it is reachable) that it cannot serve now: its reason, message, advice
+    and retry delay reach the operator, and no older answer stands in for the one B
+    withheld (stale answers are for a B that could not be reached)."""
+    setup.peer.release.set()
+    assert await _code_of(setup.client, _capabilities()) == "fresh"
+    setup.peer.refusal = unavailable(
+        "REVOCATIONS_NOT_LOADED",
+        "the gateway has not loaded the revocation list yet",
+        remediation="retry shortly",
+        retry_after_s=1.0,
+    )
+    with pytest.raises(PeerError) as caught:
+        await setup.client.query(_capabilities())
+    error = caught.value
+    assert (error.code, error.server_reason) == ("NETWORK", "REVOCATIONS_NOT_LOADED")
+    assert "has not loaded the revocation list" in error.message
+    ours = error.to_service_error()
+    assert ours.code == grpc.StatusCode.UNAVAILABLE
+    assert (ours.remediation, ours.retry_after_s) == ("retry shortly", 1.0)
+    assert ours.metadata["server_reason"] == "REVOCATIONS_NOT_LOADED"
 
 
 async def test_unusable_credentials_keep_grants_services_reason_and_remediation(
