@@ -312,7 +312,7 @@ class FederationClient:
                 self._cache.forget(key)  # the row is gone, or no longer in our scope
             raise error from None
         try:
-            _check_answer(verb, inner, answer)
+            _check_answer(verb, inner, answer, request_id)
         except PeerError:
             self._forget_answers(peer.peer_id)
             raise
@@ -577,20 +577,33 @@ def _peer_error(err: grpc.aio.AioRpcError) -> PeerError:
     )
 
 
-def _check_answer(verb: str, request: object, answer: object) -> None:
-    """Refuse answers that cannot be right (B returned rows we did not ask for)."""
+def _check_answer(verb: str, request: object, answer: object, request_id: str) -> None:
+    """Refuse answers that cannot be right (B returned rows we did not ask for), with B's
+    request id so B's operator can find the request in its audit log."""
     items: list[object] = []
     resource = getattr(request, "resource", "")
     if verb in ("list", "search"):
         items = list(answer.items)  # type: ignore[attr-defined]
         cap = request.page_size if verb == "list" else request.limit  # type: ignore[attr-defined]
         if cap > 0 and len(items) > cap:
-            raise PeerError(INVALID_RESPONSE, f"the peer returned more than {cap} rows")
+            raise PeerError(
+                INVALID_RESPONSE,
+                f"the peer returned more than {cap} rows",
+                request_id=request_id,
+            )
     elif verb == "get":
         item = answer.item  # type: ignore[attr-defined]
         if item.id != request.id:  # type: ignore[attr-defined]
-            raise PeerError(INVALID_RESPONSE, "the peer returned another row than asked for")
+            raise PeerError(
+                INVALID_RESPONSE,
+                "the peer returned another row than asked for",
+                request_id=request_id,
+            )
         items = [item]
     for item in items:
         if item.resource != resource:  # type: ignore[attr-defined]
-            raise PeerError(INVALID_RESPONSE, "the peer returned rows of another resource")
+            raise PeerError(
+                INVALID_RESPONSE,
+                "the peer returned rows of another resource",
+                request_id=request_id,
+            )

@@ -25,6 +25,7 @@ from mosaic.federation.v1 import common_pb2, gateway_pb2, grants_pb2
 from mosaic.pki import KeyPair, create_internal_ca, issue_internal_certificate
 
 PEER_ID = str(uuid.uuid4())
+B_REQUEST_ID = "b-request-0123456789"
 
 
 @dataclass
@@ -84,6 +85,7 @@ class SlowPeer:
     ) -> gateway_pb2.GetResponse:
         if self.get_refusal is not None:
             await context.abort_with_status(self.get_refusal.to_status())
+        context.set_trailing_metadata((("x-request-id", B_REQUEST_ID),))
         row_id = "another-row" if self.get_answers_another_row else request.id
         item = common_pb2.ResourceItem(id=row_id, resource=request.resource, body=self.body)
         return gateway_pb2.GetResponse(item=item)
@@ -469,14 +471,18 @@ async def test_after_the_peer_refused_us_none_of_its_answers_is_served_stale(
     assert await _code_of(setup.client, _get("row-1")) == "NETWORK"
 
 
-async def test_after_a_wrong_answer_none_of_the_peer_s_answers_is_served_stale(
+async def test_a_wrong_answer_names_b_s_request_id_and_drops_the_peer_s_answers(
     setup: Setup,
 ) -> None:
     """A peer that sent rows we did not ask for cannot be trusted with what it sent before."""
     setup.peer.release.set()
     assert await _code_of(setup.client, _capabilities()) == "fresh"
     setup.peer.get_answers_another_row = True
-    assert await _code_of(setup.client, _get("row-1")) == "INVALID_RESPONSE"
+    with pytest.raises(PeerError) as caught:
+        await setup.client.query(_get("row-1"))
+    assert caught.value.code == "INVALID_RESPONSE"
+    # B's request id, so B's operator can find the request in its audit log.
+    assert caught.value.to_service_error().metadata["request_id"] == B_REQUEST_ID
     await setup.peer.go_offline()
     assert await _code_of(setup.client, _capabilities()) == "NETWORK"
 
