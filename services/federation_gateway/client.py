@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import datetime as dt
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -111,6 +112,12 @@ _REMEDIATION = {
     UNAUTHENTICATED: "the peer no longer accepts our certificate; renew or enroll again",
     INVALID_ARGUMENT: "check the arguments: the peer's reason and violations say which",
 }
+_EXPIRED_REMEDIATION = (
+    "an expired certificate cannot be renewed: ask the peer's operator for a new grant and "
+    "enrollment URL, run `mosaic federation peer remove` for this peer and "
+    "`mosaic federation peer add` with the URL; then renew before cert_not_after "
+    "(`mosaic federation peer renew`)"
+)
 
 
 class PeerError(Exception):
@@ -159,6 +166,7 @@ class _PeerChannel:
     peer_id: str
     name: str
     cert_serial: str  # of the client certificate the channel presents
+    not_after: dt.datetime  # ... and when it expires
     channel: grpc.aio.Channel
     stub: gateway_pb2_grpc.FederationStub
     in_flight: int = 0  # our calls on it right now
@@ -281,6 +289,7 @@ class FederationClient:
                 "one of capabilities, list, get or search is required",
             )
         peer = await self.channel(request.peer)
+        self._check_certificate(peer)
         inner = getattr(request, verb)
         key = (peer.peer_id, verb.encode() + b"\x00" + inner.SerializeToString(deterministic=True))
         method = {
@@ -329,6 +338,7 @@ class FederationClient:
         """Ask the peer to re-issue our certificate for the CSR (flow 6), over the peer's
         channel, so with the certificate it replaces; raise PeerError on failure."""
         peer = await self.channel(key)
+        self._check_certificate(peer)
         try:
             with self._in_flight(peer):
                 answer: gateway_pb2.RenewCertificateResponse = await peer.stub.RenewCertificate(
@@ -357,6 +367,15 @@ class FederationClient:
 
     def _forget_answers(self, peer_id: str) -> None:
         self._cache.forget_peer(peer_id)
+
+    def _check_certificate(self, peer: _PeerChannel) -> None:
+        """Refuse to call with a client certificate that has expired since the channel was
+        built: B's handshake would fail it, which reads as B unreachable (NETWORK) and
+        would serve stale answers. The channel is flushed so the next call fetches the
+        credentials again (a renewal may have replaced them)."""
+        if _utcnow() >= peer.not_after:
+            self.flush(peer.peer_id)
+            raise _certificate_expired(peer.name, peer.not_after)
 
     # ---- channels ------------------------------------------------------------------
 
@@ -461,6 +480,9 @@ class FederationClient:
             ) from None
         if key.public_key() != leaf.public_key():
             raise PeerError(PEER_MISCONFIGURED, "the stored key does not match the certificate")
+        not_after = leaf.not_valid_after_utc
+        if _utcnow() >= not_after:
+            raise _certificate_expired(peer.name, not_after)
         host, sep, _port = peer.endpoint.rpartition(":")
         if not sep or not host:
             raise PeerError(PEER_MISCONFIGURED, "the stored endpoint is not host:port")
@@ -480,7 +502,12 @@ class FederationClient:
         self.builds += 1
         log.info("peer channel built", extra={"peer_id": peer.id, "endpoint": peer.endpoint})
         return _PeerChannel(
-            peer.id, peer.name, peer.cert_serial, channel, gateway_pb2_grpc.FederationStub(channel)
+            peer.id,
+            peer.name,
+            peer.cert_serial,
+            not_after,
+            channel,
+            gateway_pb2_grpc.FederationStub(channel),
         )
 
     def flush(self, peer_id: str) -> None:
@@ -540,6 +567,19 @@ class FederationClient:
                 await found.channel.close()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _certificate_expired(peer_name: str, not_after: dt.datetime) -> PeerError:
+    """Our own certificate for the peer has expired: nothing is asked, nothing served."""
+    return PeerError(
+        UNAUTHENTICATED,
+        f"our client certificate for peer {peer_name} expired at {not_after:%Y-%m-%dT%H:%M:%SZ}",
+        remediation=_EXPIRED_REMEDIATION,
+    )
 
 
 def _call_error(err: grpc.aio.AioRpcError | asyncio.CancelledError) -> PeerError:

@@ -1,9 +1,11 @@
-"""FederationClient's channel lifecycle against a real mTLS server in this process: a flush
-never lets stale credentials back in, and never cuts off a call already in flight."""
+"""FederationClient against a real mTLS server in this process: its channel lifecycle (a
+flush never lets stale credentials back in, and never cuts off a call already in flight),
+how the peer's refusals reach the operator, and which cached answers may be served stale."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -12,7 +14,12 @@ from typing import Any
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from federation_gateway import client as client_module
 from federation_gateway.client import FederationClient, PeerError
 from mosaic.errors import (
     ServiceError,
@@ -26,6 +33,7 @@ from mosaic.pki import KeyPair, create_internal_ca, issue_internal_certificate
 
 PEER_ID = str(uuid.uuid4())
 B_REQUEST_ID = "b-request-0123456789"
+EXPIRED = 2  # tls.clients[EXPIRED] expired an hour ago
 
 
 @dataclass
@@ -41,7 +49,39 @@ def tls() -> Tls:
     return Tls(
         ca=ca,
         server=issue_internal_certificate(ca, "test.invalid", "peer-b"),
-        clients=[issue_internal_certificate(ca, "test.invalid", f"a{i}") for i in range(2)],
+        clients=[
+            *(issue_internal_certificate(ca, "test.invalid", f"a{i}") for i in range(2)),
+            _expired_client(ca),
+        ],
+    )
+
+
+def _expired_client(ca: KeyPair) -> KeyPair:
+    """A client certificate from the same CA whose validity ended an hour ago."""
+    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
+    ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a-expired")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now - dt.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return KeyPair(
+        cert.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
     )
 
 
@@ -555,3 +595,48 @@ async def test_expired_answers_leave_memory_without_another_query(setup: Setup) 
         assert len(client._cache) == 0 and client._cache.size == 0
     finally:
         await client.close()
+
+
+# ---- our own certificate -----------------------------------------------------------------
+
+
+def _assert_expired(error: PeerError) -> None:
+    assert error.code == "UNAUTHENTICATED"
+    assert "our client certificate for peer b expired at" in error.message
+    ours = error.to_service_error()
+    assert ours.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "peer add" in ours.remediation and "renew before" in ours.remediation
+
+
+async def test_an_expired_client_certificate_is_named_not_blamed_on_the_network(
+    setup: Setup,
+) -> None:
+    """B's handshake refuses an expired certificate, which gRPC reports as UNAVAILABLE:
+    without a check of our own the operator hears "is the peer running?"."""
+    setup.grants.current = EXPIRED
+    for request in (_capabilities(), _get("row-1")):
+        with pytest.raises(PeerError) as caught:
+            await setup.client.query(request)
+        _assert_expired(caught.value)
+    with pytest.raises(PeerError) as caught:
+        await setup.client.renew("b", "csr")
+    _assert_expired(caught.value)
+    assert setup.client.builds == 0
+
+
+async def test_a_certificate_that_expires_after_the_build_serves_nothing_stale(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The channel was built while the certificate was valid and an answer is cached; once
+    it has expired no call is made with it and the cached answer is not served."""
+    setup.peer.release.set()
+    assert await _code_of(setup.client, _capabilities()) == "fresh"
+    # The test certificates are valid for a year.
+    expires = client_module._utcnow() + dt.timedelta(days=400)
+    monkeypatch.setattr(client_module, "_utcnow", lambda: expires)
+    with pytest.raises(PeerError) as caught:
+        await setup.client.query(_capabilities())
+    _assert_expired(caught.value)
+    with pytest.raises(PeerError) as caught:
+        await setup.client.renew("b", "csr")
+    _assert_expired(caught.value)
