@@ -38,6 +38,20 @@ def test_parser_errors_are_one_json_document_and_exit_2(home: Path, args: tuple[
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("limit", ["-1", "3000000000"])
+@pytest.mark.parametrize("verb", [("list", "tasks"), ("search", "tasks", "alpha")])
+def test_a_query_limit_outside_int32_is_bad_usage(
+    home: Path, verb: tuple[str, ...], limit: str
+) -> None:
+    """The request's limit field is an int32: a larger --limit must not end in a
+    traceback (the peer caps any limit at the grant's row cap anyway)."""
+    code, doc, err = cli(home, "federation", "query", "b", *verb, "--limit", limit)
+    assert code == 2, (doc, err)
+    assert doc["error"]["code"] == "USAGE"
+    assert "--limit must be between 0 and 2147483647" in doc["error"]["message"]
+    assert "Traceback" not in err
+
+
 def test_parser_errors_without_json_keep_the_usage_help(home: Path) -> None:
     code, out, err = cli(home, "federation", "audit", "list", "--limit", "abc", json_out=False)
     assert code == 2

@@ -18,6 +18,9 @@ from mosaic.cli.output import EXIT_USAGE, emit, fail, fields, state, table
 from mosaic.federation.v1 import common_pb2, gateway_pb2
 
 _PEER_KEY = "mosaic.query.peer"
+# ListRequest.page_size and SearchRequest.limit are int32 (and B caps either at the
+# grant's max_rows_per_query, 10000 at most).
+_MAX_LIMIT = 2**31 - 1
 
 
 def _iso(ts: timestamp_pb2.Timestamp, present: bool = True) -> str | None:
@@ -87,6 +90,17 @@ def _query(ctx: typer.Context, request: gateway_pb2.QueryRequest) -> gateway_pb2
     )
 
 
+def _check_limit(ctx: typer.Context, limit: int) -> None:
+    if not 0 <= limit <= _MAX_LIMIT:
+        fail(
+            ctx,
+            "USAGE",
+            f"--limit must be between 0 and {_MAX_LIMIT}, got {limit}",
+            "0 asks for the peer's default; the peer caps any limit at the grant's row cap",
+            exit_code=EXIT_USAGE,
+        )
+
+
 def _run(ctx: typer.Context, request: gateway_pb2.QueryRequest) -> None:
     request.peer = ctx.meta[_PEER_KEY]
     doc = query_doc(_query(ctx, request))
@@ -127,8 +141,7 @@ def query_list(
     ] = "",
 ) -> None:
     """One page of RESOURCE rows, in id order."""
-    if limit < 0:
-        fail(ctx, "USAGE", "--limit must not be negative", exit_code=EXIT_USAGE)
+    _check_limit(ctx, limit)
     _run(
         ctx,
         gateway_pb2.QueryRequest(
@@ -155,8 +168,7 @@ def query_search(
     limit: Annotated[int, typer.Option("--limit", help="Most rows to return.")] = 0,
 ) -> None:
     """Rows of RESOURCE containing every word of TEXT."""
-    if limit < 0:
-        fail(ctx, "USAGE", "--limit must not be negative", exit_code=EXIT_USAGE)
+    _check_limit(ctx, limit)
     _run(
         ctx,
         gateway_pb2.QueryRequest(
