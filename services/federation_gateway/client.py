@@ -18,8 +18,8 @@
   with its original fetch time — only when B cannot be reached (NETWORK without a reason
   of B's: an answer B refuses to give now is not replaced by an older one). A peer's
   answers are forgotten when B refuses us (FORBIDDEN, UNAUTHENTICATED) or answers wrongly
-  (INVALID_RESPONSE), and when the peer is flushed; a ``get`` B answers NOT_FOUND is
-  forgotten too.
+  (INVALID_RESPONSE), and when the peer is flushed; a resource outside the grant's scope
+  forgets that resource's answers only, and a ``get`` B answers NOT_FOUND that row's.
 """
 
 from __future__ import annotations
@@ -107,6 +107,10 @@ _STATUS_FOR_CODE = {
 # B refused us, or answered what it cannot have meant: the peer's cached answers are
 # dropped (a stale copy of data B withdrew must not be served when it goes offline next).
 _WITHDRAWN = frozenset({FORBIDDEN, UNAUTHENTICATED, INVALID_RESPONSE})
+# B's reasons (federation.py) for refusing a resource the grant does not cover. A grant's
+# scope never changes, so such a refusal concerns that resource alone: only its answers
+# are dropped, and what B served of other resources stays.
+_REFUSED_FOR_THE_RESOURCE = frozenset({"RESOURCE_NOT_GRANTED", "RESOURCE_EXCLUDED"})
 _REMEDIATION = {
     PEER_NOT_FOUND: "list the peers you can query with `mosaic federation peer list`",
     PEER_INACTIVE: "resume the peer (`mosaic federation peer resume`) or enroll again",
@@ -186,30 +190,32 @@ class _Cached:
     size: int  # bytes, serialized
 
 
+# (peer id, resource or "", verb and request)
+_Key = tuple[str, str, bytes]
+
+
 class _AnswerCache:
-    """Answers by (peer id, request), oldest first. With one TTL for all, the oldest entry
-    is also the first to expire, so expiry and both bounds evict from the front; a timer
-    drops expired entries even when no query comes."""
+    """Answers by (peer id, resource, request), oldest first. With one TTL for all, the
+    oldest entry is also the first to expire, so expiry and both bounds evict from the
+    front; a timer drops expired entries even when no query comes."""
 
     def __init__(self, ttl_s: float, max_entries: int, max_bytes: int) -> None:
         self._ttl_s = ttl_s
         self._max_entries = max_entries
         self._max_bytes = max_bytes
-        self._entries: collections.OrderedDict[tuple[str, bytes], _Cached] = (
-            collections.OrderedDict()
-        )
+        self._entries: collections.OrderedDict[_Key, _Cached] = collections.OrderedDict()
         self.size = 0  # bytes held
         self._timer: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: tuple[str, bytes]) -> gateway_pb2.QueryResponse | None:
+    def get(self, key: _Key) -> gateway_pb2.QueryResponse | None:
         self._drop_expired()
         entry = self._entries.get(key)
         return None if entry is None else entry.response
 
-    def put(self, key: tuple[str, bytes], response: gateway_pb2.QueryResponse) -> None:
+    def put(self, key: _Key, response: gateway_pb2.QueryResponse) -> None:
         self.forget(key)  # re-added at the back: the order stays that of expiry
         size = response.ByteSize()
         if size > self._max_bytes:
@@ -221,13 +227,14 @@ class _AnswerCache:
             self.forget(next(iter(self._entries)))
         self._schedule()
 
-    def forget(self, key: tuple[str, bytes]) -> None:
+    def forget(self, key: _Key) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:
             self.size -= entry.size
 
-    def forget_peer(self, peer_id: str) -> None:
-        for key in [k for k in self._entries if k[0] == peer_id]:
+    def forget_peer(self, peer_id: str, resource: str | None = None) -> None:
+        """The peer's answers: all of them, or those about ``resource``."""
+        for key in [k for k in self._entries if k[0] == peer_id and resource in (None, k[1])]:
             self.forget(key)
 
     def clear(self) -> None:
@@ -298,7 +305,11 @@ class FederationClient:
         peer = await self.channel(request.peer)
         self._check_certificate(peer)
         inner = getattr(request, verb)
-        key = (peer.peer_id, verb.encode() + b"\x00" + inner.SerializeToString(deterministic=True))
+        key = (
+            peer.peer_id,
+            getattr(inner, "resource", ""),
+            verb.encode() + b"\x00" + inner.SerializeToString(deterministic=True),
+        )
         method = {
             "capabilities": peer.stub.Capabilities,
             "list": peer.stub.List,
@@ -320,6 +331,8 @@ class FederationClient:
                         extra={"peer_id": peer.peer_id},
                     )
                     return cached
+            elif error.server_reason in _REFUSED_FOR_THE_RESOURCE:
+                self._cache.forget_peer(peer.peer_id, resource=key[1])
             elif error.code in _WITHDRAWN:
                 # B no longer serves us what it served before (or cannot be trusted to):
                 # nothing it answered may come back as stale should it go offline next.
@@ -363,7 +376,7 @@ class FederationClient:
             raise PeerError(PEER_NOT_FOUND, "a peer id or name is required")
         return await self._credentials(key)
 
-    def _cached(self, key: tuple[str, bytes]) -> gateway_pb2.QueryResponse | None:
+    def _cached(self, key: _Key) -> gateway_pb2.QueryResponse | None:
         response = self._cache.get(key)
         if response is None:
             return None

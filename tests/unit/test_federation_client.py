@@ -88,14 +88,14 @@ def _expired_client(ca: KeyPair) -> KeyPair:
 class SlowPeer:
     """Federation.Capabilities that answers once ``release`` is set, or refuses with
     ``refusal`` (as RenewCertificate does); Get answers the row asked for (or another
-    one), or ``get_refusal``; List refuses its arguments the way B's gate does.
+    one), or the resource's ``get_refusals``; List refuses its arguments the way B's gate does.
     ``go_offline`` stops the server."""
 
     def __init__(self) -> None:
         self.release = asyncio.Event()
         self.started = asyncio.Event()
         self.refusal: ServiceError | None = None
-        self.get_refusal: ServiceError | None = None
+        self.get_refusals: dict[str, ServiceError] = {}  # by resource
         self.get_answers_another_row = False
         self.body = ""  # of the row Get answers
         self.server: grpc.aio.Server | None = None
@@ -123,8 +123,9 @@ class SlowPeer:
     async def get(
         self, request: gateway_pb2.GetRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.GetResponse:
-        if self.get_refusal is not None:
-            await context.abort_with_status(self.get_refusal.to_status())
+        refusal = self.get_refusals.get(request.resource)
+        if refusal is not None:
+            await context.abort_with_status(refusal.to_status())
         context.set_trailing_metadata((("x-request-id", B_REQUEST_ID),))
         row_id = "another-row" if self.get_answers_another_row else request.id
         item = common_pb2.ResourceItem(id=row_id, resource=request.resource, body=self.body)
@@ -238,9 +239,9 @@ def _capabilities() -> gateway_pb2.QueryRequest:
     return gateway_pb2.QueryRequest(peer="b", capabilities=gateway_pb2.CapabilitiesRequest())
 
 
-def _get(row_id: str) -> gateway_pb2.QueryRequest:
+def _get(row_id: str, resource: str = "tasks") -> gateway_pb2.QueryRequest:
     return gateway_pb2.QueryRequest(
-        peer="b", get=gateway_pb2.GetRequest(resource="tasks", id=row_id)
+        peer="b", get=gateway_pb2.GetRequest(resource=resource, id=row_id)
     )
 
 
@@ -527,12 +528,31 @@ async def test_a_wrong_answer_names_b_s_request_id_and_drops_the_peer_s_answers(
     assert await _code_of(setup.client, _capabilities()) == "NETWORK"
 
 
+async def test_a_resource_outside_the_scope_drops_only_that_resource_s_answers(
+    setup: Setup,
+) -> None:
+    """A grant's scope never changes: B refusing one resource (an operator's typo, a
+    resource never granted) withdraws nothing else it served."""
+    setup.peer.release.set()
+    assert await _code_of(setup.client, _capabilities()) == "fresh"
+    assert await _code_of(setup.client, _get("row-1", "tasks")) == "fresh"
+    assert await _code_of(setup.client, _get("row-1", "notes")) == "fresh"
+    setup.peer.get_refusals["notes"] = permission_denied(
+        "RESOURCE_EXCLUDED", "notes is excluded by this grant"
+    )
+    assert await _code_of(setup.client, _get("row-2", "notes")) == "FORBIDDEN"
+    await setup.peer.go_offline()
+    assert await _code_of(setup.client, _get("row-1", "notes")) == "NETWORK"
+    assert await _code_of(setup.client, _get("row-1", "tasks")) == "stale"
+    assert await _code_of(setup.client, _capabilities()) == "stale"
+
+
 async def test_a_row_the_peer_no_longer_finds_is_not_served_stale(setup: Setup) -> None:
     """Only that row is forgotten: B still serves the rest."""
     setup.peer.release.set()
     assert await _code_of(setup.client, _get("row-1")) == "fresh"
     assert await _code_of(setup.client, _get("row-2")) == "fresh"
-    setup.peer.get_refusal = ServiceError(
+    setup.peer.get_refusals["tasks"] = ServiceError(
         grpc.StatusCode.NOT_FOUND, "RESOURCE_NOT_FOUND", "no such resource"
     )
     assert await _code_of(setup.client, _get("row-1")) == "NOT_FOUND"
