@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mosaic import __version__
-from mosaic.config import SERVICES, ConfigError, InstanceConfig
+from mosaic.config import SERVICES, ConfigError, InstanceConfig, read_home_file
 from mosaic.db import Database
 from mosaic.federation.v1 import common_pb2, common_pb2_grpc
 from mosaic.logs import configure_logging
@@ -94,6 +94,9 @@ class ServiceRuntime:
                 config.database_url(service), schema=self.spec.schema, migrations_dir=migrations_dir
             )
         self.extra_checks: list[ExtraCheck] = []
+        # What this process loaded, so the doctor reports it rather than what is on disk
+        # (a renewed file or a new secret needs a restart first).
+        self._internal_cert_loaded = read_home_file(self._internal_cert_path())
         # Other things this service cannot serve without, by name: each a ping that raises
         # when it does not answer (the gateway's Valkey). Part of readiness, like
         # ``spec.depends_on``.
@@ -242,10 +245,16 @@ class ServiceRuntime:
             )
         ]
 
+    def _internal_cert_path(self) -> Path:
+        return self.config.internal_pki_dir / f"{self.service}.crt"
+
     def _certificate_check(self) -> common_pb2.Check:
-        path = self.config.internal_pki_dir / f"{self.service}.crt"
+        """The internal certificate this process serves with, and whether the home holds a
+        newer one it has not loaded yet."""
+        path = self._internal_cert_path()
         try:
-            not_after = certificate_not_after(path.read_bytes())
+            on_disk = path.read_bytes()
+            not_after = certificate_not_after(self._internal_cert_loaded)
         except (OSError, ValueError):
             return common_pb2.Check(
                 name="internal_certificate",
@@ -253,18 +262,41 @@ class ServiceRuntime:
                 detail=f"unreadable: {path}",
                 remediation="re-run `mosaic init --renew-internal` for this home",
             )
+        if on_disk != self._internal_cert_loaded:
+            return common_pb2.Check(
+                name="internal_certificate",
+                ok=False,
+                detail=f"serving the one that expires {not_after:%Y-%m-%d}; {path} was "
+                "replaced since this service started",
+                remediation=f"restart {self.service} to load it",
+            )
         return expiry_check(
             "internal_certificate", not_after, "renew with `mosaic init --renew-internal`"
         )
 
     def _seal_check(self) -> common_pb2.Check:
+        """The seal secret this process runs with, and whether the home's differs (a
+        rotation not yet followed by a restart)."""
+        loaded = self.sealer
         try:
-            sealer = load_sealer(self.config)
+            on_disk = load_sealer(self.config)
         except ConfigError as exc:
             return common_pb2.Check(
-                name="seal_secret", ok=False, detail=exc.message, remediation=exc.remediation
+                name="seal_secret",
+                ok=False,
+                detail=f"running with key id {loaded.key_id}; the home's: {exc.message}",
+                remediation=exc.remediation,
             )
-        return common_pb2.Check(name="seal_secret", ok=True, detail=f"key id {sealer.key_id}")
+        if (on_disk.key_id, on_disk.previous_key_id) != (loaded.key_id, loaded.previous_key_id):
+            return common_pb2.Check(
+                name="seal_secret",
+                ok=False,
+                detail=f"running with key id {loaded.key_id} (previous "
+                f"{loaded.previous_key_id or 'none'}); the home now has {on_disk.key_id} "
+                f"(previous {on_disk.previous_key_id or 'none'})",
+                remediation=f"restart {self.service} to load the home's seal secrets",
+            )
+        return common_pb2.Check(name="seal_secret", ok=True, detail=f"key id {loaded.key_id}")
 
 
 class DiagnosticsServicer(common_pb2_grpc.DiagnosticsServicer):

@@ -349,6 +349,11 @@ class Sealer:
         """Hex id of the current key; derived separately from the key, so safe to log."""
         return self._current.key_id.hex()
 
+    @property
+    def previous_key_id(self) -> str | None:
+        """Hex id of the previous key, when one is configured."""
+        return self._previous.key_id.hex() if self._previous else None
+
     def derive_key(self, purpose: str) -> bytes:
         """A 32-byte key for one named purpose (e.g. page-token MACs), from the current secret.
 

@@ -83,8 +83,25 @@ def federation_server_credentials(
     )
 
 
-async def server_certificate_check(config: InstanceConfig) -> common_pb2.Check:
-    """For `gateway doctor`: the TLS server certificate peers see."""
+async def server_certificate_check(
+    config: InstanceConfig, serving_chain_pem: bytes
+) -> common_pb2.Check:
+    """For `gateway doctor`: the TLS server certificate peers see, which is the one loaded
+    at start-up (a renewed file takes a restart)."""
+    path = config.federation_pki_dir / SERVER_CERT
+    try:
+        on_disk: bytes | None = path.read_bytes()
+    except OSError:
+        on_disk = None  # _expiry says it is unreadable
+    if on_disk is not None and on_disk != serving_chain_pem:
+        serving = x509.load_pem_x509_certificate(serving_chain_pem).not_valid_after_utc
+        return common_pb2.Check(
+            name="federation_certificate",
+            ok=False,
+            detail=f"serving the one that expires {serving:%Y-%m-%d}; {path} was replaced "
+            "since the gateway started",
+            remediation="restart federation-gateway to serve it",
+        )
     return _expiry(
         config,
         "federation_certificate",
@@ -171,7 +188,7 @@ def enrollment_server_credentials(
 async def main(config: InstanceConfig) -> None:
     key_pair = server_key_pair(config)  # before anything waits: a broken pair stops us now
     runtime = ServiceRuntime(config, GATEWAY, migrations_dir=MIGRATIONS)
-    runtime.extra_checks.append(lambda: server_certificate_check(config))
+    runtime.extra_checks.append(lambda: server_certificate_check(config, key_pair[1]))
     runtime.extra_checks.append(lambda: federation_ca_check(config))
     await runtime.migrate()
     gateway = GatewayContext.build(runtime)

@@ -277,6 +277,11 @@ def test_federation_server_certificate_renewal_end_to_end(tmp_path: Path) -> Non
         assert code == 0, doc
         assert doc["federation_root_sha256"] == inst.init_doc["federation_root_sha256"]
         assert _served_certificate(inst).serial_number == before.serial_number  # until restart
+        # The doctor says what is served, and that a restart is needed to serve the new one.
+        code, doctor, _ = inst.cli("gateway", "doctor")
+        rows = {c["name"]: c for c in doctor["checks"] if c["service"] == "federation-gateway"}
+        assert code == 1 and not rows["federation_certificate"]["ok"], rows
+        assert "restart federation-gateway" in rows["federation_certificate"]["remediation"]
         inst.stop(timeout=30)
         inst.start()
         served = _served_certificate(inst)
@@ -363,3 +368,24 @@ def test_a_seal_generation_that_loses_a_race_keeps_the_original_secret(
     assert json.loads(result.output)["error"]["code"] == "SEAL_ROTATION_IN_PROGRESS"
     assert (secrets_dir / "seal.previous.key").read_bytes() == original
     assert (secrets_dir / "seal.key").read_bytes() == b"the other run's new secret\n"
+
+
+def test_internal_certificate_renewal_needs_a_restart_and_the_doctor_says_so(
+    tmp_path: Path,
+) -> None:
+    inst = Instance(tmp_path, "ri")
+    inst.start()
+    try:
+        code, doc, _ = inst.cli("init", "--renew-internal")
+        assert code == 0, doc
+        code, doctor, _ = inst.cli("gateway", "doctor")
+        rows = [c for c in doctor["checks"] if c["name"] == "internal_certificate"]
+        assert code == 1 and len(rows) == len(SERVICES), doctor
+        assert all(not r["ok"] and r["remediation"].startswith("restart ") for r in rows), rows
+        inst.stop(timeout=30)
+        inst.start()
+        code, doctor, _ = inst.cli("gateway", "doctor")
+        rows = [c for c in doctor["checks"] if c["name"] == "internal_certificate"]
+        assert code == 0 and all(r["ok"] for r in rows), doctor
+    finally:
+        inst.stop(timeout=30)

@@ -879,9 +879,18 @@ async def test_seal_rotation_end_to_end(
         # Re-sealing before a restart would seal under the old secret again: refused.
         code, doc, _ = cli(home, "seal", "rotate")
         assert code == 1 and doc["error"]["code"] == "SEAL_RESTART_NEEDED", doc
+        new_key_id = load_sealer(load_config(home)).key_id
+        # The doctor says what the services run with: the old secret, until restarted.
+        code, doc, _ = cli(home, "gateway", "doctor")
+        seal_rows = [c for c in doc["checks"] if c["name"] == "seal_secret"]
+        assert code == 1 and len(seal_rows) == 5, doc
+        assert all(not c["ok"] and "restart" in c["remediation"] for c in seal_rows), seal_rows
         inst.stop()
 
         inst.start()  # loads the new secret and the previous one
+        code, doc, _ = cli(home, "gateway", "doctor")
+        seal_rows = [c for c in doc["checks"] if c["name"] == "seal_secret"]
+        assert code == 0 and {c["detail"] for c in seal_rows} == {f"key id {new_key_id}"}, doc
         async with Grants(home, GATEWAY) as gw:
             creds = await gw.GetPeerCredentials(
                 grants_pb2.GetPeerCredentialsRequest(id=peer.id), timeout=10

@@ -104,7 +104,9 @@ def test_gateway_refuses_an_unreadable_certificate(config: InstanceConfig, damag
 
 
 async def test_doctor_rows_fail_fourteen_days_before_expiry(config: InstanceConfig) -> None:
-    fresh, ca = await server_certificate_check(config), await federation_ca_check(config)
+    fed = config.federation_pki_dir
+    fresh = await server_certificate_check(config, (fed / SERVER_CERT).read_bytes())
+    ca = await federation_ca_check(config)
     assert (fresh.name, fresh.ok, ca.name, ca.ok) == (
         "federation_certificate",
         True,
@@ -122,15 +124,15 @@ async def test_doctor_rows_fail_fourteen_days_before_expiry(config: InstanceConf
         ip_addresses=["127.0.0.1"],
         lifetime=dt.timedelta(days=3),
     )
-    fed = config.federation_pki_dir
     write_private(fed / SERVER_KEY, unencrypted_private_key_pem(cert_key))
     write_public(fed / SERVER_CERT, cert.public_bytes(serialization.Encoding.PEM))
-    expiring = await server_certificate_check(config)
+    serving = (fed / SERVER_CERT).read_bytes()
+    expiring = await server_certificate_check(config, serving)
     assert not expiring.ok and "2 days" in expiring.detail
     assert "mosaic init --renew-federation-server" in expiring.remediation
 
     (fed / SERVER_CERT).unlink()
-    missing = await server_certificate_check(config)
+    missing = await server_certificate_check(config, serving)
     assert not missing.ok and "unreadable" in missing.detail and missing.remediation
 
 
