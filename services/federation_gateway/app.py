@@ -207,6 +207,10 @@ async def main(config: InstanceConfig) -> None:
         config.listen_address(config.ports.federation),
         federation_server_credentials(key_pair, await federation_client_roots(runtime)),
         trust_request_id=False,
+        # Undecodable requests are audited and rate-limited by these handlers, then refused.
+        take_malformed=frozenset(
+            f"/{FEDERATION_SERVICE}/{m.name}" for m in _services["Federation"].methods
+        ),
     )
     federation.add(
         gateway_pb2_grpc.add_FederationServicer_to_server,
@@ -218,6 +222,7 @@ async def main(config: InstanceConfig) -> None:
         config.listen_address(config.ports.enrollment),
         enrollment_server_credentials(config, key_pair),
         trust_request_id=False,
+        take_malformed=frozenset({f"/{PEER_ENROLLMENT_SERVICE}/Redeem"}),
     )
     enrollment.add(
         gateway_pb2_grpc.add_PeerEnrollmentServicer_to_server,

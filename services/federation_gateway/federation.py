@@ -72,6 +72,7 @@ from mosaic.federation.v1 import (
 )
 from mosaic.ids import uuid_or_none
 from mosaic.logs import request_id_var
+from mosaic.rpc.interceptors import MalformedRequest, malformed_request_error
 from mosaic.scope import RESOURCES
 from mosaic.search import query_problem
 from mosaic.x509ext import InvalidGrantExtension, grant_identity, serial_hex
@@ -174,6 +175,11 @@ def outcome_of(code: grpc.StatusCode) -> str:
     return "error"
 
 
+def _resource(request: Any) -> str:
+    """The request's resource field; "" for a request that did not parse."""
+    return "" if type(request) is MalformedRequest else str(request.resource)
+
+
 def _page_size(requested: int, cap: int, field: str, reason: str) -> int:
     if requested < 0:
         raise invalid_argument(
@@ -222,17 +228,17 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
     async def List(
         self, request: gateway_pb2.ListRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.ListResponse:
-        return await self._serve("list", request.resource, request, context, self._list)
+        return await self._serve("list", _resource(request), request, context, self._list)
 
     async def Get(
         self, request: gateway_pb2.GetRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.GetResponse:
-        return await self._serve("get", request.resource, request, context, self._get)
+        return await self._serve("get", _resource(request), request, context, self._get)
 
     async def Search(
         self, request: gateway_pb2.SearchRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.SearchResponse:
-        return await self._serve("search", request.resource, request, context, self._search)
+        return await self._serve("search", _resource(request), request, context, self._search)
 
     async def RenewCertificate(
         self, request: gateway_pb2.RenewCertificateRequest, context: grpc.aio.ServicerContext
@@ -262,6 +268,8 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         )
         try:
             view = await self._authorize(context, record)
+            if type(request) is MalformedRequest:  # audited and rate-limited, then refused
+                raise malformed_request_error()
             response: Any = await handler(view, request)
         except ServiceError as exc:
             self._finish(record, exc.code, started, reason=exc.reason)

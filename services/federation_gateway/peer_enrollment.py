@@ -30,7 +30,7 @@ from mosaic.errors import (
 from mosaic.federation.v1 import enrollment_pb2, enrollment_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from mosaic.ids import uuid_or_none
 from mosaic.logs import request_id_var, token_hint
-from mosaic.rpc.interceptors import new_request_id
+from mosaic.rpc.interceptors import MalformedRequest, malformed_request_error, new_request_id
 
 log = logging.getLogger("federation_gateway.enrollment")
 
@@ -115,7 +115,7 @@ class PeerEnrollmentServicer(gateway_pb2_grpc.PeerEnrollmentServicer):
     ) -> enrollment_pb2.RedeemResponse:
         started = time.perf_counter()
         source = source_host(context.peer() or "")
-        hint = token_hint(request.token)
+        hint = "" if type(request) is MalformedRequest else token_hint(request.token)
         audit = _Audit(self._gateway, source, hint, started)
 
         try:
@@ -125,8 +125,10 @@ class PeerEnrollmentServicer(gateway_pb2_grpc.PeerEnrollmentServicer):
                 "too many enrollment attempts from this address",
                 remediation="wait the delay in RetryInfo before trying again",
             )
-        except ServiceError as exc:  # over the limit, or it cannot be checked: audited too
-            outcome = "denied" if exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED else "error"
+            if type(request) is MalformedRequest:
+                raise malformed_request_error()
+        except ServiceError as exc:  # over the limit, unparsable, or no limit: audited too
+            outcome = "error" if exc.code == grpc.StatusCode.UNAVAILABLE else "denied"
             await self._gateway.audit.record(audit.row(outcome, exc.code, exc.reason))
             raise
 

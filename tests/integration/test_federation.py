@@ -699,6 +699,34 @@ async def test_a_certificate_the_grant_was_not_activated_with_is_refused(
         await peer.stub.List(gateway_pb2.ListRequest(resource="tasks"), timeout=10)
 
 
+# Field 1 (resource) holding bytes that are not UTF-8; and a message cut short.
+UNPARSABLE = [b"\x0a\x02\xff\xfe", b"\x0a\x10abc"]
+
+
+@pytest.mark.parametrize("body", UNPARSABLE)
+async def test_a_request_that_does_not_parse_is_refused_audited_and_counted(
+    b: Instance, body: bytes
+) -> None:
+    """INVALID_ARGUMENT REQUEST_MALFORMED (not gRPC's UNKNOWN naming our parser), after
+    the certificate, revocation, grant and rate-limit checks, with its audit row."""
+    cert = await grant_with_cert(b, MAIN_SCOPE)
+    async with Peer(b, cert) as peer:
+        raw = peer.channel.unary_unary("/mosaic.federation.v1.Federation/List")
+        err = await refusal(raw(body, timeout=10))
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT and err.reason == "REQUEST_MALFORMED"
+    assert "DecodeError" not in err.message and "mosaic" not in err.message
+    [row] = await audit_rows(b, cert.peer_id)
+    assert (row.verb, row.outcome, row.reason) == ("list", "denied", "REQUEST_MALFORMED")
+    assert row.grant_id == cert.grant_id and row.query_hash
+
+
+async def test_internal_services_refuse_a_request_that_does_not_parse(b: Instance) -> None:
+    async with internal_channel_as(b.home, "resource-service", "federation-gateway") as ch:
+        raw = ch.unary_unary("/mosaic.federation.v1.ResourceSource/ListResources")
+        err = await refusal(raw(UNPARSABLE[0], timeout=10))
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT and err.reason == "REQUEST_MALFORMED"
+
+
 async def test_pending_grant_is_not_served(b: Instance) -> None:
     cert = await grant_with_cert(b, MAIN_SCOPE, activate=False)
     async with Peer(b, cert) as peer:

@@ -16,6 +16,7 @@ from federation_gateway.audit import AuditRecord
 from federation_gateway.peer_enrollment import PeerEnrollmentServicer, limit_key
 from mosaic.errors import ServiceError
 from mosaic.federation.v1 import gateway_pb2
+from mosaic.rpc.interceptors import MalformedRequest
 from tests.support.federation_fakes import Backend, FakeChannel
 
 CA_DETAIL = "step-ca refused provisioner 'mosaic-b' at ca.internal:9000; check ca.json"
@@ -225,3 +226,30 @@ def test_redeems_are_counted_per_ipv4_address_and_per_ipv6_64() -> None:
     assert limit_key("2001:db8:1:2::1") == "2001:db8:1:2::/64"
     assert limit_key("2001:db8:1:3::1") != limit_key("2001:db8:1:2::1")
     assert limit_key("unknown") == "unknown"
+
+
+async def test_a_redeem_that_does_not_parse_is_counted_audited_and_refused(
+    tmp_path: Path,
+) -> None:
+    taken: list[str] = []
+
+    async def acquire(key: str) -> Any:
+        taken.append(key)
+        return SimpleNamespace(allowed=True, retry_after_s=0.0)
+
+    def backend(_method: str, _request: Any) -> Any:
+        raise AssertionError("enrollment-service must not be asked")
+
+    servicer, audit = _servicer(tmp_path, backend, SimpleNamespace(acquire=acquire))
+    with pytest.raises(ServiceError) as refused:
+        await servicer.Redeem(MalformedRequest(b"\x0a\x02\xff\xfe"), Context())  # type: ignore[arg-type]
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.reason == "REQUEST_MALFORMED"
+    assert taken == ["192.0.2.7"]  # it counts against the address's allowance
+    [row] = audit.rows
+    assert (row.outcome, row.status, row.reason, row.detail) == (
+        "denied",
+        "INVALID_ARGUMENT",
+        "REQUEST_MALFORMED",
+        None,
+    )

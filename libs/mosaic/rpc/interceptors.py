@@ -18,8 +18,9 @@ from contextvars import ContextVar
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
-from mosaic.errors import ServiceError, internal_error
+from mosaic.errors import ServiceError, internal_error, invalid_argument
 from mosaic.logs import request_id_var
 from mosaic.metrics import MethodStats
 from mosaic.rpc.options import DEFAULT_DEADLINE_S
@@ -44,6 +45,39 @@ _incoming_request_id_var: ContextVar[str | None] = ContextVar(
 )
 
 
+REQUEST_MALFORMED = "REQUEST_MALFORMED"
+
+
+class MalformedRequest:
+    """A request body that does not parse as the method's message (truncated, a string
+    field that is not UTF-8, ...). Handed to the methods that asked for it (to audit and
+    rate-limit the attempt before refusing it); every other method refuses it as
+    INVALID_ARGUMENT ``REQUEST_MALFORMED`` instead of gRPC's UNKNOWN."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+    def SerializeToString(self, *, deterministic: bool = False) -> bytes:
+        """The bytes as received (so a query hash still identifies the request)."""
+        return self.raw
+
+
+def malformed_request_error() -> ServiceError:
+    return invalid_argument(REQUEST_MALFORMED, "the request could not be parsed")
+
+
+def _tolerant(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError:
+            return MalformedRequest(data)
+
+    return parse
+
+
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every handler of one listener with the service's cross-cutting behaviour.
 
@@ -52,9 +86,17 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     lookup here instead of new closures and a new handler object.
     """
 
-    def __init__(self, *, authorize: Authorizer | None, trust_request_id: bool) -> None:
+    def __init__(
+        self,
+        *,
+        authorize: Authorizer | None,
+        trust_request_id: bool,
+        take_malformed: frozenset[str] = frozenset(),
+    ) -> None:
         self._authorize = authorize
         self._trust_request_id = trust_request_id
+        # Full method names whose handlers take a MalformedRequest themselves.
+        self._take_malformed = take_malformed
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
@@ -77,15 +119,17 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         stats = MethodStats(method)
         if handler.unary_unary is not None:
+            deserialize = handler.request_deserializer
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method, stats),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(deserialize) if deserialize else None,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
+            deserialize = handler.request_deserializer
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(handler.unary_stream, method, stats),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(deserialize) if deserialize else None,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:
@@ -122,11 +166,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     def _wrap_unary(
         self, behavior: Callable[..., Awaitable[Any]], method: str, stats: MethodStats
     ) -> Callable[..., Awaitable[Any]]:
+        refuse_malformed = method not in self._take_malformed
+
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             rid = ""
             try:
                 rid = await self._begin(method, context)
+                if refuse_malformed and type(request) is MalformedRequest:
+                    raise malformed_request_error()
                 response = await behavior(request, context)
             except BaseException as exc:
                 await _fail(exc, method, stats, context, rid, started)
@@ -144,6 +192,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             rid = ""
             try:
                 rid = await self._begin(method, context)
+                if type(request) is MalformedRequest:
+                    raise malformed_request_error()
                 async for item in behavior(request, context):
                     yield item
             except BaseException as exc:

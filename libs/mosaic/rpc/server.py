@@ -58,6 +58,7 @@ class Listener:
         *,
         authorize: Authorizer | None = None,
         trust_request_id: bool = True,
+        take_malformed: frozenset[str] = frozenset(),
         extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     ) -> None:
         self.name = name
@@ -65,7 +66,11 @@ class Listener:
         self._credentials = credentials
         self.server = grpc.aio.server(
             interceptors=[
-                ServerInterceptor(authorize=authorize, trust_request_id=trust_request_id),
+                ServerInterceptor(
+                    authorize=authorize,
+                    trust_request_id=trust_request_id,
+                    take_malformed=take_malformed,
+                ),
                 *extra_interceptors,
             ],
             options=SERVER_OPTIONS,
