@@ -106,3 +106,25 @@ def test_text_that_is_not_unicode_is_an_invalid_row(home: Path, tmp_path: Path) 
     assert doc["error"]["code"] == "INVALID_ITEMS"
     assert doc["error"]["violations"] == ["items[0].title: not valid Unicode text"]
     assert "Traceback" not in err
+
+
+def test_terminal_controls_and_markup_in_an_error_are_shown_not_obeyed(
+    home: Path, tmp_path: Path
+) -> None:
+    """The human error view prints what it is given as text: a file name holding rich
+    markup (a name cannot hold the "[/]" that made it crash) and escape sequences (set
+    the title, clear the screen, a one-byte CSI) is shown with markup intact and each
+    control character as \\xNN; --json keeps the exact name."""
+    name = "[red]rows [link=https:evil.example]x \x1b]0;owned\x07\x1b[2J\x9b31m.json"
+    missing = tmp_path / name
+    code, out, err = cli(home, "resources", "import", str(missing), json_out=False)
+    assert code == 1, (out, err)
+    assert "Traceback" not in err
+    assert not {"\x1b", "\x07", "\x9b"} & set(err), repr(err)
+    shown = "".join(err.split())  # the console wraps long lines
+    assert "".join(f"{tmp_path}/".split()) in shown
+    assert "[red]rows[link=https:evil.example]x\\x1b]0;owned\\x07\\x1b[2J\\x9b31m" in shown
+
+    code, doc, err = cli(home, "resources", "import", str(missing))
+    assert code == 1, (doc, err)
+    assert str(missing) in doc["error"]["message"]

@@ -986,6 +986,42 @@ async def test_client_errors_are_typed_with_the_servers_reason(a: Instance, b: I
             await client.close()
 
 
+async def test_a_peers_hostile_titles_are_shown_as_text_not_obeyed(
+    a: Instance, b: Instance
+) -> None:
+    """B's rows reach A's operator's terminal. A title holding rich markup used to crash
+    `mosaic federation query … list` (MarkupError: B's data stopped A from reading it), and
+    escape sequences (title change, screen clear) reached the terminal raw. The human view
+    shows them as text; --json keeps them exact."""
+    owner = str(uuid.uuid4())
+    titles = {
+        "h-markup": "[/] hostile [link=https://evil.example]click[/link]",
+        "h-escape": "\x1b]0;owned\x07\x1b[2J\x1b[31mRED\x9b0m\r\x7fend",
+    }
+    await import_rows(
+        b.home,
+        [
+            common_pb2.ResourceItem(id=i, resource="notes", owner_user_id=owner, title=t, body="b")
+            for i, t in titles.items()
+        ],
+    )
+    cert = await grant_with_cert(b, {"resources": ["notes"]}, subject=owner)
+    await register_outbound(a, b, cert, "b-hostile")
+
+    code, out, err = await asyncio.to_thread(
+        a.cli, "federation", "query", "b-hostile", "list", "notes", json_out=False
+    )
+    assert (code, err) == (0, ""), out
+    assert not {"\x1b", "\x07", "\x9b", "\x7f"} & set(out), repr(out)
+    assert titles["h-markup"] in out
+    assert "\\x1b]0;owned\\x07\\x1b[2J\\x1b[31mRED\\x9b0m\\x0d\\x7fend" in out
+    code, doc, err = await asyncio.to_thread(
+        a.cli, "federation", "query", "b-hostile", "list", "notes"
+    )
+    assert code == 0, (doc, err)
+    assert {i["id"]: i["title"] for i in doc["items"]} == titles
+
+
 def test_query_cli_end_to_end_with_real_enrollment_and_stale_answers(
     a: Instance, tmp_path: Path
 ) -> None:

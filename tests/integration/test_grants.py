@@ -390,6 +390,29 @@ async def test_valid_grant_is_pending_shown_listed_and_revoked_for_good(
     assert grant["id"] not in {g["id"] for g in pending["grants"]}
 
 
+def test_a_reason_holding_markup_is_kept_and_shown_as_text(
+    instance: Instance, scope_file: Any
+) -> None:
+    """`grant revoke --reason` with rich markup in it used to revoke and then crash
+    printing the result (MarkupError), and `grant show` crashed on that grant for good."""
+    code, grant, _ = instance.cli(
+        "federation", "grant", "create", "--user", USER,
+        "--peer-name", unique("markup"), "--scope", scope_file({"resources": ["tasks"]}),
+    )  # fmt: skip
+    assert code == 0, grant
+    reason = "[/] ended [link=https://evil.example]click[/link] [bold]"
+    code, out, err = instance.cli(
+        "federation", "grant", "revoke", grant["id"], "--reason", reason, json_out=False
+    )
+    assert (code, err) == (0, ""), out
+    assert reason in out
+    code, out, err = instance.cli("federation", "grant", "show", grant["id"], json_out=False)
+    assert (code, err) == (0, ""), out
+    assert reason in out and "revoked" in out
+    code, shown, _ = instance.cli("federation", "grant", "show", grant["id"])
+    assert code == 0 and shown["revoke_reason"] == reason
+
+
 async def _issue_for(instance: Instance, grant_id: str, subject: str, peer_id: str) -> str:
     """A certificate for a grant from ca-service, as enrollment-service has one issued."""
     key = ec.generate_private_key(ec.SECP256R1())

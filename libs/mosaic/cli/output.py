@@ -1,8 +1,15 @@
-"""Printing results: a human view by default, one JSON document with --json; exit codes 0/1/2."""
+"""Printing results: a human view by default, one JSON document with --json; exit codes 0/1/2.
+
+The human view shows text that others wrote: a peer's rows, imported data, an operator's
+reasons, servers' messages. None of it may steer the terminal, so every value is printed
+as plain text (never parsed as rich markup) with control characters made visible; the
+--json document carries the exact values.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -11,6 +18,7 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -18,6 +26,20 @@ EXIT_USAGE = 2
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
+
+# C0 controls but tab and line feed, DEL, and C1 controls (0x9b is a one-byte CSI).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(value: object) -> str:
+    """``value`` as text a terminal only displays: each control character but tab and line
+    feed written as its ``\\xNN`` escape (ESC, OSC and CSI sequences, carriage return, NUL)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+
+
+def plain(value: object) -> Text:
+    """``value`` for rich: :func:`printable`, and never read as markup."""
+    return Text(printable(value))
 
 
 @dataclass
@@ -39,7 +61,7 @@ def emit(ctx: typer.Context, document: Any, human: Callable[[], None] | None = N
     elif human is not None:
         human()
     else:
-        console.print(document)
+        console.print(plain(document))
 
 
 def fail(
@@ -58,36 +80,40 @@ def fail(
             error.update(extra)
         sys.stdout.write(json.dumps({"error": error}, indent=2, default=str) + "\n")
     else:
-        err_console.print(f"[bold red]error[/] {code}: {message}", highlight=False)
+        err_console.print(Text.assemble(("error", "bold red"), " ", plain(f"{code}: {message}")))
         for key, value in (extra or {}).items():
             if isinstance(value, list):
                 for item in value:
-                    err_console.print(f"  - {item}", highlight=False)
+                    err_console.print(plain(f"  - {item}"))
             else:
-                err_console.print(f"  {key}: {value}", highlight=False)
+                err_console.print(plain(f"  {key}: {value}"))
         if remediation:
-            err_console.print(f"[yellow]what to do[/] {remediation}", highlight=False)
+            err_console.print(Text.assemble(("what to do", "yellow"), " ", plain(remediation)))
     raise typer.Exit(exit_code)
 
 
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    t = Table(title=title, title_justify="left", show_lines=False)
+    """A table of ``rows``; every cell, the title and the headers printed as plain text."""
+    t = Table(title=plain(title), title_justify="left", show_lines=False)
     for column in columns:
-        t.add_column(column, overflow="fold")
+        t.add_column(plain(column), overflow="fold")
     for row in rows:
-        t.add_row(*["" if v is None else str(v) for v in row])
+        t.add_row(*[plain("" if v is None else v) for v in row])
     console.print(t)
 
 
 def fields(title: str, mapping: Mapping[str, Any]) -> None:
-    t = Table(title=title, title_justify="left", show_header=False)
+    """One record as ``field  value`` lines (dicts and lists as JSON), as plain text."""
+    t = Table(title=plain(title), title_justify="left", show_header=False)
     t.add_column("field", style="bold")
     t.add_column("value", overflow="fold")
     for key, value in mapping.items():
         t.add_row(
-            key,
-            ""
-            if value is None
-            else (json.dumps(value) if isinstance(value, (dict, list)) else str(value)),
+            plain(key),
+            plain(
+                ""
+                if value is None
+                else (json.dumps(value) if isinstance(value, (dict, list)) else value)
+            ),
         )
     console.print(t)
