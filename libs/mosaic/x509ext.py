@@ -207,8 +207,9 @@ MAX_REVOCATION_REASON = 256
 
 
 def revocation_reason(text: str) -> str:
-    """``text`` on one line, runs of whitespace (line breaks, control characters) as one
-    space; callers keep it within MAX_REVOCATION_REASON."""
+    """``text`` on one line, each run of whitespace (line breaks, tabs) as one space;
+    callers keep it within MAX_REVOCATION_REASON and refuse other control characters
+    (mosaic.text)."""
     return " ".join(text.split())
 
 

@@ -50,6 +50,7 @@ from mosaic.errors import ServiceError, invalid_argument, not_found, unavailable
 from mosaic.federation.v1 import ca_pb2, ca_pb2_grpc
 from mosaic.rpc.options import in_batches
 from mosaic.sqltypes import utcnow
+from mosaic.text import control_character_problem
 from mosaic.x509ext import (
     MAX_REVOCATION_REASON,
     ChainError,
@@ -439,7 +440,14 @@ def _revocation_target(request: ca_pb2.RevokeCertificateRequest) -> tuple[str | 
 
 
 def _revocation_reason(text: str) -> str:
-    reason = revocation_reason(text)  # no control characters or line breaks in the record
+    # A NUL failed on Postgres and was kept on SQLite, and escape sequences were recorded
+    # as sent: control characters are refused, line breaks and tabs folded to one line.
+    problem = control_character_problem(text)
+    if problem is not None:
+        raise invalid_argument(
+            "INVALID_REASON", f"the reason {problem}", violations=[("reason", problem)]
+        )
+    reason = revocation_reason(text)
     if len(reason) > MAX_REVOCATION_REASON:
         raise invalid_argument(
             "INVALID_REASON",

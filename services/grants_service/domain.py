@@ -26,6 +26,7 @@ from typing import Final, Literal
 from cryptography import x509
 
 from mosaic.scope import Scope, ScopeError, parse_scope
+from mosaic.text import control_character_problem
 from mosaic.x509ext import serial_hex
 
 __all__ = [
@@ -91,6 +92,7 @@ MAX_REASON_LEN: Final = 1000
 # Reason codes (ErrorInfo.reason) of refusals that are not transitions.
 SCOPE_INVALID: Final = "SCOPE_INVALID"
 GRANT_REQUEST_INVALID: Final = "GRANT_REQUEST_INVALID"
+REASON_INVALID: Final = "REASON_INVALID"
 SENSITIVE_NOT_ALLOWED: Final = "SENSITIVE_NOT_ALLOWED"
 PEER_NAME_TAKEN: Final = "PEER_NAME_TAKEN"
 GRANT_PEER_MISMATCH: Final = "GRANT_PEER_MISMATCH"
@@ -495,5 +497,10 @@ def _state_reason(kind: str, state: str, *, already: bool) -> str:
 
 
 def clean_reason(reason: str) -> str:
-    """An operator's free-text reason, trimmed and bounded."""
+    """An operator's free-text reason, trimmed and bounded; InvalidGrantRequest if it holds
+    a control character (a NUL fails on Postgres and is kept on SQLite; an escape sequence
+    would reach whoever reads it later). Tab and line feed are allowed."""
+    problem = control_character_problem(reason)
+    if problem is not None:
+        raise InvalidGrantRequest(REASON_INVALID, f"reason {problem}", (("reason", problem),))
     return reason.strip()[:MAX_REASON_LEN]

@@ -196,11 +196,10 @@ class GrantsServicer(grants_pb2_grpc.GrantsServicer):
         self, request: grants_pb2.RevokeGrantRequest, context: grpc.aio.ServicerContext
     ) -> grants_pb2.RevokeGrantResponse:
         grant_id = _uuid("id", request.id)
+        reason = _reason(request.reason)
         await self._expire(grant_id)
         try:
-            grant = await self._store.revoke_grant(
-                grant_id, reason=domain.clean_reason(request.reason), now=utcnow()
-            )
+            grant = await self._store.revoke_grant(grant_id, reason=reason, now=utcnow())
         except (domain.GrantNotFound, domain.TransitionRefused) as exc:
             raise _mapped(exc) from None
         log.info("grant revoked", extra={"grant_id": str(grant.id)})
@@ -279,10 +278,11 @@ class GrantsServicer(grants_pb2_grpc.GrantsServicer):
                 "a peer cannot be set back to pending",
                 violations=[("state", "must be active, suspended or revoked")],
             )
+        reason = _reason(request.reason)
         peer_id = await self._peer_id(request.id)
         try:
             peer, revoked = await self._store.set_peer_state(
-                peer_id, target=target, reason=domain.clean_reason(request.reason), now=utcnow()
+                peer_id, target=target, reason=reason, now=utcnow()
             )
         except (domain.PeerNotFound, domain.GrantNotFound, domain.TransitionRefused) as exc:
             raise _mapped(exc) from None
@@ -573,6 +573,13 @@ def _uuid(field: str, value: str) -> uuid.UUID:
             f"{field} must be a UUID",
             violations=[(field, "must be a UUID (8-4-4-4-12 hex digits)")],
         ) from None
+
+
+def _reason(text: str) -> str:
+    try:
+        return domain.clean_reason(text)
+    except domain.InvalidGrantRequest as exc:
+        raise _mapped(exc) from None
 
 
 def _enum(field: str, value: int, mapping: Mapping[Any, str]) -> str:

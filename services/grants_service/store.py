@@ -374,6 +374,10 @@ class GrantsStore:
                 return await self._peer_in(conn, uuid.UUID(key))
             except (ValueError, domain.PeerNotFound):
                 pass
+            # No peer has a name that breaks the rule: not found, on both engines, without
+            # sending Postgres a NUL it would refuse (or SQLite a megabyte to compare).
+            if domain.validate_peer_name(key) is not None:
+                raise domain.PeerNotFound(key)
             row = (await conn.execute(_PEER_SELECT.where(_P.c.name == key))).first()
             if row is None:
                 raise domain.PeerNotFound(key)

@@ -25,10 +25,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from google.protobuf import timestamp_pb2
 
-from mosaic.cli.admin import admin_channel
+from mosaic.cli.admin import admin_channel, admin_metadata
 from mosaic.config import load_config
 from mosaic.errors import RemoteError
-from mosaic.federation.v1 import ca_pb2, ca_pb2_grpc, gateway_pb2_grpc, grants_pb2, grants_pb2_grpc
+from mosaic.federation.v1 import (
+    ca_pb2,
+    ca_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    grants_pb2,
+    grants_pb2_grpc,
+)
 from mosaic.runtime import load_sealer
 from mosaic.sealing import Sealer, SealError, parse_secret, seal_context
 from tests.support.instances import Instance, cli, internal_channel_as
@@ -544,6 +551,101 @@ async def test_admin_api_refuses_a_missing_or_wrong_token(
             ),
         ):
             await expect_refusal(call, grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED")
+
+
+# Text no operator means to store: NUL, other C0 controls, an escape sequence, DEL, C1 CSI.
+CONTROL_REASONS = ["bad\x00reason", "ctl\x01", "\x1b[31mred\x1b[0m", "cr\r", "del\x7f", "\x9b2J"]
+# Peer keys that name no peer: no UUID, and no peer has such a name.
+IMPOSSIBLE_PEER_KEYS = ["\x00", "a\x00b", "%", "x" * 200]
+
+
+async def test_control_characters_in_reasons_and_peer_keys_are_refused_alike_on_both_engines(
+    instance: Instance,
+) -> None:
+    """A NUL in an operator's reason or in a peer key failed on Postgres (INTERNAL; RenewPeer
+    and Query even said grants-service was not answering) and was stored on SQLite, and
+    other control characters were stored on both. Now a reason with one is INVALID_ARGUMENT
+    before anything changes, and a key no peer can have is NOT_FOUND, on both engines."""
+    config = load_config(instance.home)
+    md = admin_metadata(config)
+    invalid, missing = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
+    async with Grants(instance.home, GATEWAY) as gw, Grants(instance.home, ENROLLMENT) as enr:
+        grant = (await create_grant(gw, unique("ctl"))).grant
+        await enr.ActivateGrantAndPeer(activation(grant), timeout=10)
+    async with admin_channel(config) as channel:
+        admin = gateway_pb2_grpc.FederationAdminStub(channel)
+        for reason in CONTROL_REASONS:
+            refused = await expect_refusal(
+                admin.RevokeGrant(
+                    grants_pb2.RevokeGrantRequest(id=grant.id, reason=reason),
+                    metadata=md,
+                    timeout=10,
+                ),
+                invalid,
+                "REASON_INVALID",
+            )
+            assert refused.violations and refused.violations[0][0] == "reason"
+            await expect_refusal(
+                admin.SetPeerState(
+                    grants_pb2.SetPeerStateRequest(
+                        id=grant.peer_id, state=grants_pb2.PEER_STATE_SUSPENDED, reason=reason
+                    ),
+                    metadata=md,
+                    timeout=10,
+                ),
+                invalid,
+                "REASON_INVALID",
+            )
+        got = await admin.GetGrant(grants_pb2.GetGrantRequest(id=grant.id), metadata=md, timeout=10)
+        assert got.grant.status == grants_pb2.GRANT_STATUS_ACTIVE
+        assert got.peer.state == grants_pb2.PEER_STATE_ACTIVE
+
+        for key in IMPOSSIBLE_PEER_KEYS:
+            for call in (
+                admin.GetPeer(grants_pb2.GetPeerRequest(id=key), metadata=md, timeout=10),
+                admin.SetPeerState(
+                    grants_pb2.SetPeerStateRequest(id=key, state=grants_pb2.PEER_STATE_REVOKED),
+                    metadata=md,
+                    timeout=10,
+                ),
+                admin.RemovePeer(grants_pb2.RemovePeerRequest(id=key), metadata=md, timeout=10),
+                admin.ListAudit(gateway_pb2.ListAuditRequest(peer_id=key), metadata=md, timeout=10),
+                admin.RenewPeer(gateway_pb2.RenewPeerRequest(id=key), metadata=md, timeout=10),
+                admin.Query(
+                    gateway_pb2.QueryRequest(
+                        peer=key, capabilities=gateway_pb2.CapabilitiesRequest()
+                    ),
+                    metadata=md,
+                    timeout=10,
+                ),
+            ):
+                await expect_refusal(call, missing, "PEER_NOT_FOUND")
+
+        # Tab and line feed are text; the CA gets the reason on one line.
+        revoked = await admin.RevokeGrant(
+            grants_pb2.RevokeGrantRequest(id=grant.id, reason="ended:\n\tcontract over"),
+            metadata=md,
+            timeout=10,
+        )
+        assert revoked.grant.revoke_reason == "ended:\n\tcontract over"
+
+    serial = await _issue_for(instance, grant.id, grant.subject_user_id, grant.peer_id)
+    async with internal_channel_as(instance.home, CA, GATEWAY) as channel:
+        ca = ca_pb2_grpc.CertificateAuthorityStub(channel)
+        for reason in CONTROL_REASONS:
+            await expect_refusal(
+                ca.RevokeCertificate(
+                    ca_pb2.RevokeCertificateRequest(serial=serial, reason=reason), timeout=10
+                ),
+                invalid,
+                "INVALID_REASON",
+            )
+        assert serial not in await _revocations(instance)
+        await ca.RevokeCertificate(
+            ca_pb2.RevokeCertificateRequest(serial=serial, reason="ended:\n\tcontract over"),
+            timeout=10,
+        )
+    assert (await _revocations(instance))[serial] == "ended: contract over"
 
 
 # ---- transitions --------------------------------------------------------------------------

@@ -9,7 +9,6 @@ as plain text (never parsed as rich markup) with control characters made visible
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from mosaic.text import CONTROL_CHARACTERS
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -27,14 +28,11 @@ EXIT_USAGE = 2
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
-# C0 controls but tab and line feed, DEL, and C1 controls (0x9b is a one-byte CSI).
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
 
 def printable(value: object) -> str:
     """``value`` as text a terminal only displays: each control character but tab and line
     feed written as its ``\\xNN`` escape (ESC, OSC and CSI sequences, carriage return, NUL)."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+    return CONTROL_CHARACTERS.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
 
 
 def plain(value: object) -> Text:
