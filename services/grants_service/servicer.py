@@ -149,7 +149,7 @@ class GrantsServicer(grants_pb2_grpc.GrantsServicer):
                 peer_name=request.peer_name,
                 scope_json=request.scope_json,
                 allow_sensitive=request.allow_sensitive,
-                expires_at=_from_ts(request, "expires_at"),
+                expires_at=_from_ts(request, "expires_at", domain.GRANT_REQUEST_INVALID),
                 now=now,
             )
             grant, peer, created = await self._store.create_grant(new, now=now)
@@ -557,10 +557,20 @@ def _ts(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
-def _from_ts(message: Any, field: str) -> dt.datetime | None:
+def _from_ts(message: Any, field: str, reason: str = "") -> dt.datetime | None:
+    """The timestamp field as a UTC datetime, None if unset; INVALID_ARGUMENT (``reason``,
+    else ``<FIELD>_INVALID``) if it is outside years 1-9999 or its nanos outside 0..1e9-1."""
     if not message.HasField(field):
         return None
-    value: dt.datetime = getattr(message, field).ToDatetime(tzinfo=dt.UTC)
+    try:
+        value: dt.datetime = getattr(message, field).ToDatetime(tzinfo=dt.UTC)
+    except (ValueError, OverflowError):
+        problem = "must be a valid timestamp (years 1-9999, nanos 0-999999999)"
+        raise invalid_argument(
+            reason or f"{field.upper()}_INVALID",
+            f"{field} {problem}",
+            violations=[(field, problem)],
+        ) from None
     return value
 
 

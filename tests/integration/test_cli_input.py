@@ -5,6 +5,7 @@ before anything is dialled."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,6 +67,25 @@ def test_a_since_outside_the_representable_range_is_bad_usage(home: Path, since:
     code, doc, err = cli(home, "federation", "audit", "list", "--since", since)
     assert code == 2, (doc, err)
     assert doc["error"]["code"] == "USAGE"
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "expires_at", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "tomorrow"]
+)
+def test_an_expiry_outside_the_representable_range_is_bad_usage(
+    home: Path, tmp_path: Path, expires_at: str
+) -> None:
+    """Years 1 and 9999 in a time zone that puts them outside 1-9999 in UTC used to end in
+    an OverflowError traceback."""
+    scope = tmp_path / "scope.json"
+    scope.write_text(json.dumps({"resources": ["tasks"]}))
+    user = "5b0c3a8e-6f2d-4e1a-9c7b-1d2e3f4a5b6c"
+    create = ("federation", "grant", "create", "--user", user, "--peer-name", "p")
+    code, doc, err = cli(home, *create, "--scope", str(scope), "--expires-at", expires_at)
+    assert code == 2, (doc, err)
+    assert doc["error"]["code"] == "USAGE"
+    assert "--expires-at" in doc["error"]["message"]
     assert "Traceback" not in err
 
 

@@ -536,6 +536,61 @@ def test_grant_with_cli_expiry_is_kept(instance: Instance, scope_file: Any) -> N
 # ---- the admin API ------------------------------------------------------------------------
 
 
+def _timestamp_raw(seconds: int, nanos: int = 0) -> timestamp_pb2.Timestamp:
+    """A Timestamp as any client may send it, in range or not."""
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
+
+
+# Outside years 1-9999, or nanos outside 0..999999999: no datetime can hold them.
+BAD_TIMESTAMPS = [(2**40, 0), (-(2**40), 0), (253402300800, 0), (2_000_000_000, -5)]
+
+
+async def test_timestamps_outside_what_a_datetime_holds_are_invalid_arguments(
+    instance: Instance,
+) -> None:
+    """CreateGrant.expires_at and ListAudit.since out of range used to be INTERNAL."""
+    config = load_config(instance.home)
+    md = admin_metadata(config)
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    async with admin_channel(config) as channel:
+        admin = gateway_pb2_grpc.FederationAdminStub(channel)
+        name = unique("ts")
+        for seconds, nanos in BAD_TIMESTAMPS:
+            request = grants_pb2.CreateGrantRequest(
+                subject_user_id=USER,
+                peer_name=name,
+                scope_json=json.dumps({"resources": ["tasks"]}),
+                expires_at=_timestamp_raw(seconds, nanos),
+            )
+            refused = await expect_refusal(
+                admin.CreateGrant(request, metadata=md, timeout=10),
+                invalid,
+                "GRANT_REQUEST_INVALID",
+            )
+            assert [field for field, _ in refused.violations] == ["expires_at"]
+            refused = await expect_refusal(
+                admin.ListAudit(
+                    gateway_pb2.ListAuditRequest(since=_timestamp_raw(seconds, nanos)),
+                    metadata=md,
+                    timeout=10,
+                ),
+                invalid,
+                "SINCE_INVALID",
+            )
+            assert [field for field, _ in refused.violations] == ["since"]
+        # Nothing was created by the refused requests; the last second of 9999 is fine.
+        await expect_refusal(
+            admin.GetPeer(grants_pb2.GetPeerRequest(id=name), metadata=md, timeout=10),
+            grpc.StatusCode.NOT_FOUND,
+            "PEER_NOT_FOUND",
+        )
+        await admin.ListAudit(
+            gateway_pb2.ListAuditRequest(since=_timestamp_raw(253402300799, 999_999_999)),
+            metadata=md,
+            timeout=10,
+        )
+
+
 @pytest.mark.parametrize("token", [None, "wrong-token", ""])
 async def test_admin_api_refuses_a_missing_or_wrong_token(
     instance: Instance, token: str | None

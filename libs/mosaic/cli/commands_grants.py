@@ -126,16 +126,17 @@ def _choice(ctx: typer.Context, name: str, value: str, allowed: tuple[str, ...])
 
 
 def _parse_time(ctx: typer.Context, value: str) -> dt.datetime:
-    """ISO 8601; a time without an offset is taken as UTC."""
+    """ISO 8601 as UTC; a time without an offset is taken as UTC. Exit 2 unless it is one,
+    in years 1-9999 once in UTC (a protobuf Timestamp holds no other)."""
     try:
         parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
+        return parsed.astimezone(dt.UTC) if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    except (ValueError, OverflowError):  # not a time, or outside years 1-9999 in UTC
         _usage(
             ctx,
-            f"--expires-at must be an ISO 8601 time, got {value!r}",
+            f"--expires-at must be an ISO 8601 time in years 1-9999 (UTC), got {value!r}",
             "e.g. 2030-01-31T12:00:00Z",
         )
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 def _resolve_peer_id(ctx: typer.Context, config: Any, key: str) -> str:

@@ -46,7 +46,16 @@ class QueryAdminMixin(AdminBase):
                     self.grants.GetPeer(grants_pb2.GetPeerRequest(id=request.peer_id))
                 )
                 peer_id = uuid.UUID(reply.peer.id)
-        since = request.since.ToDatetime(tzinfo=dt.UTC) if request.HasField("since") else None
+        since: dt.datetime | None = None
+        if request.HasField("since"):
+            try:
+                since = request.since.ToDatetime(tzinfo=dt.UTC)
+            except (ValueError, OverflowError):  # outside years 1-9999, or bad nanos
+                raise invalid_argument(
+                    "SINCE_INVALID",
+                    "since must be a valid timestamp (years 1-9999, nanos 0-999999999)",
+                    violations=[("since", "must be in years 1-9999, nanos 0-999999999")],
+                ) from None
         rows = await self.gateway.audit.list(
             peer_id=peer_id, since=since, limit=request.limit or DEFAULT_AUDIT_LIMIT
         )
