@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+from mosaic.text import key_path
+
 __all__ = [
     "DEFAULT_MAX_ROWS_PER_QUERY",
     "MAX_ROWS_PER_QUERY_LIMIT",
@@ -46,9 +48,6 @@ MAX_TEAMS_PER_FILTER = 1000
 _TOP_LEVEL_KEYS = ("excluded_resources", "filters", "max_rows_per_query", "resources")
 _FILTER_KEYS = ("include_personal", "include_teams")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# Paths echo keys from the input; a huge key must not make a huge error message.
-_MAX_KEY_IN_PATH = 64
 
 
 @dataclass(frozen=True)
@@ -348,13 +347,13 @@ def _check_keys(
     obj: Mapping[Any, Any], path: str, allowed: tuple[str, ...], problems: list[ScopeProblem]
 ) -> None:
     for key in getattr(obj, "duplicate_keys", ()):
-        problems.append(ScopeProblem(_key_path(path, key), "appears more than once"))
+        problems.append(ScopeProblem(key_path(path, key), "appears more than once"))
     for key in obj:
         if not isinstance(key, str):
             problems.append(ScopeProblem(path, "object keys must be strings"))
         elif key not in allowed:
             problems.append(
-                ScopeProblem(_key_path(path, key), f"unknown key; allowed: {', '.join(allowed)}")
+                ScopeProblem(key_path(path, key), f"unknown key; allowed: {', '.join(allowed)}")
             )
 
 
@@ -390,13 +389,13 @@ def _check_filters(
         problems.append(ScopeProblem("filters", "must be an object keyed by resource"))
         return {}
     for key in getattr(value, "duplicate_keys", ()):
-        problems.append(ScopeProblem(_key_path("filters", key), "appears more than once"))
+        problems.append(ScopeProblem(key_path("filters", key), "appears more than once"))
     filters: dict[str, ResourceFilter] = {}
     for resource, raw_filter in value.items():
         if not isinstance(resource, str):
             problems.append(ScopeProblem("filters", "object keys must be strings"))
             continue
-        path = _key_path("filters", resource)
+        path = key_path("filters", resource)
         if resource not in RESOURCES:
             problems.append(
                 ScopeProblem(path, f"unknown resource; allowed: {', '.join(RESOURCES)}")
@@ -460,14 +459,6 @@ def _check_filter(value: Any, path: str, problems: list[ScopeProblem]) -> Resour
     if not valid:
         return None
     return ResourceFilter(include_teams=tuple(sorted(teams)), include_personal=include_personal)
-
-
-def _key_path(parent: str, key: str) -> str:
-    if _PLAIN_KEY.fullmatch(key):
-        return f"{parent}.{key}" if parent else key
-    shown = key if len(key) <= _MAX_KEY_IN_PATH else key[:_MAX_KEY_IN_PATH] + "..."
-    # JSON quoting escapes dots, brackets, control characters and lone surrogates.
-    return f"{parent}[{json.dumps(shown)}]"
 
 
 def _canonical_id(value: str) -> str:

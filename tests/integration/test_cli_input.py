@@ -148,3 +148,46 @@ def test_terminal_controls_and_markup_in_an_error_are_shown_not_obeyed(
     code, doc, err = cli(home, "resources", "import", str(missing))
     assert code == 1, (doc, err)
     assert str(missing) in doc["error"]["message"]
+
+
+def test_an_unknown_key_is_named_cut_short_and_quoted(home: Path, tmp_path: Path) -> None:
+    """A 1 MB unknown key used to be echoed whole in the error (and an escape sequence in
+    a key went out raw); it is named as the scope checker names keys: cut to 64
+    characters, JSON-quoted."""
+    row = {
+        "id": "r1",
+        "resource": "tasks",
+        "owner_user_id": "5b0c3a8e-6f2d-4e1a-9c7b-1d2e3f4a5b6c",
+        "title": "t",
+        "body": "b",
+    }
+    huge, escape = "k" * 1_000_000, "x\x1b[2J"
+    rows = tmp_path / "rows.json"
+    rows.write_text(json.dumps([{**row, huge: 1, escape: 2, "colour": 3}]))
+    code, doc, err = cli(home, "resources", "import", str(rows))
+    assert code == 1, (doc, err)
+    assert doc["error"]["code"] == "INVALID_ITEMS"
+    assert sorted(doc["error"]["violations"]) == sorted(
+        [
+            f'items[0]["{"k" * 64}..."]: unknown field',
+            'items[0]["x\\u001b[2J"]: unknown field',
+            "items[0].colour: unknown field",
+        ]
+    )
+    code, _, err = cli(home, "resources", "import", str(rows), json_out=False)
+    assert code == 1 and len(err) < 2000, err[:2000]
+
+
+def test_a_scope_file_larger_than_a_scope_is_bad_usage(home: Path, tmp_path: Path) -> None:
+    """The scope file was read whole, however large (`--scope /dev/zero` never ended); now
+    at most 1 MiB is read, and a larger file is bad usage before anything is sent."""
+    scope = tmp_path / "scope.json"
+    scope.write_text('{"resources": ["tasks"]}' + " " * (1024 * 1024))
+    user = "5b0c3a8e-6f2d-4e1a-9c7b-1d2e3f4a5b6c"
+    code, doc, err = cli(
+        home, "federation", "grant", "create", "--user", user, "--peer-name", "p",
+        "--scope", str(scope),
+    )  # fmt: skip
+    assert code == 2, (doc, err)
+    assert doc["error"]["code"] == "USAGE"
+    assert "larger than 1 MiB" in doc["error"]["message"]

@@ -19,6 +19,8 @@ from mosaic.federation.v1 import grants_pb2
 GRANT_STATUSES = ("pending", "active", "revoked", "expired")
 PEER_STATES = ("pending", "active", "suspended", "revoked")
 PEER_DIRECTIONS = ("inbound", "outbound")
+# A scope is a small document: 5 resources with 1000 teams each is about 200 KiB.
+MAX_SCOPE_FILE_BYTES = 1024 * 1024
 
 
 # ---- documents (DESIGN.md "CLI contract" field names) ----------------------------------
@@ -139,6 +141,28 @@ def _parse_time(ctx: typer.Context, value: str) -> dt.datetime:
         )
 
 
+def _read_scope(ctx: typer.Context, path: Path) -> str:
+    """The scope file's text; exit 2 if it cannot be read, is not UTF-8, or is larger than
+    MAX_SCOPE_FILE_BYTES (read no further: ``--scope /dev/zero`` never ends otherwise)."""
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_SCOPE_FILE_BYTES + 1)
+        if len(data) > MAX_SCOPE_FILE_BYTES:
+            _usage(
+                ctx,
+                f"scope file {path} is larger than {MAX_SCOPE_FILE_BYTES // 2**20} MiB",
+                'pass --scope with the scope JSON document (DESIGN.md "Scope")',
+            )
+        return data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        _usage(
+            ctx,
+            f"cannot read scope file {path}: {reason}",
+            "pass --scope with a readable JSON file",
+        )
+
+
 def _resolve_peer_id(ctx: typer.Context, config: Any, key: str) -> str:
     """A peer id from an id or a name (the admin API filters grants by id)."""
     try:
@@ -170,15 +194,7 @@ def grant_create(
 ) -> None:
     """Create a pending grant (and a pending peer placeholder if the name is new)."""
     subject = _uuid_arg(ctx, "--user", user)
-    try:
-        scope_text = scope.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-        _usage(
-            ctx,
-            f"cannot read scope file {scope}: {reason}",
-            "pass --scope with a readable JSON file",
-        )
+    scope_text = _read_scope(ctx, scope)
     request = grants_pb2.CreateGrantRequest(
         subject_user_id=subject,
         peer_name=peer_name,

@@ -24,6 +24,7 @@ from mosaic.cli.admin import call_admin, load_or_fail
 from mosaic.cli.output import emit, fail, state
 from mosaic.federation.v1 import common_pb2, gateway_pb2_grpc, resources_pb2
 from mosaic.rpc.options import in_batches
+from mosaic.text import key_path
 
 BATCH_SIZE = 500
 _FIELDS = ("id", "resource", "owner_user_id", "team_id", "title", "body", "updated_at")
@@ -109,7 +110,7 @@ def _to_items(ctx: typer.Context, rows: list[Any]) -> list[common_pb2.ResourceIt
             continue
         for key in row:
             if key not in _FIELDS:
-                problems.append((f"{at}.{key}", "unknown field"))
+                problems.append((key_path(at, key), "unknown field"))
         for key in _REQUIRED:
             if key not in row:
                 problems.append((f"{at}.{key}", "missing"))
