@@ -49,6 +49,7 @@ MAX_RSA_BITS: Final = 8192
 ISSUED_CERT_SKEW: Final = timedelta(minutes=2)
 
 _ACCEPTED_KEYS = "EC P-256, EC P-384, or RSA with a 3072-8192 bit modulus"
+_CSR_PEM_LABELS = (b"CERTIFICATE REQUEST", b"NEW CERTIFICATE REQUEST")
 _COMMON_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,62}")
 _DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
@@ -110,8 +111,9 @@ class IssuanceRequest:
 def validate_csr(pem: str | bytes) -> x509.CertificateSigningRequest:
     """Parse a PEM PKCS#10 request and check it against the CA's policy.
 
-    Accepted: at most MAX_CSR_BYTES of PEM; a valid self-signature; an EC P-256, EC P-384
-    or RSA 3072-8192 bit key; a subject of exactly one common name matching
+    Accepted: at most MAX_CSR_BYTES of PEM holding exactly one CSR block and nothing but
+    whitespace around it; a valid self-signature; an EC P-256, EC P-384 or RSA 3072-8192
+    bit key; a subject of exactly one common name matching
     ``[a-z0-9][a-z0-9.-]{0,62}``; optionally a subjectAltName holding only lowercase DNS
     host names (at most 8, each at most 253 characters). Other requested extensions are
     ignored, not rejected. Raises CSRRejected with a reason code.
@@ -121,6 +123,14 @@ def validate_csr(pem: str | bytes) -> x509.CertificateSigningRequest:
         raise CSRRejected(
             "CSR_TOO_LARGE",
             f"the CSR is {len(data)} bytes; at most {MAX_CSR_BYTES} bytes of PEM are accepted",
+        )
+    if not _is_one_csr_block(data):
+        # The parser reads the first block and ignores what surrounds it; what we sign
+        # must be exactly what was sent, not one part of it.
+        raise CSRRejected(
+            "CSR_MALFORMED",
+            "the CSR must be exactly one PEM 'CERTIFICATE REQUEST' block (PKCS#10) with "
+            "nothing but whitespace around it",
         )
     try:
         csr = x509.load_pem_x509_csr(data)
@@ -146,6 +156,19 @@ def validate_csr(pem: str | bytes) -> x509.CertificateSigningRequest:
     _check_subject(csr)
     _check_subject_alt_names(csr)
     return csr
+
+
+def _is_one_csr_block(data: bytes) -> bool:
+    """Whether ``data`` is one PEM CSR block (label ``CERTIFICATE REQUEST``, or the older
+    ``NEW CERTIFICATE REQUEST``) and only ASCII whitespace around it."""
+    text = data.strip()
+    if text.count(b"-----BEGIN ") != 1 or text.count(b"-----END ") != 1:
+        return False
+    return any(
+        text.startswith(b"-----BEGIN " + label + b"-----")
+        and text.endswith(b"-----END " + label + b"-----")
+        for label in _CSR_PEM_LABELS
+    )
 
 
 def _check_key(csr: x509.CertificateSigningRequest) -> None:

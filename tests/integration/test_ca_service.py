@@ -241,6 +241,24 @@ async def test_bad_csr_is_refused_with_its_reason(
     assert "csr_pem" in [field for field, _ in err.violations], err
 
 
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda pem: pem + "junk\x00\n<script>",
+        lambda pem: "hello\n" + pem,
+        lambda pem: pem + make_csr("peer-b"),
+    ],
+    ids=["trailing-junk", "leading-text", "two-blocks"],
+)
+async def test_a_csr_with_anything_around_it_is_not_signed(
+    wrap: Any, as_enrollment: ca_pb2_grpc.CertificateAuthorityStub
+) -> None:
+    """The CA signed the first CSR block of whatever it was sent."""
+    err = await rpc_error(issue(as_enrollment, wrap(make_csr())))
+    assert (err.code, err.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "CSR_MALFORMED")
+    assert "csr_pem" in [field for field, _ in err.violations], err
+
+
 async def test_csr_with_an_ip_address_san_is_refused(
     as_enrollment: ca_pb2_grpc.CertificateAuthorityStub,
 ) -> None:

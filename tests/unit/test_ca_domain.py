@@ -137,6 +137,42 @@ def test_rejects_malformed(pem: bytes | str) -> None:
     assert "PKCS#10" in str(error)
 
 
+def _other_csr() -> bytes:
+    return _csr(ec.generate_private_key(ec.SECP256R1()), subject=[_cn("peer-b.example")])
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda pem: pem + b"junk\x00\n<script>",
+        lambda pem: pem + b"\x00",
+        lambda pem: b"hello\n" + pem,
+        lambda pem: pem + _other_csr(),
+    ],
+    ids=["trailing-junk", "trailing-nul", "leading-text", "two-blocks"],
+)
+def test_rejects_anything_but_one_csr_block(p256: ec.EllipticCurvePrivateKey, wrap: Any) -> None:
+    """The parser reads the first block and ignores the rest; the CA signed such input."""
+    error = _rejected(wrap(_csr(p256)))
+    assert error.reason == "CSR_MALFORMED"
+    assert "exactly one PEM" in str(error)
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda pem: b"\n \t" + pem + b"\r\n\n  ",
+        lambda pem: pem.replace(b"\n", b"\r\n"),
+        lambda pem: pem.replace(b"CERTIFICATE REQUEST", b"NEW CERTIFICATE REQUEST"),
+    ],
+    ids=["whitespace-around", "crlf", "new-label"],
+)
+def test_accepts_one_csr_block_with_whitespace_around(
+    p256: ec.EllipticCurvePrivateKey, wrap: Any
+) -> None:
+    validate_csr(wrap(_csr(p256)))
+
+
 def test_rejects_a_certificate_sent_as_csr(p256: ec.EllipticCurvePrivateKey) -> None:
     now = datetime.now(UTC)
     name = x509.Name([_cn("peer-a")])
