@@ -14,7 +14,7 @@ from google.protobuf import timestamp_pb2
 
 from mosaic.cli.admin import call_admin, load_or_fail
 from mosaic.cli.federation import audit_app, query_app
-from mosaic.cli.output import EXIT_USAGE, emit, fail, fields, state, table
+from mosaic.cli.output import EXIT_USAGE, emit, fail, fields, printable, state, table
 from mosaic.federation.v1 import common_pb2, gateway_pb2
 
 _PEER_KEY = "mosaic.query.peer"
@@ -119,8 +119,11 @@ def _run(ctx: typer.Context, request: gateway_pb2.QueryRequest) -> None:
                 ],
             )
             if doc.get("next_page_token"):
-                typer.echo(f"next page: --page-token {doc['next_page_token']}")
-        typer.echo(f"fetched at {doc['fetched_at']}, peer request id {doc['request_id']}")
+                # The peer's token, as sent: shown, never obeyed by the terminal.
+                typer.echo(f"next page: --page-token {printable(doc['next_page_token'])}")
+        typer.echo(
+            f"fetched at {doc['fetched_at']}, peer request id {printable(doc['request_id'])}"
+        )
 
     emit(ctx, doc, human)
 
