@@ -357,6 +357,10 @@ def grant_refusal(action: GrantAction, current: str) -> GrantRefused:
     remediation = ""
     if current in ("revoked", "expired"):
         remediation = f"a {current} grant is final; create a new grant"
+    elif already:
+        remediation = f"nothing to do: the grant is already {current}"
+    elif current == "pending":
+        remediation = "a pending grant becomes active only when its peer enrolls"
     return GrantRefused(
         _state_reason("GRANT", current, already=already),
         f"grant is {current}" + ("" if already else f" and cannot be {verb}"),
@@ -384,6 +388,8 @@ def peer_refusal(target: str, current: str) -> PeerRefused:
         remediation = "a revoked peer is final; remove it and enroll again"
     elif current == "pending":
         remediation = "a pending peer becomes active only by enrolling"
+    elif already:
+        remediation = f"nothing to do: the peer is already {current}"
     return PeerRefused(
         _state_reason("PEER", current, already=already),
         f"peer is {current}" + ("" if already else f" and cannot become {target}"),

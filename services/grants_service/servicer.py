@@ -617,9 +617,17 @@ def _mapped(exc: Exception) -> ServiceError:
             metadata={"current_state": exc.current},
         )
     if isinstance(exc, domain.GrantNotFound):
-        return not_found("GRANT_NOT_FOUND", f"no grant {exc.args[0]}")
+        return not_found(
+            "GRANT_NOT_FOUND",
+            f"no grant {exc.args[0]}",
+            remediation="list the grants with `mosaic federation grant list`",
+        )
     if isinstance(exc, domain.PeerNotFound):
-        return not_found("PEER_NOT_FOUND", f"no peer {exc.args[0]!r}")
+        return not_found(
+            "PEER_NOT_FOUND",
+            f"no peer {exc.args[0]!r}",
+            remediation="list the peers with `mosaic federation peer list` (an id or a name)",
+        )
     if isinstance(exc, domain.PeerNameTaken):
         return ServiceError(
             grpc.StatusCode.ALREADY_EXISTS,

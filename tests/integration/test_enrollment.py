@@ -420,6 +420,17 @@ def test_malformed_urls_are_refused_by_the_cli(pair: Pair) -> None:
     assert pair.grant_status(grant["id"]) == "pending"
 
 
+def test_a_bad_local_name_is_refused_before_the_token_is_spent(pair: Pair) -> None:
+    grant = pair.grant()
+    token = pair.token(grant["id"])
+    code, doc, _ = pair.a.cli(
+        "federation", "peer", "add", token["enrollment_url"], "--name", "bad name!" * 100
+    )
+    assert code == 1 and doc["error"]["code"] == "PEER_NAME_INVALID", doc
+    assert doc["error"]["remediation"] and len(doc["error"]["message"]) < 200
+    assert pair.grant_status(grant["id"]) == "pending"
+
+
 def test_a_bad_ttl_or_grant_id_is_bad_usage(pair: Pair) -> None:
     grant = pair.grant()
     for ttl in ("901", "0", "-1"):

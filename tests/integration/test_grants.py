@@ -384,6 +384,7 @@ async def test_valid_grant_is_pending_shown_listed_and_revoked_for_good(
     code, again, _ = instance.cli("federation", "grant", "revoke", grant["id"])
     assert code == 1
     assert again["error"]["code"] == "GRANT_ALREADY_REVOKED"
+    assert again["error"]["remediation"]
     async with Grants(instance.home, ENROLLMENT) as enrollment:
         got = await enrollment.GetGrant(grants_pb2.GetGrantRequest(id=grant["id"]), timeout=10)
         await expect_refusal(
@@ -510,8 +511,10 @@ def test_cli_usage_errors_exit_2_and_failures_exit_1(instance: Instance, scope_f
     assert code == 2
     code, doc, _ = instance.cli("federation", "grant", "show", str(uuid.uuid4()))
     assert code == 1 and doc["error"]["code"] == "GRANT_NOT_FOUND"
+    assert "grant list" in doc["error"]["remediation"]  # DESIGN: a remediation line
     code, doc, _ = instance.cli("federation", "peer", "show", unique("nobody"))
     assert code == 1 and doc["error"]["code"] == "PEER_NOT_FOUND"
+    assert "peer list" in doc["error"]["remediation"]
 
 
 def test_grant_with_cli_expiry_is_kept(instance: Instance, scope_file: Any) -> None:
@@ -760,6 +763,7 @@ async def test_grant_and_peer_transitions_and_their_refusals(instance: Instance)
         assert code == 0 and doc["state"] == "suspended", doc
         code, doc, _ = instance.cli("federation", "peer", "suspend", peer_name)
         assert code == 1 and doc["error"]["code"] == "PEER_ALREADY_SUSPENDED"
+        assert "already suspended" in doc["error"]["remediation"]
         # A suspended peer takes no new grant until it is resumed.
         await expect_refusal(create_grant(gw, peer_name), failed, "PEER_SUSPENDED")
         # Enrollment of a pending grant of a suspended peer is refused and changes nothing.

@@ -189,8 +189,9 @@ class EnrollmentAdminMixin(AdminBase):
         if _PEER_NAME.fullmatch(name) is None:
             raise invalid_argument(
                 PEER_NAME_INVALID,
-                f"peer name {name!r} is not allowed; use 1-128 letters, digits, '.', '_' "
-                "and '-', starting with a letter or digit",
+                f"peer name {name[:64]!r} is not allowed",
+                remediation="use --name with 1-128 letters, digits, '.', '_' and '-', starting "
+                "with a letter or digit",
                 violations=[("name", "letters, digits, '.', '_', '-'")],
             )
         try:
