@@ -232,7 +232,9 @@ class ServiceRuntime:
                     name="migrations",
                     ok=False,
                     detail=f"cannot read revision ({type(exc).__name__})",
-                    remediation="restart the service; it migrates at start-up",
+                    # It ran its migrations when it started; now the database does not answer.
+                    remediation="see the database row: once the database answers, this "
+                    "clears by itself",
                 )
             ]
         ok = current == head
