@@ -3,6 +3,7 @@ It must finish, clean up after itself, and leave nothing running when interrupte
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -41,13 +42,21 @@ def _homes_running(workdir: Path) -> list[str]:
 
 
 def test_the_demo_runs_the_whole_flow_and_cleans_up() -> None:
-    proc = subprocess.run(DEMO, capture_output=True, text=True, timeout=240, check=False)
+    """With --json: the readable steps on stderr, one document on stdout."""
+    argv = [sys.executable, "-m", "mosaic.cli", "--json", "demo"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=240, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert "demo complete" in proc.stdout
-    assert "✗" not in proc.stdout
+    progress = proc.stderr
+    assert "demo complete" in progress
+    assert "✗" not in progress
     for step in ("peer add", "query", "revocation"):
-        assert step in proc.stdout, step
-    workdir = _workdir(proc.stdout)
+        assert step in progress, step
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] is True and "error" not in doc
+    assert len(doc["steps"]) >= 20 and all(s["ok"] for s in doc["steps"]), doc["steps"]
+    assert [s["step"] for s in doc["steps"]] == list(range(1, len(doc["steps"]) + 1))
+    workdir = _workdir(progress)
+    assert doc["workdir"] == str(workdir)
     assert not workdir.exists()
     assert _homes_running(workdir) == []
 

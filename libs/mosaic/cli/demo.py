@@ -22,13 +22,16 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mosaic.cli.apps import app
+from mosaic.cli.output import state
 from mosaic.config import ConfigError, find_free_port_base
 from mosaic.metrics import samples, scrape
 
-SAMPLE_DATA = Path(__file__).resolve().parents[3] / "infra" / "demo" / "sample-resources.json"
+# Packaged with the CLI (an installed image has no infra/); infra/demo links to it.
+SAMPLE_DATA = Path(__file__).resolve().parent / "sample-resources.json"
 ALICE = "5b0c3a8e-6f2d-4e1a-9c7b-1d2e3f4a5b6c"
 BOB_ROW = "bob-tasks-001"
 TEAM_PLATFORM = "3f6c1a2b-8d4e-4f5a-9b6c-7d8e9f0a1b2c"
@@ -96,6 +99,7 @@ class Steps:
     def __init__(self) -> None:
         self.n = 0
         self.started = time.monotonic()
+        self.done: list[dict[str, Any]] = []  # for --json
 
     def run(self, who: str, title: str, action: Callable[[], str]) -> None:
         self.n += 1
@@ -103,12 +107,27 @@ class Steps:
         try:
             detail = action()
         except DemoFailed as exc:
-            console.print(f"[bold red]✗ {self.n:02d}[/] [cyan]{who:<3}[/] {title}: [red]{exc}[/]")
+            self.done.append(
+                {"step": self.n, "who": who, "title": title, "ok": False, "detail": str(exc)}
+            )
+            console.print(
+                f"[bold red]✗ {self.n:02d}[/] [cyan]{who:<3}[/] {title}: [red]{escape(str(exc))}[/]"
+            )
             raise
         took = time.monotonic() - began
+        self.done.append(
+            {
+                "step": self.n,
+                "who": who,
+                "title": title,
+                "ok": True,
+                "detail": detail,
+                "seconds": round(took, 3),
+            }
+        )
         console.print(
             f"[bold green]✓ {self.n:02d}[/] [cyan]{who:<3}[/] {title}"
-            + (f" [dim]— {detail}[/]" if detail else "")
+            + (f" [dim]— {escape(detail)}[/]" if detail else "")
             + f" [dim]({took:.1f}s)[/]"
         )
 
@@ -152,8 +171,7 @@ def _items_table(title: str, items: list[dict[str, Any]]) -> None:
     console.print(table)
 
 
-def run_demo(workdir: Path) -> None:
-    steps = Steps()
+def run_demo(workdir: Path, steps: Steps) -> None:
     b = Gateway("B", workdir / "b", _port_base(), workdir / "b-up.log")
     a = Gateway("A", workdir / "a", _port_base(), workdir / "a-up.log")
     state: dict[str, Any] = {}
@@ -379,25 +397,56 @@ def _down(gw: Gateway) -> str:
 
 @app.command()
 def demo(
+    ctx: typer.Context,
     keep: Annotated[bool, typer.Option(help="Keep the demo's homes and logs afterwards.")] = False,
 ) -> None:
-    """Two gateways on loopback and the whole flow, with readable output."""
+    """Two gateways on loopback and the whole flow, with readable output.
+
+    With --json the steps still show on stderr, and stdout gets one document: ``ok``,
+    ``steps`` (each ``step, who, title, ok, detail``, and ``seconds`` when it passed),
+    ``seconds`` and ``workdir`` (kept only on failure or with --keep).
+    """
+    global console
+    json_out = state(ctx).json
+    if json_out:
+        console = Console(stderr=True, highlight=False)
     workdir = Path(tempfile.mkdtemp(prefix="mosaic-demo-"))
     console.print(f"[bold]Mosaic Federation demo[/] — working in {workdir}")
+    steps = Steps()
+
+    def finish(ok: bool, code: int, error: str = "") -> None:
+        if json_out:
+            doc: dict[str, Any] = {
+                "ok": ok,
+                "steps": steps.done,
+                "seconds": round(time.monotonic() - steps.started, 3),
+                "workdir": str(workdir),
+            }
+            if error:
+                doc["error"] = {
+                    "code": "DEMO_FAILED",
+                    "message": error,
+                    "remediation": f"read the logs in {workdir}",
+                }
+            sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        if code:
+            raise typer.Exit(code)
+
     try:
-        run_demo(workdir)
-    except DemoFailed:
+        run_demo(workdir, steps)
+    except DemoFailed as exc:
         console.print(f"[red]demo failed[/]; homes and logs kept in {workdir}")
-        raise typer.Exit(1) from None
+        finish(False, 1, str(exc))
     except KeyboardInterrupt:
         # The gateways are stopped (run_demo's finally); their homes hold throw-away keys.
         console.print("[yellow]demo interrupted[/]; both gateways stopped")
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
-        raise typer.Exit(130) from None
+        finish(False, 130, "interrupted")
     except Exception as exc:  # a timeout, an unexpected answer: say so, keep the logs
-        console.print(f"[red]demo failed: {type(exc).__name__}: {exc}[/]")
+        console.print(f"[red]demo failed: {escape(f'{type(exc).__name__}: {exc}')}[/]")
         console.print(f"homes and logs kept in {workdir}")
-        raise typer.Exit(1) from None
+        finish(False, 1, f"{type(exc).__name__}: {exc}")
     if not keep:
         shutil.rmtree(workdir, ignore_errors=True)
+    finish(True, 0)
