@@ -54,13 +54,6 @@ CACHE_MAX_ENTRIES = 1000
 CACHE_MAX_BYTES = 64 * 1024 * 1024
 # Credentials fetched while a flush happened are fetched again, at most this many times.
 BUILD_ATTEMPTS = 3
-# After B has been unreachable, gRPC waits longer and longer between reconnection
-# attempts (by default up to 120 s), and a call meanwhile fails at once: A would go on
-# failing for minutes after B came back. A peer's channel tries again within 5 s.
-PEER_CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
-    ("grpc.initial_reconnect_backoff_ms", 1000),
-    ("grpc.max_reconnect_backoff_ms", 5000),
-]
 
 # Client-side codes (DESIGN.md "Errors").
 PEER_NOT_FOUND = "PEER_NOT_FOUND"
@@ -521,8 +514,7 @@ class FederationClient:
         channel = secure_channel(
             peer.endpoint,
             credentials,
-            server_name=host.strip("[]"),
-            extra_options=PEER_CHANNEL_OPTIONS,
+            server_name=host.strip("[]"),  # CLIENT_OPTIONS bound the reconnect backoff
         )
         self.builds += 1
         log.info("peer channel built", extra={"peer_id": peer.id, "endpoint": peer.endpoint})

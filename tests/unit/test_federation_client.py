@@ -30,6 +30,7 @@ from mosaic.errors import (
 )
 from mosaic.federation.v1 import common_pb2, gateway_pb2, grants_pb2
 from mosaic.pki import KeyPair, create_internal_ca, issue_internal_certificate
+from mosaic.rpc.options import CLIENT_OPTIONS
 
 PEER_ID = str(uuid.uuid4())
 B_REQUEST_ID = "b-request-0123456789"
@@ -681,6 +682,6 @@ async def test_peer_channels_retry_a_lost_connection_within_seconds(
 
     monkeypatch.setattr(client_module, "secure_channel", recording)
     await setup.client.channel("b")
-    options = dict(built[0]["extra_options"])
+    options = dict([*CLIENT_OPTIONS, *(built[0].get("extra_options") or [])])
     assert options["grpc.initial_reconnect_backoff_ms"] <= 1000
     assert options["grpc.max_reconnect_backoff_ms"] <= 5000
