@@ -12,6 +12,7 @@ import asyncio
 import ipaddress
 import logging
 import time
+import urllib.parse
 from typing import Final
 
 import grpc
@@ -81,10 +82,11 @@ _AUDIT_ONLY_METADATA: Final = ("grant_id", "peer_id", "request_id")
 
 
 def source_host(peer: str) -> str:
-    """The address part of ``context.peer()``: ``ipv4:1.2.3.4:5`` → ``1.2.3.4``."""
+    """The address part of ``context.peer()``: ``ipv4:1.2.3.4:5`` → ``1.2.3.4``, and
+    ``ipv6:%5B2001:db8::1%5D:5`` (gRPC percent-encodes the brackets) → ``2001:db8::1``."""
     kind, _, rest = peer.partition(":")
     if kind in ("ipv4", "ipv6") and rest:
-        return rest.rsplit(":", 1)[0].strip("[]")
+        return urllib.parse.unquote(rest).rsplit(":", 1)[0].strip("[]")
     return peer or "unknown"
 
 
@@ -130,6 +132,11 @@ class PeerEnrollmentServicer(gateway_pb2_grpc.PeerEnrollmentServicer):
         except ServiceError as exc:  # over the limit, unparsable, or no limit: audited too
             outcome = "error" if exc.code == grpc.StatusCode.UNAVAILABLE else "denied"
             await self._gateway.audit.record(audit.row(outcome, exc.code, exc.reason))
+            raise
+        except asyncio.CancelledError:  # gone while the limit was checked: still one row
+            self._gateway.audit.record_soon(
+                audit.row("error", grpc.StatusCode.CANCELLED, "CANCELLED")
+            )
             raise
 
         try:

@@ -259,6 +259,10 @@ def test_enrollment_and_queries_reach_a_gateway_known_by_its_ipv6_address(
         assert code == 0, (caps, err)
         assert caps["capabilities"]["grant_id"] == grant["id"]
         assert caps["stale"] is False
+        # The redeem's row names the address it came from (gRPC reports it as
+        # ipv6:%5B::1%5D:PORT), which is also what the redeem limit counts by.
+        [redeem] = _audit_rows(b6)
+        assert redeem["source_address"] == "::1", redeem
     finally:
         b6.stop()
         pair.a.cli("federation", "peer", "remove", "b6")

@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from federation_gateway.audit import AuditRecord
-from federation_gateway.peer_enrollment import PeerEnrollmentServicer, limit_key
+from federation_gateway.peer_enrollment import PeerEnrollmentServicer, limit_key, source_host
 from mosaic.errors import ServiceError
 from mosaic.federation.v1 import gateway_pb2
 from mosaic.rpc.interceptors import MalformedRequest
@@ -221,11 +221,18 @@ async def test_a_limiter_that_cannot_answer_refuses_and_audits_the_attempt(
 
 
 def test_redeems_are_counted_per_ipv4_address_and_per_ipv6_64() -> None:
-    assert limit_key("192.0.2.7") == "192.0.2.7"
-    assert limit_key("2001:db8:1:2:aaaa::1") == limit_key("2001:db8:1:2:bbbb::9")
-    assert limit_key("2001:db8:1:2::1") == "2001:db8:1:2::/64"
-    assert limit_key("2001:db8:1:3::1") != limit_key("2001:db8:1:2::1")
-    assert limit_key("unknown") == "unknown"
+    """From context.peer() as grpc.aio gives it: IPv6 brackets come percent-encoded."""
+
+    def key(peer: str) -> str:
+        return limit_key(source_host(peer))
+
+    assert source_host("ipv6:%5B2001:db8:1:2::1%5D:50000") == "2001:db8:1:2::1"
+    assert source_host("ipv4:192.0.2.7:50000") == "192.0.2.7"
+    assert key("ipv4:192.0.2.7:50000") == "192.0.2.7"
+    assert key("ipv6:%5B2001:db8:1:2:aaaa::1%5D:1") == key("ipv6:%5B2001:db8:1:2:bbbb::9%5D:2")
+    assert key("ipv6:%5B2001:db8:1:2::1%5D:3") == "2001:db8:1:2::/64"
+    assert key("ipv6:%5B2001:db8:1:3::1%5D:4") != key("ipv6:%5B2001:db8:1:2::1%5D:5")
+    assert key("unix:/tmp/socket") == "unix:/tmp/socket"
 
 
 async def test_a_redeem_that_does_not_parse_is_counted_audited_and_refused(
