@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from prometheus_client import Counter, Histogram
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import insert, select
 from sqlalchemy.dialects import sqlite
 
@@ -46,7 +47,9 @@ from mosaic.sqltypes import utcnow
 log = logging.getLogger("mosaic.audit")
 
 MAX_BATCH = 512
-CLOSE_DRAIN_S = 5.0
+# close()'s wait for queued rows, within the 10 s a stop may take (8 s of it the server's
+# grace for requests in flight).
+CLOSE_DRAIN_S = 1.5
 # Inline commits leave the WAL to grow; the worker thread checkpoints it (PASSIVE: it
 # never blocks a writer) after this many commits.
 CHECKPOINT_EVERY_COMMITS = 200
@@ -194,8 +197,9 @@ class AuditWriter:
         """Queue ``record`` and wait until the transaction holding it has committed.
 
         The row's time is set here, when its request is answered (``latency_ms`` says how
-        long before that it began): rows then commit in the order of their times, so a
-        reader polling with ``--since`` the newest time it has seen misses none.
+        long before that it began): this process's rows then commit in the order of their
+        times, so a reader polling with ``--since`` the newest time it has seen misses none
+        of them (other replicas writing the same table commit in their own order).
         """
         if self._closed:
             raise RuntimeError("audit writer stopped")
@@ -309,8 +313,10 @@ class AuditWriter:
     def _settle(
         self, batch: list[tuple[AuditRecord, asyncio.Future[None]]], error: BaseException | None
     ) -> None:
-        if error is not None and len(batch) > 1 and not self._closed:
-            # Retry each row alone (see _flush): nothing was written, all or none.
+        if error is not None and len(batch) > 1 and not self._closed and _row_error(error):
+            # Retry each row alone (see _flush): nothing was written, all or none. Only for
+            # an error one row can cause; a database that is down or locked fails the whole
+            # batch at once, rather than once per row.
             log.warning(
                 "audit batch failed; committing its rows one by one",
                 extra={"rows": len(batch), "error": type(error).__name__},
@@ -359,6 +365,19 @@ class AuditWriter:
         async with self._db.engine.connect() as conn:
             rows = (await conn.execute(query.limit(limit))).mappings().all()
         return [dict(r) for r in rows]
+
+
+def _row_error(error: BaseException) -> bool:
+    """Whether ``error`` may come from one row's values (a constraint, a value the column
+    refuses), rather than from the database (down, locked, full)."""
+    if isinstance(error, (sqlite3.IntegrityError, sqlite3.DataError)):
+        return True
+    if isinstance(error, (sa_exc.IntegrityError, sa_exc.DataError)):
+        return True
+    # SQLAlchemy's asyncpg adapter raises a bare DBAPIError for some data errors (a NUL in
+    # text); Postgres's SQLSTATE says what it is: class 22 data, class 23 integrity.
+    sqlstate = getattr(getattr(error, "orig", None), "sqlstate", None) or ""
+    return isinstance(error, sa_exc.DBAPIError) and sqlstate[:2] in ("22", "23")
 
 
 class _SqliteCommits:
