@@ -450,7 +450,7 @@ class FederationClient:
         except grpc.aio.AioRpcError as err:
             code = err.code()
             if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-                raise PeerError(PEER_NOT_FOUND, f"no peer {key!r} to query") from None
+                raise PeerError(PEER_NOT_FOUND, f"no peer {key[:64]!r} to query") from None
             if code == grpc.StatusCode.FAILED_PRECONDITION:
                 # grants-service says why (e.g. the seal secret is missing) and what to do.
                 remote = RemoteError.from_rpc_error(err)
@@ -458,7 +458,7 @@ class FederationClient:
                     # No client key: an inbound peer, one that queries us. Removing it (the
                     # generic advice below) would delete every grant we gave it.
                     raise PeerError(
-                        PEER_NOT_FOUND, f"{key!r} is a peer we serve, not one we query"
+                        PEER_NOT_FOUND, f"{key[:64]!r} is a peer we serve, not one we query"
                     ) from None
                 raise PeerError(
                     PEER_MISCONFIGURED,
@@ -474,7 +474,7 @@ class FederationClient:
             ) from None
         peer = reply.peer
         if peer.direction != grants_pb2.PEER_DIRECTION_OUTBOUND:
-            raise PeerError(PEER_NOT_FOUND, f"{key!r} is a peer we serve, not one we query")
+            raise PeerError(PEER_NOT_FOUND, f"{key[:64]!r} is a peer we serve, not one we query")
         if peer.state != grants_pb2.PEER_STATE_ACTIVE:
             self._forget_answers(peer.id)
             state = grants_pb2.PeerState.Name(peer.state).removeprefix("PEER_STATE_").lower()

@@ -619,20 +619,20 @@ def _mapped(exc: Exception) -> ServiceError:
     if isinstance(exc, domain.GrantNotFound):
         return not_found(
             "GRANT_NOT_FOUND",
-            f"no grant {exc.args[0]}",
+            f"no grant {str(exc.args[0])[:64]}",
             remediation="list the grants with `mosaic federation grant list`",
         )
     if isinstance(exc, domain.PeerNotFound):
         return not_found(
             "PEER_NOT_FOUND",
-            f"no peer {exc.args[0]!r}",
+            f"no peer {str(exc.args[0])[:64]!r}",
             remediation="list the peers with `mosaic federation peer list` (an id or a name)",
         )
     if isinstance(exc, domain.PeerNameTaken):
         return ServiceError(
             grpc.StatusCode.ALREADY_EXISTS,
             domain.PEER_NAME_TAKEN,
-            f"a peer named {exc.args[0]!r} already exists",
+            f"a peer named {str(exc.args[0])[:64]!r} already exists",
             remediation="choose another name, or remove the old peer first",
         )
     raise exc

@@ -515,6 +515,14 @@ def test_cli_usage_errors_exit_2_and_failures_exit_1(instance: Instance, scope_f
     code, doc, _ = instance.cli("federation", "peer", "show", unique("nobody"))
     assert code == 1 and doc["error"]["code"] == "PEER_NOT_FOUND"
     assert "peer list" in doc["error"]["remediation"]
+    # A key of any length is named cut short: a whole one would pass gRPC's 8 KiB of
+    # trailers and come back as RESOURCE_EXHAUSTED instead of NOT_FOUND.
+    code, doc, _ = instance.cli("federation", "peer", "show", "x" * 20_000)
+    assert code == 1 and doc["error"]["code"] == "PEER_NOT_FOUND", doc
+    assert len(doc["error"]["message"]) < 200
+    code, doc, _ = instance.cli("federation", "query", "y" * 20_000, "capabilities")
+    assert code == 1 and doc["error"]["code"] == "PEER_NOT_FOUND", doc
+    assert len(doc["error"]["message"]) < 200
 
 
 def test_grant_with_cli_expiry_is_kept(instance: Instance, scope_file: Any) -> None:

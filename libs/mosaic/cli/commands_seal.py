@@ -130,17 +130,19 @@ def _generate(ctx: typer.Context, config: InstanceConfig) -> None:
         old = load_sealer(config)
     except ConfigError as exc:
         fail(ctx, "CONFIG", exc.message, exc.remediation)
-    # The previous file is created exclusively: of two --generate runs at once, the second
-    # is refused here instead of moving the first one's new secret over the original (which
-    # would lose the only secret that opens what is sealed now).
+    # The previous file appears whole and exclusively: a complete copy is written aside,
+    # then hard-linked into place, which fails if the file exists. Of two --generate runs
+    # at once the second is refused here instead of moving the first one's new secret over
+    # the original (the only secret that opens what is sealed now), and a crash never
+    # leaves a half-written previous secret.
+    staged = previous.with_name(f".{previous.name}.{os.getpid()}.staged")
+    write_private(staged, current.read_bytes())
     try:
-        fd = os.open(previous, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.link(staged, previous)
     except FileExistsError:
         in_progress()
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(current.read_bytes())
-        fh.flush()
-        os.fsync(fh.fileno())
+    finally:
+        staged.unlink(missing_ok=True)
     _replace_private(current, generate_secret().encode() + b"\n")
     new = load_sealer(config)
     doc = {
