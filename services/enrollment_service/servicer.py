@@ -80,9 +80,11 @@ _ENROLLABLE_PEER_STATES = (grants_pb2.PEER_STATE_PENDING, grants_pb2.PEER_STATE_
 
 @dataclass
 class _Progress:
-    """How far one redeem got: once the grant is active the claim is never released."""
+    """How far one redeem got: once the grant is active, or may be, the claim is never
+    released (an unknown outcome lets it lapse by itself)."""
 
     activated: bool = False
+    outcome_unknown: bool = False
 
 
 class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
@@ -181,7 +183,7 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
             # Whatever stopped the redeem before the grant became active (refusal, CA or
             # grants failure, cancellation), the token goes back to unused. Shielded so a
             # cancelled caller cannot leave the claim behind.
-            if not progress.activated:
+            if not (progress.activated or progress.outcome_unknown):
                 await asyncio.shield(self._release(row))
             raise
 
@@ -225,7 +227,7 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
             )
             raise remote.to_service_error() from None
 
-        await self._activate(row, grant, issued, hint)
+        await self._activate(row, grant, issued, hint, progress)
         progress.activated = True
         try:
             marked = await asyncio.shield(
@@ -264,8 +266,14 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
         grant: grants_pb2.Grant,
         issued: ca_pb2.IssueCertificateResponse,
         hint: str,
+        progress: _Progress,
     ) -> None:
-        """Activate grant and peer with the new certificate; revoke it if that fails."""
+        """Activate grant and peer with the new certificate; revoke it if that fails.
+
+        When neither the call nor a read-back says whether the activation committed, the
+        certificate is kept and the token's claim left to lapse: revoking a certificate a
+        committed activation made current would leave the grant active with a dead
+        certificate and the token refused (GRANT_NOT_PENDING), with no retry possible."""
         request = grants_pb2.ActivateGrantAndPeerRequest(
             grant_id=grant.id,
             peer_id=grant.peer_id,
@@ -280,13 +288,24 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
         except grpc.aio.AioRpcError as err:
             remote = RemoteError.from_rpc_error(err)
         except asyncio.CancelledError:
-            await asyncio.shield(self._settle_cancelled(row, grant, issued, hint))
+            await asyncio.shield(self._settle_cancelled(row, grant, issued, hint, progress))
             raise
-        if remote.code not in _DEFINITE_REFUSALS and await self._activated_with(
-            grant.id, issued.serial
-        ):
-            # The transaction committed but its answer was lost.
-            return
+        if remote.code not in _DEFINITE_REFUSALS:
+            activated = await self._activated_with(grant.id, issued.serial)
+            if activated:
+                return  # the transaction committed but its answer was lost
+            if activated is None:
+                progress.outcome_unknown = True
+                log.warning(
+                    "activation outcome unknown; certificate kept, token claim left to lapse",
+                    extra=_ids(row, hint) | {"reason": remote.reason, "serial": issued.serial},
+                )
+                raise unavailable(
+                    DEPENDENCY_UNAVAILABLE,
+                    "grants-service did not confirm the activation",
+                    remediation="try again in a minute",
+                    retry_after_s=domain.CLAIM_DURATION.total_seconds(),
+                )
         log.info(
             "activation refused; revoking the certificate just issued",
             extra=_ids(row, hint) | {"reason": remote.reason, "serial": issued.serial},
@@ -300,20 +319,28 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
         grant: grants_pb2.Grant,
         issued: ca_pb2.IssueCertificateResponse,
         hint: str,
+        progress: _Progress,
     ) -> None:
-        """The caller went away during activation: finish whichever way it went."""
-        if await self._activated_with(grant.id, issued.serial):
+        """The caller went away during activation: finish whichever way it went (and when
+        that cannot be told, leave both the certificate and the claim as they are)."""
+        activated = await self._activated_with(grant.id, issued.serial)
+        if activated:
+            progress.activated = True
             await self._store.mark_used(row.id, serial=issued.serial, now=utcnow())
+        elif activated is None:
+            progress.outcome_unknown = True
         else:
             await self._undo_issuance(row, grant, issued, hint)
 
-    async def _activated_with(self, grant_id: str, serial: str) -> bool:
+    async def _activated_with(self, grant_id: str, serial: str) -> bool | None:
+        """Whether the grant is active with ``serial``; None when grants-service does not
+        say."""
         try:
             reply = await self._grants.GetGrant(
                 grants_pb2.GetGrantRequest(id=grant_id), timeout=GRANTS_TIMEOUT_S
             )
         except grpc.aio.AioRpcError:
-            return False
+            return None
         return (
             reply.grant.status == grants_pb2.GRANT_STATUS_ACTIVE
             and reply.grant.cert_serial == serial

@@ -1,0 +1,180 @@
+"""Redeem when the activation's outcome is lost: enrollment-service against the real
+TokenStore and GrantsServicer (SQLite), with the failure injected in the transport.
+
+If ActivateGrantAndPeer committed but its answer was lost, and grants-service cannot be
+asked afterwards either, nothing tells whether the grant is now active with the new
+certificate. Revoking that certificate (as for a refusal) would leave an active grant
+with a dead certificate and a token every retry is refused; so it is kept, and the
+token's claim is left to lapse."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from enrollment_service import domain
+from enrollment_service.app import MIGRATIONS as ENROLLMENT_MIGRATIONS
+from enrollment_service.servicer import EnrollmentServicer
+from enrollment_service.store import TokenStore
+from grants_service.app import MIGRATIONS as GRANTS_MIGRATIONS
+from grants_service.servicer import ChangeNotifier, GrantsServicer
+from grants_service.store import GrantsStore
+from mosaic.db import Database
+from mosaic.errors import ServiceError
+from mosaic.federation.v1 import (
+    ca_pb2,
+    ca_pb2_grpc,
+    enrollment_pb2,
+    grants_pb2,
+    grants_pb2_grpc,
+)
+from tests.support.federation_fakes import FakeChannel, rpc_error
+
+Hook = Callable[[Any], Awaitable[Any]]
+
+
+@dataclass
+class World:
+    grants: GrantsServicer
+    tokens: TokenStore
+    grant: grants_pb2.Grant
+    token: str
+    revoked: list[str] = field(default_factory=list)
+
+    def enrollment(self, hooks: dict[str, Hook]) -> EnrollmentServicer:
+        serials = iter(f"5e{i:04x}" for i in range(1, 100))
+
+        async def grants_backend(name: str, request: Any) -> Any:
+            hook = hooks.get(name)
+            if hook is not None:
+                answer = await hook(request)
+                if answer is not None:
+                    return answer
+            try:
+                return await getattr(self.grants, name)(request, None)
+            except ServiceError as exc:
+                raise rpc_error(exc.code, exc.message) from None
+
+        async def ca_backend(name: str, request: Any) -> Any:
+            if name == "GetTrustBundle":
+                return ca_pb2.GetTrustBundleResponse()
+            if name == "IssueCertificate":
+                return ca_pb2.IssueCertificateResponse(
+                    certificate_pem="-----BEGIN CERTIFICATE-----", serial=next(serials)
+                )
+            if name == "RevokeCertificate":
+                self.revoked.append(request.serial)
+                return ca_pb2.RevokeCertificateResponse()
+            raise AssertionError(name)
+
+        return EnrollmentServicer(
+            self.tokens,
+            grants_pb2_grpc.GrantsStub(FakeChannel(grants_backend)),
+            ca_pb2_grpc.CertificateAuthorityStub(FakeChannel(ca_backend)),
+        )
+
+    async def redeem(self, hooks: dict[str, Hook]) -> str:
+        try:
+            await self.enrollment(hooks).Redeem(
+                enrollment_pb2.RedeemRequest(token=self.token, csr_pem="csr"),
+                None,
+            )
+        except ServiceError as exc:
+            return f"{exc.code.name} {exc.reason}"
+        return "OK"
+
+    async def grant_now(self) -> grants_pb2.Grant:
+        reply = await self.grants.GetGrant(grants_pb2.GetGrantRequest(id=self.grant.id), None)
+        return reply.grant
+
+    async def token_state(self) -> str:
+        row = await self.tokens.find(domain.hash_token(self.token))
+        assert row is not None
+        return row.state
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    grants_db = Database(
+        f"sqlite+aiosqlite:///{tmp_path / 'g.db'}",
+        schema="grants",
+        migrations_dir=GRANTS_MIGRATIONS,
+    )
+    tokens_db = Database(
+        f"sqlite+aiosqlite:///{tmp_path / 'e.db'}",
+        schema="enrollment",
+        migrations_dir=ENROLLMENT_MIGRATIONS,
+    )
+    await grants_db.migrate()
+    await tokens_db.migrate()
+    grants = GrantsServicer(
+        GrantsStore(grants_db),
+        None,  # type: ignore[arg-type]
+        ChangeNotifier(),
+        sealer_on_disk=lambda: None,  # type: ignore[arg-type,return-value]
+    )
+    created = await grants.CreateGrant(
+        grants_pb2.CreateGrantRequest(
+            subject_user_id=str(uuid.uuid4()),
+            peer_name="a",
+            scope_json=json.dumps({"resources": ["tasks"]}),
+        ),
+        None,
+    )
+    tokens = TokenStore(tokens_db)
+    now = dt.datetime.now(dt.UTC)
+    new = domain.new_token(now, dt.timedelta(minutes=15))
+    await tokens.create(
+        new,
+        grant_id=uuid.UUID(created.grant.id),
+        peer_id=uuid.UUID(created.grant.peer_id),
+        now=now,
+    )
+    yield World(grants, tokens, created.grant, new.token)
+    await grants_db.dispose()
+    await tokens_db.dispose()
+
+
+async def test_an_activation_nobody_can_confirm_keeps_its_certificate(world: World) -> None:
+    read_backs = 0
+
+    async def activate_then_lose_the_answer(request: Any) -> Any:
+        await world.grants.ActivateGrantAndPeer(request, None)
+        raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+
+    async def read_back_fails(request: Any) -> Any:
+        nonlocal read_backs
+        read_backs += 1
+        if read_backs == 2:  # the first read is the redeem's own; the second, the check
+            raise rpc_error(grpc.StatusCode.UNAVAILABLE, "grants-service restarting")
+        return None
+
+    outcome = await world.redeem(
+        {"ActivateGrantAndPeer": activate_then_lose_the_answer, "GetGrant": read_back_fails}
+    )
+
+    assert outcome == "UNAVAILABLE DEPENDENCY_UNAVAILABLE"
+    grant = await world.grant_now()
+    assert grant.status == grants_pb2.GRANT_STATUS_ACTIVE and grant.cert_serial == "5e0001"
+    assert world.revoked == []  # the grant's current certificate stays valid
+    assert await world.token_state() == "redeeming"  # not handed back: the claim lapses
+
+
+async def test_a_definite_refusal_still_revokes_and_hands_the_token_back(world: World) -> None:
+    async def refuse(request: Any) -> Any:
+        raise rpc_error(grpc.StatusCode.FAILED_PRECONDITION, "peer is suspended")
+
+    outcome = await world.redeem({"ActivateGrantAndPeer": refuse})
+
+    assert outcome.startswith("FAILED_PRECONDITION")
+    assert world.revoked == ["5e0001"]
+    assert await world.token_state() == "unused"
+    assert (await world.grant_now()).status == grants_pb2.GRANT_STATUS_PENDING
