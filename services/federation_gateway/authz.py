@@ -188,18 +188,24 @@ class GrantCache:
         self._ttl_s = ttl_s
         self._entries: dict[str, _Entry] = {}
         self._inflight: dict[str, asyncio.Future[GrantView | Refusal]] = {}  # fetch tasks
+        self._inflight_since: dict[str, float] = {}  # when each fetch in flight began
         self.fetches = 0
 
     async def get(self, grant_id: str) -> GrantView | Refusal:
+        now = time.monotonic()
         entry = self._entries.get(grant_id)
-        if entry is not None and time.monotonic() - entry.fetched_at < self._ttl_s:
+        if entry is not None and now - entry.fetched_at < self._ttl_s:
             return entry.result
         pending = self._inflight.get(grant_id)
-        if pending is None:
+        # A fetch that began a TTL ago or more is not joined: its answer may be older than
+        # a cached entry is allowed to be (a slow GetGrant, a change this gateway did not
+        # hear of). A new one starts; the old one still answers those already waiting.
+        if pending is None or now - self._inflight_since[grant_id] >= self._ttl_s:
             # Its own task, awaited through shield by every caller (the first included): a
             # caller that goes away cancels only its own wait, never the others' answer.
             pending = asyncio.ensure_future(self._fetch_and_keep(grant_id))
             self._inflight[grant_id] = pending
+            self._inflight_since[grant_id] = now
             pending.add_done_callback(_retrieved)
         return await asyncio.shield(pending)
 
@@ -212,6 +218,7 @@ class GrantCache:
             current = self._inflight.get(grant_id) is asyncio.current_task()
             if current:
                 del self._inflight[grant_id]
+                del self._inflight_since[grant_id]
         if current:
             if len(self._entries) >= MAX_ENTRIES:
                 self._entries.clear()
@@ -243,6 +250,7 @@ class GrantCache:
         for grant_id in grant_ids:
             self._entries.pop(grant_id, None)
             self._inflight.pop(grant_id, None)
+            self._inflight_since.pop(grant_id, None)
         peers = set(peer_ids)
         if peers:
             for grant_id, entry in list(self._entries.items()):
@@ -250,10 +258,12 @@ class GrantCache:
                     del self._entries[grant_id]
             # A fetch in flight may be for one of these peers' grants: we cannot tell.
             self._inflight.clear()
+            self._inflight_since.clear()
 
     def clear(self) -> None:
         self._entries.clear()
         self._inflight.clear()
+        self._inflight_since.clear()
 
     def on_change(self, change: grants_pb2.WatchChangesResponse) -> None:
         if change.grant_ids or change.peer_ids:

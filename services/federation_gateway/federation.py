@@ -13,7 +13,8 @@ first; each refusal has its own reason code):
 4. rate limit — per grant, GCRA; RESOURCE_EXHAUSTED ``RATE_LIMITED`` with RetryInfo;
 5. scope — the resource granted and not excluded, then input checks, then resource-service
    with the Visibility the scope allows; rows coming back are checked against the scope
-   again before they are sent.
+   again before they are sent, and steps 2 and 3 run again (a read may have waited for
+   a resource-service slot while the grant was revoked).
 
 Each request writes one audit row, allowed or not, and its answer (or refusal) is sent
 only after that row is committed (group commit: audit.py).
@@ -106,6 +107,8 @@ QUERY_INVALID = "QUERY_INVALID"
 LIMIT_INVALID = "LIMIT_INVALID"
 
 _NOT_FOUND_MESSAGE = "no such resource"
+# Verbs that read resource-service: admitted again before they are answered (_serve).
+_READS = frozenset({"list", "get", "search"})
 # How an answer is classified in the audit log; everything else is "error".
 _DENIED = frozenset(
     {
@@ -267,10 +270,14 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
             source_address=(context.peer() or "")[:128] or None,
         )
         try:
-            view = await self._authorize(context, record)
+            view, identity = await self._authorize(context, record)
             if type(request) is MalformedRequest:  # audited and rate-limited, then refused
                 raise malformed_request_error()
             response: Any = await handler(view, request)
+            if verb in _READS:
+                # A read may have waited for a resource-service slot, behind other peers'
+                # reads: a revoke or suspension meanwhile holds for this answer too.
+                await self._admit(identity, record)
         except ServiceError as exc:
             self._finish(record, exc.code, started, reason=exc.reason)
             await self._audit.record(record)
@@ -297,7 +304,9 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         record.reason = reason
         record.latency_ms = (time.perf_counter() - started) * 1000
 
-    async def _authorize(self, context: grpc.aio.ServicerContext, record: AuditRecord) -> GrantView:
+    async def _authorize(
+        self, context: grpc.aio.ServicerContext, record: AuditRecord
+    ) -> tuple[GrantView, CertIdentity]:
         pems = context.auth_context().get("x509_pem_cert")
         if not pems:
             raise ServiceError(
@@ -313,6 +322,14 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
             )
         record.grant_id = identity.grant_uuid
         record.subject_user_id = identity.subject_uuid
+        view = await self._admit(identity, record)
+        await within_limit(self._limiter, identity.grant_id, "rate limit exceeded for this grant")
+        return view, identity
+
+    async def _admit(self, identity: CertIdentity, record: AuditRecord) -> GrantView:
+        """The gate's state checks (all in memory while the grant's entry is cached): the
+        revocation list loaded and without this serial, the grant servable, this its
+        current certificate for its subject."""
         revoked = self._revoked
         if not revoked.loaded:
             raise unavailable(
@@ -339,7 +356,6 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         )
         if refusal is not None:
             raise refusal.error()
-        await within_limit(self._limiter, identity.grant_id, "rate limit exceeded for this grant")
         return result
 
     @staticmethod

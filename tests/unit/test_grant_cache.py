@@ -136,3 +136,34 @@ async def test_entries_expire_after_the_ttl() -> None:
     await cache.get(GRANT_ID)
     await cache.get(GRANT_ID)
     assert grants.calls == 2
+
+
+async def test_a_fetch_older_than_the_ttl_is_not_joined(monkeypatch: Any) -> None:
+    """A slow GetGrant read the grant before a change this gateway did not hear of (the
+    change stream down, another replica): a request arriving a TTL after that fetch
+    began must not be served its answer, any more than a cached entry that old."""
+    from federation_gateway import authz
+
+    now = [100.0]
+    monkeypatch.setattr(authz.time, "monotonic", lambda: now[0])
+    grants = FakeGrants()
+    revoked = _reply()
+    revoked.grant.status = grants_pb2.GRANT_STATUS_REVOKED
+    grants.answers = [_reply(), revoked]
+    cache = GrantCache(grants, ttl_s=0.5)  # type: ignore[arg-type]
+
+    early = asyncio.ensure_future(cache.get(GRANT_ID))
+    await _settle()
+    now[0] += 0.3  # within the TTL of the fetch in flight: joined
+    joined = asyncio.ensure_future(cache.get(GRANT_ID))
+    await _settle()
+    assert grants.calls == 1
+    now[0] += 0.3  # 0.6 s after it began: a fetch of its own
+    late = asyncio.ensure_future(cache.get(GRANT_ID))
+    await _settle()
+    assert grants.calls == 2
+    grants.release.set()
+
+    assert isinstance(await early, GrantView) and isinstance(await joined, GrantView)
+    answer = await late
+    assert isinstance(answer, Refusal) and answer.reason == "GRANT_REVOKED"
