@@ -8,7 +8,7 @@ import grpc
 
 from federation_gateway.admin.base import AdminBase
 from mosaic.config import GRANTS
-from mosaic.errors import ServiceError
+from mosaic.errors import DEPENDENCY_UNAVAILABLE, ServiceError, unavailable
 from mosaic.federation.v1 import ca_pb2, gateway_pb2, grants_pb2
 from mosaic.x509ext import MAX_REVOCATION_REASON, revocation_reason
 
@@ -79,8 +79,14 @@ class GrantsAdminMixin(AdminBase):
             )
         return reply
 
-    async def _revoke_certificates(self, grant_ids: list[str], reason: str) -> None:
-        """Best effort: a CA that is down must not undo a revocation that already holds.
+    async def _revoke_certificates(
+        self, grant_ids: list[str], reason: str, *, strict: bool = False
+    ) -> None:
+        """Revoke every certificate issued for these grants at the CA.
+
+        Best effort unless ``strict``: a CA that is down must not undo a revocation that
+        already holds (a retry of the revoke does it again). ``strict`` raises instead, for
+        a caller that has not yet changed anything.
 
         The CA records a reason of at most MAX_REVOCATION_REASON characters; grants-service
         keeps the operator's whole text, so a longer one is shortened here, not refused.
@@ -94,6 +100,14 @@ class GrantsAdminMixin(AdminBase):
                     ca_pb2.RevokeCertificateRequest(grant_id=grant_id, reason=reason)
                 )
             except grpc.aio.AioRpcError as err:
+                if strict:
+                    raise unavailable(
+                        DEPENDENCY_UNAVAILABLE,
+                        "ca-service did not revoke the certificates; nothing was removed",
+                        remediation="run the command again once ca-service answers (`mosaic "
+                        "gateway doctor`); `peer suspend` stops the peer meanwhile",
+                        retry_after_s=1.0,
+                    ) from None
                 log.warning(
                     "certificates of a revoked grant not revoked at the CA",
                     extra={"grant_id": grant_id, "code": err.code().name},
@@ -102,10 +116,24 @@ class GrantsAdminMixin(AdminBase):
     async def RemovePeer(
         self, request: grants_pb2.RemovePeerRequest, context: grpc.aio.ServicerContext
     ) -> grants_pb2.RemovePeerResponse:
-        """Remove the peer and its grants, then revoke every certificate issued for them (the
-        gateways refuse them already: their grants are gone)."""
+        """Revoke every certificate issued for the peer's grants, then remove the peer and
+        its grants.
+
+        In that order: once the grants are gone nothing can name them to the CA any more,
+        so a CA that is down stops the removal (nothing changed; run it again) rather than
+        leave their certificates unrevoked for good. A grant made in between is revoked
+        afterwards, best effort (the gateways refuse it anyway: it is gone)."""
+        peer = await self.forward(self.grants.GetPeer(grants_pb2.GetPeerRequest(id=request.id)))
+        listed: list[str] = []
+        if peer.peer.direction == grants_pb2.PEER_DIRECTION_INBOUND:
+            grants = await self.forward(
+                self.grants.ListGrants(grants_pb2.ListGrantsRequest(peer_id=peer.peer.id))
+            )
+            listed = [g.id for g in grants.grants]
+            await self._revoke_certificates(listed, "peer removed", strict=True)
         reply = await self.forward(self.grants.RemovePeer(request))
-        await self._revoke_certificates(list(reply.removed_grant_ids), "peer removed")
+        late = [g for g in reply.removed_grant_ids if g not in listed]
+        await self._revoke_certificates(late, "peer removed")
         return reply
 
     async def RotateSeal(
