@@ -4,6 +4,7 @@ revoking the new certificate then would leave the peer with none that works."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -56,10 +57,15 @@ class Backends:
 
 
 async def _renew(backends: Backends) -> gateway_pb2.RenewCertificateResponse:
+    """One renewal; then the revocations it left to run after its answer, finished."""
     servicer = federation_servicer(backends)
-    return await servicer._renew(
-        grant_view(cert_serial=OLD), gateway_pb2.RenewCertificateRequest(csr_pem="CSR")
-    )
+    try:
+        return await servicer._renew(
+            grant_view(cert_serial=OLD), gateway_pb2.RenewCertificateRequest(csr_pem="CSR")
+        )
+    finally:
+        while servicer._background:
+            await asyncio.gather(*servicer._background, return_exceptions=True)
 
 
 @pytest.mark.parametrize(
@@ -207,3 +213,28 @@ async def test_a_renewal_without_the_ca_roots_issues_and_revokes_nothing() -> No
         )
     assert caught.value.code == grpc.StatusCode.UNAVAILABLE
     assert calls == ["GetTrustBundle"]
+
+
+async def test_the_answer_does_not_wait_for_the_old_certificates_revocation() -> None:
+    """A slow CA must not turn a renewal that is done into an answer A never gets."""
+    ca_answers = asyncio.Event()
+
+    class SlowCA(Backends):
+        async def __call__(self, method: str, request: Any) -> Any:
+            if method == "RevokeCertificate":
+                await ca_answers.wait()
+            return super().__call__(method, request)
+
+    backends = SlowCA(rotate=None, current=NEW)
+    servicer = federation_servicer(backends)
+    answer = await asyncio.wait_for(
+        servicer._renew(
+            grant_view(cert_serial=OLD), gateway_pb2.RenewCertificateRequest(csr_pem="CSR")
+        ),
+        timeout=5,
+    )
+    assert answer.serial == NEW and backends.revoked == []
+    ca_answers.set()
+    while servicer._background:
+        await asyncio.gather(*servicer._background)
+    assert backends.revoked == [OLD]
