@@ -571,12 +571,15 @@ class GrantsStore:
             return await self._peer_in(conn, peer_id)
 
     async def sealed_client_key(self, peer_id: uuid.UUID) -> tuple[PeerRow, bytes | None]:
+        """The peer and its sealed key, read in one statement: two reads could pair the
+        certificate from before a renewal stored with the key from after it."""
+        query = _PEER_SELECT.add_columns(_P.c.sealed_client_key).where(_P.c.id == peer_id)
         async with self._engine.connect() as conn:
-            peer = await self._peer_in(conn, peer_id)
-            blob = (
-                await conn.execute(select(_P.c.sealed_client_key).where(_P.c.id == peer_id))
-            ).scalar_one_or_none()
-        return peer, blob
+            row = (await conn.execute(query)).first()
+        if row is None:
+            raise domain.PeerNotFound(str(peer_id))
+        blob = row._mapping["sealed_client_key"]
+        return _peer(row), None if blob is None else bytes(blob)
 
     async def sealed_client_keys(self) -> list[tuple[uuid.UUID, bytes]]:
         query = select(_P.c.id, _P.c.sealed_client_key).where(_P.c.sealed_client_key.is_not(None))
