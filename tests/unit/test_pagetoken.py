@@ -29,6 +29,18 @@ def test_round_trip(tokens: PageTokens) -> None:
     assert set(token) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
+def test_the_token_tells_the_peer_nothing(tokens: PageTokens) -> None:
+    """The cursor names the last row resource-service returned, which may be a row the
+    gateway dropped as outside the scope: the token is encrypted, not only MACed."""
+    cursor = "another-users-row-0042"
+    token = tokens.make(grant_id=GRANT, resource="tasks", after_id=cursor, now=NOW)
+    raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    for secret in (cursor.encode(), b"another", b"tasks", uuid.UUID(GRANT).bytes):
+        assert secret not in raw
+    again = tokens.make(grant_id=GRANT, resource="tasks", after_id=cursor, now=NOW)
+    assert again != token  # a fresh nonce each time: equal cursors do not show either
+
+
 def test_other_grant_or_resource_is_refused(tokens: PageTokens) -> None:
     token = tokens.make(grant_id=GRANT, resource="tasks", after_id="x", now=NOW)
     with pytest.raises(PageTokenInvalid):
