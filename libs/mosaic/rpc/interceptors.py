@@ -118,18 +118,21 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         stats = MethodStats(method)
+        # A single request message that does not parse becomes a MalformedRequest (the
+        # wrappers refuse it, or hand it to a handler that takes it); streamed requests
+        # keep gRPC's own parsing.
+        deserialize = handler.request_deserializer
+        tolerant = _tolerant(deserialize) if deserialize else None
         if handler.unary_unary is not None:
-            deserialize = handler.request_deserializer
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method, stats),
-                request_deserializer=_tolerant(deserialize) if deserialize else None,
+                request_deserializer=tolerant,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
-            deserialize = handler.request_deserializer
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(handler.unary_stream, method, stats),
-                request_deserializer=_tolerant(deserialize) if deserialize else None,
+                request_deserializer=tolerant,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:
