@@ -41,6 +41,17 @@ NOT_FOUND = "NOT_FOUND"
 DEPENDENCY_UNAVAILABLE = "DEPENDENCY_UNAVAILABLE"
 RATE_LIMITED = "RATE_LIMITED"
 
+# Codes of failed calls that may nonetheless have taken effect: after one, read back.
+OUTCOME_UNKNOWN_CODES = frozenset(
+    {
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+    }
+)
+
 
 def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"

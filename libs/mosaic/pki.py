@@ -16,6 +16,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 # pki/federation/ in the instance home (ca_service.keys writes it; the gateway serves it).
@@ -23,6 +24,10 @@ ROOT_CERT = "root.crt"
 INTERMEDIATE_CERT = "intermediate.crt"
 SERVER_CERT = "server.crt"  # leaf followed by the intermediate
 SERVER_KEY = "server.key"
+
+# Largest PKCS#10 request (PEM) the CA signs or enrollment reads.
+MAX_CSR_BYTES = 16 * 1024
+_CSR_PEM_LABELS = (b"CERTIFICATE REQUEST", b"NEW CERTIFICATE REQUEST")
 
 INTERNAL_CERT_LIFETIME = dt.timedelta(days=365)
 INTERNAL_CA_LIFETIME = dt.timedelta(days=3650)
@@ -149,3 +154,33 @@ def write_public(path: Path, data: bytes) -> None:
 
 def certificate_not_after(pem: bytes) -> dt.datetime:
     return x509.load_pem_x509_certificate(pem).not_valid_after_utc
+
+
+def is_one_csr_block(data: bytes) -> bool:
+    """Whether ``data`` is one PEM CSR block (label ``CERTIFICATE REQUEST``, or the older
+    ``NEW CERTIFICATE REQUEST``) and only ASCII whitespace around it."""
+    text = data.strip()
+    if text.count(b"-----BEGIN ") != 1 or text.count(b"-----END ") != 1:
+        return False
+    return any(
+        text.startswith(b"-----BEGIN " + label + b"-----")
+        and text.endswith(b"-----END " + label + b"-----")
+        for label in _CSR_PEM_LABELS
+    )
+
+
+def csr_signature_valid(csr: x509.CertificateSigningRequest) -> bool:
+    """Whether the CSR proves its sender holds the key it names."""
+    try:
+        return csr.is_signature_valid
+    except Exception:
+        # Unsupported signature algorithms raise rather than return False; either way
+        # there is no proof the sender holds the key.
+        return False
+
+
+def spki_der(key: CertificatePublicKeyTypes) -> bytes:
+    """A public key as DER SubjectPublicKeyInfo: what "the same key" is compared by."""
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )

@@ -21,9 +21,9 @@ from typing import Final
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from mosaic.pki import MAX_CSR_BYTES, csr_signature_valid, is_one_csr_block, spki_der
 from mosaic.x509ext import InvalidGrantExtension, canonical_uuid, grant_identity
 
 __all__ = [
@@ -39,7 +39,6 @@ __all__ = [
     "verify_issued",
 ]
 
-MAX_CSR_BYTES: Final = 16 * 1024
 MAX_DNS_NAMES: Final = 8
 MAX_DNS_NAME_LENGTH: Final = 253
 MIN_RSA_BITS: Final = 3072
@@ -49,7 +48,6 @@ MAX_RSA_BITS: Final = 8192
 ISSUED_CERT_SKEW: Final = timedelta(minutes=2)
 
 _ACCEPTED_KEYS = "EC P-256, EC P-384, or RSA with a 3072-8192 bit modulus"
-_CSR_PEM_LABELS = (b"CERTIFICATE REQUEST", b"NEW CERTIFICATE REQUEST")
 _COMMON_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,62}")
 _DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
@@ -124,7 +122,7 @@ def validate_csr(pem: str | bytes) -> x509.CertificateSigningRequest:
             "CSR_TOO_LARGE",
             f"the CSR is {len(data)} bytes; at most {MAX_CSR_BYTES} bytes of PEM are accepted",
         )
-    if not _is_one_csr_block(data):
+    if not is_one_csr_block(data):
         # The parser reads the first block and ignores what surrounds it; what we sign
         # must be exactly what was sent, not one part of it.
         raise CSRRejected(
@@ -141,13 +139,7 @@ def validate_csr(pem: str | bytes) -> x509.CertificateSigningRequest:
         ) from None
 
     _check_key(csr)
-    try:
-        signature_ok = csr.is_signature_valid
-    except Exception:
-        # Unsupported signature algorithms raise rather than return False; either way
-        # there is no proof the sender holds the key.
-        signature_ok = False
-    if not signature_ok:
+    if not csr_signature_valid(csr):
         raise CSRRejected(
             "CSR_BAD_SIGNATURE",
             "the CSR's signature does not verify with its own public key; "
@@ -156,19 +148,6 @@ def validate_csr(pem: str | bytes) -> x509.CertificateSigningRequest:
     _check_subject(csr)
     _check_subject_alt_names(csr)
     return csr
-
-
-def _is_one_csr_block(data: bytes) -> bool:
-    """Whether ``data`` is one PEM CSR block (label ``CERTIFICATE REQUEST``, or the older
-    ``NEW CERTIFICATE REQUEST``) and only ASCII whitespace around it."""
-    text = data.strip()
-    if text.count(b"-----BEGIN ") != 1 or text.count(b"-----END ") != 1:
-        return False
-    return any(
-        text.startswith(b"-----BEGIN " + label + b"-----")
-        and text.endswith(b"-----END " + label + b"-----")
-        for label in _CSR_PEM_LABELS
-    )
 
 
 def _check_key(csr: x509.CertificateSigningRequest) -> None:
@@ -366,7 +345,7 @@ def verify_issued(
                 f"the request was for {request.subject_user_id}"
             )
 
-    if _spki(issued.public_key()) != _spki(request.csr.public_key()):
+    if spki_der(issued.public_key()) != spki_der(request.csr.public_key()):
         problems.append("the certificate's public key is not the CSR's")
 
     problems.extend(_name_problems(issued, extensions, request.csr))
@@ -385,12 +364,6 @@ def verify_issued(
 
     if problems:
         raise IssuedCertificateMismatch(problems)
-
-
-def _spki(key: CertificatePublicKeyTypes) -> bytes:
-    return key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
 
 
 def _name_problems(

@@ -23,6 +23,7 @@ __all__ = [
     "CLAIM_DURATION",
     "DEFAULT_TTL_S",
     "MAX_TTL_S",
+    "REPEAT_WINDOW",
     "TOKEN_HINT_LENGTH",
     "InvalidTTL",
     "NewToken",
@@ -41,6 +42,9 @@ TOKEN_HINT_LENGTH: Final = 8
 # How long one redeem may hold a token before another attempt may take it over. Longer
 # than every deadline inside a redeem (CA issuance and the grants transaction).
 CLAIM_DURATION: Final = dt.timedelta(seconds=60)
+# How long after its expiry a spent token still answers a redeem repeated with the same
+# key (the peer lost the first answer): the same certificate again, nothing issued.
+REPEAT_WINDOW: Final = dt.timedelta(minutes=10)
 
 # Reason codes (ErrorInfo.reason) of refused redeems. Each tells the holder of *this*
 # token what happened to it, and nothing about any other token.

@@ -11,6 +11,11 @@ Redeem, step by step (only the gateway calls it):
    on failure the just-issued certificate is revoked and the claim released;
 5. mark the token used.
 
+A redeem of a spent token (or of one claimed by a redeem whose outcome was not known)
+that comes with a CSR for the key the token was spent on, within ``REPEAT_WINDOW`` of the
+token's expiry, gets the same answer again (``repeated``): the peer lost the first
+answer. Nothing is issued or changed; any other key is refused as before.
+
 Refusals say what happened to *this* token with their own reason code and a generic
 message; the grant and peer ids go in the error metadata for the gateway's audit row
 (the gateway strips them before answering the peer).
@@ -26,6 +31,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import grpc
+from cryptography import x509
 from google.protobuf import timestamp_pb2
 
 from enrollment_service import domain
@@ -48,7 +54,9 @@ from mosaic.federation.v1 import (
     grants_pb2_grpc,
 )
 from mosaic.logs import token_hint
+from mosaic.pki import MAX_CSR_BYTES, csr_signature_valid, is_one_csr_block, spki_der
 from mosaic.sqltypes import utcnow
+from mosaic.x509ext import serial_hex
 
 log = logging.getLogger("enrollment_service")
 
@@ -174,6 +182,10 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
         row = await self._store.claim(token_hash, now=now, until=now + domain.CLAIM_DURATION)
         if row is None:
             found = await self._store.find(token_hash)
+            if found is not None and found.state != "unused":
+                repeated = await self._repeat(found, request.csr_pem, trust, hint)
+                if repeated is not None:
+                    return repeated
             refusal = domain.refusal_for_unclaimable(found.view() if found else None, utcnow())
             raise _refused(refusal, found, hint)
         progress = _Progress()
@@ -198,6 +210,14 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
         grant_reply = await self._get_grant(str(row.grant_id))
         grant = grant_reply.grant
         if grant.status != _GRANT_PENDING:
+            # A claim taken over after a redeem whose activation outcome was not known:
+            # if that activation committed for this peer's key, this is its answer.
+            key = _csr_key(csr_pem)
+            repeated = None if key is None else self._repeated_answer(row, grant_reply, key, trust)
+            if repeated is not None:
+                progress.activated = True
+                await asyncio.shield(self._mark_used(row, repeated.serial, hint))
+                return repeated
             raise _refused(
                 domain.RedeemRefused(
                     domain.GRANT_NOT_PENDING,
@@ -229,35 +249,95 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
 
         await self._activate(row, grant, issued, hint, progress)
         progress.activated = True
-        try:
-            marked = await asyncio.shield(
-                self._store.mark_used(row.id, serial=issued.serial, now=utcnow())
-            )
-        except Exception:
-            # The grant is active with this certificate, so a later claim of this token
-            # finds the grant no longer pending: still single use. Hand out the result.
-            log.exception("could not mark the enrollment token used", extra=_ids(row, hint))
-            marked = False
-        if not marked:
-            log.warning("enrollment token was not marked used", extra=_ids(row, hint))
+        await asyncio.shield(self._mark_used(row, issued.serial, hint))
         log.info(
             "enrollment token redeemed",
             extra=_ids(row, hint) | {"serial": issued.serial},
         )
-        chain = list(issued.chain_pem)
-        # With the step-ca backend the client certificate chains to step-ca's root, not
-        # to the root the peer pinned: send that root along (over the pinned channel) so
-        # the peer can verify the whole chain.
-        if trust.root_pem and trust.root_sha256 != trust.server_root_sha256:
-            chain.append(trust.root_pem)
-        return enrollment_pb2.RedeemResponse(
+        return _answer(
+            grant,
             certificate_pem=issued.certificate_pem,
-            chain_pem=chain,
-            grant_id=grant.id,
-            subject_user_id=grant.subject_user_id,
-            peer_id=grant.peer_id,
+            chain_pem=list(issued.chain_pem),
             serial=issued.serial,
             not_after=issued.not_after,
+            trust=trust,
+        )
+
+    async def _mark_used(self, row: TokenRow, serial: str, hint: str) -> None:
+        try:
+            marked = await self._store.mark_used(row.id, serial=serial, now=utcnow())
+        except Exception:
+            # The grant is active with this certificate, so a later claim of this token
+            # finds the grant no longer pending: still single use. Hand out the result.
+            log.exception("could not mark the enrollment token used", extra=_ids(row, hint))
+            return
+        if not marked:
+            log.warning("enrollment token was not marked used", extra=_ids(row, hint))
+
+    # ---- a repeated redeem ---------------------------------------------------------
+
+    async def _repeat(
+        self, row: TokenRow, csr_pem: str, trust: ca_pb2.GetTrustBundleResponse, hint: str
+    ) -> enrollment_pb2.RedeemResponse | None:
+        """The answer to a redeem of a spent (or still claimed) token repeated by the peer
+        that spent it, proving it with a CSR for the same key: its first answer was lost.
+        None for anyone else, who is refused as before."""
+        now = utcnow()
+        key = _csr_key(csr_pem)
+        if key is None or now >= row.expires_at + domain.REPEAT_WINDOW:
+            return None
+        try:
+            grant = await self._get_grant(str(row.grant_id))
+        except ServiceError as exc:
+            if exc.code == grpc.StatusCode.NOT_FOUND:
+                return None  # the grant is gone: refused as any spent token
+            raise
+        repeated = self._repeated_answer(row, grant, key, trust)
+        if repeated is None:
+            return None
+        if row.state == "redeeming" and (row.claimed_until is None or row.claimed_until < now):
+            # The redeem that held the claim is gone (its outcome was unknown): finish it.
+            await asyncio.shield(self._mark_used(row, repeated.serial, hint))
+        log.info("enrollment answered again", extra=_ids(row, hint) | {"serial": repeated.serial})
+        return repeated
+
+    @staticmethod
+    def _repeated_answer(
+        row: TokenRow,
+        reply: grants_pb2.GetGrantResponse,
+        key: bytes,
+        trust: ca_pb2.GetTrustBundleResponse,
+    ) -> enrollment_pb2.RedeemResponse | None:
+        """The answer again if this token's grant is active, bound to its peer, with the
+        certificate the token was spent on, and that certificate is for ``key`` (the
+        CSR's, DER SPKI)."""
+        grant, peer = reply.grant, reply.peer
+        if (
+            grant.status != grants_pb2.GRANT_STATUS_ACTIVE
+            or grant.id != str(row.grant_id)
+            or grant.peer_id != str(row.peer_id)
+            or peer.id != grant.peer_id
+            or not grant.cert_serial
+            or peer.cert_serial != grant.cert_serial
+            or row.used_by_serial not in (None, grant.cert_serial)
+        ):
+            return None
+        try:
+            cert = x509.load_pem_x509_certificate(peer.cert_pem.encode())
+        except ValueError:
+            return None
+        if serial_hex(cert.serial_number) != grant.cert_serial:
+            return None
+        if spki_der(cert.public_key()) != key:
+            return None
+        return _answer(
+            grant,
+            certificate_pem=peer.cert_pem,
+            chain_pem=list(trust.intermediates_pem),
+            serial=grant.cert_serial,
+            not_after=peer.cert_not_after,
+            trust=trust,
+            repeated=True,
         )
 
     async def _activate(
@@ -422,6 +502,46 @@ _DEFINITE_REFUSALS: Final = frozenset(
         grpc.StatusCode.UNAUTHENTICATED,
     }
 )
+
+
+def _answer(
+    grant: grants_pb2.Grant,
+    *,
+    certificate_pem: str,
+    chain_pem: list[str],
+    serial: str,
+    not_after: timestamp_pb2.Timestamp,
+    trust: ca_pb2.GetTrustBundleResponse,
+    repeated: bool = False,
+) -> enrollment_pb2.RedeemResponse:
+    # With the step-ca backend the client certificate chains to step-ca's root, not to
+    # the root the peer pinned: send that root along (over the pinned channel) so the
+    # peer can verify the whole chain.
+    if trust.root_pem and trust.root_sha256 != trust.server_root_sha256:
+        chain_pem.append(trust.root_pem)
+    return enrollment_pb2.RedeemResponse(
+        certificate_pem=certificate_pem,
+        chain_pem=chain_pem,
+        grant_id=grant.id,
+        subject_user_id=grant.subject_user_id,
+        peer_id=grant.peer_id,
+        serial=serial,
+        not_after=not_after,
+        repeated=repeated,
+    )
+
+
+def _csr_key(csr_pem: str) -> bytes | None:
+    """The public key (DER SPKI) of a well-formed CSR whose signature proves its sender
+    holds that key; None otherwise."""
+    data = csr_pem.encode("utf-8", errors="replace")
+    if len(data) > MAX_CSR_BYTES or not is_one_csr_block(data):
+        return None
+    try:
+        csr = x509.load_pem_x509_csr(data)
+    except ValueError:
+        return None
+    return spki_der(csr.public_key()) if csr_signature_valid(csr) else None
 
 
 def _refused(refusal: domain.RedeemRefused, row: TokenRow | None, hint: str) -> ServiceError:

@@ -53,6 +53,7 @@ from mosaic.config import RESOURCES as RESOURCE_SERVICE
 from mosaic.errors import (
     CA_BACKEND_REASON_PREFIX,
     DEPENDENCY_UNAVAILABLE,
+    OUTCOME_UNKNOWN_CODES,
     RemoteError,
     ServiceError,
     internal_error,
@@ -122,16 +123,6 @@ _DENIED = frozenset(
     }
 )
 _ALLOWED = frozenset({grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND})
-# Failed calls that may nonetheless have taken effect.
-_OUTCOME_UNKNOWN = frozenset(
-    {
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.CANCELLED,
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.INTERNAL,
-    }
-)
 
 R = TypeVar("R")
 
@@ -551,7 +542,9 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
             # A timeout or an outage says nothing about whether grants-service committed:
             # ask which certificate is current before revoking either.
             current = (
-                await self._current_serial(view) if err.code() in _OUTCOME_UNKNOWN else old_serial
+                await self._current_serial(view)
+                if err.code() in OUTCOME_UNKNOWN_CODES
+                else old_serial
             )
             if current is None:
                 # Unknown: leave the new certificate be. If it is not current the gate

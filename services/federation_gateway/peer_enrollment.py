@@ -37,6 +37,8 @@ log = logging.getLogger("federation_gateway.enrollment")
 
 REDEEM_VERB: Final = "redeem"
 GRANT_NOT_PENDING: Final = "GRANT_NOT_PENDING"
+# Audit reason of a redeem answered again for the key the token was spent on.
+REDEEM_REPEATED: Final = "REDEEM_REPEATED"
 # Above the sum of the enrollment service's own deadlines on the way to an answer (30 s:
 # enrollment_service.servicer); the querying gateway gives the redeem 60 s.
 REDEEM_TIMEOUT_S: Final = 40.0
@@ -176,7 +178,7 @@ class PeerEnrollmentServicer(gateway_pb2_grpc.PeerEnrollmentServicer):
             audit.row(
                 "allowed",
                 grpc.StatusCode.OK,
-                None,
+                REDEEM_REPEATED if reply.repeated else None,
                 grant_id=reply.grant_id,
                 peer_id=reply.peer_id,
                 subject_user_id=reply.subject_user_id,
@@ -184,7 +186,7 @@ class PeerEnrollmentServicer(gateway_pb2_grpc.PeerEnrollmentServicer):
             )
         )
         log.info(
-            "peer enrolled",
+            "peer enrolled (answer repeated)" if reply.repeated else "peer enrolled",
             extra={
                 "token": hint,
                 "grant_id": reply.grant_id,

@@ -170,6 +170,11 @@ def _assert_refused(doc: dict[str, Any], reason: str) -> None:
     assert REFUSED_MESSAGE in doc["error"]["message"], doc
 
 
+def _assert_remote_refused(remote: RemoteError, reason: str) -> None:
+    assert (remote.code, remote.reason) == (grpc.StatusCode.UNAUTHENTICATED, reason), str(remote)
+    assert REFUSED_MESSAGE in remote.message
+
+
 # ---- flows ---------------------------------------------------------------------------------
 
 
@@ -400,6 +405,49 @@ def test_a_failure_at_the_ca_leaves_the_token_usable(pair: Pair) -> None:
     assert [(r["outcome"], r["reason"]) for r in rows] == [
         ("denied", "CSR_WEAK_KEY"),
         ("allowed", None),
+    ]
+
+
+def test_a_redeem_repeated_with_the_same_key_gets_the_same_answer_again(pair: Pair) -> None:
+    """A peer that lost B's answer repeats the redeem with the same key and CSR: B answers
+    with the certificate the token was spent on, issuing nothing; another key is refused."""
+    grant = pair.grant()
+    token = pair.token(grant["id"])
+    csr = _csr(ec.generate_private_key(ec.SECP256R1()))
+
+    first = asyncio.run(_redeem(pair.b, token["token"], csr))
+    again = asyncio.run(_redeem(pair.b, token["token"], csr))
+    other = asyncio.run(
+        _redeem(pair.b, token["token"], _csr(ec.generate_private_key(ec.SECP256R1())))
+    )
+
+    assert not isinstance(first, RemoteError), str(first)
+    assert not isinstance(again, RemoteError), str(again)
+    assert (first.repeated, again.repeated) == (False, True)
+    assert (again.serial, again.certificate_pem, again.grant_id) == (
+        first.serial,
+        first.certificate_pem,
+        grant["id"],
+    )
+    # What A checks before storing it: the chain to B's pinned root.
+    b_root = x509.load_pem_x509_certificate(
+        (pair.b.home / "pki" / "federation" / "root.crt").read_bytes()
+    )
+    leaf = x509.load_pem_x509_certificate(again.certificate_pem.encode())
+    verify_chain(leaf, load_pem_certificates("".join(again.chain_pem)), [b_root])
+    assert isinstance(other, RemoteError)
+    _assert_remote_refused(other, "TOKEN_ALREADY_USED")
+    with sqlite3.connect(pair.b.home / "data" / "ca_service.db") as conn:
+        issued = conn.execute(
+            "SELECT serial FROM issued_certificates WHERE grant_id = ?",
+            (uuid.UUID(grant["id"]).hex,),
+        ).fetchall()
+    assert [row[0] for row in issued] == [first.serial]
+    rows = _hint_rows(pair.b, token["token"])
+    assert [(r["outcome"], r["reason"]) for r in rows] == [
+        ("allowed", None),
+        ("allowed", "REDEEM_REPEATED"),
+        ("denied", "TOKEN_ALREADY_USED"),
     ]
 
 

@@ -29,7 +29,13 @@ from cryptography.x509.oid import NameOID
 from mosaic.config import load_config
 from mosaic.enrollment_url import parse_enrollment_url
 from mosaic.errors import RemoteError
-from mosaic.federation.v1 import gateway_pb2, gateway_pb2_grpc, grants_pb2, grants_pb2_grpc
+from mosaic.federation.v1 import (
+    enrollment_pb2,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    grants_pb2,
+    grants_pb2_grpc,
+)
 from mosaic.x509ext import grant_identity, load_pem_certificates, serial_hex, verify_chain
 from tests.support.instances import Instance, internal_channel_as
 from tests.support.postgres import PostgresServer
@@ -137,7 +143,7 @@ async def _credentials(a: Instance, peer_id: str) -> grants_pb2.GetPeerCredentia
 
 
 def test_concurrent_redeems_on_postgres_have_exactly_one_winner(
-    gateways: tuple[Instance, Instance], tmp_path: Path
+    gateways: tuple[Instance, Instance], stepca: StepCAServer, tmp_path: Path
 ) -> None:
     _, b = gateways
     scope = tmp_path / "scope.json"
@@ -172,8 +178,10 @@ def test_concurrent_redeems_on_postgres_have_exactly_one_winner(
             except grpc.aio.AioRpcError as exc:
                 return RemoteError.from_rpc_error(exc)
 
+    csrs = [_csr() for _ in range(CONCURRENT_REDEEMS)]
+
     async def all_at_once() -> list[object]:
-        return await asyncio.gather(*(redeem(_csr()) for _ in range(CONCURRENT_REDEEMS)))
+        return await asyncio.gather(*(redeem(csr) for csr in csrs))
 
     results = asyncio.run(all_at_once())
     losers = [r for r in results if isinstance(r, RemoteError)]
@@ -181,6 +189,20 @@ def test_concurrent_redeems_on_postgres_have_exactly_one_winner(
     assert {r.reason for r in losers} <= {"TOKEN_IN_USE", "TOKEN_ALREADY_USED"}
     code, on_b, _ = b.cli("federation", "grant", "show", grant["id"])
     assert on_b["status"] == "active"
+
+    # The winner lost its answer and repeats the redeem with the same CSR: the same
+    # step-ca certificate again, with the chain to step-ca's root.
+    winner = next(i for i, r in enumerate(results) if not isinstance(r, RemoteError))
+    first = results[winner]
+    again = asyncio.run(redeem(csrs[winner]))
+    assert isinstance(first, enrollment_pb2.RedeemResponse)
+    assert isinstance(again, enrollment_pb2.RedeemResponse), str(again)
+    assert again.repeated and (again.serial, again.certificate_pem) == (
+        first.serial,
+        first.certificate_pem,
+    )
+    leaf = x509.load_pem_x509_certificate(again.certificate_pem.encode())
+    verify_chain(leaf, load_pem_certificates("".join(again.chain_pem)), [stepca.root_cert])
 
 
 def _csr() -> str:

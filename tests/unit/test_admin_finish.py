@@ -76,7 +76,7 @@ async def test_peer_add_cancelled_during_the_redeem_still_stores_the_peer(
     async def fetch_pinned_root(target: Any) -> str:
         return "ROOT"
 
-    async def redeem(self: Any, target: Any, root: Any, csr: Any) -> Any:
+    async def redeem(self: Any, target: Any, root: Any, csr: Any, **_: Any) -> Any:
         redeeming.set()
         await answer.wait()
         return enrollment_pb2.RedeemResponse(federation_endpoint="127.0.0.1:7443")
@@ -113,7 +113,9 @@ async def test_peer_renew_cancelled_during_the_call_still_stores_the_certificate
 
     client = SimpleNamespace(credentials=credentials, renew=renew, flush=lambda _id: None)
     monkeypatch.setattr(renewal_admin, "_current_identity", lambda _peer: ("grant", "subject"))
-    monkeypatch.setattr(renewal_admin, "_check_renewal", lambda *_: ("LEAF", []))
+    monkeypatch.setattr(
+        renewal_admin, "_check_renewal", lambda *_: (SimpleNamespace(serial_number=2), [])
+    )
     monkeypatch.setattr(renewal_admin, "certs_to_pem", lambda _certs: "CHAIN")
     servicer = RenewalAdminMixin(_gateway(backends, client))
 

@@ -19,11 +19,16 @@ from typing import Any
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from sqlalchemy import update
 
 from enrollment_service import domain
 from enrollment_service.app import MIGRATIONS as ENROLLMENT_MIGRATIONS
 from enrollment_service.servicer import EnrollmentServicer
-from enrollment_service.store import TokenStore
+from enrollment_service.store import TokenStore, federation_enrollment_tokens
 from grants_service.app import MIGRATIONS as GRANTS_MIGRATIONS
 from grants_service.servicer import ChangeNotifier, GrantsServicer
 from grants_service.store import GrantsStore
@@ -48,6 +53,8 @@ class World:
     grant: grants_pb2.Grant
     token: str
     revoked: list[str] = field(default_factory=list)
+    issued: list[str] = field(default_factory=list)
+    csr_pem: str = field(default_factory=lambda: _csr_pem(ec.generate_private_key(ec.SECP256R1())))
 
     def enrollment(self, hooks: dict[str, Hook]) -> EnrollmentServicer:
         serials = iter(f"5e{i:04x}" for i in range(1, 100))
@@ -67,8 +74,10 @@ class World:
             if name == "GetTrustBundle":
                 return ca_pb2.GetTrustBundleResponse()
             if name == "IssueCertificate":
+                serial = next(serials)
+                self.issued.append(serial)
                 return ca_pb2.IssueCertificateResponse(
-                    certificate_pem="-----BEGIN CERTIFICATE-----", serial=next(serials)
+                    certificate_pem=_certificate(request.csr_pem, serial), serial=serial
                 )
             if name == "RevokeCertificate":
                 self.revoked.append(request.serial)
@@ -81,24 +90,59 @@ class World:
             ca_pb2_grpc.CertificateAuthorityStub(FakeChannel(ca_backend)),
         )
 
-    async def redeem(self, hooks: dict[str, Hook]) -> str:
+    async def redeem(self, hooks: dict[str, Hook], csr_pem: str | None = None) -> str:
         try:
-            await self.enrollment(hooks).Redeem(
-                enrollment_pb2.RedeemRequest(token=self.token, csr_pem="csr"),
+            reply = await self.enrollment(hooks).Redeem(
+                enrollment_pb2.RedeemRequest(token=self.token, csr_pem=csr_pem or self.csr_pem),
                 None,
             )
         except ServiceError as exc:
             return f"{exc.code.name} {exc.reason}"
-        return "OK"
+        return f"OK {reply.serial}" + (" repeated" if reply.repeated else "")
 
     async def grant_now(self) -> grants_pb2.Grant:
         reply = await self.grants.GetGrant(grants_pb2.GetGrantRequest(id=self.grant.id), None)
         return reply.grant
 
+    async def set_token(self, **values: Any) -> None:
+        """Move the token's times (the clock cannot be)."""
+        async with self.tokens._engine.begin() as conn:
+            await conn.execute(
+                update(federation_enrollment_tokens)
+                .where(federation_enrollment_tokens.c.token_hash == domain.hash_token(self.token))
+                .values(**values)
+            )
+
     async def token_state(self) -> str:
         row = await self.tokens.find(domain.hash_token(self.token))
         assert row is not None
         return row.state
+
+
+_CA_KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+def _csr_pem(key: ec.EllipticCurvePrivateKey) -> str:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a")])
+    csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _certificate(csr_pem: str, serial: str) -> str:
+    """What the CA would issue for the CSR: its key, under ``serial``."""
+    csr = x509.load_pem_x509_csr(csr_pem.encode())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(csr.subject)
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test ca")]))
+        .public_key(csr.public_key())
+        .serial_number(int(serial, 16))
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(_CA_KEY, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
 @pytest.fixture
@@ -178,3 +222,72 @@ async def test_a_definite_refusal_still_revokes_and_hands_the_token_back(world: 
     assert world.revoked == ["5e0001"]
     assert await world.token_state() == "unused"
     assert (await world.grant_now()).status == grants_pb2.GRANT_STATUS_PENDING
+
+
+# ---- a redeem repeated because its answer was lost ------------------------------------
+
+
+async def test_a_lost_answer_is_given_again_to_the_same_key_and_nothing_is_issued(
+    world: World,
+) -> None:
+    assert await world.redeem({}) == "OK 5e0001"
+
+    assert await world.redeem({}) == "OK 5e0001 repeated"
+    assert world.issued == ["5e0001"]
+    assert await world.token_state() == "used"
+    other = _csr_pem(ec.generate_private_key(ec.SECP256R1()))
+    assert await world.redeem({}, other) == "UNAUTHENTICATED TOKEN_ALREADY_USED"
+    assert await world.redeem({}, "junk") == "UNAUTHENTICATED TOKEN_ALREADY_USED"
+
+
+async def test_an_activation_nobody_could_confirm_is_answered_when_repeated(world: World) -> None:
+    """The first redeem could not tell whether the grant became active: the peer's repeat
+    gets the certificate while the claim is held, and completes the token once it has
+    lapsed (before, every retry was refused GRANT_NOT_PENDING or TOKEN_IN_USE)."""
+    read_backs = 0
+
+    async def activate_then_lose_the_answer(request: Any) -> Any:
+        await world.grants.ActivateGrantAndPeer(request, None)
+        raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+
+    async def read_back_fails(request: Any) -> Any:
+        nonlocal read_backs
+        read_backs += 1
+        if read_backs == 2:
+            raise rpc_error(grpc.StatusCode.UNAVAILABLE, "grants-service restarting")
+        return None
+
+    lost: dict[str, Hook] = {
+        "ActivateGrantAndPeer": activate_then_lose_the_answer,
+        "GetGrant": read_back_fails,
+    }
+    assert await world.redeem(lost) == "UNAVAILABLE DEPENDENCY_UNAVAILABLE"
+
+    assert await world.redeem({}) == "OK 5e0001 repeated"  # the claim still held
+    assert await world.token_state() == "redeeming"
+    await world.set_token(claimed_until=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
+    assert await world.redeem({}) == "OK 5e0001 repeated"  # the claim taken over
+    assert await world.token_state() == "used"
+    assert world.issued == ["5e0001"] and world.revoked == []
+    other = _csr_pem(ec.generate_private_key(ec.SECP256R1()))
+    assert await world.redeem({}, other) == "UNAUTHENTICATED TOKEN_ALREADY_USED"
+
+
+async def test_no_answer_again_once_the_grant_is_revoked_or_the_window_has_passed(
+    world: World,
+) -> None:
+    assert await world.redeem({}) == "OK 5e0001"
+    await world.set_token(
+        expires_at=dt.datetime.now(dt.UTC) - domain.REPEAT_WINDOW + dt.timedelta(seconds=30)
+    )
+    assert await world.redeem({}) == "OK 5e0001 repeated"  # expired, still in the window
+    await world.set_token(
+        expires_at=dt.datetime.now(dt.UTC) - domain.REPEAT_WINDOW - dt.timedelta(seconds=1)
+    )
+    assert await world.redeem({}) == "UNAUTHENTICATED TOKEN_ALREADY_USED"
+
+    await world.set_token(expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5))
+    await world.grants.RevokeGrant(
+        grants_pb2.RevokeGrantRequest(id=world.grant.id, reason="test"), None
+    )
+    assert await world.redeem({}) == "UNAUTHENTICATED TOKEN_ALREADY_USED"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import grpc
 
@@ -14,11 +14,15 @@ from mosaic.errors import RemoteError
 from mosaic.federation.v1 import (
     ca_pb2_grpc,
     enrollment_pb2_grpc,
+    grants_pb2,
     grants_pb2_grpc,
     resources_pb2_grpc,
 )
 
 T = TypeVar("T")
+
+# Deadline of storing a peer's new credentials at grants-service, and of reading them back.
+STORE_TIMEOUT_S: Final = 15.0
 
 
 class AdminBase:
@@ -47,6 +51,18 @@ class AdminBase:
         task.add_done_callback(self._finishing.discard)
         task.add_done_callback(_retrieved)
         return await asyncio.shield(task)
+
+    async def stored_peer(self, peer: str, serial: str) -> grants_pb2.Peer | None:
+        """After storing a peer's certificate ``serial`` failed in a way that may have
+        committed: the peer as stored if it holds that certificate; None if it does not
+        or grants-service does not say."""
+        try:
+            reply: grants_pb2.GetPeerResponse = await self.grants.GetPeer(
+                grants_pb2.GetPeerRequest(id=peer), timeout=STORE_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError:
+            return None
+        return reply.peer if reply.peer.cert_serial == serial else None
 
     async def forward(self, call: Awaitable[T]) -> T:
         """Await an internal call; its error reaches the operator unchanged (code, reason, hint)."""

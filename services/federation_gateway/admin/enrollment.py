@@ -6,12 +6,15 @@
 2. open a TLS connection to the serving gateway's enrollment listener *without*
    verification, only to read the chain it presents, and take from it the root whose
    SHA-256 equals the pin — none matches: abort (CA_PIN_MISMATCH) before anything is sent;
-3. make a P-256 key and a CSR, dial the listener trusting only that root, redeem;
+3. make a P-256 key and a CSR, dial the listener trusting only that root, redeem (a
+   redeem whose outcome is not known is repeated with the same key: the serving gateway
+   answers a repeat for the key that spent the token with the same certificate);
 4. check the answer: the certificate chains to the pinned root (or to a root the serving
    gateway sent over that pinned channel), its grant extensions are what it reported,
    and its key is ours;
 5. hand everything to grants-service, which seals the private key bound to the new
-   outbound peer's row.
+   outbound peer's row (a store whose answer is lost is read back before it is called a
+   failure).
 """
 
 from __future__ import annotations
@@ -28,10 +31,9 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import NameOID
 
-from federation_gateway.admin.base import AdminBase
+from federation_gateway.admin.base import STORE_TIMEOUT_S, AdminBase
 from mosaic.enrollment_url import (
     EnrollmentURL,
     EnrollmentURLError,
@@ -39,6 +41,7 @@ from mosaic.enrollment_url import (
     parse_enrollment_url,
 )
 from mosaic.errors import (
+    OUTCOME_UNKNOWN_CODES,
     RemoteError,
     ServiceError,
     failed_precondition,
@@ -52,6 +55,7 @@ from mosaic.federation.v1 import (
     grants_pb2,
 )
 from mosaic.logs import token_hint
+from mosaic.pki import spki_der
 from mosaic.rpc.channels import secure_channel
 from mosaic.x509ext import (
     ChainError,
@@ -69,6 +73,13 @@ log = logging.getLogger("federation_gateway.enrollment")
 CREATE_TOKEN_TIMEOUT_S: Final = 15.0
 PROBE_TIMEOUT_S: Final = 10.0
 REDEEM_TIMEOUT_S: Final = 60.0
+# A redeem whose outcome is not known is repeated after these pauses, all of it within
+# REDEEM_BUDGET_S (the CLI waits 90 s for the whole `peer add`), and only while an attempt
+# can still have REDEEM_MIN_ATTEMPT_S.
+REDEEM_REPEAT_DELAYS_S: Final = (1.0, 3.0, 8.0)
+REDEEM_BUDGET_S: Final = 75.0
+REDEEM_MIN_ATTEMPT_S: Final = 5.0
+TOKEN_IN_USE: Final = "TOKEN_IN_USE"  # noqa: S105 - a reason code
 ROOT_CERT: Final = "root.crt"
 
 CA_PIN_MISMATCH: Final = "CA_PIN_MISMATCH"
@@ -139,7 +150,7 @@ class EnrollmentAdminMixin(AdminBase):
     ) -> gateway_pb2.AddPeerResponse:
         key = ec.generate_private_key(ec.SECP256R1())
         csr = _csr(key, self.config.name)
-        reply = await self._redeem(target, root, csr)
+        reply = await self._redeem_repeating(target, root, csr)
         accepted = _accept(reply, key, root, target)
 
         try:
@@ -153,26 +164,18 @@ class EnrollmentAdminMixin(AdminBase):
                         client_key_pem=_private_pem(key),
                         remote_grant_id=accepted.grant_id,
                         remote_subject_user_id=accepted.subject_user_id,
-                    )
+                    ),
+                    timeout=STORE_TIMEOUT_S,
                 )
             )
+            peer = registered.peer
         except grpc.aio.AioRpcError as err:
             remote = RemoteError.from_rpc_error(err)
-            log.error(
-                "enrolled, but the peer could not be stored; the token is spent",
-                extra={"reason": remote.reason, "serial": accepted.serial, "peer_name": name},
-            )
-            raise ServiceError(
-                remote.code,
-                remote.reason,
-                f"enrolled with {target.endpoint}, but storing the peer failed: {remote.message}",
-                remediation=(
-                    "the enrollment token is spent: ask the serving gateway's administrator "
-                    f"to revoke grant {accepted.grant_id} and make a new grant and token"
-                ),
-                violations=remote.violations,
-            ) from None
-        peer = registered.peer
+            unknown = remote.code in OUTCOME_UNKNOWN_CODES
+            stored = await self.stored_peer(name, accepted.serial) if unknown else None
+            if stored is None:
+                raise _not_stored(remote, target, accepted, name, unknown=unknown) from None
+            peer = stored  # it committed; only its answer was lost
         log.info(
             "peer added",
             extra={
@@ -207,8 +210,47 @@ class EnrollmentAdminMixin(AdminBase):
             remediation="pass another --name (the enrollment token was not used)",
         )
 
-    async def _redeem(
+    async def _redeem_repeating(
         self, target: EnrollmentURL, root: x509.Certificate, csr: x509.CertificateSigningRequest
+    ) -> enrollment_pb2.RedeemResponse:
+        """Redeem; when the outcome is not known (no answer, or the serving gateway could
+        not tell), repeat the redeem with the same key and CSR a few times within
+        REDEEM_BUDGET_S. The serving gateway answers a repeat for the key that spent the
+        token with the same certificate, so a lost answer does not strand the grant."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REDEEM_BUDGET_S
+        unknown_before = False
+        for delay in (*REDEEM_REPEAT_DELAYS_S, None):
+            try:
+                return await self._redeem(
+                    target, root, csr, deadline_s=min(REDEEM_TIMEOUT_S, deadline - loop.time())
+                )
+            except ServiceError as exc:
+                unknown = exc.code in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                )
+                # Held by our own earlier attempt, still running at the serving gateway.
+                ours = unknown_before and exc.reason == TOKEN_IN_USE
+                if delay is None or not (unknown or ours):
+                    raise
+                if deadline - loop.time() < delay + REDEEM_MIN_ATTEMPT_S:
+                    raise
+                unknown_before = unknown_before or unknown
+                log.info(
+                    "enrollment outcome not known; repeating the redeem with the same key",
+                    extra={"endpoint": target.endpoint, "reason": exc.reason, "delay_s": delay},
+                )
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    async def _redeem(
+        self,
+        target: EnrollmentURL,
+        root: x509.Certificate,
+        csr: x509.CertificateSigningRequest,
+        *,
+        deadline_s: float,
     ) -> enrollment_pb2.RedeemResponse:
         credentials = grpc.ssl_channel_credentials(
             root_certificates=root.public_bytes(serialization.Encoding.PEM)
@@ -221,7 +263,7 @@ class EnrollmentAdminMixin(AdminBase):
                     token=target.token,
                     csr_pem=csr.public_bytes(serialization.Encoding.PEM).decode("ascii"),
                 ),
-                timeout=REDEEM_TIMEOUT_S,
+                timeout=deadline_s,
             )
         except grpc.aio.AioRpcError as err:
             remote = RemoteError.from_rpc_error(err)
@@ -330,6 +372,36 @@ def _private_pem(key: ec.EllipticCurvePrivateKey) -> str:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     ).decode("ascii")
+
+
+def _not_stored(
+    remote: RemoteError, target: EnrollmentURL, accepted: _Accepted, name: str, *, unknown: bool
+) -> ServiceError:
+    """Enrolled, but the peer is not stored (or grants-service does not say whether)."""
+    log.error(
+        "enrolled, but the peer may not be stored; the token is spent"
+        if unknown
+        else "enrolled, but the peer could not be stored; the token is spent",
+        extra={"reason": remote.reason, "serial": accepted.serial, "peer_name": name},
+    )
+    check = (
+        f"check `mosaic federation peer list` for {name!r} with serial {accepted.serial}; if "
+        "it is not there, "
+        if unknown
+        else ""
+    )
+    return ServiceError(
+        remote.code,
+        remote.reason,
+        f"enrolled with {target.endpoint}, but "
+        + ("whether the peer was stored is not known" if unknown else "storing the peer failed")
+        + f": {remote.message}",
+        remediation=(
+            check + "the enrollment token is spent: ask the serving gateway's administrator "
+            f"to revoke grant {accepted.grant_id} and make a new grant and token"
+        ),
+        violations=remote.violations,
+    )
 
 
 def _redeem_error(remote: RemoteError, target: EnrollmentURL) -> ServiceError:
@@ -445,7 +517,7 @@ def verified_leaf(
 
 def check_own_key(leaf: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
     """Refuse a certificate that is not for the key this gateway generated."""
-    if _spki(leaf.public_key()) != _spki(key.public_key()):
+    if spki_der(leaf.public_key()) != spki_der(key.public_key()):
         raise CertificateRefused("the certificate is not for the key this gateway generated")
 
 
@@ -457,9 +529,3 @@ def _self_signed(cert: x509.Certificate) -> bool:
     except Exception:  # a bad signature or an unsupported key type alike: not a root
         return False
     return True
-
-
-def _spki(public_key: CertificatePublicKeyTypes) -> bytes:
-    return public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )

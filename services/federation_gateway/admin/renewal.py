@@ -12,7 +12,8 @@
 
 The serving gateway makes the new certificate current and revokes the old one as soon as it
 answers; a failure after that (answer refused here, storing failed) leaves this gateway
-without a working certificate for the peer, and the operator must enroll again.
+without a working certificate for the peer, and the operator must enroll again. A store
+that failed in a way that may have committed (a timeout, an outage) is read back first.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from federation_gateway.admin.base import AdminBase
+from federation_gateway.admin.base import STORE_TIMEOUT_S, AdminBase
 from federation_gateway.admin.enrollment import (
     INVALID_RESPONSE,
     CertificateRefused,
@@ -35,13 +36,12 @@ from federation_gateway.admin.enrollment import (
     verified_leaf,
 )
 from federation_gateway.client import PEER_MISCONFIGURED, PeerError
-from mosaic.errors import RemoteError, ServiceError, failed_precondition
+from mosaic.errors import OUTCOME_UNKNOWN_CODES, RemoteError, ServiceError, failed_precondition
 from mosaic.federation.v1 import gateway_pb2, grants_pb2
 from mosaic.x509ext import InvalidGrantExtension, certs_to_pem, grant_identity, serial_hex
 
 log = logging.getLogger("federation_gateway.renewal")
 
-STORE_TIMEOUT_S: Final = 15.0
 _ENROLL_AGAIN: Final = (
     "the peer has already replaced and revoked the old certificate: ask its administrator "
     "for a new grant and enrollment URL, remove this peer and run `mosaic federation peer add`"
@@ -88,6 +88,7 @@ class RenewalAdminMixin(AdminBase):
                 remediation=_ENROLL_AGAIN,
                 metadata={"endpoint": peer.endpoint},
             ) from None
+        serial = serial_hex(leaf.serial_number)
         try:
             stored: grants_pb2.UpdateOutboundPeerCredentialsResponse = (
                 await self.grants.UpdateOutboundPeerCredentials(
@@ -100,23 +101,37 @@ class RenewalAdminMixin(AdminBase):
                     timeout=STORE_TIMEOUT_S,
                 )
             )
+            renewed = stored.peer
         except grpc.aio.AioRpcError as err:
             remote = RemoteError.from_rpc_error(err)
-            log.error(
-                "renewed, but the new certificate could not be stored",
-                extra=ids | {"reason": remote.reason, "serial": reply.serial},
-            )
-            raise ServiceError(
-                remote.code,
-                remote.reason,
-                f"peer {peer.name} renewed our certificate, but storing it failed: "
-                f"{remote.message}",
-                remediation=_ENROLL_AGAIN,
-                violations=remote.violations,
-            ) from None
+            unknown = remote.code in OUTCOME_UNKNOWN_CODES
+            found = await self.stored_peer(peer.id, serial) if unknown else None
+            if found is None:
+                log.error(
+                    "renewed, but the new certificate may not be stored"
+                    if unknown
+                    else "renewed, but the new certificate could not be stored",
+                    extra=ids | {"reason": remote.reason, "serial": serial},
+                )
+                raise ServiceError(
+                    remote.code,
+                    remote.reason,
+                    f"peer {peer.name} renewed our certificate, but "
+                    + ("whether it was stored is not known" if unknown else "storing it failed")
+                    + f": {remote.message}",
+                    remediation=(
+                        f"check `mosaic federation peer show {peer.name}` for serial {serial}; "
+                        "if it is not there, "
+                        if unknown
+                        else ""
+                    )
+                    + _ENROLL_AGAIN,
+                    violations=remote.violations,
+                ) from None
+            renewed = found  # it committed; only its answer was lost
         client.flush(peer.id)
-        log.info("peer certificate renewed", extra=ids | {"serial": stored.peer.cert_serial})
-        return gateway_pb2.RenewPeerResponse(peer=stored.peer)
+        log.info("peer certificate renewed", extra=ids | {"serial": renewed.cert_serial})
+        return gateway_pb2.RenewPeerResponse(peer=renewed)
 
 
 def _current_identity(peer: grants_pb2.Peer) -> tuple[str, str]:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%mosaic/federation/v1/enrollment.proto\x12\x14mosaic.federation.v1\x1a\x1fgoogle/protobuf/timestamp.proto\";\n\x12\x43reateTokenRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x05\"\x8f\x01\n\x13\x43reateTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x65nrollment_url\x18\x03 \x01(\t\x12\x10\n\x08grant_id\x18\x04 \x01(\t\x12\x0f\n\x07peer_id\x18\x05 \x01(\t\"G\n\rRedeemRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\t\x12\x16\n\x0esource_address\x18\x03 \x01(\t\"\xeb\x01\n\x0eRedeemResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x11\n\tchain_pem\x18\x02 \x03(\t\x12\x10\n\x08grant_id\x18\x03 \x01(\t\x12\x17\n\x0fsubject_user_id\x18\x04 \x01(\t\x12\x0f\n\x07peer_id\x18\x05 \x01(\t\x12\x1b\n\x13\x66\x65\x64\x65ration_endpoint\x18\x06 \x01(\t\x12\x15\n\rca_bundle_pem\x18\x07 \x01(\t\x12\x0e\n\x06serial\x18\x08 \x01(\t\x12-\n\tnot_after\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xc5\x01\n\nEnrollment\x12\x62\n\x0b\x43reateToken\x12(.mosaic.federation.v1.CreateTokenRequest\x1a).mosaic.federation.v1.CreateTokenResponse\x12S\n\x06Redeem\x12#.mosaic.federation.v1.RedeemRequest\x1a$.mosaic.federation.v1.RedeemResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%mosaic/federation/v1/enrollment.proto\x12\x14mosaic.federation.v1\x1a\x1fgoogle/protobuf/timestamp.proto\";\n\x12\x43reateTokenRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x05\"\x8f\x01\n\x13\x43reateTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x65nrollment_url\x18\x03 \x01(\t\x12\x10\n\x08grant_id\x18\x04 \x01(\t\x12\x0f\n\x07peer_id\x18\x05 \x01(\t\"G\n\rRedeemRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\t\x12\x16\n\x0esource_address\x18\x03 \x01(\t\"\xfd\x01\n\x0eRedeemResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x11\n\tchain_pem\x18\x02 \x03(\t\x12\x10\n\x08grant_id\x18\x03 \x01(\t\x12\x17\n\x0fsubject_user_id\x18\x04 \x01(\t\x12\x0f\n\x07peer_id\x18\x05 \x01(\t\x12\x1b\n\x13\x66\x65\x64\x65ration_endpoint\x18\x06 \x01(\t\x12\x15\n\rca_bundle_pem\x18\x07 \x01(\t\x12\x0e\n\x06serial\x18\x08 \x01(\t\x12-\n\tnot_after\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08repeated\x18\n \x01(\x08\x32\xc5\x01\n\nEnrollment\x12\x62\n\x0b\x43reateToken\x12(.mosaic.federation.v1.CreateTokenRequest\x1a).mosaic.federation.v1.CreateTokenResponse\x12S\n\x06Redeem\x12#.mosaic.federation.v1.RedeemRequest\x1a$.mosaic.federation.v1.RedeemResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,7 +39,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REDEEMREQUEST']._serialized_start=303
   _globals['_REDEEMREQUEST']._serialized_end=374
   _globals['_REDEEMRESPONSE']._serialized_start=377
-  _globals['_REDEEMRESPONSE']._serialized_end=612
-  _globals['_ENROLLMENT']._serialized_start=615
-  _globals['_ENROLLMENT']._serialized_end=812
+  _globals['_REDEEMRESPONSE']._serialized_end=630
+  _globals['_ENROLLMENT']._serialized_start=633
+  _globals['_ENROLLMENT']._serialized_end=830
 # @@protoc_insertion_point(module_scope)

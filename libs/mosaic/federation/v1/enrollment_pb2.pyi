@@ -114,6 +114,7 @@ class RedeemResponse(_message.Message):
     CA_BUNDLE_PEM_FIELD_NUMBER: _builtins.int
     SERIAL_FIELD_NUMBER: _builtins.int
     NOT_AFTER_FIELD_NUMBER: _builtins.int
+    REPEATED_FIELD_NUMBER: _builtins.int
     certificate_pem: _builtins.str
     grant_id: _builtins.str
     subject_user_id: _builtins.str
@@ -123,6 +124,10 @@ class RedeemResponse(_message.Message):
     ca_bundle_pem: _builtins.str
     """Roots and intermediates the querying gateway must trust for this peer."""
     serial: _builtins.str
+    repeated: _builtins.bool
+    """True when this answers a redeem repeated with the key the token was already spent
+    on (the first answer was lost): the same certificate again, nothing new issued.
+    """
     @_builtins.property
     def chain_pem(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -139,10 +144,11 @@ class RedeemResponse(_message.Message):
         ca_bundle_pem: _builtins.str = ...,
         serial: _builtins.str = ...,
         not_after: _timestamp_pb2.Timestamp | None = ...,
+        repeated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["not_after", b"not_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_bundle_pem", b"ca_bundle_pem", "certificate_pem", b"certificate_pem", "chain_pem", b"chain_pem", "federation_endpoint", b"federation_endpoint", "grant_id", b"grant_id", "not_after", b"not_after", "peer_id", b"peer_id", "serial", b"serial", "subject_user_id", b"subject_user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_bundle_pem", b"ca_bundle_pem", "certificate_pem", b"certificate_pem", "chain_pem", b"chain_pem", "federation_endpoint", b"federation_endpoint", "grant_id", b"grant_id", "not_after", b"not_after", "peer_id", b"peer_id", "repeated", b"repeated", "serial", b"serial", "subject_user_id", b"subject_user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
