@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
+from federation_gateway.admin import base as admin_base
 from federation_gateway.admin import enrollment as enrollment_admin
 from federation_gateway.admin import renewal as renewal_admin
 from federation_gateway.admin.enrollment import NETWORK, EnrollmentAdminMixin, _Accepted
@@ -89,7 +90,7 @@ def enroll(monkeypatch: pytest.MonkeyPatch) -> Any:
 
     monkeypatch.setattr(enrollment_admin, "fetch_pinned_root", fetch_pinned_root)
     monkeypatch.setattr(enrollment_admin, "_accept", accept)
-    monkeypatch.setattr(enrollment_admin, "REDEEM_REPEAT_DELAYS_S", (0.0, 0.0, 0.0))
+    monkeypatch.setattr(admin_base, "REPEAT_DELAYS_S", (0.0, 0.0, 0.0))
 
     async def run(redeems: Redeems, grants: Grants | None = None) -> str:
         monkeypatch.setattr(EnrollmentAdminMixin, "_redeem", redeems)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Coroutine
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final, TypeVar
 
 import grpc
@@ -23,6 +24,45 @@ T = TypeVar("T")
 
 # Deadline of storing a peer's new credentials at grants-service, and of reading them back.
 STORE_TIMEOUT_S: Final = 15.0
+# A call to a peer gateway whose outcome is not known is repeated after these pauses, all
+# of it within REPEAT_BUDGET_S (the CLI waits 90 s for `peer add` and `peer renew`), and
+# only while an attempt can still have REPEAT_MIN_ATTEMPT_S.
+REPEAT_DELAYS_S: Final = (1.0, 3.0, 8.0)
+REPEAT_BUDGET_S: Final = 75.0
+REPEAT_MIN_ATTEMPT_S: Final = 5.0
+
+log = logging.getLogger("federation_gateway.admin")
+
+
+async def repeat_while_unknown(
+    attempt: Callable[[float], Awaitable[T]],
+    repeatable: Callable[[Exception, bool], bool],
+    *,
+    what: str,
+    log_extra: dict[str, object],
+) -> T:
+    """Run ``attempt(seconds left)``; while it fails in a way ``repeatable(error, an earlier
+    attempt failed so)`` calls unknown, run it again after REPEAT_DELAYS_S, within
+    REPEAT_BUDGET_S. For calls the peer gateway answers again when repeated (redeem,
+    renew): a lost answer is fetched again instead of lost for good."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + REPEAT_BUDGET_S
+    repeated = False
+    for delay in (*REPEAT_DELAYS_S, None):
+        try:
+            return await attempt(deadline - loop.time())
+        except Exception as exc:
+            if delay is None or not repeatable(exc, repeated):
+                raise
+            if deadline - loop.time() < delay + REPEAT_MIN_ATTEMPT_S:
+                raise
+            repeated = True
+            log.info(
+                f"{what} outcome not known; repeating it with the same key",
+                extra=log_extra | {"error": type(exc).__name__, "delay_s": delay},
+            )
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
 
 class AdminBase:

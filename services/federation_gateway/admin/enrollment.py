@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from federation_gateway.admin.base import STORE_TIMEOUT_S, AdminBase
+from federation_gateway.admin.base import STORE_TIMEOUT_S, AdminBase, repeat_while_unknown
 from mosaic.enrollment_url import (
     EnrollmentURL,
     EnrollmentURLError,
@@ -73,12 +73,6 @@ log = logging.getLogger("federation_gateway.enrollment")
 CREATE_TOKEN_TIMEOUT_S: Final = 15.0
 PROBE_TIMEOUT_S: Final = 10.0
 REDEEM_TIMEOUT_S: Final = 60.0
-# A redeem whose outcome is not known is repeated after these pauses, all of it within
-# REDEEM_BUDGET_S (the CLI waits 90 s for the whole `peer add`), and only while an attempt
-# can still have REDEEM_MIN_ATTEMPT_S.
-REDEEM_REPEAT_DELAYS_S: Final = (1.0, 3.0, 8.0)
-REDEEM_BUDGET_S: Final = 75.0
-REDEEM_MIN_ATTEMPT_S: Final = 5.0
 TOKEN_IN_USE: Final = "TOKEN_IN_USE"  # noqa: S105 - a reason code
 ROOT_CERT: Final = "root.crt"
 
@@ -214,35 +208,24 @@ class EnrollmentAdminMixin(AdminBase):
         self, target: EnrollmentURL, root: x509.Certificate, csr: x509.CertificateSigningRequest
     ) -> enrollment_pb2.RedeemResponse:
         """Redeem; when the outcome is not known (no answer, or the serving gateway could
-        not tell), repeat the redeem with the same key and CSR a few times within
-        REDEEM_BUDGET_S. The serving gateway answers a repeat for the key that spent the
-        token with the same certificate, so a lost answer does not strand the grant."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + REDEEM_BUDGET_S
-        unknown_before = False
-        for delay in (*REDEEM_REPEAT_DELAYS_S, None):
-            try:
-                return await self._redeem(
-                    target, root, csr, deadline_s=min(REDEEM_TIMEOUT_S, deadline - loop.time())
-                )
-            except ServiceError as exc:
-                unknown = exc.code in (
-                    grpc.StatusCode.UNAVAILABLE,
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                )
-                # Held by our own earlier attempt, still running at the serving gateway.
-                ours = unknown_before and exc.reason == TOKEN_IN_USE
-                if delay is None or not (unknown or ours):
-                    raise
-                if deadline - loop.time() < delay + REDEEM_MIN_ATTEMPT_S:
-                    raise
-                unknown_before = unknown_before or unknown
-                log.info(
-                    "enrollment outcome not known; repeating the redeem with the same key",
-                    extra={"endpoint": target.endpoint, "reason": exc.reason, "delay_s": delay},
-                )
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+        not tell), repeat the redeem with the same key and CSR. The serving gateway answers
+        a repeat for the key that spent the token with the same certificate, so a lost
+        answer does not strand the grant."""
+
+        def repeatable(exc: Exception, repeated: bool) -> bool:
+            if not isinstance(exc, ServiceError):
+                return False
+            if exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return True
+            # Held by our own earlier attempt, still running at the serving gateway.
+            return repeated and exc.reason == TOKEN_IN_USE
+
+        return await repeat_while_unknown(
+            lambda left: self._redeem(target, root, csr, deadline_s=min(REDEEM_TIMEOUT_S, left)),
+            repeatable,
+            what="enrollment",
+            log_extra={"endpoint": target.endpoint},
+        )
 
     async def _redeem(
         self,
