@@ -1,18 +1,26 @@
-"""Rules for text that people and peers hand us: what counts as a control character, and
-how a key from their JSON is named in an error.
+"""Rules for text that people and peers hand us: what counts as a control character, how
+text is escaped for a terminal, and how a key from their JSON is named in an error.
 
 One definition for every service and the CLI: the CLI shows control characters escaped,
 and services refuse them in operator text they store (reasons), where a NUL would fail
 on Postgres and be kept on SQLite, and an escape sequence would reach a terminal later.
+The CLI escapes invisible format characters too (:func:`escape_unshown`).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from typing import Final
 
-__all__ = ["CONTROL_CHARACTERS", "MAX_KEY_IN_PATH", "control_character_problem", "key_path"]
+__all__ = [
+    "CONTROL_CHARACTERS",
+    "MAX_KEY_IN_PATH",
+    "control_character_problem",
+    "escape_unshown",
+    "key_path",
+]
 
 # C0 controls but tab and line feed, DEL, and C1 controls (0x9b is a one-byte CSI).
 CONTROL_CHARACTERS: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -28,6 +36,39 @@ def control_character_problem(text: str) -> str | None:
         f"contains the control character U+{ord(found.group()):04X} at position "
         f"{found.start()}; use printable text (tab and line feed allowed)"
     )
+
+
+# What a terminal obeys or hides instead of showing: control characters (Cc); format
+# characters (Cf: bidi embeddings, overrides and isolates, which reorder the text around
+# them as in "Trojan Source", zero-width spaces and joiners, the byte order mark, tag
+# characters); line and paragraph separators (Zl, Zp); and lone surrogates (Cs), which
+# no terminal encoding can carry.
+_UNSHOWN_CATEGORIES: Final = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+# Runs of characters that may be one of them: all but tab, line feed and printable ASCII.
+_MAYBE_UNSHOWN: Final = re.compile(r"[^\t\n\x20-\x7e]+")
+
+
+def escape_unshown(text: str) -> str:
+    """``text`` with each character a terminal would obey or not show (see above; tab and
+    line feed kept) written as its Python escape: ESC as ``\\x1b``, U+202E RIGHT-TO-LEFT
+    OVERRIDE as ``\\u202e``, U+E0041 TAG LATIN CAPITAL LETTER A as ``\\U000e0041``."""
+    return _MAYBE_UNSHOWN.sub(_escape_run, text)
+
+
+def _escape_run(found: re.Match[str]) -> str:
+    return "".join(
+        _escape(ch) if unicodedata.category(ch) in _UNSHOWN_CATEGORIES else ch
+        for ch in found.group()
+    )
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
 
 
 _PLAIN_KEY: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

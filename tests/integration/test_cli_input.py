@@ -150,6 +150,24 @@ def test_terminal_controls_and_markup_in_an_error_are_shown_not_obeyed(
     assert str(missing) in doc["error"]["message"]
 
 
+def test_bidi_and_invisible_characters_in_an_error_are_shown_escaped(
+    home: Path, tmp_path: Path
+) -> None:
+    """A right-to-left override makes "rows\\u202enosj.exe" read "rowsexe.json" on a
+    terminal, and zero-width characters hide text: the human error view writes each as
+    its escape, in stored order; --json keeps the exact name."""
+    name = "rows\u202enosj.exe\u2066\u200b\ufeff\u2028x"
+    missing = tmp_path / name
+    code, out, err = cli(home, "resources", "import", str(missing), json_out=False)
+    assert code == 1, (out, err)
+    assert not set("\u202e\u2066\u200b\ufeff\u2028") & set(err), repr(err)
+    assert "rows\\u202enosj.exe\\u2066\\u200b\\ufeff\\u2028x" in "".join(err.split())
+
+    code, doc, err = cli(home, "resources", "import", str(missing))
+    assert code == 1, (doc, err)
+    assert str(missing) in doc["error"]["message"]
+
+
 def test_an_unknown_key_is_named_cut_short_and_quoted(home: Path, tmp_path: Path) -> None:
     """A 1 MB unknown key used to be echoed whole in the error (and an escape sequence in
     a key went out raw); it is named as the scope checker names keys: cut to 64

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import string
 import tomllib
 import uuid
 from collections.abc import Iterator
@@ -1020,6 +1021,56 @@ async def test_a_peers_hostile_titles_are_shown_as_text_not_obeyed(
     )
     assert code == 0, (doc, err)
     assert {i["id"]: i["title"] for i in doc["items"]} == titles
+
+
+async def test_a_peers_invisible_format_characters_are_shown_escaped(
+    a: Instance, b: Instance
+) -> None:
+    """Bidi overrides and isolates reorder what the operator sees ("Trojan Source": a title
+    stored as "invoice \\u202egnp.exe" reads "invoice exe.png"), and zero-width characters,
+    the byte order mark and line/paragraph separators hide text or break lines unseen. The
+    human view writes each as its escape, in stored order; --json keeps the exact titles
+    and, being ASCII, passes none of them to the terminal raw."""
+    owner = str(uuid.uuid4())
+    titles = {
+        "h-rlo": "invoice \u202egnp.exe",
+        "h-isolates": "ok\u2066\u2067\u2068hidden\u2069\u061c",
+        "h-invisible": "a\u200bb\u200cc\u200dd\u200ee\u200ff\ufeffg\u2028h\u2029i\U000e0041",
+    }
+    shown = {
+        "h-rlo": "invoice \\u202egnp.exe",
+        "h-isolates": "ok\\u2066\\u2067\\u2068hidden\\u2069\\u061c",
+        "h-invisible": (
+            "a\\u200bb\\u200cc\\u200dd\\u200ee\\u200ff\\ufeffg\\u2028h\\u2029i\\U000e0041"
+        ),
+    }
+    await import_rows(
+        b.home,
+        [
+            common_pb2.ResourceItem(id=i, resource="notes", owner_user_id=owner, title=t, body="b")
+            for i, t in titles.items()
+        ],
+    )
+    cert = await grant_with_cert(b, {"resources": ["notes"]}, subject=owner)
+    await register_outbound(a, b, cert, "b-bidi")
+    unshown = set("".join(titles.values())) - set(string.printable)
+
+    code, out, err = await asyncio.to_thread(
+        a.cli, "federation", "query", "b-bidi", "list", "notes", json_out=False
+    )
+    assert (code, err) == (0, ""), out
+    assert not unshown & set(out), repr(out)
+    flat = "".join(out.split())  # the table folds long cells
+    for escaped in shown.values():
+        assert "".join(escaped.split()) in flat, (escaped, out)
+
+    # --json given by hand: the raw document, before the helper parses it.
+    code, raw, err = await asyncio.to_thread(
+        a.cli, "--json", "federation", "query", "b-bidi", "list", "notes", json_out=False
+    )
+    assert code == 0, (raw, err)
+    assert raw.isascii(), repr(raw)
+    assert {i["id"]: i["title"] for i in json.loads(raw)["items"]} == titles
 
 
 def test_query_cli_end_to_end_with_real_enrollment_and_stale_answers(

@@ -1,9 +1,10 @@
 """Printing results: a human view by default, one JSON document with --json; exit codes 0/1/2.
 
 The human view shows text that others wrote: a peer's rows, imported data, an operator's
-reasons, servers' messages. None of it may steer the terminal, so every value is printed
-as plain text (never parsed as rich markup) with control characters made visible; the
---json document carries the exact values.
+reasons, servers' messages. None of it may steer the terminal or hide from the reader, so
+every value is printed as plain text (never parsed as rich markup) with control and
+invisible format characters (bidi overrides and isolates, zero-width characters) made
+visible; the --json document carries the exact values (non-ASCII as JSON ``\\u`` escapes).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from mosaic.text import CONTROL_CHARACTERS
+from mosaic.text import escape_unshown
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -30,9 +31,12 @@ err_console = Console(stderr=True)
 
 
 def printable(value: object) -> str:
-    """``value`` as text a terminal only displays: each control character but tab and line
-    feed written as its ``\\xNN`` escape (ESC, OSC and CSI sequences, carriage return, NUL)."""
-    return CONTROL_CHARACTERS.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
+    """``value`` as text a terminal only displays, in the order it is stored: each control
+    character but tab and line feed (ESC, OSC and CSI sequences, carriage return, NUL) and
+    each invisible format character (U+202E RIGHT-TO-LEFT OVERRIDE, U+2066-2069 isolates,
+    U+200B-200F, U+FEFF, U+2028/2029) written as its escape, ``\\x1b`` or ``\\u202e``
+    (mosaic.text.escape_unshown)."""
+    return escape_unshown(str(value))
 
 
 def plain(value: object) -> Text:
