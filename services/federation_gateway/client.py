@@ -12,6 +12,9 @@
   DESIGN.md's taxonomy and, when B refused, B's own reason code, message, remediation and
   retry delay. NETWORK with a reason is B up but unable to answer (UNAVAILABLE
   REVOCATIONS_NOT_LOADED, DEPENDENCY_UNAVAILABLE, ...); without one, B was not reached.
+  Our own certificate is named instead of the network when it is the likely cause:
+  UNAUTHENTICATED when it has expired (no call is made), or when B was not reached while
+  its validity has not begun by our clock (B's handshake refuses it: a clock is off).
 * Successful answers are kept in memory only, for :data:`CACHE_TTL_S` at most (an
   expired one is dropped then, asked for or not), :data:`CACHE_MAX_ENTRIES` and
   :data:`CACHE_MAX_BYTES` at most (the oldest go first); one is served — marked stale,
@@ -116,6 +119,11 @@ _REMEDIATION = {
     UNAUTHENTICATED: "the peer no longer accepts our certificate; renew or enroll again",
     INVALID_ARGUMENT: "check the arguments: the peer's reason and violations say which",
 }
+_NOT_YET_VALID_REMEDIATION = (
+    "a clock is off: check that this machine's clock is right (NTP), and ask the peer's "
+    "operator to check the clocks of their gateway and CA; the certificate works from its "
+    "start on, by the peer's clock, with no need to enroll or renew again"
+)
 _EXPIRED_REMEDIATION = (
     "an expired certificate cannot be renewed: ask the peer's operator for a new grant and "
     "enrollment URL, run `mosaic federation peer remove` for this peer and "
@@ -170,6 +178,7 @@ class _PeerChannel:
     peer_id: str
     name: str
     cert_serial: str  # of the client certificate the channel presents
+    not_before: dt.datetime  # ... when its validity begins
     not_after: dt.datetime  # ... and when it expires
     channel: grpc.aio.Channel
     stub: gateway_pb2_grpc.FederationStub
@@ -315,7 +324,7 @@ class FederationClient:
                 answer = await call
                 request_id = response_request_id(await call.trailing_metadata())
         except (grpc.aio.AioRpcError, asyncio.CancelledError) as err:
-            error = _call_error(err)
+            error = _not_reached_error(peer, _call_error(err))
             if error.code == NETWORK and not error.server_reason:
                 cached = self._cached(key)
                 if cached is not None:
@@ -359,7 +368,7 @@ class FederationClient:
                     timeout=RENEW_DEADLINE_S,
                 )
         except (grpc.aio.AioRpcError, asyncio.CancelledError) as err:
-            raise _call_error(err) from None
+            raise _not_reached_error(peer, _call_error(err)) from None
         return answer
 
     async def credentials(self, key: str) -> tuple[grants_pb2.Peer, str]:
@@ -522,6 +531,7 @@ class FederationClient:
             peer.id,
             peer.name,
             peer.cert_serial,
+            leaf.not_valid_before_utc,
             not_after,
             channel,
             gateway_pb2_grpc.FederationStub(channel),
@@ -596,6 +606,24 @@ def _certificate_expired(peer_name: str, not_after: dt.datetime) -> PeerError:
         UNAUTHENTICATED,
         f"our client certificate for peer {peer_name} expired at {not_after:%Y-%m-%dT%H:%M:%SZ}",
         remediation=_EXPIRED_REMEDIATION,
+    )
+
+
+def _not_reached_error(peer: _PeerChannel, error: PeerError) -> PeerError:
+    """``error``, or when B was not reached while our certificate's validity has not begun
+    by our clock, UNAUTHENTICATED saying so: B's handshake refuses a certificate before its
+    notBefore, which gRPC reports as UNAVAILABLE. Only a failed call is explained this way,
+    since B's clock, not ours, decides whether B accepts the certificate."""
+    now = _utcnow()
+    if error.code != NETWORK or error.server_reason or now >= peer.not_before:
+        return error
+    return PeerError(
+        UNAUTHENTICATED,
+        f"our client certificate for peer {peer.name} is not valid before "
+        f"{peer.not_before:%Y-%m-%dT%H:%M:%SZ} (this machine's clock says "
+        f"{now:%Y-%m-%dT%H:%M:%SZ}), and the peer did not answer: its TLS handshake "
+        "refuses a certificate whose validity has not begun",
+        remediation=_NOT_YET_VALID_REMEDIATION,
     )
 
 

@@ -35,6 +35,7 @@ from mosaic.rpc.options import CLIENT_OPTIONS
 PEER_ID = str(uuid.uuid4())
 B_REQUEST_ID = "b-request-0123456789"
 EXPIRED = 2  # tls.clients[EXPIRED] expired an hour ago
+NOT_YET_VALID = 3  # tls.clients[NOT_YET_VALID] is valid from an hour from now
 
 
 @dataclass
@@ -52,13 +53,14 @@ def tls() -> Tls:
         server=issue_internal_certificate(ca, "test.invalid", "peer-b"),
         clients=[
             *(issue_internal_certificate(ca, "test.invalid", f"a{i}") for i in range(2)),
-            _expired_client(ca),
+            _client_valid_for(ca, "a-expired", dt.timedelta(days=-1), dt.timedelta(hours=-1)),
+            _client_valid_for(ca, "a-future", dt.timedelta(hours=1), dt.timedelta(days=1)),
         ],
     )
 
 
-def _expired_client(ca: KeyPair) -> KeyPair:
-    """A client certificate from the same CA whose validity ended an hour ago."""
+def _client_valid_for(ca: KeyPair, name: str, starts: dt.timedelta, ends: dt.timedelta) -> KeyPair:
+    """A client certificate from the same CA, valid from now + ``starts`` to now + ``ends``."""
     ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
     ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
@@ -66,12 +68,12 @@ def _expired_client(ca: KeyPair) -> KeyPair:
     now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a-expired")]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now - dt.timedelta(hours=1))
+        .not_valid_before(now + starts)
+        .not_valid_after(now + ends)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
@@ -661,6 +663,42 @@ async def test_a_certificate_that_expires_after_the_build_serves_nothing_stale(
     with pytest.raises(PeerError) as caught:
         await setup.client.renew("b", "csr")
     _assert_expired(caught.value)
+
+
+def _assert_not_yet_valid(error: PeerError) -> None:
+    assert error.code == "UNAUTHENTICATED"
+    assert "our client certificate for peer b is not valid before" in error.message
+    ours = error.to_service_error()
+    assert ours.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "clock" in ours.remediation
+
+
+async def test_a_client_certificate_not_yet_valid_is_named_not_blamed_on_the_network(
+    setup: Setup,
+) -> None:
+    """Clock skew: our certificate's validity begins in an hour. B's handshake refuses it,
+    which gRPC reports as UNAVAILABLE: the operator must hear that a clock is off, not "is
+    the peer running?"."""
+    setup.peer.release.set()
+    setup.grants.current = NOT_YET_VALID
+    for request in (_capabilities(), _get("row-1")):
+        with pytest.raises(PeerError) as caught:
+            await setup.client.query(request)
+        _assert_not_yet_valid(caught.value)
+    with pytest.raises(PeerError) as caught:
+        await setup.client.renew("b", "csr")
+    _assert_not_yet_valid(caught.value)
+
+
+async def test_our_clock_alone_behind_does_not_stop_queries_the_peer_accepts(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only B's clock decides whether B accepts the certificate: when this machine's clock
+    alone says the validity has not begun (it stepped back), a query B answers is answered."""
+    setup.peer.release.set()
+    stepped_back = client_module._utcnow() - dt.timedelta(days=7)  # before the test certs
+    monkeypatch.setattr(client_module, "_utcnow", lambda: stepped_back)
+    assert await _code_of(setup.client, _capabilities()) == "fresh"
 
 
 # ---- reconnecting --------------------------------------------------------------------------
