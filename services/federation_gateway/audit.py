@@ -184,6 +184,8 @@ class AuditWriter:
         self.recorded = 0
         self._row_counters: dict[tuple[str, str, str, str], Counter] = {}
         self._background: set[asyncio.Future[None]] = set()  # record_soon's tasks
+        # record_when_done's tasks (also in _background) and the work each waits for.
+        self._awaiting_work: dict[asyncio.Future[None], asyncio.Future[Any]] = {}
         self._one_at_a_time = 0  # rows at the head of _pending to commit alone (_settle)
         # SQLite: see _SqliteCommits; Postgres: the async engine.
         self._sqlite = _SqliteCommits(db.engine.url.database or "") if db.is_sqlite else None
@@ -221,16 +223,54 @@ class AuditWriter:
         self._background.add(task)
         task.add_done_callback(self._background_done)
 
+    def record_when_done(
+        self,
+        record: AuditRecord,
+        work: asyncio.Future[Any],
+        settle: Callable[[AuditRecord, asyncio.Future[Any]], None],
+    ) -> None:
+        """``record`` once ``work`` is done, after ``settle`` has made it say how ``work``
+        ended: for a caller being cancelled while work that outlives it still runs (a
+        renewal the CA has issued for). Should the writer close first, ``work`` gets half
+        of the drain time, then the row is written as it stands."""
+        task = asyncio.ensure_future(self._record_when_done(record, work, settle))
+        self._background.add(task)
+        self._awaiting_work[task] = work
+        task.add_done_callback(self._background_done)
+
+    async def _record_when_done(
+        self,
+        record: AuditRecord,
+        work: asyncio.Future[Any],
+        settle: Callable[[AuditRecord, asyncio.Future[Any]], None],
+    ) -> None:
+        try:
+            await asyncio.wait([work])  # never raises what work raised
+        except asyncio.CancelledError:
+            pass  # the writer is closing (close()): the row as it stands, still written
+        else:
+            settle(record, work)
+        await self.record(record)
+
     def _background_done(self, task: asyncio.Future[None]) -> None:
         self._background.discard(task)
+        self._awaiting_work.pop(task, None)
         if not task.cancelled() and task.exception() is not None:
             log.error("audit row not written", exc_info=task.exception())
 
     async def close(self, drain_s: float = CLOSE_DRAIN_S) -> None:
         """Stop: first let the rows already queued (those of requests cancelled by the
         server's shutdown included) commit, for at most ``drain_s``; then a commit still
-        in flight is abandoned and every waiter left is told."""
+        in flight is abandoned and every waiter left is told. Rows waiting for work that
+        outlived its caller (record_when_done) are queued as they stand if that work is
+        not done within half of ``drain_s``."""
         deadline = asyncio.get_running_loop().time() + drain_s
+        unfinished = [work for work in self._awaiting_work.values() if not work.done()]
+        if unfinished:
+            await asyncio.wait(unfinished, timeout=drain_s / 2)
+            for task, work in list(self._awaiting_work.items()):
+                if not work.done():
+                    task.cancel()  # its row is written as it stands (_record_when_done)
         while self._pending or self._committing is not None or self._background:
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:

@@ -17,7 +17,9 @@ first; each refusal has its own reason code):
    a resource-service slot while the grant was revoked).
 
 Each request writes one audit row, allowed or not, and its answer (or refusal) is sent
-only after that row is committed (group commit: audit.py).
+only after that row is committed (group commit: audit.py). A request whose caller goes
+away is audited as CANCELLED, except a renewal the CA has issued for: that one runs to its
+end, and its row says how it ended (``ANSWER_NOT_SENT`` when it completed).
 
 Page size: 0 means ``min(50, max_rows_per_query)``; a larger page size than
 ``max_rows_per_query`` is clamped to it (Capabilities reports the cap); negative is
@@ -108,6 +110,9 @@ PAGE_TOKEN_INVALID = "PAGE_TOKEN_INVALID"  # noqa: S105 - a reason code, not a s
 ID_INVALID = "ID_INVALID"
 QUERY_INVALID = "QUERY_INVALID"
 LIMIT_INVALID = "LIMIT_INVALID"
+# Audit reason of a renewal that completed after its caller went away: the peer never got
+# the new certificate, and its old one is revoked.
+ANSWER_NOT_SENT = "ANSWER_NOT_SENT"
 
 _NOT_FOUND_MESSAGE = "no such resource"
 # Verbs that read resource-service: admitted again before they are answered (_serve).
@@ -125,6 +130,15 @@ _DENIED = frozenset(
 _ALLOWED = frozenset({grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND})
 
 R = TypeVar("R")
+
+
+class _CancelledWhileFinishing(asyncio.CancelledError):
+    """The caller went away while work that runs to its end anyway (a renewal the CA has
+    issued for) was still running: the request is audited by how ``finishing`` ends."""
+
+    def __init__(self, finishing: asyncio.Future[Any]) -> None:
+        super().__init__()
+        self.finishing = finishing
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,10 +289,19 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
             self._finish(record, exc.code, started, reason=exc.reason)
             await self._audit.record(record)
             raise
-        except asyncio.CancelledError:
-            # The caller went away (or its deadline passed): still one row per request.
+        except asyncio.CancelledError as exc:
+            # The caller went away (or its deadline passed): still one row per request,
+            # written in the background since this task is being cancelled. Work that goes
+            # on without the caller is audited by how it ends, not as cancelled.
             self._finish(record, grpc.StatusCode.CANCELLED, started, reason="CANCELLED")
-            self._audit.record_soon(record)
+            if isinstance(exc, _CancelledWhileFinishing):
+                self._audit.record_when_done(
+                    record,
+                    exc.finishing,
+                    functools.partial(self._finish_unanswered, started=started),
+                )
+            else:
+                self._audit.record_soon(record)
             raise
         except Exception:
             log.exception("federation %s failed", verb)
@@ -296,6 +319,23 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         record.outcome = outcome_of(code)
         record.reason = reason
         record.latency_ms = (time.perf_counter() - started) * 1000
+
+    @classmethod
+    def _finish_unanswered(
+        cls, record: AuditRecord, work: asyncio.Future[Any], *, started: float
+    ) -> None:
+        """``record`` as ``work``, which went on after its caller went away, ended: completed
+        (OK, nothing sent), refused or failed as it would have been answered, or cancelled."""
+        if work.cancelled():
+            return  # stays CANCELLED
+        error = work.exception()
+        if error is None:
+            cls._finish(record, grpc.StatusCode.OK, started, reason=ANSWER_NOT_SENT)
+        elif isinstance(error, ServiceError):
+            cls._finish(record, error.code, started, reason=error.reason)
+        else:
+            log.error("federation %s failed", record.verb, exc_info=error)
+            cls._finish(record, grpc.StatusCode.INTERNAL, started, reason="INTERNAL")
 
     async def _authorize(
         self, context: grpc.aio.ServicerContext, record: AuditRecord
@@ -518,7 +558,11 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         self._background.add(task)
         task.add_done_callback(_renewal_done)
         task.add_done_callback(self._background.discard)
-        return await asyncio.shield(task)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # The caller went away; the renewal goes on, and _serve audits how it ends.
+            raise _CancelledWhileFinishing(task) from None
 
     async def _record_renewal(
         self, view: GrantView, issued: ca_pb2.IssueCertificateResponse, root: str

@@ -5,16 +5,31 @@ revoking the new certificate then would leave the peer with none that works."""
 from __future__ import annotations
 
 import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
 import pytest
 
+import federation_gateway.app as gateway_app
+from federation_gateway import federation
+from federation_gateway.audit import AuditWriter
+from federation_gateway.authz import GrantCache
+from federation_gateway.federation import CertIdentity, FederationServicer
 from federation_gateway.ratelimit import LocalGcra
+from federation_gateway.revocations import RevokedSerials
+from mosaic.db import Database
 from mosaic.errors import ServiceError, failed_precondition
-from mosaic.federation.v1 import ca_pb2, gateway_pb2, grants_pb2
+from mosaic.federation.v1 import ca_pb2, gateway_pb2, grants_pb2, grants_pb2_grpc
 from tests.support.federation_fakes import (
+    GRANT_ID,
     PEER_ID,
+    SUBJECT,
+    FakeChannel,
     federation_servicer,
     grant_view,
     rpc_error,
@@ -238,3 +253,178 @@ async def test_the_answer_does_not_wait_for_the_old_certificates_revocation() ->
     while servicer._background:
         await asyncio.gather(*servicer._background)
     assert backends.revoked == [OLD]
+
+
+# ---- the audit row of a renewal whose caller went away --------------------------------
+
+
+class Context:
+    """The caller's TLS identity (the certificate of serial OLD) and address."""
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {"x509_pem_cert": [b"pem-" + OLD.encode()]}
+
+    def peer(self) -> str:
+        return "ipv4:192.0.2.7:50000"
+
+
+class HeldRotate(Backends):
+    """The rotate call waits until ``release`` is set (having set ``rotating``): the moment
+    after the CA has issued at which a caller may go away."""
+
+    def __init__(self, rotate: Any) -> None:
+        super().__init__(rotate=rotate, current=NEW)
+        self.rotating = asyncio.Event()
+        self.release = asyncio.Event()
+        self.rotated = asyncio.Event()
+
+    async def __call__(self, method: str, request: Any) -> Any:
+        if method == "GetGrant":  # the gate's: the grant, with OLD its current certificate
+            return grants_pb2.GetGrantResponse(
+                grant=grants_pb2.Grant(
+                    id=GRANT_ID,
+                    peer_id=PEER_ID,
+                    subject_user_id=SUBJECT,
+                    status=grants_pb2.GRANT_STATUS_ACTIVE,
+                    scope_json=json.dumps({"resources": ["tasks"]}),
+                    cert_serial=OLD,
+                ),
+                peer=grants_pb2.Peer(
+                    id=PEER_ID,
+                    direction=grants_pb2.PEER_DIRECTION_INBOUND,
+                    state=grants_pb2.PEER_STATE_ACTIVE,
+                ),
+            )
+        if method == "RotatePeerCertificate":
+            self.rotating.set()
+            await self.release.wait()
+            try:
+                return super().__call__(method, request)
+            finally:
+                self.rotated.set()
+        return super().__call__(method, request)
+
+
+@pytest.fixture
+async def audit_writer(tmp_path: Path) -> AsyncIterator[AuditWriter]:
+    db = Database(
+        f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}",
+        schema="gateway",
+        migrations_dir=gateway_app.MIGRATIONS,
+    )
+    await db.migrate()
+    writer = AuditWriter(db)
+    yield writer
+    await writer.close()
+    await db.dispose()
+
+
+def _gated_servicer(backends: HeldRotate, writer: AuditWriter) -> FederationServicer:
+    """The whole gate (real GrantCache, RevokedSerials, LocalGcra) and a real AuditWriter;
+    ca-service and grants-service are fakes, since the moment between the CA's issue and the
+    rotate cannot be held open with the real services."""
+    channel = FakeChannel(backends)
+    revoked = RevokedSerials()
+    revoked.apply(ca_pb2.WatchRevocationsResponse(snapshot=True))
+    gateway = SimpleNamespace(
+        runtime=SimpleNamespace(
+            channels=SimpleNamespace(get=lambda _name: channel),
+            sealer=SimpleNamespace(derive_key=lambda _purpose: b"k" * 32),
+            config=SimpleNamespace(rate_limit=SimpleNamespace(per_second=100.0, burst=100)),
+        ),
+        revoked=revoked,
+        grant_cache=GrantCache(grants_pb2_grpc.GrantsStub(channel)),
+        grant_limiter=LocalGcra(100.0, 100),
+        renew_limiter=LocalGcra(100.0, 100),
+        audit=writer,
+    )
+    return FederationServicer(gateway)  # type: ignore[arg-type]
+
+
+async def _renewal_whose_caller_goes_away(
+    backends: HeldRotate, writer: AuditWriter
+) -> FederationServicer:
+    """A RenewCertificate through the gate, its caller gone once the CA has issued."""
+    servicer = _gated_servicer(backends, writer)
+    call = asyncio.ensure_future(
+        servicer.RenewCertificate(gateway_pb2.RenewCertificateRequest(csr_pem="CSR"), Context())
+    )
+    await backends.rotating.wait()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    return servicer
+
+
+@pytest.fixture
+def identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    known = CertIdentity(
+        serial=OLD,
+        grant_id=GRANT_ID,
+        subject_user_id=SUBJECT,
+        grant_uuid=uuid.UUID(GRANT_ID),
+        subject_uuid=uuid.UUID(SUBJECT),
+    )
+    monkeypatch.setattr(federation, "certificate_identity", lambda pem: known)
+
+
+@pytest.mark.usefixtures("identity")
+@pytest.mark.parametrize(
+    ("rotate", "row"),
+    [
+        # The renewal completed: the grant's certificate is the new one, the old one is
+        # revoked, and the peer never got the answer.
+        (None, ("OK", "allowed", "ANSWER_NOT_SENT")),
+        # Another renewal won meanwhile: refused, as the caller would have been told.
+        (
+            grpc.aio.AioRpcError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(
+                    *failed_precondition("CERT_NOT_CURRENT", "not current")
+                    .to_status()
+                    .trailing_metadata
+                ),
+                "not current",
+            ),
+            ("FAILED_PRECONDITION", "error", "CERT_NOT_CURRENT"),
+        ),
+    ],
+    ids=["completed", "refused"],
+)
+async def test_a_renewal_whose_caller_went_away_is_audited_as_it_ended(
+    audit_writer: AuditWriter, rotate: Any, row: tuple[str, str, str]
+) -> None:
+    """Once the CA has issued, a renewal runs to its end even if its caller goes away (A's
+    deadline, A's gateway stopping). Its one audit row used to say CANCELLED whatever
+    happened, so B's operator could not tell from the log that a peer's certificate had
+    been replaced and the old one revoked."""
+    backends = HeldRotate(rotate)
+    servicer = await _renewal_whose_caller_goes_away(backends, audit_writer)
+    backends.release.set()
+    await backends.rotated.wait()
+    while servicer._background:
+        await asyncio.gather(*servicer._background, return_exceptions=True)
+    await audit_writer.close()  # every row queued is committed
+    rows = await audit_writer.list()
+    assert [(r["verb"], r["status"], r["outcome"], r["reason"]) for r in rows] == [("renew", *row)]
+    assert rows[0]["bytes_out"] == 0  # nothing reached the peer
+    assert backends.revoked == ([OLD] if rotate is None else [NEW])
+
+
+@pytest.mark.usefixtures("identity")
+async def test_a_renewal_still_running_at_shutdown_still_gets_its_one_row(
+    audit_writer: AuditWriter,
+) -> None:
+    """The gateway stops while a renewal whose caller went away is still waiting for
+    grants-service: its row is written as it stands (CANCELLED), once, not lost."""
+    backends = HeldRotate(None)
+    servicer = await _renewal_whose_caller_goes_away(backends, audit_writer)
+    await audit_writer.close(drain_s=0.2)
+    backends.release.set()
+    while servicer._background:
+        await asyncio.gather(*servicer._background, return_exceptions=True)
+    rows = await audit_writer.list()
+    assert [(r["verb"], r["status"], r["outcome"], r["reason"]) for r in rows] == [
+        ("renew", "CANCELLED", "error", "CANCELLED")
+    ]
