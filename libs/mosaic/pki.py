@@ -184,3 +184,17 @@ def spki_der(key: CertificatePublicKeyTypes) -> bytes:
     return key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+
+
+def csr_public_key(csr_pem: str) -> bytes | None:
+    """The public key (DER SPKI) of a well-formed CSR whose signature proves its sender
+    holds that key; None otherwise. For matching a request to a certificate already
+    issued, not for deciding what to sign (ca-service's policy does that)."""
+    data = csr_pem.encode("utf-8", errors="replace")
+    if len(data) > MAX_CSR_BYTES or not is_one_csr_block(data):
+        return None
+    try:
+        csr = x509.load_pem_x509_csr(data)
+    except ValueError:
+        return None
+    return spki_der(csr.public_key()) if csr_signature_valid(csr) else None

@@ -54,7 +54,7 @@ from mosaic.federation.v1 import (
     grants_pb2_grpc,
 )
 from mosaic.logs import token_hint
-from mosaic.pki import MAX_CSR_BYTES, csr_signature_valid, is_one_csr_block, spki_der
+from mosaic.pki import csr_public_key, spki_der
 from mosaic.sqltypes import utcnow
 from mosaic.x509ext import serial_hex
 
@@ -212,7 +212,7 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
         if grant.status != _GRANT_PENDING:
             # A claim taken over after a redeem whose activation outcome was not known:
             # if that activation committed for this peer's key, this is its answer.
-            key = _csr_key(csr_pem)
+            key = csr_public_key(csr_pem)
             repeated = None if key is None else self._repeated_answer(row, grant_reply, key, trust)
             if repeated is not None:
                 progress.activated = True
@@ -283,7 +283,7 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
         that spent it, proving it with a CSR for the same key: its first answer was lost.
         None for anyone else, who is refused as before."""
         now = utcnow()
-        key = _csr_key(csr_pem)
+        key = csr_public_key(csr_pem)
         if key is None or now >= row.expires_at + domain.REPEAT_WINDOW:
             return None
         try:
@@ -529,19 +529,6 @@ def _answer(
         not_after=not_after,
         repeated=repeated,
     )
-
-
-def _csr_key(csr_pem: str) -> bytes | None:
-    """The public key (DER SPKI) of a well-formed CSR whose signature proves its sender
-    holds that key; None otherwise."""
-    data = csr_pem.encode("utf-8", errors="replace")
-    if len(data) > MAX_CSR_BYTES or not is_one_csr_block(data):
-        return None
-    try:
-        csr = x509.load_pem_x509_csr(data)
-    except ValueError:
-        return None
-    return spki_der(csr.public_key()) if csr_signature_valid(csr) else None
 
 
 def _refused(refusal: domain.RedeemRefused, row: TokenRow | None, hint: str) -> ServiceError:

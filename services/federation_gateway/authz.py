@@ -43,6 +43,7 @@ PEER_SUSPENDED = "PEER_SUSPENDED"
 PEER_REVOKED = "PEER_REVOKED"
 PEER_GRANT_MISMATCH = "PEER_GRANT_MISMATCH"
 CERT_NOT_CURRENT = "CERT_NOT_CURRENT"
+CERT_NOT_CURRENT_MESSAGE = "this certificate is not the grant's current certificate"
 
 _GRANT_REFUSALS = {
     grants_pb2.GRANT_STATUS_PENDING: (GRANT_NOT_ACTIVE, "the grant is not active yet"),
@@ -167,7 +168,7 @@ def check_certificate(
     if subject_user_id != view.subject_user_id:
         return Refusal(PEER_GRANT_MISMATCH, "the certificate's subject does not match the grant")
     if serial != view.cert_serial:
-        return Refusal(CERT_NOT_CURRENT, "this certificate is not the grant's current certificate")
+        return Refusal(CERT_NOT_CURRENT, CERT_NOT_CURRENT_MESSAGE)
     return None
 
 

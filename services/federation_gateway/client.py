@@ -356,7 +356,9 @@ class FederationClient:
             self._cache.put(key, response)
         return response
 
-    async def renew(self, key: str, csr_pem: str) -> gateway_pb2.RenewCertificateResponse:
+    async def renew(
+        self, key: str, csr_pem: str, *, deadline_s: float = RENEW_DEADLINE_S
+    ) -> gateway_pb2.RenewCertificateResponse:
         """Ask the peer to re-issue our certificate for the CSR (flow 6), over the peer's
         channel, so with the certificate it replaces; raise PeerError on failure."""
         peer = await self.channel(key)
@@ -365,7 +367,7 @@ class FederationClient:
             with self._in_flight(peer):
                 answer: gateway_pb2.RenewCertificateResponse = await peer.stub.RenewCertificate(
                     gateway_pb2.RenewCertificateRequest(csr_pem=csr_pem),
-                    timeout=RENEW_DEADLINE_S,
+                    timeout=min(deadline_s, RENEW_DEADLINE_S),
                 )
         except (grpc.aio.AioRpcError, asyncio.CancelledError) as err:
             raise _not_reached_error(peer, _call_error(err)) from None

@@ -16,6 +16,10 @@ first; each refusal has its own reason code):
    again before they are sent, and steps 2 and 3 run again (a read may have waited for
    a resource-service slot while the grant was revoked).
 
+One exception to step 3's *current certificate*: a renewal presented with a certificate
+the grant's current one replaced is let through to be answered again (never re-issued)
+when its CSR is for the current certificate's key (``_renewed_again``).
+
 Each request writes one audit row, allowed or not, and its answer (or refusal) is sent
 only after that row is committed (group commit: audit.py). A request whose caller goes
 away is audited as CANCELLED, except a renewal the CA has issued for: that one runs to its
@@ -31,6 +35,7 @@ the scope.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
 import hashlib
 import logging
@@ -45,7 +50,14 @@ import grpc
 from cryptography import x509
 
 from federation_gateway.audit import AuditRecord
-from federation_gateway.authz import GrantView, Refusal, check_certificate, refused
+from federation_gateway.authz import (
+    CERT_NOT_CURRENT,
+    CERT_NOT_CURRENT_MESSAGE,
+    GrantView,
+    Refusal,
+    check_certificate,
+    refused,
+)
 from federation_gateway.context import GatewayContext
 from federation_gateway.pagetoken import PageTokenInvalid, PageTokens
 from federation_gateway.ratelimit import within_limit
@@ -76,6 +88,7 @@ from mosaic.federation.v1 import (
 )
 from mosaic.ids import uuid_or_none
 from mosaic.logs import request_id_var
+from mosaic.pki import csr_public_key, spki_der
 from mosaic.rpc.interceptors import MalformedRequest, malformed_request_error
 from mosaic.scope import RESOURCES
 from mosaic.search import query_problem
@@ -94,6 +107,8 @@ SOURCE_CONCURRENCY = 4
 # inside the 60 s the querying gateway gives it; revocations run after the answer.
 RENEW_CA_DEADLINE_S = 20.0
 RENEW_GRANTS_DEADLINE_S = 10.0
+# How long after a renewal its answer can be fetched again with the replaced certificate.
+RENEW_REPEAT_WINDOW = dt.timedelta(minutes=10)
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 # Reason codes answered here (authz.py has the grant and peer ones).
@@ -113,8 +128,11 @@ LIMIT_INVALID = "LIMIT_INVALID"
 # Audit reason of a renewal that completed after its caller went away: the peer never got
 # the new certificate, and its old one is revoked.
 ANSWER_NOT_SENT = "ANSWER_NOT_SENT"
+# Audit reason of a renewal answered again (_renewed_again).
+RENEWAL_REPEATED = "RENEWAL_REPEATED"
 
 _NOT_FOUND_MESSAGE = "no such resource"
+_REVOKED_MESSAGE = "this certificate has been revoked"
 # Verbs that read resource-service: admitted again before they are answered (_serve).
 _READS = frozenset({"list", "get", "search"})
 # How an answer is classified in the audit log; everything else is "error".
@@ -253,7 +271,7 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
     async def RenewCertificate(
         self, request: gateway_pb2.RenewCertificateRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.RenewCertificateResponse:
-        return await self._serve("renew", "", request, context, self._renew)
+        return await self._serve("renew", "", request, context, self._renew, superseded_ok=True)
 
     # ---- the gate and the audit row ------------------------------------------------
 
@@ -264,6 +282,8 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         request: Any,
         context: grpc.aio.ServicerContext,
         handler: Callable[[GrantView, Any], Awaitable[R]],
+        *,
+        superseded_ok: bool = False,
     ) -> R:
         started = time.perf_counter()
         record = AuditRecord(
@@ -277,10 +297,15 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
             source_address=(context.peer() or "")[:128] or None,
         )
         try:
-            view, identity = await self._authorize(context, record)
+            view, identity = await self._authorize(context, record, superseded_ok)
             if type(request) is MalformedRequest:  # audited and rate-limited, then refused
                 raise malformed_request_error()
-            response: Any = await handler(view, request)
+            response: Any
+            if identity.serial != view.cert_serial:  # only with superseded_ok (renewal)
+                response = await self._renewed_again(view, identity, request)
+                record.reason = RENEWAL_REPEATED
+            else:
+                response = await handler(view, request)
             if verb in _READS:
                 # A read may have waited for a resource-service slot, behind other peers'
                 # reads: a revoke or suspension meanwhile holds for this answer too.
@@ -338,7 +363,7 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
             cls._finish(record, grpc.StatusCode.INTERNAL, started, reason="INTERNAL")
 
     async def _authorize(
-        self, context: grpc.aio.ServicerContext, record: AuditRecord
+        self, context: grpc.aio.ServicerContext, record: AuditRecord, superseded_ok: bool
     ) -> tuple[GrantView, CertIdentity]:
         pems = context.auth_context().get("x509_pem_cert")
         if not pems:
@@ -355,9 +380,29 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
             )
         record.grant_id = identity.grant_uuid
         record.subject_user_id = identity.subject_uuid
-        view = await self._admit(identity, record)
+        try:
+            view = await self._admit(identity, record)
+        except ServiceError as exc:
+            if not superseded_ok or exc.reason not in (CERT_REVOKED, CERT_NOT_CURRENT):
+                raise
+            view = await self._superseded(identity, exc)
         await within_limit(self._limiter, identity.grant_id, "rate limit exceeded for this grant")
         return view, identity
+
+    async def _superseded(self, identity: CertIdentity, refusal: ServiceError) -> GrantView:
+        """For a renewal repeated with the certificate it replaced: the grant's view if the
+        grant is servable and this is an earlier certificate of it, for its subject (the
+        renewal handler then answers only a CSR for the current certificate's key);
+        ``refusal`` otherwise. A current certificate that is revoked stays refused."""
+        result = await self._grants.get(identity.grant_id)
+        if isinstance(result, Refusal) or result.cert_serial == identity.serial:
+            raise refusal
+        now = time.time()
+        if check_certificate(
+            result, serial=result.cert_serial, subject_user_id=identity.subject_user_id, now=now
+        ):
+            raise refusal
+        return result
 
     async def _admit(self, identity: CertIdentity, record: AuditRecord) -> GrantView:
         """The gate's state checks (all in memory while the grant's entry is cached): the
@@ -374,7 +419,7 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         revoked_peer = revoked.serials.get(identity.serial)
         if revoked_peer is not None:
             record.peer_id = uuid_or_none(revoked_peer)
-            raise refused(CERT_REVOKED, "this certificate has been revoked")
+            raise refused(CERT_REVOKED, _REVOKED_MESSAGE)
         result = await self._grants.get(identity.grant_id)
         if isinstance(result, Refusal):
             if result.peer_id:
@@ -654,9 +699,68 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
                 },
             )
 
+    async def _renewed_again(
+        self, view: GrantView, identity: CertIdentity, request: gateway_pb2.RenewCertificateRequest
+    ) -> gateway_pb2.RenewCertificateResponse:
+        """A renewal repeated with the certificate it replaced (its answer was lost): the
+        grant's current certificate again, if the CSR proves its sender holds that
+        certificate's key and it was issued less than RENEW_REPEAT_WINDOW ago. Nothing is
+        issued or changed. Anything else gets the refusal the gate would have given."""
+        refusal: ServiceError = (
+            refused(CERT_REVOKED, _REVOKED_MESSAGE)
+            if identity.serial in self._revoked.serials
+            else refused(CERT_NOT_CURRENT, CERT_NOT_CURRENT_MESSAGE)
+        )
+        key = csr_public_key(request.csr_pem)
+        if key is None:
+            raise refusal
+        await within_limit(
+            self._renew_limiter, view.grant_id, "too many certificate renewals for this grant"
+        )
+        try:
+            reply: grants_pb2.GetGrantResponse = await self._grant_store.GetGrant(
+                grants_pb2.GetGrantRequest(id=view.grant_id), timeout=RENEW_GRANTS_DEADLINE_S
+            )
+        except grpc.aio.AioRpcError as err:
+            raise _for_renewing_peer(RemoteError.from_rpc_error(err)) from None
+        grant, peer = reply.grant, reply.peer
+        if not (grant.cert_serial == view.cert_serial == peer.cert_serial and peer.cert_pem):
+            raise refusal  # renewed again meanwhile: that answer is not ours to repeat
+        try:
+            current = x509.load_pem_x509_certificate(peer.cert_pem.encode())
+        except ValueError:
+            raise refusal from None
+        issued_ago = dt.datetime.now(dt.UTC) - current.not_valid_before_utc
+        if (
+            serial_hex(current.serial_number) != view.cert_serial
+            or spki_der(current.public_key()) != key
+            or issued_ago > RENEW_REPEAT_WINDOW
+        ):
+            raise refusal
+        trust = await self._trust_bundle()
+        log.info(
+            "renewal answered again",
+            extra={
+                "grant_id": view.grant_id,
+                "peer_id": view.peer_id,
+                "serial": view.cert_serial,
+                "presented_serial": identity.serial,
+            },
+        )
+        return gateway_pb2.RenewCertificateResponse(
+            certificate_pem=peer.cert_pem,
+            chain_pem=[*trust.intermediates_pem, *_unpinned_root(trust)],
+            serial=view.cert_serial,
+            not_after=peer.cert_not_after,
+            repeated=True,
+        )
+
     async def _client_root(self) -> str:
         """With the step-ca backend, the root client certificates chain to (sent along, as
         enrollment does, so the peer can verify the whole chain); "" with the local CA."""
+        return "".join(_unpinned_root(await self._trust_bundle()))
+
+    async def _trust_bundle(self) -> ca_pb2.GetTrustBundleResponse:
         try:
             trust: ca_pb2.GetTrustBundleResponse = await self._ca.GetTrustBundle(
                 ca_pb2.GetTrustBundleRequest(), timeout=RENEW_CA_DEADLINE_S
@@ -669,9 +773,7 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
                 remediation="retry shortly; your certificate is unchanged",
                 retry_after_s=5.0,
             ) from None
-        if trust.root_pem and trust.root_sha256 != trust.server_root_sha256:
-            return trust.root_pem
-        return ""
+        return trust
 
     async def _read(self, method: Callable[..., Awaitable[R]], request: Any) -> R:
         """Call resource-service: at most SOURCE_CONCURRENCY calls at once, and identical
@@ -720,6 +822,14 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
                 ) from None
             log.error("resource-service failed", extra={"code": code.name})
             raise
+
+
+def _unpinned_root(trust: ca_pb2.GetTrustBundleResponse) -> list[str]:
+    """The root client certificates chain to, when it is not the one peers pinned (the
+    step-ca backend): sent along so the peer can verify the whole chain."""
+    if trust.root_pem and trust.root_sha256 != trust.server_root_sha256:
+        return [trust.root_pem]
+    return []
 
 
 def _for_renewing_peer(remote: RemoteError) -> ServiceError:

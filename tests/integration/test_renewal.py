@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -114,8 +116,8 @@ def _federation_channel(b: Instance, key_pem: str, cert_pem: str) -> grpc.aio.Ch
     )
 
 
-def _csr_pem() -> str:
-    key = ec.generate_private_key(ec.SECP256R1())
+def _csr_pem(key: ec.EllipticCurvePrivateKey | None = None) -> str:
+    key = key or ec.generate_private_key(ec.SECP256R1())
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a")]))
@@ -220,6 +222,104 @@ async def test_the_old_certificate_is_refused_afterwards(pair: Pair) -> None:
         assert error.reason in ("CERT_REVOKED", "CERT_NOT_CURRENT"), error
     # Refusals changed nothing at B.
     assert _b_peer(pair)["cert_serial"] == pair.peer["cert_serial"]
+
+
+def test_a_renewal_whose_answer_was_lost_is_answered_again(pair: Pair, tmp_path: Path) -> None:
+    """A's renewal answer is lost: A still holds the replaced certificate (soon revoked)
+    and repeats the call with the same CSR. B answers with the certificate it issued for
+    that key, and issues nothing more; the replaced certificate opens nothing else, and
+    a CSR for any other key gets the refusal it got before. On its own enrollment, so the
+    module's peer is left alone."""
+    a, b = pair.a, pair.b
+    scope = tmp_path / "scope.json"
+    scope.write_text(json.dumps({"resources": ["tasks"]}))
+    code, grant, err = b.cli(
+        "federation",
+        "grant",
+        "create",
+        "--user",
+        USER,
+        "--peer-name",
+        "a-lost",
+        "--scope",
+        str(scope),
+    )
+    assert code == 0, (grant, err)
+    code, token, err = b.cli("federation", "grant", "token", grant["id"])
+    assert code == 0, (token, err)
+    code, peer, err = a.cli(
+        "federation", "peer", "add", token["enrollment_url"], "--name", "b-lost", timeout=120
+    )
+    assert code == 0, (peer, err)
+    held = asyncio.run(_credentials(a, "b-lost"))
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    csr = _csr_pem(new_key)
+
+    async def lose_then_repeat() -> tuple[Any, ...]:
+        async with _federation_channel(b, held.client_key_pem, held.peer.cert_pem) as channel:
+            stub = gateway_pb2_grpc.FederationStub(channel)
+            request = gateway_pb2.RenewCertificateRequest(csr_pem=csr)
+            first = await stub.RenewCertificate(request, timeout=30)  # "lost"
+            again = await stub.RenewCertificate(request, timeout=30)
+            # Once the gate has the replaced serial in its revoked set, it opens nothing
+            # but this repeat.
+            for _ in range(100):
+                refused = await _refusal(
+                    stub.Capabilities(gateway_pb2.CapabilitiesRequest(), timeout=10)
+                )
+                if refused.reason == "CERT_REVOKED":
+                    break
+                await asyncio.sleep(0.1)
+            after_revocation = await stub.RenewCertificate(request, timeout=30)
+            other = await _refusal(
+                stub.RenewCertificate(
+                    gateway_pb2.RenewCertificateRequest(csr_pem=_csr_pem()), timeout=30
+                )
+            )
+        return first, again, refused, after_revocation, other
+
+    first, again, refused, after_revocation, other = asyncio.run(lose_then_repeat())
+    assert not first.repeated
+    for answer in (again, after_revocation):
+        assert answer.repeated
+        assert (answer.serial, answer.certificate_pem) == (first.serial, first.certificate_pem)
+        assert list(answer.chain_pem) == list(first.chain_pem)
+    assert (refused.code, refused.reason) == (grpc.StatusCode.PERMISSION_DENIED, "CERT_REVOKED")
+    assert (other.code, other.reason) == (grpc.StatusCode.PERMISSION_DENIED, "CERT_REVOKED")
+
+    # The certificate fetched again is the one B serves the grant with.
+    key_pem = new_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+    async def capabilities_with_the_new_certificate() -> gateway_pb2.CapabilitiesResponse:
+        chain = again.certificate_pem + "".join(again.chain_pem)
+        async with _federation_channel(b, key_pem, chain) as channel:
+            reply: gateway_pb2.CapabilitiesResponse = await gateway_pb2_grpc.FederationStub(
+                channel
+            ).Capabilities(gateway_pb2.CapabilitiesRequest(), timeout=10)
+        return reply
+
+    assert asyncio.run(capabilities_with_the_new_certificate()).grant_id == grant["id"]
+    with sqlite3.connect(b.home / "data" / "ca_service.db") as conn:
+        issued = conn.execute(
+            "SELECT serial FROM issued_certificates WHERE grant_id = ?",
+            (uuid.UUID(grant["id"]).hex,),
+        ).fetchall()
+    assert sorted(row[0] for row in issued) == sorted([held.peer.cert_serial, first.serial])
+    code, audit, _ = b.cli("federation", "audit", "list", "--limit", "200")
+    assert code == 0
+    renews = [
+        (e["outcome"], e.get("reason") or None)
+        for e in reversed(audit["entries"])
+        if e["verb"] == "renew" and e.get("grant_id") == grant["id"]
+    ]
+    assert renews == [
+        ("allowed", None),
+        ("allowed", "RENEWAL_REPEATED"),
+        ("allowed", "RENEWAL_REPEATED"),
+        ("denied", "CERT_REVOKED"),
+    ]
 
 
 def test_renew_errors_and_usage(pair: Pair) -> None:

@@ -213,3 +213,62 @@ def _csr() -> str:
         .sign(key, hashes.SHA256())
     )
     return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_renewal_and_its_repeat_with_step_ca(
+    gateways: tuple[Instance, Instance], stepca: StepCAServer, tmp_path: Path
+) -> None:
+    """Flow 6 with step-ca issuing: `peer renew` stores a step-ca certificate chaining to
+    step-ca's root; a renewal whose answer was lost, repeated with the same CSR, gets the
+    same certificate with the same chain."""
+    a, b = gateways
+    scope = tmp_path / "scope.json"
+    scope.write_text(json.dumps({"resources": ["notes"]}))
+    code, grant, err = b.cli(
+        "federation",
+        "grant",
+        "create",
+        "--user",
+        str(uuid.uuid4()),
+        "--peer-name",
+        "a-renew",
+        "--scope",
+        str(scope),
+    )
+    assert code == 0, (grant, err)
+    code, token, err = b.cli("federation", "grant", "token", grant["id"])
+    assert code == 0, (token, err)
+    code, peer, err = a.cli(
+        "federation", "peer", "add", token["enrollment_url"], "--name", "b-renew", timeout=120
+    )
+    assert code == 0, (peer, err)
+
+    code, renewed, err = a.cli("federation", "peer", "renew", "b-renew", timeout=120)
+    assert code == 0, (renewed, err)
+    assert renewed["cert_serial"] != peer["cert_serial"]
+    held = asyncio.run(_credentials(a, renewed["id"]))
+    certs = load_pem_certificates(held.peer.cert_pem)
+    assert certs[0].issuer == stepca.intermediate.subject
+    verify_chain(certs[0], certs[1:], [stepca.root_cert])
+
+    config = load_config(b.home)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=(config.federation_pki_dir / "root.crt").read_bytes(),
+        private_key=held.client_key_pem.encode(),
+        certificate_chain=held.peer.cert_pem.encode(),
+    )
+    csr = _csr()
+
+    async def renew_twice() -> list[gateway_pb2.RenewCertificateResponse]:
+        async with grpc.aio.secure_channel(
+            f"127.0.0.1:{config.ports.federation}", credentials
+        ) as channel:
+            stub = gateway_pb2_grpc.FederationStub(channel)
+            request = gateway_pb2.RenewCertificateRequest(csr_pem=csr)
+            return [await stub.RenewCertificate(request, timeout=60) for _ in range(2)]
+
+    first, again = asyncio.run(renew_twice())
+    assert (first.repeated, again.repeated) == (False, True)
+    assert (again.serial, again.certificate_pem) == (first.serial, first.certificate_pem)
+    leaf = x509.load_pem_x509_certificate(again.certificate_pem.encode())
+    verify_chain(leaf, load_pem_certificates("".join(again.chain_pem)), [stepca.root_cert])

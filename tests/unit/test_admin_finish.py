@@ -106,7 +106,7 @@ async def test_peer_renew_cancelled_during_the_call_still_stores_the_certificate
     async def credentials(key: str) -> tuple[grants_pb2.Peer, str]:
         return peer, "KEY"
 
-    async def renew(peer_id: str, csr_pem: str) -> gateway_pb2.RenewCertificateResponse:
+    async def renew(peer_id: str, csr_pem: str, **_: Any) -> gateway_pb2.RenewCertificateResponse:
         renewing.set()
         await answer.wait()
         return gateway_pb2.RenewCertificateResponse(serial="02")

@@ -16,6 +16,8 @@ from federation_gateway.admin import enrollment as enrollment_admin
 from federation_gateway.admin import renewal as renewal_admin
 from federation_gateway.admin.enrollment import NETWORK, EnrollmentAdminMixin, _Accepted
 from federation_gateway.admin.renewal import RenewalAdminMixin
+from federation_gateway.client import NETWORK as PEER_NETWORK
+from federation_gateway.client import PeerError
 from mosaic.enrollment_url import build_enrollment_url
 from mosaic.errors import ServiceError, unavailable
 from mosaic.federation.v1 import enrollment_pb2, gateway_pb2, grants_pb2
@@ -184,7 +186,7 @@ async def test_a_renewal_stored_whose_answer_was_lost_is_found_by_reading_it_bac
     async def credentials(key: str) -> tuple[grants_pb2.Peer, str]:
         return peer, "KEY"
 
-    async def renew(peer_id: str, csr_pem: str) -> gateway_pb2.RenewCertificateResponse:
+    async def renew(peer_id: str, csr_pem: str, **_: Any) -> gateway_pb2.RenewCertificateResponse:
         return gateway_pb2.RenewCertificateResponse(serial="5e02")
 
     client = SimpleNamespace(credentials=credentials, renew=renew, flush=flushed.append)
@@ -199,3 +201,39 @@ async def test_a_renewal_stored_whose_answer_was_lost_is_found_by_reading_it_bac
 
     assert (reply.peer.id, reply.peer.cert_serial) == ("peer-1", "5e02")
     assert flushed == ["peer-1"]  # the next query presents the new certificate
+
+
+async def test_a_renewal_without_an_answer_is_repeated_with_the_same_csr(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    grants = Grants()
+    peer = grants_pb2.Peer(id="peer-1", name="b", cert_serial="01", ca_bundle_pem="BUNDLE")
+    csrs: list[str] = []
+    answers: list[PeerError | None] = [
+        PeerError(PEER_NETWORK, "the call to b failed (UNAVAILABLE)"),
+        None,
+    ]
+
+    async def credentials(key: str) -> tuple[grants_pb2.Peer, str]:
+        return peer, "KEY"
+
+    async def renew(peer_id: str, csr_pem: str, **_: Any) -> gateway_pb2.RenewCertificateResponse:
+        csrs.append(csr_pem)
+        answer = answers.pop(0)
+        if answer is not None:
+            raise answer
+        return gateway_pb2.RenewCertificateResponse(serial="5e02", repeated=True)
+
+    client = SimpleNamespace(credentials=credentials, renew=renew, flush=lambda _id: None)
+    monkeypatch.setattr(admin_base, "REPEAT_DELAYS_S", (0.0, 0.0, 0.0))
+    monkeypatch.setattr(renewal_admin, "_current_identity", lambda _peer: ("grant", "subject"))
+    monkeypatch.setattr(
+        renewal_admin, "_check_renewal", lambda *_: (SimpleNamespace(serial_number=0x5E02), [])
+    )
+    monkeypatch.setattr(renewal_admin, "certs_to_pem", lambda _certs: "CHAIN")
+    servicer = RenewalAdminMixin(_gateway(grants, client))
+
+    reply = await servicer.RenewPeer(gateway_pb2.RenewPeerRequest(id="b"), None)
+
+    assert reply.peer.cert_serial == "5e02"
+    assert len(csrs) == 2 and csrs[0] == csrs[1]

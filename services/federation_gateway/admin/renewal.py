@@ -11,8 +11,10 @@
    row, then flush the peer's channel so the next query presents the new certificate.
 
 The serving gateway makes the new certificate current and revokes the old one as soon as it
-answers; a failure after that (answer refused here, storing failed) leaves this gateway
-without a working certificate for the peer, and the operator must enroll again. A store
+answers. A call that got no answer is repeated with the same CSR: the serving gateway
+answers a repeat with the certificate it already issued for that key (for 10 minutes).
+A failure after that (answer refused here, storing failed) leaves this gateway without a
+working certificate for the peer, and the operator must enroll again. A store
 that failed in a way that may have committed (a timeout, an outage) is read back first.
 """
 
@@ -26,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from federation_gateway.admin.base import STORE_TIMEOUT_S, AdminBase
+from federation_gateway.admin.base import STORE_TIMEOUT_S, AdminBase, repeat_while_unknown
 from federation_gateway.admin.enrollment import (
     INVALID_RESPONSE,
     CertificateRefused,
@@ -35,7 +37,7 @@ from federation_gateway.admin.enrollment import (
     check_own_key,
     verified_leaf,
 )
-from federation_gateway.client import PEER_MISCONFIGURED, PeerError
+from federation_gateway.client import NETWORK, PEER_MISCONFIGURED, PeerError
 from mosaic.errors import OUTCOME_UNKNOWN_CODES, RemoteError, ServiceError, failed_precondition
 from mosaic.federation.v1 import gateway_pb2, grants_pb2
 from mosaic.x509ext import InvalidGrantExtension, certs_to_pem, grant_identity, serial_hex
@@ -71,7 +73,14 @@ class RenewalAdminMixin(AdminBase):
         key = ec.generate_private_key(ec.SECP256R1())
         csr = _csr(key, self.config.name).public_bytes(serialization.Encoding.PEM)
         try:
-            reply = await client.renew(peer.id, csr.decode("ascii"))
+            # Repeated with the same CSR when no answer came: the peer answers a repeat
+            # (presented with the certificate it replaced) with the same new certificate.
+            reply = await repeat_while_unknown(
+                lambda left: client.renew(peer.id, csr.decode("ascii"), deadline_s=left),
+                lambda exc, _: isinstance(exc, PeerError) and exc.code == NETWORK,
+                what="renewal",
+                log_extra={"peer_id": peer.id, "peer_name": peer.name},
+            )
         except PeerError as exc:
             raise exc.to_service_error() from None
         ids = {"peer_id": peer.id, "peer_name": peer.name, "old_serial": peer.cert_serial}

@@ -243,8 +243,13 @@ class RenewCertificateResponse(_message.Message):
     CHAIN_PEM_FIELD_NUMBER: _builtins.int
     SERIAL_FIELD_NUMBER: _builtins.int
     NOT_AFTER_FIELD_NUMBER: _builtins.int
+    REPEATED_FIELD_NUMBER: _builtins.int
     certificate_pem: _builtins.str
     serial: _builtins.str
+    repeated: _builtins.bool
+    """True when this answers a renewal repeated with the certificate it replaced and a CSR
+    for the new certificate's key (the first answer was lost): the same certificate again.
+    """
     @_builtins.property
     def chain_pem(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -256,10 +261,11 @@ class RenewCertificateResponse(_message.Message):
         chain_pem: _abc.Iterable[_builtins.str] | None = ...,
         serial: _builtins.str = ...,
         not_after: _timestamp_pb2.Timestamp | None = ...,
+        repeated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["not_after", b"not_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_pem", b"certificate_pem", "chain_pem", b"chain_pem", "not_after", b"not_after", "serial", b"serial"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_pem", b"certificate_pem", "chain_pem", b"chain_pem", "not_after", b"not_after", "repeated", b"repeated", "serial", b"serial"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
