@@ -6,13 +6,14 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ca_service.backends.local import LocalCABackend, create_local_ca
-from federation_gateway.admin.enrollment import _check_reply
+from federation_gateway.admin.enrollment import CertificateRefused, _check_reply, verified_leaf
 from mosaic.federation.v1 import enrollment_pb2
 from mosaic.x509ext import certs_to_pem, load_pem_certificates
 
@@ -49,3 +50,36 @@ async def test_only_the_pinned_root_is_stored_to_trust_the_serving_gateway() -> 
     accepted = _check_reply(reply, key, b.root_certificate)
     assert load_pem_certificates(accepted.ca_bundle_pem) == [b.root_certificate]
     assert accepted.grant_id == GRANT
+
+
+async def test_a_certificate_not_started_yet_by_our_slow_clock_is_still_ours() -> None:
+    """B issued it a moment ago (and may already serve the grant with it): A's clock being
+    behind B's must not make A refuse it, which would cost a new enrollment. An expired
+    certificate is still refused."""
+    b = create_local_ca("gateway-b")
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a")]))
+        .sign(key, hashes.SHA256())
+    )
+    signed = await LocalCABackend(
+        b.root_certificate, b.intermediate_certificate, b.intermediate_key
+    ).sign(
+        csr,
+        grant_id=GRANT,
+        subject_user_id=SUBJECT,
+        peer_id=str(uuid.uuid4()),
+        lifetime=dt.timedelta(hours=1),
+    )
+    pem = serialization.Encoding.PEM
+    leaf_pem = signed.certificate.public_bytes(pem).decode()
+    chain = [c.public_bytes(pem).decode() for c in signed.chain]
+    behind = signed.certificate.not_valid_before_utc - dt.timedelta(minutes=10)
+
+    leaf, _ = verified_leaf(leaf_pem, chain, [b.root_certificate], now=behind)
+
+    assert leaf == signed.certificate
+    after_expiry = signed.certificate.not_valid_after_utc + dt.timedelta(seconds=1)
+    with pytest.raises(CertificateRefused):
+        verified_leaf(leaf_pem, chain, [b.root_certificate], now=after_expiry)

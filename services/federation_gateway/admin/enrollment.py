@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import re
 import ssl
@@ -477,11 +478,19 @@ def _check_reply(
 
 
 def verified_leaf(
-    certificate_pem: str, chain_pem: Sequence[str], trusted_roots: Sequence[x509.Certificate]
+    certificate_pem: str,
+    chain_pem: Sequence[str],
+    trusted_roots: Sequence[x509.Certificate],
+    *,
+    now: dt.datetime | None = None,
 ) -> tuple[x509.Certificate, list[x509.Certificate]]:
     """The issued leaf and its intermediates, once the leaf chains to one of
     ``trusted_roots`` (or to a root the serving gateway sent in ``chain_pem`` over a channel
-    that already authenticated it). Raises CertificateRefused."""
+    that already authenticated it). Raises CertificateRefused.
+
+    Validity is checked at ``now`` (our clock), or at the leaf's start if that is later:
+    a certificate the serving gateway has just issued (and may already have made current)
+    is ours even while our clock is behind its; queries then name the clock (client.py)."""
     try:
         leaf = x509.load_pem_x509_certificate(certificate_pem.encode())
         chain = [x509.load_pem_x509_certificate(pem.encode()) for pem in chain_pem]
@@ -491,8 +500,9 @@ def verified_leaf(
     # Roots sent over the pinned channel are vouched for by the gateway we pinned (the
     # step-ca backend issues client certificates under its own root).
     roots = [*trusted_roots, *(c for c in chain if _self_signed(c))]
+    at = max(now or dt.datetime.now(dt.UTC), leaf.not_valid_before_utc)
     try:
-        verify_chain(leaf, intermediates, roots)
+        verify_chain(leaf, intermediates, roots, at=at)
     except ChainError as exc:
         raise CertificateRefused(str(exc)) from None
     return leaf, intermediates
