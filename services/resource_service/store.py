@@ -4,7 +4,7 @@ Every read is one statement. Visibility is part of the WHERE clause, so a row ou
 is indistinguishable from a missing one. Lists walk ``ix_resources_owner_kind_id``
 (owner_user_id, resource, id) in id order; search uses the full-text index made by
 migration ``resources_0002`` (SQLite: FTS5 table ``resources_fts``; Postgres: generated
-``search_tsv`` column with a GIN index), which ``resources_0004`` makes split text into
+``search_tsv`` column with a GIN index), which ``resources_0004`` and ``0005`` make split text into
 the same words on both engines (punctuation separates words, diacritics count). On
 Postgres ``id`` uses the "C" collation (``resources_0003``) so ids sort bytewise on both
 engines.

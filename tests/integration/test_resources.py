@@ -8,7 +8,10 @@ way the gateway reads it on the federation hot path.
 
 The Postgres database is created with an ICU en-US default collation, under which ids
 would sort linguistically ("a…" before "B…"): the tests expect bytewise order on both
-engines, which is what migration resources_0003 promises.
+engines, which is what migration resources_0003 promises. A second Postgres database has
+the plain libc C locale, under which regular expressions know only ASCII punctuation and
+the text-search parser counts every other non-ASCII character as a letter (search words:
+resources_0005).
 """
 
 from __future__ import annotations
@@ -116,6 +119,15 @@ def build_rows() -> list[Row]:
             "mail alice@example.com, see https://example.org/docs/page and "
             "/etc/mosaic/config, v1.2.3, state-of-the-art, snake_case",
         ),
+        Row(
+            "u2-unicode",
+            "notes",
+            U2,
+            "",
+            "Unicode",
+            "alpha\u2014beta \u00abgamma\u00bb delta\u3001epsilon zeta\u2026eta "
+            "lambda\u00b7mu nu\u2192xi omicron\u00a0pi rho\u2022sigma tau\u20acupsilon",
+        ),
     ]
     return rows
 
@@ -159,20 +171,24 @@ async def execute(url: str, sql: str) -> None:
         await conn.close()
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+@pytest.fixture(scope="module", params=["sqlite", "postgres", "postgres-libc-c"])
 def instance(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Instance]:
     db = ""
     dbname = ""
-    if request.param == "postgres":
+    if request.param.startswith("postgres"):
         server = request.getfixturevalue("postgres_server")
         dbname = f"resources_{uuid.uuid4().hex[:12]}"
+        locale = (
+            "LOCALE_PROVIDER libc LOCALE 'C'"
+            if request.param == "postgres-libc-c"
+            else "LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C'"
+        )
         run_coroutine_sync(
             execute(
                 server.admin_url,
-                f'CREATE DATABASE "{dbname}" TEMPLATE template0 ENCODING UTF8 '
-                "LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C'",
+                f'CREATE DATABASE "{dbname}" TEMPLATE template0 ENCODING UTF8 {locale}',
             )
         )
         db = server.url_for(dbname)
@@ -501,6 +517,24 @@ SEARCHES: list[tuple[str, str, tuple[str, ...], bool, set[str]]] = [
     ("v1 2", U2, (), True, {"u2-links"}),
     ("the art", U2, (), True, {"u2-links"}),
     ("snake case", U2, (), True, {"u2-links"}),
+    # Punctuation, symbols and spaces beyond ASCII too (a Postgres database whose
+    # LC_CTYPE is C counts every non-ASCII character as a letter):
+    *(
+        (word, U2, (), True, {"u2-unicode"})
+        for word in (
+            "beta",
+            "gamma",
+            "delta",
+            "epsilon",
+            "eta",
+            "mu",
+            "xi",
+            "pi",
+            "sigma",
+            "upsilon",
+            "alpha beta",
+        )
+    ),
     # FTS5 / tsquery operators are words, never syntax:
     ("NOT forget", U1, (), True, {"note-grocery"}),
     ("bread NOT banana", U1, (), True, set()),  # as syntax: note-grocery
