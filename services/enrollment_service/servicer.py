@@ -308,15 +308,18 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
         key: bytes,
         trust: ca_pb2.GetTrustBundleResponse,
     ) -> enrollment_pb2.RedeemResponse | None:
-        """The answer again if this token's grant is active, bound to its peer, with the
-        certificate the token was spent on, and that certificate is for ``key`` (the
-        CSR's, DER SPKI)."""
+        """The answer again if this token's grant is active, bound to its active peer, with
+        the certificate the token was spent on, and that certificate is for ``key`` (the
+        CSR's, DER SPKI). The certificate is read from the peer's row, which holds the
+        peer's latest one: once the peer has enrolled or renewed another grant since, there
+        is no answer to repeat."""
         grant, peer = reply.grant, reply.peer
         if (
             grant.status != grants_pb2.GRANT_STATUS_ACTIVE
             or grant.id != str(row.grant_id)
             or grant.peer_id != str(row.peer_id)
             or peer.id != grant.peer_id
+            or peer.state != grants_pb2.PEER_STATE_ACTIVE  # a suspended peer is refused
             or not grant.cert_serial
             or peer.cert_serial != grant.cert_serial
             or row.used_by_serial not in (None, grant.cert_serial)

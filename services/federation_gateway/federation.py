@@ -56,6 +56,7 @@ from federation_gateway.authz import (
     GrantView,
     Refusal,
     check_certificate,
+    decide,
     refused,
 )
 from federation_gateway.context import GatewayContext
@@ -297,7 +298,9 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
             source_address=(context.peer() or "")[:128] or None,
         )
         try:
-            view, identity = await self._authorize(context, record, superseded_ok)
+            view, identity = await self._authorize(
+                context, record, request if superseded_ok else None
+            )
             if type(request) is MalformedRequest:  # audited and rate-limited, then refused
                 raise malformed_request_error()
             response: Any
@@ -363,8 +366,14 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
             cls._finish(record, grpc.StatusCode.INTERNAL, started, reason="INTERNAL")
 
     async def _authorize(
-        self, context: grpc.aio.ServicerContext, record: AuditRecord, superseded_ok: bool
+        self,
+        context: grpc.aio.ServicerContext,
+        record: AuditRecord,
+        renewal: gateway_pb2.RenewCertificateRequest | MalformedRequest | None,
     ) -> tuple[GrantView, CertIdentity]:
+        """Identity, the gate's state checks and the grant's rate limit. ``renewal`` (for
+        RenewCertificate only) lets a replaced certificate through to be answered again
+        (_superseded), without the grant's limit."""
         pems = context.auth_context().get("x509_pem_cert")
         if not pems:
             raise ServiceError(
@@ -383,17 +392,31 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         try:
             view = await self._admit(identity, record)
         except ServiceError as exc:
-            if not superseded_ok or exc.reason not in (CERT_REVOKED, CERT_NOT_CURRENT):
+            if renewal is None or exc.reason not in (CERT_REVOKED, CERT_NOT_CURRENT):
                 raise
-            view = await self._superseded(identity, exc)
+            return await self._superseded(identity, exc, renewal), identity
         await within_limit(self._limiter, identity.grant_id, "rate limit exceeded for this grant")
         return view, identity
 
-    async def _superseded(self, identity: CertIdentity, refusal: ServiceError) -> GrantView:
-        """For a renewal repeated with the certificate it replaced: the grant's view if the
-        grant is servable and this is an earlier certificate of it, for its subject (the
-        renewal handler then answers only a CSR for the current certificate's key);
-        ``refusal`` otherwise. A current certificate that is revoked stays refused."""
+    async def _superseded(
+        self,
+        identity: CertIdentity,
+        refusal: ServiceError,
+        request: gateway_pb2.RenewCertificateRequest | MalformedRequest,
+    ) -> GrantView:
+        """For a renewal presented with a certificate the grant's current one replaced: the
+        grant's view if the request may be a repeat (a CSR proving possession of a key, at
+        most a few per presented certificate, the grant servable and this an earlier
+        certificate of it, for its subject); the renewal handler then answers only a CSR for
+        the current certificate's key (_renewed_again). Anything else gets ``refusal``, the
+        gate's own answer: a replaced certificate neither spends the grant's limits nor
+        learns anything of its state. A current certificate that is revoked stays refused."""
+        if isinstance(request, MalformedRequest) or csr_public_key(request.csr_pem) is None:
+            raise refusal
+        try:
+            await within_limit(self._renew_limiter, f"repeat:{identity.serial}", "")
+        except ServiceError:
+            raise refusal from None
         result = await self._grants.get(identity.grant_id)
         if isinstance(result, Refusal) or result.cert_serial == identity.serial:
             raise refusal
@@ -703,9 +726,13 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         self, view: GrantView, identity: CertIdentity, request: gateway_pb2.RenewCertificateRequest
     ) -> gateway_pb2.RenewCertificateResponse:
         """A renewal repeated with the certificate it replaced (its answer was lost): the
-        grant's current certificate again, if the CSR proves its sender holds that
-        certificate's key and it was issued less than RENEW_REPEAT_WINDOW ago. Nothing is
-        issued or changed. Anything else gets the refusal the gate would have given."""
+        grant's current certificate again, if the grant and peer are still servable (read
+        afresh), the CSR proves its sender holds that certificate's key, and the
+        certificate started less than RENEW_REPEAT_WINDOW ago. Nothing is issued or
+        changed. Anything else gets the refusal the gate would have given.
+
+        The certificate is read from the peer's row, which holds the peer's latest one:
+        for a peer holding several grants, only the grant renewed last can be repeated."""
         refusal: ServiceError = (
             refused(CERT_REVOKED, _REVOKED_MESSAGE)
             if identity.serial in self._revoked.serials
@@ -714,18 +741,21 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         key = csr_public_key(request.csr_pem)
         if key is None:
             raise refusal
-        await within_limit(
-            self._renew_limiter, view.grant_id, "too many certificate renewals for this grant"
-        )
         try:
             reply: grants_pb2.GetGrantResponse = await self._grant_store.GetGrant(
                 grants_pb2.GetGrantRequest(id=view.grant_id), timeout=RENEW_GRANTS_DEADLINE_S
             )
         except grpc.aio.AioRpcError as err:
             raise _for_renewing_peer(RemoteError.from_rpc_error(err)) from None
-        grant, peer = reply.grant, reply.peer
-        if not (grant.cert_serial == view.cert_serial == peer.cert_serial and peer.cert_pem):
-            raise refusal  # renewed again meanwhile: that answer is not ours to repeat
+        fresh = decide(reply)  # revoked or suspended since the gate's cached view?
+        peer = reply.peer
+        if (
+            isinstance(fresh, Refusal)
+            or fresh.cert_serial != view.cert_serial  # renewed again meanwhile
+            or peer.cert_serial != view.cert_serial
+            or not peer.cert_pem
+        ):
+            raise refusal
         try:
             current = x509.load_pem_x509_certificate(peer.cert_pem.encode())
         except ValueError:

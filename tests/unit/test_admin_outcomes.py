@@ -203,16 +203,36 @@ async def test_a_renewal_stored_whose_answer_was_lost_is_found_by_reading_it_bac
     assert flushed == ["peer-1"]  # the next query presents the new certificate
 
 
+def _lost_renewal() -> PeerError:
+    return PeerError(PEER_NETWORK, "the call to b failed (UNAVAILABLE)")
+
+
+def _not_current() -> PeerError:
+    return PeerError("FORBIDDEN", "refused", server_reason="CERT_NOT_CURRENT")
+
+
+@pytest.mark.parametrize(
+    ("answers", "outcome", "attempts"),
+    [
+        ([_lost_renewal(), None], "OK", 2),
+        # Our first attempt was still running at B when the repeat came: B switched to its
+        # certificate meanwhile, and the next repeat is answered with it.
+        ([_lost_renewal(), _not_current(), None], "OK", 3),
+        # A refusal is final, however the error reads (no earlier lost attempt).
+        ([_not_current(), None], "FORBIDDEN", 1),
+        ([PeerError("FORBIDDEN", "refused", server_reason="CERT_REVOKED"), None], "FORBIDDEN", 1),
+        ([_lost_renewal(), PeerError("RATE_LIMITED", "slow down"), None], "RATE_LIMITED", 2),
+    ],
+)
 async def test_a_renewal_without_an_answer_is_repeated_with_the_same_csr(
     monkeypatch: pytest.MonkeyPatch,
+    answers: list[PeerError | None],
+    outcome: str,
+    attempts: int,
 ) -> None:
     grants = Grants()
     peer = grants_pb2.Peer(id="peer-1", name="b", cert_serial="01", ca_bundle_pem="BUNDLE")
     csrs: list[str] = []
-    answers: list[PeerError | None] = [
-        PeerError(PEER_NETWORK, "the call to b failed (UNAVAILABLE)"),
-        None,
-    ]
 
     async def credentials(key: str) -> tuple[grants_pb2.Peer, str]:
         return peer, "KEY"
@@ -233,7 +253,11 @@ async def test_a_renewal_without_an_answer_is_repeated_with_the_same_csr(
     monkeypatch.setattr(renewal_admin, "certs_to_pem", lambda _certs: "CHAIN")
     servicer = RenewalAdminMixin(_gateway(grants, client))
 
-    reply = await servicer.RenewPeer(gateway_pb2.RenewPeerRequest(id="b"), None)
+    try:
+        reply = await servicer.RenewPeer(gateway_pb2.RenewPeerRequest(id="b"), None)
+        got = "OK" if reply.peer.cert_serial == "5e02" else reply.peer.cert_serial
+    except ServiceError as exc:
+        got = exc.reason
 
-    assert reply.peer.cert_serial == "5e02"
-    assert len(csrs) == 2 and csrs[0] == csrs[1]
+    assert got == outcome
+    assert len(csrs) == attempts and len(set(csrs)) == 1

@@ -9,6 +9,7 @@ token's claim is left to lapse."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import uuid
@@ -289,5 +290,30 @@ async def test_no_answer_again_once_the_grant_is_revoked_or_the_window_has_passe
     await world.set_token(expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5))
     await world.grants.RevokeGrant(
         grants_pb2.RevokeGrantRequest(id=world.grant.id, reason="test"), None
+    )
+    assert await world.redeem({}) == "UNAUTHENTICATED TOKEN_ALREADY_USED"
+
+
+async def test_no_answer_again_for_a_suspended_peer_or_a_csr_whose_signature_fails(
+    world: World,
+) -> None:
+    assert await world.redeem({}) == "OK 5e0001"
+    # The right public key, but a signature that does not verify: no proof of possession.
+    der = bytearray(
+        x509.load_pem_x509_csr(world.csr_pem.encode()).public_bytes(serialization.Encoding.DER)
+    )
+    der[-3] ^= 0x01
+    forged = (
+        "-----BEGIN CERTIFICATE REQUEST-----\n"
+        + base64.encodebytes(bytes(der)).decode()
+        + "-----END CERTIFICATE REQUEST-----\n"
+    )
+    assert await world.redeem({}, forged) == "UNAUTHENTICATED TOKEN_ALREADY_USED"
+
+    await world.grants.SetPeerState(
+        grants_pb2.SetPeerStateRequest(
+            id=world.grant.peer_id, state=grants_pb2.PEER_STATE_SUSPENDED, reason="test"
+        ),
+        None,
     )
     assert await world.redeem({}) == "UNAUTHENTICATED TOKEN_ALREADY_USED"

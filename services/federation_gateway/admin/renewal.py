@@ -37,6 +37,7 @@ from federation_gateway.admin.enrollment import (
     check_own_key,
     verified_leaf,
 )
+from federation_gateway.authz import CERT_NOT_CURRENT
 from federation_gateway.client import NETWORK, PEER_MISCONFIGURED, PeerError
 from mosaic.errors import OUTCOME_UNKNOWN_CODES, RemoteError, ServiceError, failed_precondition
 from mosaic.federation.v1 import gateway_pb2, grants_pb2
@@ -77,7 +78,7 @@ class RenewalAdminMixin(AdminBase):
             # (presented with the certificate it replaced) with the same new certificate.
             reply = await repeat_while_unknown(
                 lambda left: client.renew(peer.id, csr.decode("ascii"), deadline_s=left),
-                lambda exc, _: isinstance(exc, PeerError) and exc.code == NETWORK,
+                _renewal_repeatable,
                 what="renewal",
                 log_extra={"peer_id": peer.id, "peer_name": peer.name},
             )
@@ -141,6 +142,15 @@ class RenewalAdminMixin(AdminBase):
         client.flush(peer.id)
         log.info("peer certificate renewed", extra=ids | {"serial": renewed.cert_serial})
         return gateway_pb2.RenewPeerResponse(peer=renewed)
+
+
+def _renewal_repeatable(exc: Exception, repeated: bool) -> bool:
+    """No answer (NETWORK); or, after such an attempt, CERT_NOT_CURRENT: our first attempt,
+    still running at the peer when the repeat arrived, made another certificate current,
+    and the next repeat is answered with it."""
+    if not isinstance(exc, PeerError):
+        return False
+    return exc.code == NETWORK or (repeated and exc.server_reason == CERT_NOT_CURRENT)
 
 
 def _current_identity(peer: grants_pb2.Peer) -> tuple[str, str]:
