@@ -7,6 +7,7 @@ import re
 import secrets
 from pathlib import Path
 
+from mosaic.cli.home_lock import lock_home
 from mosaic.config import (
     CONFIG_FILE,
     OPERATOR,
@@ -48,7 +49,8 @@ def create_instance(
     step_ca_root_pem: bytes | None = None,
     rate_limit: RateLimitConfig | None = None,
 ) -> InstanceConfig:
-    """Write a new instance home; refuse to overwrite an existing one.
+    """Write a new instance home; refuse to overwrite an existing one (ConfigError) or to
+    write a home another process holds (HomeBusy: a concurrent init).
 
     ``instance.toml`` is private (0600) like the secrets: its database and Valkey URLs may
     carry passwords. With step-ca, ``step_ca_root_pem`` is written to
@@ -79,10 +81,7 @@ def create_instance(
             remediation="pass --valkey redis://HOST:6379/0",
         )
     if (home / CONFIG_FILE).exists():
-        raise ConfigError(
-            f"an instance already exists at {home}",
-            remediation="choose another --home, or remove that directory to start over",
-        )
+        raise _already_exists(home)
     config = InstanceConfig(
         home=home,
         name=name,
@@ -96,6 +95,32 @@ def create_instance(
     )
     config.ports  # noqa: B018 - validates the port base before anything is written
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Two inits of one home at once would each write half of it (one's seal secret, the
+    # other's sealed keys): the second is refused (HomeBusy) before it writes anything.
+    lock = lock_home(home, "init", name)
+    try:
+        if (home / CONFIG_FILE).exists():  # an init that finished since the check above
+            raise _already_exists(home)
+        _write_home(config, step_ca_private_jwk, step_ca_root_pem)
+    finally:
+        lock.release()
+    return config
+
+
+def _already_exists(home: Path) -> ConfigError:
+    return ConfigError(
+        f"an instance already exists at {home}",
+        remediation="choose another --home, or remove that directory to start over",
+    )
+
+
+def _write_home(
+    config: InstanceConfig,
+    step_ca_private_jwk: dict[str, object] | None,
+    step_ca_root_pem: bytes | None,
+) -> None:
+    """Secrets, PKI and, last, ``instance.toml``: a home without it is not an instance."""
+    home = config.home
     for sub in ("secrets", "data", "pki"):
         (home / sub).mkdir(exist_ok=True, mode=0o700)
 
@@ -109,6 +134,7 @@ def create_instance(
     from ca_service.keys import create_federation_pki
 
     create_federation_pki(config, sealer)
+    step_ca = config.step_ca
     if step_ca is not None and step_ca_private_jwk is not None:
         if step_ca_root_pem is not None:
             write_public(Path(step_ca.root_file), step_ca_root_pem)
@@ -118,7 +144,6 @@ def create_instance(
     import tomli_w
 
     write_private(home / CONFIG_FILE, tomli_w.dumps(config.to_toml_dict()).encode())
-    return config
 
 
 def issue_internal_pki(config: InstanceConfig, *, reuse_ca: bool = False) -> None:

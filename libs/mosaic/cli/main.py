@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import grpc
 import typer
@@ -21,6 +21,7 @@ from mosaic.cli.apps import app, gateway_app
 from mosaic.cli.commands_resources import resources_app
 from mosaic.cli.commands_seal import seal_app
 from mosaic.cli.federation import federation_app
+from mosaic.cli.home_lock import LOCK_FILE, HomeBusy, lock_home
 from mosaic.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliState, emit, fail, state, table
 from mosaic.config import (
     DEFAULT_PORT_BASE,
@@ -163,6 +164,8 @@ def init(
         )
     except ConfigError as exc:
         fail(ctx, "CONFIG", exc.message, exc.remediation)
+    except HomeBusy as exc:
+        _refuse_busy_home(ctx, exc)
     from ca_service.keys import root_fingerprint
 
     ports = config.ports
@@ -247,6 +250,14 @@ def serve(
 def up(ctx: typer.Context) -> None:
     """Run every service of this home in one foreground process tree, logs on stdout."""
     config = load_or_fail(ctx, state(ctx).home)
+    try:
+        # Held until this process and the services it starts have all exited: a second
+        # `up` is refused here rather than failing in its services (ports taken).
+        lock = lock_home(config.home, "up", config.name)
+    except HomeBusy as exc:
+        _refuse_busy_home(ctx, exc)
+    except ConfigError as exc:
+        fail(ctx, "CONFIG", exc.message, exc.remediation)
     children: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False
 
@@ -260,6 +271,7 @@ def up(ctx: typer.Context) -> None:
         children[service] = subprocess.Popen(
             [sys.executable, "-m", "mosaic.cli", "--home", str(config.home), "serve", service],
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            pass_fds=(lock.fd,),
         )
     exit_code = 0
     while not stopping:
@@ -289,6 +301,58 @@ def up(ctx: typer.Context) -> None:
             child.kill()
             exit_code = 1
     raise typer.Exit(exit_code)
+
+
+def _refuse_busy_home(ctx: typer.Context, exc: HomeBusy) -> NoReturn:
+    """The CLI error for a home another `mosaic init` or `mosaic up` holds, naming it."""
+    holder, home = exc.holder, exc.home
+    if holder is not None and holder.command == "up" and not _process_exists(holder.pid):
+        # `up` itself was killed, and the services it started, which inherited the lock,
+        # still run.
+        fail(
+            ctx,
+            "INSTANCE_RUNNING",
+            f"services of instance {holder.name!r} are still running from {home}; the "
+            f"mosaic up that started them (pid {holder.pid}) is gone",
+            f"stop them (`pkill -f 'mosaic.cli --home {home} serve'`), then start again",
+        )
+    if holder is not None and holder.command == "up":
+        fail(
+            ctx,
+            "INSTANCE_RUNNING",
+            f"instance {holder.name!r} is already running from {home} "
+            f"(mosaic up, pid {holder.pid}, since {holder.since})",
+            f"use that one, or stop it first (Ctrl-C in its terminal, or `kill {holder.pid}`); "
+            "a second instance needs its own --home",
+        )
+    if holder is not None and holder.command == "init":
+        fail(
+            ctx,
+            "HOME_BUSY",
+            f"mosaic init (pid {holder.pid}) is creating instance {holder.name!r} at {home}",
+            "wait for it to finish; a second instance needs its own --home",
+        )
+    fail(
+        ctx,
+        "HOME_BUSY",
+        f"another mosaic init or up holds {home / LOCK_FILE}",
+        "wait for it to finish, or stop it; a second instance needs its own --home",
+    )
+
+
+def _process_exists(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: it exists
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 @gateway_app.command()

@@ -1,0 +1,109 @@
+"""One process at a time sets up or runs an instance home: an exclusive ``flock`` on
+``<home>/mosaic.lock``.
+
+`mosaic init` holds it while it writes the home; `mosaic up` for as long as it runs, and
+the services it starts inherit it, so the home stays locked until the last of them exits.
+The kernel drops the lock when the last process holding it exits, however it exits: a lock
+file left behind by a dead process blocks nothing. The file's text says who holds the
+lock, only to name the holder when someone else is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from mosaic.config import ConfigError
+
+LOCK_FILE = "mosaic.lock"
+_HOLDER_MAX = 4096
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds a home's lock, as it wrote itself into the lock file."""
+
+    command: str  # "init" or "up"
+    pid: int
+    name: str  # the instance's name
+    since: str  # ISO 8601, UTC
+
+
+class HomeBusy(Exception):
+    """Another process holds the home's lock; ``holder`` is None when it has not said who
+    it is (yet)."""
+
+    def __init__(self, home: Path, holder: LockHolder | None) -> None:
+        super().__init__(f"{home} is locked by another mosaic process")
+        self.home = home
+        self.holder = holder
+
+
+class HomeLock:
+    """A held lock: released by :meth:`release` or when this process and every child given
+    :attr:`fd` (``subprocess.Popen(pass_fds=...)``) have exited."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing the last descriptor of the file releases the flock
+            self.fd = -1
+
+
+def lock_home(home: Path, command: str, name: str) -> HomeLock:
+    """Take ``home``'s lock without waiting, for ``command`` on instance ``name``.
+
+    Raises HomeBusy when another process holds it, ConfigError when the lock file cannot
+    be opened or locked (a home owned by another user, a file system without locks).
+    The home directory must exist.
+    """
+    path = home / LOCK_FILE
+    remediation = "run mosaic as the user that owns the instance home"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot open {path}: {exc.strerror or type(exc).__name__}", remediation=remediation
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _read_holder(fd)
+        os.close(fd)
+        raise HomeBusy(home, holder) from None
+    except OSError as exc:
+        os.close(fd)
+        raise ConfigError(
+            f"cannot lock {path}: {exc.strerror or type(exc).__name__}",
+            remediation="keep the instance home on a local file system",
+        ) from None
+    me = {
+        "command": command,
+        "pid": os.getpid(),
+        "name": name,
+        "since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(me).encode() + b"\n", 0)
+    return HomeLock(fd)
+
+
+def _read_holder(fd: int) -> LockHolder | None:
+    """The holder as written in the lock file; None when it is unreadable or not written
+    yet (the holder writes it just after locking)."""
+    try:
+        doc = json.loads(os.pread(fd, _HOLDER_MAX, 0))
+        return LockHolder(
+            command=str(doc["command"]),
+            pid=int(doc["pid"]),
+            name=str(doc["name"]),
+            since=str(doc["since"]),
+        )
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
