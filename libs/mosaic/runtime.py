@@ -157,8 +157,11 @@ class ServiceRuntime:
         listeners: Sequence[Listener],
         *,
         background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
+        finish: Callable[[float], Awaitable[None]] | None = None,
         on_stop: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """Serve ``listeners`` until SIGTERM (ServiceHost.run says in which order it stops);
+        ``on_stop`` runs before the internal channels and the database are closed."""
         host = ServiceHost(self.service, listeners)
         metrics = MetricsListener(
             self.service, self.config.bind_host, self.config.ports.metrics[self.service]
@@ -174,7 +177,9 @@ class ServiceRuntime:
                 await self.db.dispose()
 
         try:
-            await host.run(self.dependency_problems, background=background, on_stop=stop)
+            await host.run(
+                self.dependency_problems, background=background, finish=finish, on_stop=stop
+            )
         finally:
             await metrics.stop()
 

@@ -232,5 +232,6 @@ async def main(config: InstanceConfig) -> None:
     await runtime.run(
         [admin, federation, enrollment],
         background=[gateway.follow_revocations, gateway.follow_grant_changes],
+        finish=gateway.unfinished.finish,
         on_stop=gateway.close,
     )

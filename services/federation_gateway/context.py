@@ -10,6 +10,7 @@ from federation_gateway.authz import GrantCache, watch_changes
 from federation_gateway.client import FederationClient
 from federation_gateway.ratelimit import RateLimiter, make_limiter
 from federation_gateway.revocations import RevokedSerials
+from federation_gateway.unfinished import UnfinishedWork
 from mosaic.config import CA, GRANTS
 from mosaic.federation.v1 import ca_pb2_grpc, grants_pb2_grpc
 from mosaic.runtime import ServiceRuntime
@@ -26,9 +27,12 @@ class GatewayContext:
     revoked: RevokedSerials = field(init=False)
     grant_cache: GrantCache = field(init=False)
     federation_client: FederationClient = field(init=False)
+    # Enrollments and renewals finishing after their caller went away (see unfinished.py).
+    unfinished: UnfinishedWork = field(init=False)
 
     def __post_init__(self) -> None:
         grants = grants_pb2_grpc.GrantsStub(self.runtime.channels.get(GRANTS))
+        self.unfinished = UnfinishedWork()
         self.revoked = RevokedSerials()
         self.grant_cache = GrantCache(grants)
         self.federation_client = FederationClient(grants)

@@ -237,8 +237,9 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         self._audit = gateway.audit
         self._tokens = PageTokens(runtime.sealer.derive_key("page-token"))
         self._rate_limit = runtime.config.rate_limit
-        # Renewals finish in the background even if their caller goes away; kept referenced.
-        self._background: set[asyncio.Task[Any]] = set()
+        # Renewals finish even if their caller goes away, and revoke the replaced certificate
+        # after answering: both get a grace at shutdown.
+        self._unfinished = gateway.unfinished
         self._source_slots = asyncio.Semaphore(SOURCE_CONCURRENCY)
         # Identical resource-service reads in flight right now (see _read).
         self._inflight: dict[tuple[Any, bytes], asyncio.Future[Any]] = {}
@@ -622,10 +623,8 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
             )
         except grpc.aio.AioRpcError as err:
             raise _for_renewing_peer(RemoteError.from_rpc_error(err)) from None
-        task = asyncio.ensure_future(self._record_renewal(view, issued, root))
-        self._background.add(task)
+        task = self._unfinished.start(self._record_renewal(view, issued, root))
         task.add_done_callback(_renewal_done)
-        task.add_done_callback(self._background.discard)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -699,9 +698,7 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         return reply.grant.cert_serial
 
     def _revoke_later(self, serial: str, reason: str, view: GrantView) -> None:
-        task = asyncio.ensure_future(self._revoke_serial(serial, reason, view))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._unfinished.start(self._revoke_serial(serial, reason, view))
 
     async def _revoke_serial(self, serial: str, reason: str, view: GrantView) -> None:
         """Best effort: the grants-service record already decides which serial is current."""

@@ -17,6 +17,7 @@ import grpc
 from federation_gateway.authz import GrantView, decide
 from federation_gateway.federation import FederationServicer
 from federation_gateway.ratelimit import LocalGcra, RateLimiter
+from federation_gateway.unfinished import UnfinishedWork
 from mosaic.federation.v1 import grants_pb2
 
 GRANT_ID = str(uuid.uuid4())
@@ -96,5 +97,6 @@ def federation_servicer(
         grant_limiter=None,
         renew_limiter=renew_limiter or LocalGcra(per_second=1000.0, burst=1000),
         audit=None,
+        unfinished=UnfinishedWork(),
     )
     return FederationServicer(gateway)  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ from federation_gateway.admin import enrollment as enrollment_admin
 from federation_gateway.admin import renewal as renewal_admin
 from federation_gateway.admin.enrollment import EnrollmentAdminMixin, _Accepted
 from federation_gateway.admin.renewal import RenewalAdminMixin
+from federation_gateway.unfinished import UnfinishedWork
 from mosaic.enrollment_url import build_enrollment_url
 from mosaic.federation.v1 import enrollment_pb2, gateway_pb2, grants_pb2
 from tests.support.federation_fakes import FakeChannel, rpc_error
@@ -48,7 +49,9 @@ def _gateway(backends: Backends, federation_client: Any = None) -> Any:
         config=SimpleNamespace(name="a"),
         channels=SimpleNamespace(get=lambda _name: channel),
     )
-    return SimpleNamespace(runtime=runtime, federation_client=federation_client)
+    return SimpleNamespace(
+        runtime=runtime, federation_client=federation_client, unfinished=UnfinishedWork()
+    )
 
 
 async def _cancel_while(started: asyncio.Event, call: Any) -> None:

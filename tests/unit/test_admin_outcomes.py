@@ -18,6 +18,7 @@ from federation_gateway.admin.enrollment import NETWORK, EnrollmentAdminMixin, _
 from federation_gateway.admin.renewal import RenewalAdminMixin
 from federation_gateway.client import NETWORK as PEER_NETWORK
 from federation_gateway.client import PeerError
+from federation_gateway.unfinished import UnfinishedWork
 from mosaic.enrollment_url import build_enrollment_url
 from mosaic.errors import ServiceError, unavailable
 from mosaic.federation.v1 import enrollment_pb2, gateway_pb2, grants_pb2
@@ -64,7 +65,9 @@ def _gateway(grants: Grants, federation_client: Any = None) -> Any:
         config=SimpleNamespace(name="a"),
         channels=SimpleNamespace(get=lambda _name: channel),
     )
-    return SimpleNamespace(runtime=runtime, federation_client=federation_client)
+    return SimpleNamespace(
+        runtime=runtime, federation_client=federation_client, unfinished=UnfinishedWork()
+    )
 
 
 class Redeems:

@@ -22,6 +22,7 @@ from federation_gateway.authz import GrantCache
 from federation_gateway.federation import CertIdentity, FederationServicer
 from federation_gateway.ratelimit import LocalGcra
 from federation_gateway.revocations import RevokedSerials
+from federation_gateway.unfinished import UnfinishedWork
 from mosaic.errors import ServiceError
 from mosaic.federation.v1 import ca_pb2, common_pb2, gateway_pb2, grants_pb2, resources_pb2
 from tests.support.federation_fakes import FakeChannel
@@ -116,6 +117,7 @@ async def test_reads_queued_before_a_revoke_are_refused_not_answered() -> None:
         grant_limiter=LocalGcra(100.0, 100),
         renew_limiter=LocalGcra(1.0, 1),
         audit=audit,
+        unfinished=UnfinishedWork(),
     )
     servicer = FederationServicer(gateway)  # type: ignore[arg-type]
 

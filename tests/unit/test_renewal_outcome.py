@@ -22,6 +22,7 @@ from federation_gateway.authz import GrantCache
 from federation_gateway.federation import CertIdentity, FederationServicer
 from federation_gateway.ratelimit import LocalGcra
 from federation_gateway.revocations import RevokedSerials
+from federation_gateway.unfinished import UnfinishedWork
 from mosaic.db import Database
 from mosaic.errors import ServiceError, failed_precondition
 from mosaic.federation.v1 import ca_pb2, gateway_pb2, grants_pb2, grants_pb2_grpc
@@ -79,8 +80,7 @@ async def _renew(backends: Backends) -> gateway_pb2.RenewCertificateResponse:
             grant_view(cert_serial=OLD), gateway_pb2.RenewCertificateRequest(csr_pem="CSR")
         )
     finally:
-        while servicer._background:
-            await asyncio.gather(*servicer._background, return_exceptions=True)
+        await servicer._unfinished.finish(30)
 
 
 @pytest.mark.parametrize(
@@ -250,8 +250,7 @@ async def test_the_answer_does_not_wait_for_the_old_certificates_revocation() ->
     )
     assert answer.serial == NEW and backends.revoked == []
     ca_answers.set()
-    while servicer._background:
-        await asyncio.gather(*servicer._background)
+    await servicer._unfinished.finish(30)
     assert backends.revoked == [OLD]
 
 
@@ -337,6 +336,7 @@ def _gated_servicer(backends: HeldRotate, writer: AuditWriter) -> FederationServ
         grant_limiter=LocalGcra(100.0, 100),
         renew_limiter=LocalGcra(100.0, 100),
         audit=writer,
+        unfinished=UnfinishedWork(),
     )
     return FederationServicer(gateway)  # type: ignore[arg-type]
 
@@ -403,8 +403,7 @@ async def test_a_renewal_whose_caller_went_away_is_audited_as_it_ended(
     servicer = await _renewal_whose_caller_goes_away(backends, audit_writer)
     backends.release.set()
     await backends.rotated.wait()
-    while servicer._background:
-        await asyncio.gather(*servicer._background, return_exceptions=True)
+    await servicer._unfinished.finish(30)
     await audit_writer.close()  # every row queued is committed
     rows = await audit_writer.list()
     assert [(r["verb"], r["status"], r["outcome"], r["reason"]) for r in rows] == [("renew", *row)]
@@ -422,8 +421,7 @@ async def test_a_renewal_still_running_at_shutdown_still_gets_its_one_row(
     servicer = await _renewal_whose_caller_goes_away(backends, audit_writer)
     await audit_writer.close(drain_s=0.2)
     backends.release.set()
-    while servicer._background:
-        await asyncio.gather(*servicer._background, return_exceptions=True)
+    await servicer._unfinished.finish(30)
     rows = await audit_writer.list()
     assert [(r["verb"], r["status"], r["outcome"], r["reason"]) for r in rows] == [
         ("renew", "CANCELLED", "error", "CANCELLED")

@@ -29,6 +29,7 @@ from federation_gateway.authz import GrantCache
 from federation_gateway.federation import RENEW_REPEAT_WINDOW, CertIdentity, FederationServicer
 from federation_gateway.ratelimit import LocalGcra
 from federation_gateway.revocations import RevokedSerials
+from federation_gateway.unfinished import UnfinishedWork
 from mosaic.errors import ServiceError, failed_precondition
 from mosaic.federation.v1 import ca_pb2, gateway_pb2, grants_pb2, grants_pb2_grpc
 from mosaic.rpc.interceptors import MalformedRequest
@@ -175,6 +176,7 @@ def _servicer(
         grant_limiter=LocalGcra(*query_limit),
         renew_limiter=LocalGcra(1 / 60, 5),
         audit=audit,
+        unfinished=UnfinishedWork(),
     )
     return FederationServicer(gateway), audit  # type: ignore[arg-type]
 
@@ -344,7 +346,7 @@ async def test_a_repeat_that_meets_the_first_renewal_still_running_is_answered_n
     release.set()
     assert await first == "OK 501"
     assert await second == "FAILED_PRECONDITION CERT_NOT_CURRENT"
-    await asyncio.gather(*servicer._background, return_exceptions=True)
+    await servicer._unfinished.finish(30)
     assert "502" in b.revoked  # the loser's certificate
 
     assert await _renew(servicer, _csr(key)) == "OK 501 repeated"

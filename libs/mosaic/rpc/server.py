@@ -21,6 +21,9 @@ from mosaic.rpc.options import SERVER_OPTIONS
 log = logging.getLogger("mosaic.server")
 
 SHUTDOWN_GRACE_S = 8.0  # SIGTERM → stopped within 10 s, with room for closing the database
+# Work its calls left running (ServiceHost.run's ``finish``) has this long from the stop
+# request, alongside the listeners' grace, so the whole still fits in SHUTDOWN_GRACE_S.
+FINISH_GRACE_S = 5.0
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -134,8 +137,13 @@ class ServiceHost:
         *,
         on_stop: Callable[[], Awaitable[None]] | None = None,
         background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
+        finish: Callable[[float], Awaitable[None]] | None = None,
         poll_s: float = 1.0,
     ) -> None:
+        """Serve until asked to stop; then, in this order: cancel the ``background`` jobs,
+        stop the listeners (calls in progress get SHUTDOWN_GRACE_S), give ``finish`` what
+        is left of FINISH_GRACE_S for the work those calls left running, and call
+        ``on_stop`` (which closes the channels and the database that work needed)."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -151,10 +159,13 @@ class ServiceHost:
                     await asyncio.wait_for(self._stop.wait(), poll_s)
         finally:
             log.info("shutting down", extra={"grace_s": SHUTDOWN_GRACE_S})
+            finish_by = loop.time() + FINISH_GRACE_S
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await asyncio.gather(*(ls.stop(SHUTDOWN_GRACE_S) for ls in self.listeners))
+            if finish is not None:
+                await finish(max(0.0, finish_by - loop.time()))
             if on_stop is not None:
                 await on_stop()
             log.info("stopped")

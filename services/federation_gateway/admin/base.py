@@ -78,17 +78,14 @@ class AdminBase:
         self.ca = ca_pb2_grpc.CertificateAuthorityStub(channels.get(CA))
         self.enrollment = enrollment_pb2_grpc.EnrollmentStub(channels.get(ENROLLMENT))
         self.resources = resources_pb2_grpc.ResourceSourceStub(channels.get(RESOURCES))
-        # Work that outlives the call that started it (finish_anyway); kept referenced.
-        self._finishing: set[asyncio.Task[Any]] = set()
 
     async def finish_anyway(self, work: Coroutine[Any, Any, T]) -> T:
         """Run ``work`` to its end even if our caller goes away (Ctrl-C, the CLI's deadline,
         a dropped connection). Once a peer gateway has acted on a request of ours (spent an
         enrollment token, rotated our certificate), its answer must be stored, not dropped
-        with the call; ``work`` logs its own outcome."""
-        task = asyncio.ensure_future(work)
-        self._finishing.add(task)
-        task.add_done_callback(self._finishing.discard)
+        with the call; ``work`` logs its own outcome. At shutdown it gets a grace to finish
+        (UnfinishedWork.finish)."""
+        task = self.gateway.unfinished.start(work)
         task.add_done_callback(_retrieved)
         return await asyncio.shield(task)
 
