@@ -120,6 +120,10 @@ class ServiceHost:
 
     Health says SERVING only while ``readiness()`` returns no problems (migrations ran
     before the host starts; dependencies must answer).
+
+    A process started with SIGINT ignored keeps ignoring it: `mosaic up` starts its
+    services so, and stops them itself with SIGTERM, one after the other, when its
+    terminal's Ctrl-C reaches it.
     """
 
     def __init__(self, service: str, listeners: Iterable[Listener]) -> None:
@@ -145,7 +149,10 @@ class ServiceHost:
         is left of FINISH_GRACE_S for the work those calls left running, and call
         ``on_stop`` (which closes the channels and the database that work needed)."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        signals = [signal.SIGTERM]
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            signals.append(signal.SIGINT)
+        for sig in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
         for listener in self.listeners:
