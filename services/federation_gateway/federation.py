@@ -585,7 +585,9 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         items = reply.items
         if not _all_visible(view, access, request.resource, items):
             items = [i for i in items if _visible(view, access, request.resource, i)]
-        return gateway_pb2.SearchResponse(items=items[:limit])
+        # The source's own word that rows were left out to fit one message, passed on: the
+        # peer cannot tell such a reply from one that holds every match.
+        return gateway_pb2.SearchResponse(items=items[:limit], truncated=reply.truncated)
 
     async def _renew(
         self, view: GrantView, request: gateway_pb2.RenewCertificateRequest

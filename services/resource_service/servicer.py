@@ -154,8 +154,12 @@ class ResourceSourceServicer(resources_pb2_grpc.ResourceSourceServicer):
             limit = domain.check_limit(request.limit)
         except domain.InvalidInput as exc:
             raise _refused(exc) from None
-        rows = await self._store.search(kind, visibility, query, limit)
-        return resources_pb2.SearchResourcesResponse(items=_within_reply_size(_items(rows)))
+        rows, cut = await self._store.search(kind, visibility, query, limit)
+        items = _within_reply_size(_items(rows))
+        # Rows left out to fit one message are said so: the caller must not take a short
+        # reply for every match there is (a reply short only by the limit is not cut).
+        truncated = len(items) < len(rows) or (cut and len(items) < limit)
+        return resources_pb2.SearchResourcesResponse(items=items, truncated=truncated)
 
     async def ImportResources(
         self, request: resources_pb2.ImportResourcesRequest, context: grpc.aio.ServicerContext

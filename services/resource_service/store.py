@@ -225,25 +225,22 @@ class ResourceStore:
 
     async def search(
         self, kind: str, visibility: Visibility, query: str, limit: int
-    ) -> Sequence[ReadRow]:
-        """Visible rows matching every word of ``query``, best first, then by id."""
+    ) -> tuple[Sequence[ReadRow], bool]:
+        """Up to ``limit`` visible rows matching every word of ``query``, best first, then
+        by id; and whether the read stopped at ROWS_BUDGET_BYTES (more may match)."""
         if visibility.sees_nothing:
-            return []
+            return [], False
         match = self._match_param(query)
         if match is None:
-            return []
+            return [], False
         stmt = self._search_statement(_shape(visibility, self._on_sqlite))
         params = self._params(kind, visibility, limit=limit, match=match)
         if self._on_sqlite:
             # A match may walk much of the full-text index (common words, every user's
             # rows before the visibility filter): never on the loop.
             sql, defaults = _sqlite_sql(stmt)
-            rows, _ = await self._db.sqlite_read_in_worker(
-                sql, defaults | params, take=_within_budget
-            )
-            return rows
-        rows, _ = await self._read_within_budget(stmt, params)
-        return rows
+            return await self._db.sqlite_read_in_worker(sql, defaults | params, take=_within_budget)
+        return await self._read_within_budget(stmt, params)
 
     async def _read_all(self, stmt: Select[Any], params: dict[str, Any]) -> Sequence[ReadRow]:
         """Run a read: inline on SQLite (see _SQLITE), via asyncpg otherwise."""

@@ -46,7 +46,7 @@ from mosaic.federation.v1 import (
     resources_pb2,
     resources_pb2_grpc,
 )
-from mosaic.rpc.options import CLIENT_OPTIONS
+from mosaic.rpc.options import CLIENT_OPTIONS, in_batches
 from tests.support.instances import Instance, internal_channel_as
 
 pytestmark = pytest.mark.slow
@@ -1071,6 +1071,61 @@ async def test_a_peers_invisible_format_characters_are_shown_escaped(
     assert code == 0, (raw, err)
     assert raw.isascii(), repr(raw)
     assert {i["id"]: i["title"] for i in json.loads(raw)["items"]} == titles
+
+
+async def test_a_search_cut_to_fit_one_message_says_so_to_the_querying_operator(
+    a: Instance, b: Instance
+) -> None:
+    """60 matching rows of 90 KiB are over gRPC's 4 MiB message cap: B's resource-service
+    returns the rows that fit. A's operator used to get fewer rows than the limit with no
+    way to know rows were left out; the answer now says `truncated`, through B's gateway
+    and A's, in `query search` --json and in its human view. An answer short only because
+    of the limit is not truncated."""
+    owner = str(uuid.uuid4())
+    bulky = [
+        common_pb2.ResourceItem(
+            id=f"bulky-{n:02d}",
+            resource="notes",
+            owner_user_id=owner,
+            title=f"bulky note {n}",
+            body="bulky " * 15_000,
+        )
+        for n in range(60)
+    ]
+    for batch in in_batches(bulky):  # an import is one message too
+        await import_rows(b.home, batch)
+    cert = await grant_with_cert(
+        b, {"resources": ["notes"], "max_rows_per_query": 100}, subject=owner
+    )
+    await register_outbound(a, b, cert, "b-bulky")
+
+    code, doc, err = await asyncio.to_thread(
+        a.cli, "federation", "query", "b-bulky", "search", "notes", "bulky", "--limit", "100"
+    )
+    assert code == 0, (doc, err)
+    assert 0 < len(doc["items"]) < 60
+    assert doc["truncated"] is True
+    code, out, err = await asyncio.to_thread(
+        a.cli,
+        "federation",
+        "query",
+        "b-bulky",
+        "search",
+        "notes",
+        "bulky",
+        "--limit",
+        "100",
+        json_out=False,
+    )
+    assert code == 0, (out, err)
+    assert "TRUNCATED" in out
+
+    code, doc, err = await asyncio.to_thread(
+        a.cli, "federation", "query", "b-bulky", "search", "notes", "bulky", "--limit", "3"
+    )
+    assert code == 0, (doc, err)
+    assert len(doc["items"]) == 3
+    assert doc["truncated"] is False
 
 
 def test_query_cli_end_to_end_with_real_enrollment_and_stale_answers(

@@ -600,6 +600,7 @@ async def test_search_is_capped_at_the_limit(
         got = [i.id for i in reply.items]
         assert len(got) == min(limit, len(everyone))
         assert set(got) <= set(everyone)
+        assert not reply.truncated  # short by the limit only: nothing was left out
 
 
 @pytest.mark.parametrize(
@@ -734,7 +735,8 @@ async def test_rows_too_large_for_one_message_are_paged_not_refused(
 ) -> None:
     """60 rows of 90 KiB are 5.4 MB, over gRPC's 4 MiB message cap: the import goes in
     batches by size, a page of 100 comes back shorter (with a cursor) instead of failing,
-    paging still returns every row once, and Search returns the rows that fit."""
+    paging still returns every row once, and Search returns the rows that fit, saying that
+    it left rows out."""
     owner = str(uuid.uuid4())
     body = "bulky " * 15_000
     rows = [
@@ -759,6 +761,7 @@ async def test_rows_too_large_for_one_message_are_paged_not_refused(
     )
     ids = [i.id for i in found.items]
     assert 0 < len(ids) < 60 and len(set(ids)) == len(ids)
+    assert found.truncated
 
 
 async def test_import_lists_every_bad_row_and_imports_nothing(

@@ -42,7 +42,8 @@ def item_doc(item: common_pb2.ResourceItem) -> dict[str, Any]:
 
 
 def query_doc(reply: gateway_pb2.QueryResponse) -> dict[str, Any]:
-    """DESIGN.md field names: items, next_page_token, stale, fetched_at (+ request_id)."""
+    """DESIGN.md field names: items, next_page_token, stale, fetched_at (+ request_id, and
+    truncated for a search)."""
     doc: dict[str, Any] = {}
     verb = reply.WhichOneof("result")
     if verb == "capabilities":
@@ -64,6 +65,7 @@ def query_doc(reply: gateway_pb2.QueryResponse) -> dict[str, Any]:
         doc["items"] = [item_doc(reply.get.item)]
     elif verb == "search":
         doc["items"] = [item_doc(i) for i in reply.search.items]
+        doc["truncated"] = reply.search.truncated
     doc["stale"] = reply.stale
     doc["fetched_at"] = _iso(reply.fetched_at, reply.HasField("fetched_at"))
     doc["request_id"] = reply.request_id
@@ -121,6 +123,11 @@ def _run(ctx: typer.Context, request: gateway_pb2.QueryRequest) -> None:
             if doc.get("next_page_token"):
                 # The peer's token, as sent: shown, never obeyed by the terminal.
                 typer.echo(f"next page: --page-token {printable(doc['next_page_token'])}")
+            if doc.get("truncated"):
+                typer.echo(
+                    "TRUNCATED: the peer cut this answer to fit one message and more rows "
+                    "may match; narrow the search with more words"
+                )
         typer.echo(
             f"fetched at {doc['fetched_at']}, peer request id {printable(doc['request_id'])}"
         )

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from mosaic.federation.v1 import common_pb2 as mosaic_dot_federation_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$mosaic/federation/v1/resources.proto\x12\x14mosaic.federation.v1\x1a!mosaic/federation/v1/common.proto\"\x7f\n\x14ListResourcesRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x34\n\nvisibility\x18\x02 \x01(\x0b\x32 .mosaic.federation.v1.Visibility\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x10\n\x08\x61\x66ter_id\x18\x04 \x01(\t\"a\n\x15ListResourcesResponse\x12\x31\n\x05items\x18\x01 \x03(\x0b\x32\".mosaic.federation.v1.ResourceItem\x12\x15\n\rnext_after_id\x18\x02 \x01(\t\"h\n\x12GetResourceRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x34\n\nvisibility\x18\x03 \x01(\x0b\x32 .mosaic.federation.v1.Visibility\"G\n\x13GetResourceResponse\x12\x30\n\x04item\x18\x01 \x01(\x0b\x32\".mosaic.federation.v1.ResourceItem\"~\n\x16SearchResourcesRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\x34\n\nvisibility\x18\x03 \x01(\x0b\x32 .mosaic.federation.v1.Visibility\x12\r\n\x05limit\x18\x04 \x01(\x05\"L\n\x17SearchResourcesResponse\x12\x31\n\x05items\x18\x01 \x03(\x0b\x32\".mosaic.federation.v1.ResourceItem\"K\n\x16ImportResourcesRequest\x12\x31\n\x05items\x18\x01 \x03(\x0b\x32\".mosaic.federation.v1.ResourceItem\"+\n\x17ImportResourcesResponse\x12\x10\n\x08imported\x18\x01 \x01(\x05\x32\xbe\x03\n\x0eResourceSource\x12h\n\rListResources\x12*.mosaic.federation.v1.ListResourcesRequest\x1a+.mosaic.federation.v1.ListResourcesResponse\x12\x62\n\x0bGetResource\x12(.mosaic.federation.v1.GetResourceRequest\x1a).mosaic.federation.v1.GetResourceResponse\x12n\n\x0fSearchResources\x12,.mosaic.federation.v1.SearchResourcesRequest\x1a-.mosaic.federation.v1.SearchResourcesResponse\x12n\n\x0fImportResources\x12,.mosaic.federation.v1.ImportResourcesRequest\x1a-.mosaic.federation.v1.ImportResourcesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$mosaic/federation/v1/resources.proto\x12\x14mosaic.federation.v1\x1a!mosaic/federation/v1/common.proto\"\x7f\n\x14ListResourcesRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x34\n\nvisibility\x18\x02 \x01(\x0b\x32 .mosaic.federation.v1.Visibility\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x10\n\x08\x61\x66ter_id\x18\x04 \x01(\t\"a\n\x15ListResourcesResponse\x12\x31\n\x05items\x18\x01 \x03(\x0b\x32\".mosaic.federation.v1.ResourceItem\x12\x15\n\rnext_after_id\x18\x02 \x01(\t\"h\n\x12GetResourceRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x34\n\nvisibility\x18\x03 \x01(\x0b\x32 .mosaic.federation.v1.Visibility\"G\n\x13GetResourceResponse\x12\x30\n\x04item\x18\x01 \x01(\x0b\x32\".mosaic.federation.v1.ResourceItem\"~\n\x16SearchResourcesRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\x34\n\nvisibility\x18\x03 \x01(\x0b\x32 .mosaic.federation.v1.Visibility\x12\r\n\x05limit\x18\x04 \x01(\x05\"_\n\x17SearchResourcesResponse\x12\x31\n\x05items\x18\x01 \x03(\x0b\x32\".mosaic.federation.v1.ResourceItem\x12\x11\n\ttruncated\x18\x02 \x01(\x08\"K\n\x16ImportResourcesRequest\x12\x31\n\x05items\x18\x01 \x03(\x0b\x32\".mosaic.federation.v1.ResourceItem\"+\n\x17ImportResourcesResponse\x12\x10\n\x08imported\x18\x01 \x01(\x05\x32\xbe\x03\n\x0eResourceSource\x12h\n\rListResources\x12*.mosaic.federation.v1.ListResourcesRequest\x1a+.mosaic.federation.v1.ListResourcesResponse\x12\x62\n\x0bGetResource\x12(.mosaic.federation.v1.GetResourceRequest\x1a).mosaic.federation.v1.GetResourceResponse\x12n\n\x0fSearchResources\x12,.mosaic.federation.v1.SearchResourcesRequest\x1a-.mosaic.federation.v1.SearchResourcesResponse\x12n\n\x0fImportResources\x12,.mosaic.federation.v1.ImportResourcesRequest\x1a-.mosaic.federation.v1.ImportResourcesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,11 +43,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEARCHRESOURCESREQUEST']._serialized_start=504
   _globals['_SEARCHRESOURCESREQUEST']._serialized_end=630
   _globals['_SEARCHRESOURCESRESPONSE']._serialized_start=632
-  _globals['_SEARCHRESOURCESRESPONSE']._serialized_end=708
-  _globals['_IMPORTRESOURCESREQUEST']._serialized_start=710
-  _globals['_IMPORTRESOURCESREQUEST']._serialized_end=785
-  _globals['_IMPORTRESOURCESRESPONSE']._serialized_start=787
-  _globals['_IMPORTRESOURCESRESPONSE']._serialized_end=830
-  _globals['_RESOURCESOURCE']._serialized_start=833
-  _globals['_RESOURCESOURCE']._serialized_end=1279
+  _globals['_SEARCHRESOURCESRESPONSE']._serialized_end=727
+  _globals['_IMPORTRESOURCESREQUEST']._serialized_start=729
+  _globals['_IMPORTRESOURCESREQUEST']._serialized_end=804
+  _globals['_IMPORTRESOURCESRESPONSE']._serialized_start=806
+  _globals['_IMPORTRESOURCESRESPONSE']._serialized_end=849
+  _globals['_RESOURCESOURCE']._serialized_start=852
+  _globals['_RESOURCESOURCE']._serialized_end=1298
 # @@protoc_insertion_point(module_scope)
