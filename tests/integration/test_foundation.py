@@ -143,12 +143,13 @@ async def test_certificate_from_another_instance_fails_the_handshake(
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def test_sigterm_stops_everything_within_ten_seconds(tmp_path: Path) -> None:
+def test_sigterm_stops_every_service_gracefully(tmp_path: Path) -> None:
+    """`up` exits 0 only when every service stopped by itself within its stop limit (it
+    kills, and exits non-zero, those that do not): no time is asserted here."""
     inst = Instance(tmp_path, "s")
     inst.start()
-    took = inst.stop(timeout=30)
+    inst.stop(timeout=60)
     assert inst.proc is not None and inst.proc.returncode == 0
-    assert took < 10, f"shutdown took {took:.1f} s"
     log = inst.log_text()
     for service in SERVICES:
         assert f'"service":"{service}"' in log and '"msg":"stopped"' in log
