@@ -39,7 +39,7 @@ from mosaic.federation.v1 import (
 )
 from mosaic.rpc.options import CLIENT_OPTIONS
 from mosaic.x509ext import grant_identity, serial_hex
-from tests.support.instances import Instance, internal_channel_as
+from tests.support.instances import Instance, enroll, internal_channel_as
 
 pytestmark = pytest.mark.slow
 
@@ -67,24 +67,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     try:
         a.start()
         b.start()
-        code, grant, err = b.cli(
-            "federation",
-            "grant",
-            "create",
-            "--user",
-            USER,
-            "--peer-name",
-            "a",
-            "--scope",
-            str(scope),
-        )
-        assert code == 0, (grant, err)
-        code, token, err = b.cli("federation", "grant", "token", grant["id"])
-        assert code == 0, (token, err)
-        code, peer, err = a.cli(
-            "federation", "peer", "add", token["enrollment_url"], "--name", PEER_ON_A, timeout=120
-        )
-        assert code == 0, (peer, err)
+        grant, peer = enroll(a, b, scope, user=USER, name=PEER_ON_A)
         yield Pair(a, b, grant, peer)
     finally:
         a.stop()
@@ -233,24 +216,7 @@ def test_a_renewal_whose_answer_was_lost_is_answered_again(pair: Pair, tmp_path:
     a, b = pair.a, pair.b
     scope = tmp_path / "scope.json"
     scope.write_text(json.dumps({"resources": ["tasks"]}))
-    code, grant, err = b.cli(
-        "federation",
-        "grant",
-        "create",
-        "--user",
-        USER,
-        "--peer-name",
-        "a-lost",
-        "--scope",
-        str(scope),
-    )
-    assert code == 0, (grant, err)
-    code, token, err = b.cli("federation", "grant", "token", grant["id"])
-    assert code == 0, (token, err)
-    code, peer, err = a.cli(
-        "federation", "peer", "add", token["enrollment_url"], "--name", "b-lost", timeout=120
-    )
-    assert code == 0, (peer, err)
+    grant, _ = enroll(a, b, scope, user=USER, name="b-lost", peer_name="a-lost")
     held = asyncio.run(_credentials(a, "b-lost"))
     new_key = ec.generate_private_key(ec.SECP256R1())
     csr = _csr_pem(new_key)

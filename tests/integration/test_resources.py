@@ -17,6 +17,7 @@ resources_0005).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import itertools
 import json
@@ -171,18 +172,19 @@ async def execute(url: str, sql: str) -> None:
         await conn.close()
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres", "postgres-libc-c"])
-def instance(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+@contextlib.contextmanager
+def _started(
+    kind: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Instance]:
+    """An instance on ``kind`` (sqlite, postgres, postgres-libc-c) holding ROWS."""
     db = ""
     dbname = ""
-    if request.param.startswith("postgres"):
+    if kind.startswith("postgres"):
         server = request.getfixturevalue("postgres_server")
         dbname = f"resources_{uuid.uuid4().hex[:12]}"
         locale = (
             "LOCALE_PROVIDER libc LOCALE 'C'"
-            if request.param == "postgres-libc-c"
+            if kind == "postgres-libc-c"
             else "LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C'"
         )
         run_coroutine_sync(
@@ -192,7 +194,7 @@ def instance(
             )
         )
         db = server.url_for(dbname)
-    inst = Instance(tmp_path_factory.mktemp(request.param), "b", db=db)
+    inst = Instance(tmp_path_factory.mktemp(kind), "b", db=db)
     try:
         inst.start()
         root = tmp_path_factory.mktemp("rows")
@@ -206,6 +208,23 @@ def instance(
         inst.stop()
         if dbname:
             request.getfixturevalue("postgres_server").drop_database(dbname)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def instance(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Instance]:
+    with _started(request.param, request, tmp_path_factory) as inst:
+        yield inst
+
+
+@pytest.fixture(scope="module")
+def c_locale_instance(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Instance]:
+    """Postgres with the plain libc C locale: search only (see the module's docstring)."""
+    with _started("postgres-libc-c", request, tmp_path_factory) as inst:
+        yield inst
 
 
 @pytest.fixture
@@ -563,6 +582,31 @@ SEARCHES: list[tuple[str, str, tuple[str, ...], bool, set[str]]] = [
 
 @pytest.mark.parametrize(("query", "owner", "teams", "personal", "expected"), SEARCHES)
 async def test_search_matches_words_within_the_visibility_only(
+    source: resources_pb2_grpc.ResourceSourceStub,
+    query: str,
+    owner: str,
+    teams: tuple[str, ...],
+    personal: bool,
+    expected: set[str],
+) -> None:
+    await _check_search(source, query, owner, teams, personal, expected)
+
+
+@pytest.mark.parametrize(("query", "owner", "teams", "personal", "expected"), SEARCHES)
+async def test_search_on_a_c_locale_postgres_matches_the_same_rows(
+    c_locale_instance: Instance,
+    query: str,
+    owner: str,
+    teams: tuple[str, ...],
+    personal: bool,
+    expected: set[str],
+) -> None:
+    async with internal_channel_as(c_locale_instance.home, RESOURCES, GATEWAY) as channel:
+        source = resources_pb2_grpc.ResourceSourceStub(channel)
+        await _check_search(source, query, owner, teams, personal, expected)
+
+
+async def _check_search(
     source: resources_pb2_grpc.ResourceSourceStub,
     query: str,
     owner: str,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.instances import MOSAIC, Instance
+from tests.support.instances import MOSAIC, Instance, enroll
 from tests.support.procs import wait_until
 
 pytestmark = pytest.mark.slow
@@ -42,24 +42,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     try:
         a.start()
         b.start()
-        code, grant, err = b.cli(
-            "federation",
-            "grant",
-            "create",
-            "--user",
-            USER,
-            "--peer-name",
-            "a",
-            "--scope",
-            str(scope),
-        )
-        assert code == 0, (grant, err)
-        code, token, err = b.cli("federation", "grant", "token", grant["id"])
-        assert code == 0, (token, err)
-        code, peer, err = a.cli(
-            "federation", "peer", "add", token["enrollment_url"], "--name", "b", timeout=120
-        )
-        assert code == 0, (peer, err)
+        enroll(a, b, scope, user=USER, name="b")
         yield Pair(a, b)
     finally:
         a.stop()

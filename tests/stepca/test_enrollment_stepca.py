@@ -37,7 +37,7 @@ from mosaic.federation.v1 import (
     grants_pb2_grpc,
 )
 from mosaic.x509ext import grant_identity, load_pem_certificates, serial_hex, verify_chain
-from tests.support.instances import Instance, internal_channel_as
+from tests.support.instances import Instance, enroll, grant_and_token, internal_channel_as
 from tests.support.postgres import PostgresServer
 from tests.support.stepca import StepCAServer, stepca_instance
 
@@ -148,20 +148,7 @@ def test_concurrent_redeems_on_postgres_have_exactly_one_winner(
     _, b = gateways
     scope = tmp_path / "scope.json"
     scope.write_text(json.dumps({"resources": ["tasks"]}))
-    code, grant, err = b.cli(
-        "federation",
-        "grant",
-        "create",
-        "--user",
-        str(uuid.uuid4()),
-        "--peer-name",
-        "a",
-        "--scope",
-        str(scope),
-    )
-    assert code == 0, (grant, err)
-    code, token, err = b.cli("federation", "grant", "token", grant["id"])
-    assert code == 0, (token, err)
+    grant, token = grant_and_token(b, scope, user=str(uuid.uuid4()))
     config = load_config(b.home)
     root = (config.federation_pki_dir / "root.crt").read_bytes()
 
@@ -188,6 +175,7 @@ def test_concurrent_redeems_on_postgres_have_exactly_one_winner(
     assert len(results) - len(losers) == 1, [str(r) for r in losers]
     assert {r.reason for r in losers} <= {"TOKEN_IN_USE", "TOKEN_ALREADY_USED"}
     code, on_b, _ = b.cli("federation", "grant", "show", grant["id"])
+    assert code == 0, on_b
     assert on_b["status"] == "active"
 
     # The winner lost its answer and repeats the redeem with the same CSR: the same
@@ -224,24 +212,7 @@ def test_renewal_and_its_repeat_with_step_ca(
     a, b = gateways
     scope = tmp_path / "scope.json"
     scope.write_text(json.dumps({"resources": ["notes"]}))
-    code, grant, err = b.cli(
-        "federation",
-        "grant",
-        "create",
-        "--user",
-        str(uuid.uuid4()),
-        "--peer-name",
-        "a-renew",
-        "--scope",
-        str(scope),
-    )
-    assert code == 0, (grant, err)
-    code, token, err = b.cli("federation", "grant", "token", grant["id"])
-    assert code == 0, (token, err)
-    code, peer, err = a.cli(
-        "federation", "peer", "add", token["enrollment_url"], "--name", "b-renew", timeout=120
-    )
-    assert code == 0, (peer, err)
+    _, peer = enroll(a, b, scope, user=str(uuid.uuid4()), name="b-renew", peer_name="a-renew")
 
     code, renewed, err = a.cli("federation", "peer", "renew", "b-renew", timeout=120)
     assert code == 0, (renewed, err)

@@ -123,6 +123,39 @@ class Instance:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+def grant_and_token(
+    b: Instance, scope: Path, *, user: str, peer_name: str = "a"
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`grant create` on B for ``user`` and the peer ``peer_name``, then `grant token`."""
+    code, grant, err = b.cli(
+        "federation",
+        "grant",
+        "create",
+        "--user",
+        user,
+        "--peer-name",
+        peer_name,
+        "--scope",
+        str(scope),
+    )
+    assert code == 0, (grant, err)
+    code, token, err = b.cli("federation", "grant", "token", grant["id"])
+    assert code == 0, (token, err)
+    return grant, token
+
+
+def enroll(
+    a: Instance, b: Instance, scope: Path, *, user: str, name: str, peer_name: str = "a"
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A grant on B, and A's `peer add` of its URL under ``name``: (grant, A's peer)."""
+    grant, token = grant_and_token(b, scope, user=user, peer_name=peer_name)
+    code, peer, err = a.cli(
+        "federation", "peer", "add", token["enrollment_url"], "--name", name, timeout=120
+    )
+    assert code == 0, (peer, err)
+    return grant, peer
+
+
 def internal_channel_as(home: Path, target: str, identity: str) -> grpc.aio.Channel:
     """An aio channel to ``target``'s internal listener presenting ``identity``'s certificate.
 

@@ -11,7 +11,7 @@ import grpc
 
 from federation_gateway.context import GatewayContext
 from mosaic.config import CA, ENROLLMENT, GRANTS, RESOURCES
-from mosaic.errors import RemoteError
+from mosaic.errors import RemoteError, ServiceError
 from mosaic.federation.v1 import (
     ca_pb2_grpc,
     enrollment_pb2_grpc,
@@ -32,6 +32,22 @@ REPEAT_BUDGET_S: Final = 75.0
 REPEAT_MIN_ATTEMPT_S: Final = 5.0
 
 log = logging.getLogger("federation_gateway.admin")
+
+
+def not_stored(
+    remote: RemoteError, *, unknown: bool, done: str, what: str, check: str, remediation: str
+) -> ServiceError:
+    """The operator's error when ``done`` happened at the peer gateway but storing ``what``
+    at grants-service failed, or (``unknown``) may have: then ``check`` says how to tell
+    before following ``remediation``."""
+    outcome = f"whether {what} was stored is not known" if unknown else f"storing {what} failed"
+    return ServiceError(
+        remote.code,
+        remote.reason,
+        f"{done}, but {outcome}: {remote.message}",
+        remediation=(f"{check}; if it is not there, " if unknown else "") + remediation,
+        violations=remote.violations,
+    )
 
 
 async def repeat_while_unknown(

@@ -34,7 +34,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from federation_gateway.admin.base import STORE_TIMEOUT_S, AdminBase, repeat_while_unknown
+from federation_gateway.admin.base import (
+    STORE_TIMEOUT_S,
+    AdminBase,
+    not_stored,
+    repeat_while_unknown,
+)
 from mosaic.enrollment_url import (
     EnrollmentURL,
     EnrollmentURLError,
@@ -368,23 +373,14 @@ def _not_stored(
         else "enrolled, but the peer could not be stored; the token is spent",
         extra={"reason": remote.reason, "serial": accepted.serial, "peer_name": name},
     )
-    check = (
-        f"check `mosaic federation peer list` for {name!r} with serial {accepted.serial}; if "
-        "it is not there, "
-        if unknown
-        else ""
-    )
-    return ServiceError(
-        remote.code,
-        remote.reason,
-        f"enrolled with {target.endpoint}, but "
-        + ("whether the peer was stored is not known" if unknown else "storing the peer failed")
-        + f": {remote.message}",
-        remediation=(
-            check + "the enrollment token is spent: ask the serving gateway's administrator "
-            f"to revoke grant {accepted.grant_id} and make a new grant and token"
-        ),
-        violations=remote.violations,
+    return not_stored(
+        remote,
+        unknown=unknown,
+        done=f"enrolled with {target.endpoint}",
+        what="the peer",
+        check=f"check `mosaic federation peer list` for {name!r} with serial {accepted.serial}",
+        remediation="the enrollment token is spent: ask the serving gateway's administrator "
+        f"to revoke grant {accepted.grant_id} and make a new grant and token",
     )
 
 

@@ -28,7 +28,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from federation_gateway.admin.base import STORE_TIMEOUT_S, AdminBase, repeat_while_unknown
+from federation_gateway.admin.base import (
+    STORE_TIMEOUT_S,
+    AdminBase,
+    not_stored,
+    repeat_while_unknown,
+)
 from federation_gateway.admin.enrollment import (
     INVALID_RESPONSE,
     CertificateRefused,
@@ -39,7 +44,7 @@ from federation_gateway.admin.enrollment import (
 )
 from federation_gateway.authz import CERT_NOT_CURRENT
 from federation_gateway.client import NETWORK, PEER_MISCONFIGURED, PeerError
-from mosaic.errors import OUTCOME_UNKNOWN_CODES, RemoteError, ServiceError, failed_precondition
+from mosaic.errors import OUTCOME_UNKNOWN_CODES, RemoteError, failed_precondition
 from mosaic.federation.v1 import gateway_pb2, grants_pb2
 from mosaic.x509ext import InvalidGrantExtension, certs_to_pem, grant_identity, serial_hex
 
@@ -123,20 +128,13 @@ class RenewalAdminMixin(AdminBase):
                     else "renewed, but the new certificate could not be stored",
                     extra=ids | {"reason": remote.reason, "serial": serial},
                 )
-                raise ServiceError(
-                    remote.code,
-                    remote.reason,
-                    f"peer {peer.name} renewed our certificate, but "
-                    + ("whether it was stored is not known" if unknown else "storing it failed")
-                    + f": {remote.message}",
-                    remediation=(
-                        f"check `mosaic federation peer show {peer.name}` for serial {serial}; "
-                        "if it is not there, "
-                        if unknown
-                        else ""
-                    )
-                    + _ENROLL_AGAIN,
-                    violations=remote.violations,
+                raise not_stored(
+                    remote,
+                    unknown=unknown,
+                    done=f"peer {peer.name} renewed our certificate",
+                    what="it",
+                    check=f"check `mosaic federation peer show {peer.name}` for serial {serial}",
+                    remediation=_ENROLL_AGAIN,
                 ) from None
             renewed = found  # it committed; only its answer was lost
         client.flush(peer.id)
