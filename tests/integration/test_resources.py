@@ -127,7 +127,9 @@ def build_rows() -> list[Row]:
             "",
             "Unicode",
             "alpha\u2014beta \u00abgamma\u00bb delta\u3001epsilon zeta\u2026eta "
-            "lambda\u00b7mu nu\u2192xi omicron\u00a0pi rho\u2022sigma tau\u20acupsilon",
+            "lambda\u00b7mu nu\u2192xi omicron\u00a0pi rho\u2022sigma tau\u20acupsilon "
+            "\u6771\u4eac\u30fb\u5927\u962a brand\u2122mark no\u2116five arabic\u060ccomma "
+            "danda\u0964end greek\u037equery bom\ufeffjoint ogham\u1680gap",
         ),
     ]
     return rows
@@ -551,6 +553,14 @@ SEARCHES: list[tuple[str, str, tuple[str, ...], bool, set[str]]] = [
             "pi",
             "sigma",
             "upsilon",
+            "\u5927\u962a",
+            "mark",
+            "five",
+            "comma",
+            "end",
+            "query",
+            "joint",
+            "gap",
             "alpha beta",
         )
     ),

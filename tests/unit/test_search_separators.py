@@ -1,12 +1,17 @@
-"""The separators Postgres' search column uses (migration resources_0005) hold no letter
-and no digit, as mosaic.search defines words: a range that did would split words on
-Postgres that SQLite and the query side keep whole."""
+"""The separators Postgres' search column uses (migration resources_0005), against
+mosaic.search's definition of a word: none of them is part of a word (else Postgres would
+split words that SQLite and the query side keep whole), and every non-ASCII punctuation,
+symbol, space, control and format character is among them (else a database whose
+LC_CTYPE is C, where Postgres' parser counts every non-ASCII character as a letter,
+would keep two words joined)."""
 
 from __future__ import annotations
 
 import importlib.util
 import re
+import unicodedata
 from pathlib import Path
+from types import ModuleType
 
 MIGRATION = (
     Path(__file__).resolve().parents[2]
@@ -15,15 +20,25 @@ MIGRATION = (
 _WORD_CHAR = re.compile(r"[^\W_]")  # mosaic.search's words: runs of these
 
 
-def test_no_separator_is_part_of_a_word() -> None:
+def _migration() -> ModuleType:
     spec = importlib.util.spec_from_file_location("resources_0005", MIGRATION)
     assert spec is not None and spec.loader is not None
-    migration = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(migration)
-    word_chars = [
-        f"U+{code:04X}"
-        for low, high in migration.SEPARATOR_RANGES
-        for code in range(low, high + 1)
-        if _WORD_CHAR.match(chr(code))
-    ]
-    assert word_chars == []
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _separates(code: int) -> bool:
+    char = chr(code)
+    category = unicodedata.category(char)
+    return (category[0] in "PSZ" or category in ("Cc", "Cf")) and not _WORD_CHAR.match(char)
+
+
+def test_the_separators_are_exactly_the_non_ascii_characters_between_words() -> None:
+    ranges = _migration().SEPARATOR_RANGES
+    listed = {code for low, high in ranges for code in range(low, high + 1)}
+
+    assert sorted(f"U+{c:04X}" for c in listed if not _separates(c)) == []
+    missing = [f"U+{c:04X}" for c in range(0x80, 0x110000) if _separates(c) and c not in listed]
+    assert missing == []
+    assert {0x30FB, 0x2122, 0x2116, 0x060C, 0x0964, 0x037E, 0xFEFF, 0x1680} <= listed
