@@ -7,7 +7,10 @@ on a real PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
 import socket
 import ssl
 from collections.abc import Iterator
@@ -22,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mosaic.config import SERVICES, load_config
 from mosaic.federation.v1 import common_pb2, common_pb2_grpc, grants_pb2, grants_pb2_grpc
 from mosaic.rpc.channels import secure_channel
-from tests.support.instances import Instance, internal_channel_as
+from tests.support.instances import Instance, internal_channel_as, service_pid
 
 pytestmark = pytest.mark.slow
 
@@ -148,11 +151,44 @@ def test_sigterm_stops_every_service_gracefully(tmp_path: Path) -> None:
     kills, and exits non-zero, those that do not): no time is asserted here."""
     inst = Instance(tmp_path, "s")
     inst.start()
-    inst.stop(timeout=60)
+    inst.stop(timeout=90)
     assert inst.proc is not None and inst.proc.returncode == 0
-    log = inst.log_text()
-    for service in SERVICES:
-        assert f'"service":"{service}"' in log and '"msg":"stopped"' in log
+    assert _stopped_services(inst) >= set(SERVICES)
+
+
+def _stopped_services(inst: Instance) -> set[str]:
+    stopped = set()
+    for line in inst.log_text().splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict) and entry.get("msg") == "stopped":
+                stopped.add(str(entry.get("service")))
+    return stopped
+
+
+def test_a_service_that_hangs_at_stop_is_killed_and_the_others_still_stop(
+    tmp_path: Path,
+) -> None:
+    """Each service has a stop limit of its own: the gateway frozen (SIGSTOP) is killed
+    once its limit has passed, and the services after it still stop by themselves."""
+    inst = Instance(tmp_path, "h")
+    inst.start()
+    assert inst.proc is not None
+    os.kill(service_pid(inst.proc.pid, "federation-gateway"), signal.SIGSTOP)
+    inst.stop(timeout=120)
+    assert inst.proc.returncode == 1
+    assert _stopped_services(inst) >= set(SERVICES) - {"federation-gateway"}
+    assert "federation-gateway did not stop within" in inst.log_text()
+
+
+def test_a_service_that_dies_is_reported_by_up_s_exit_status(tmp_path: Path) -> None:
+    inst = Instance(tmp_path, "d")
+    inst.start()
+    assert inst.proc is not None
+    os.kill(service_pid(inst.proc.pid, "grants-service"), signal.SIGKILL)
+    inst.stop(timeout=90)
+    assert inst.proc.returncode == 1
+    assert "grants-service ended with exit status -9" in inst.log_text()
 
 
 def test_doctor_on_a_stopped_service_fails_with_remediation(tmp_path: Path) -> None:

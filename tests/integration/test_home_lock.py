@@ -3,6 +3,7 @@ with a CLI error naming who holds the home, and the first is left unharmed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -13,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from ca_service.keys import load_federation_intermediate, root_fingerprint
-from mosaic.config import load_config
+from mosaic.config import SERVICES, START_ORDER, load_config
 from mosaic.runtime import load_sealer
-from tests.support.instances import MOSAIC, Instance, cli, free_port_base
+from tests.support.instances import MOSAIC, Instance, cli, free_port_base, service_pid
 
 pytestmark = pytest.mark.slow
 
@@ -65,6 +66,31 @@ def test_a_killed_up_does_not_block_the_next_one(tmp_path: Path) -> None:
         inst.start()  # raises unless every service comes up and the doctor is ok
     finally:
         inst.stop()
+
+
+def test_services_left_by_a_killed_up_are_named_with_their_pids_in_stop_order(
+    tmp_path: Path,
+) -> None:
+    """`up` alone killed (its services, which hold the lock, still run): a new `up` says
+    so, and names each service's pid, the gateway first, so the operator can stop them
+    in the order that lets their work finish (not all at once)."""
+    inst = Instance(tmp_path, "b")
+    inst.start()
+    assert inst.proc is not None
+    pids = {service: service_pid(inst.proc.pid, service) for service in SERVICES}
+    inst.proc.send_signal(signal.SIGKILL)  # `up` only, not its process group
+    inst.proc.wait()
+    try:
+        code, doc, err = inst.cli("up", timeout=30)
+        assert code == 1, (doc, err)
+        assert doc["error"]["code"] == "INSTANCE_RUNNING"
+        remediation = doc["error"]["remediation"]
+        named = [remediation.index(f"kill {pids[s]}` ({s})") for s in reversed(START_ORDER)]
+        assert named == sorted(named)
+    finally:
+        for service in reversed(START_ORDER):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pids[service], signal.SIGKILL)
 
 
 # `mosaic init` paused half-way through writing the home (seal secret and admin token

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.instances import MOSAIC, Instance, enroll
+from tests.support.instances import MOSAIC, Instance, enroll, service_pid
 from tests.support.procs import wait_until
 
 pytestmark = pytest.mark.slow
@@ -47,22 +47,6 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     finally:
         a.stop()
         b.stop()
-
-
-def _child_of(parent: int, service: str) -> int:
-    """The pid of ``mosaic serve SERVICE`` started by the `mosaic up` ``parent``."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        ppid = int(stat.rpartition(")")[2].split()[1])
-        if ppid == parent and argv[-3:-1] == [b"serve", service.encode()]:
-            return int(entry.name)
-    raise AssertionError(f"no {service} under pid {parent}")
 
 
 def _unread_at(port: int) -> bool:
@@ -110,7 +94,7 @@ def test_a_renewal_in_progress_at_shutdown_is_finished_and_stored(
     assert a.proc is not None and b.proc is not None
     code, before, err = a.cli("federation", "peer", "show", "b")
     assert code == 0, (before, err)
-    b_gateway = _child_of(b.proc.pid, "federation-gateway")
+    b_gateway = service_pid(b.proc.pid, "federation-gateway")
     os.kill(b_gateway, signal.SIGSTOP)
     try:
         renew = subprocess.Popen(

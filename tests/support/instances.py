@@ -123,6 +123,22 @@ class Instance:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+def service_pid(parent: int, service: str) -> int:
+    """The pid of ``mosaic serve SERVICE`` started by the `mosaic up` ``parent``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ppid = int(stat.rpartition(")")[2].split()[1])
+        if ppid == parent and argv[-3:-1] == [b"serve", service.encode()]:
+            return int(entry.name)
+    raise AssertionError(f"no {service} under pid {parent}")
+
+
 def grant_and_token(
     b: Instance, scope: Path, *, user: str, peer_name: str = "a"
 ) -> tuple[dict[str, Any], dict[str, Any]]:

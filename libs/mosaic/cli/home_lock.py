@@ -11,6 +11,7 @@ lock, only to name the holder when someone else is refused.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import fcntl
 import json
 import os
@@ -64,13 +65,26 @@ def lock_home(home: Path, command: str, name: str) -> HomeLock:
     The home directory must exist.
     """
     path = home / LOCK_FILE
-    remediation = "run mosaic as the user that owns the instance home"
+    writable = True
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
-        raise ConfigError(
-            f"cannot open {path}: {exc.strerror or type(exc).__name__}", remediation=remediation
-        ) from None
+        if exc.errno != errno.EROFS:
+            raise ConfigError(
+                f"cannot open {path}: {exc.strerror or type(exc).__name__}",
+                remediation="run mosaic as the user that owns the instance home",
+            ) from None
+        # A home on a read-only file system (a Postgres instance whose files need no
+        # writing): a lock file made earlier can still be locked, though not labelled.
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            raise ConfigError(
+                f"cannot create {path}: the instance home is on a read-only file system",
+                remediation="make the home writable once (`mosaic init` creates the lock "
+                "file) or mount it read-write",
+            ) from None
+        writable = False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -89,8 +103,9 @@ def lock_home(home: Path, command: str, name: str) -> HomeLock:
         "name": name,
         "since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(me).encode() + b"\n", 0)
+    if writable:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode() + b"\n", 0)
     return HomeLock(fd)
 
 
