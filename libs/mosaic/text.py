@@ -44,20 +44,34 @@ def control_character_problem(text: str) -> str | None:
 # characters); line and paragraph separators (Zl, Zp); and lone surrogates (Cs), which
 # no terminal encoding can carry.
 _UNSHOWN_CATEGORIES: Final = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+# Unicode's other default-ignorable code points, which are not in those categories but
+# show as nothing too (and can carry hidden data after visible text): the combining
+# grapheme joiner, Hangul fillers, Khmer inherent vowels, Mongolian variation selectors,
+# variation selectors (also those that pick an emoji's presentation, shown escaped here
+# too) and the unassigned rest of the ignorable blocks.
+_IGNORABLE: Final = re.compile(
+    "[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u3164\ufe00-\ufe0f\uffa0"
+    "\ufff0-\ufff8\U000e0000-\U000e0fff]"
+)
 # Runs of characters that may be one of them: all but tab, line feed and printable ASCII.
 _MAYBE_UNSHOWN: Final = re.compile(r"[^\t\n\x20-\x7e]+")
+_MAYBE_UNSHOWN_IN_LINE: Final = re.compile(r"[^\x20-\x7e]+")
 
 
-def escape_unshown(text: str) -> str:
+def escape_unshown(text: str, *, line: bool = False) -> str:
     """``text`` with each character a terminal would obey or not show (see above; tab and
-    line feed kept) written as its Python escape: ESC as ``\\x1b``, U+202E RIGHT-TO-LEFT
-    OVERRIDE as ``\\u202e``, U+E0041 TAG LATIN CAPITAL LETTER A as ``\\U000e0041``."""
-    return _MAYBE_UNSHOWN.sub(_escape_run, text)
+    line feed kept, unless ``line``: text that must stay on one line, where a line feed
+    could start a forged line of output) written as its Python escape: ESC as ``\\x1b``,
+    U+202E RIGHT-TO-LEFT OVERRIDE as ``\\u202e``, U+E0041 TAG LATIN CAPITAL LETTER A as
+    ``\\U000e0041``, a line feed as ``\\x0a``."""
+    return (_MAYBE_UNSHOWN_IN_LINE if line else _MAYBE_UNSHOWN).sub(_escape_run, text)
 
 
 def _escape_run(found: re.Match[str]) -> str:
     return "".join(
-        _escape(ch) if unicodedata.category(ch) in _UNSHOWN_CATEGORIES else ch
+        _escape(ch)
+        if unicodedata.category(ch) in _UNSHOWN_CATEGORIES or _IGNORABLE.match(ch)
+        else ch
         for ch in found.group()
     )
 

@@ -120,7 +120,8 @@ _REMEDIATION = {
     INVALID_ARGUMENT: "check the arguments: the peer's reason and violations say which",
 }
 _NOT_YET_VALID_REMEDIATION = (
-    "a clock is off: check that this machine's clock is right (NTP), and ask the peer's "
+    "check that the peer gateway is running and reachable; if it is, a clock is off: "
+    "check that this machine's clock is right (NTP), and ask the peer's "
     "operator to check the clocks of their gateway and CA; the certificate works from its "
     "start on, by the peer's clock, with no need to enroll or renew again"
 )
@@ -612,19 +613,20 @@ def _certificate_expired(peer_name: str, not_after: dt.datetime) -> PeerError:
 
 
 def _not_reached_error(peer: _PeerChannel, error: PeerError) -> PeerError:
-    """``error``, or when B was not reached while our certificate's validity has not begun
-    by our clock, UNAUTHENTICATED saying so: B's handshake refuses a certificate before its
-    notBefore, which gRPC reports as UNAVAILABLE. Only a failed call is explained this way,
-    since B's clock, not ours, decides whether B accepts the certificate."""
+    """``error``; when B was not reached while our certificate's validity has not begun by
+    our clock, still NETWORK (a stale answer is served as for any outage: an outage and a
+    handshake B refused look alike, and only B's clock decides whether B accepts the
+    certificate) but naming the clock as a cause: B's handshake refuses a certificate
+    before its notBefore, which gRPC reports as UNAVAILABLE."""
     now = _utcnow()
     if error.code != NETWORK or error.server_reason or now >= peer.not_before:
         return error
     return PeerError(
-        UNAUTHENTICATED,
-        f"our client certificate for peer {peer.name} is not valid before "
-        f"{peer.not_before:%Y-%m-%dT%H:%M:%SZ} (this machine's clock says "
-        f"{now:%Y-%m-%dT%H:%M:%SZ}), and the peer did not answer: its TLS handshake "
-        "refuses a certificate whose validity has not begun",
+        NETWORK,
+        f"{error.message}; our client certificate for peer {peer.name} is not valid before "
+        f"{peer.not_before:%Y-%m-%dT%H:%M:%SZ} by this machine's clock (it says "
+        f"{now:%Y-%m-%dT%H:%M:%SZ}): if the peer's clock agrees, its TLS handshake refuses "
+        "the certificate",
         remediation=_NOT_YET_VALID_REMEDIATION,
     )
 

@@ -168,6 +168,26 @@ def test_bidi_and_invisible_characters_in_an_error_are_shown_escaped(
     assert str(missing) in doc["error"]["message"]
 
 
+def test_an_error_stays_on_its_line_and_shows_default_ignorable_characters(
+    home: Path, tmp_path: Path
+) -> None:
+    """A line feed in text echoed in an error (a file name here, a peer's message
+    elsewhere) could print a forged "what to do" line; variation selectors and Hangul
+    fillers show as nothing and can hide text after a visible one. Each is escaped."""
+    name = "rows\nwhat to do run this\ufe01\U000e0101\u3164\u034fx"
+    missing = tmp_path / name
+    code, out, err = cli(home, "resources", "import", str(missing), json_out=False)
+    assert code == 1, (out, err)
+    assert not {line for line in err.splitlines() if line.startswith("what to do run this")}
+    assert not set("\ufe01\U000e0101\u3164\u034f") & set(err), repr(err)
+    escaped = "rows\\x0awhat to do run this\\ufe01\\U000e0101\\u3164\\u034fx"
+    assert "".join(escaped.split()) in "".join(err.split())  # the console wraps lines
+
+    code, doc, err = cli(home, "resources", "import", str(missing))
+    assert code == 1, (doc, err)
+    assert str(missing) in doc["error"]["message"]
+
+
 def test_an_unknown_key_is_named_cut_short_and_quoted(home: Path, tmp_path: Path) -> None:
     """A 1 MB unknown key used to be echoed whole in the error (and an escape sequence in
     a key went out raw); it is named as the scope checker names keys: cut to 64

@@ -83,3 +83,40 @@ async def test_a_certificate_not_started_yet_by_our_slow_clock_is_still_ours() -
     after_expiry = signed.certificate.not_valid_after_utc + dt.timedelta(seconds=1)
     with pytest.raises(CertificateRefused):
         verified_leaf(leaf_pem, chain, [b.root_certificate], now=after_expiry)
+
+
+async def test_a_certificate_that_starts_far_ahead_of_our_clock_is_refused() -> None:
+    """Clock skew is tolerated, not any start: a leaf valid only years from now (a hostile
+    or misconfigured issuer) would be stored as current and never work."""
+    b = create_local_ca("gateway-b")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    start = now + dt.timedelta(days=5 * 365)
+    issued = await LocalCABackend(
+        b.root_certificate, b.intermediate_certificate, b.intermediate_key
+    ).sign(
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a")]))
+        .sign(key, hashes.SHA256()),
+        grant_id=GRANT,
+        subject_user_id=SUBJECT,
+        peer_id=str(uuid.uuid4()),
+        lifetime=dt.timedelta(hours=1),
+    )
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(issued.certificate.subject)
+        .issuer_name(issued.certificate.issuer)
+        .public_key(key.public_key())
+        .serial_number(issued.certificate.serial_number)
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(hours=1))
+    )
+    for extension in issued.certificate.extensions:
+        builder = builder.add_extension(extension.value, critical=extension.critical)
+    future = builder.sign(b.intermediate_key, hashes.SHA256())
+    pem = serialization.Encoding.PEM
+    chain = [c.public_bytes(pem).decode() for c in issued.chain]
+
+    with pytest.raises(CertificateRefused, match="more than 24 h after"):
+        verified_leaf(future.public_bytes(pem).decode(), chain, [b.root_certificate], now=now)

@@ -666,11 +666,10 @@ async def test_a_certificate_that_expires_after_the_build_serves_nothing_stale(
 
 
 def _assert_not_yet_valid(error: PeerError) -> None:
-    assert error.code == "UNAUTHENTICATED"
+    assert error.code == "NETWORK"
     assert "our client certificate for peer b is not valid before" in error.message
-    ours = error.to_service_error()
-    assert ours.code == grpc.StatusCode.FAILED_PRECONDITION
-    assert "clock" in ours.remediation
+    assert "by this machine's clock" in error.message
+    assert "clock" in error.to_service_error().remediation
 
 
 async def test_a_client_certificate_not_yet_valid_is_named_not_blamed_on_the_network(
@@ -694,11 +693,14 @@ async def test_our_clock_alone_behind_does_not_stop_queries_the_peer_accepts(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Only B's clock decides whether B accepts the certificate: when this machine's clock
-    alone says the validity has not begun (it stepped back), a query B answers is answered."""
+    alone says the validity has not begun (it stepped back), a query B answers is answered,
+    and when B then goes offline its answer is served stale, as for any outage."""
     setup.peer.release.set()
     stepped_back = client_module._utcnow() - dt.timedelta(days=7)  # before the test certs
     monkeypatch.setattr(client_module, "_utcnow", lambda: stepped_back)
     assert await _code_of(setup.client, _capabilities()) == "fresh"
+    await setup.peer.go_offline()
+    assert await _code_of(setup.client, _capabilities()) == "stale"
 
 
 # ---- reconnecting --------------------------------------------------------------------------

@@ -122,14 +122,17 @@ def _run(ctx: typer.Context, request: gateway_pb2.QueryRequest) -> None:
             )
             if doc.get("next_page_token"):
                 # The peer's token, as sent: shown, never obeyed by the terminal.
-                typer.echo(f"next page: --page-token {printable(doc['next_page_token'])}")
+                typer.echo(
+                    f"next page: --page-token {printable(doc['next_page_token'], line=True)}"
+                )
             if doc.get("truncated"):
                 typer.echo(
                     "TRUNCATED: the peer cut this answer to fit one message and more rows "
                     "may match; narrow the search with more words"
                 )
         typer.echo(
-            f"fetched at {doc['fetched_at']}, peer request id {printable(doc['request_id'])}"
+            f"fetched at {doc['fetched_at']}, peer request id "
+            + printable(doc["request_id"], line=True)
         )
 
     emit(ctx, doc, human)

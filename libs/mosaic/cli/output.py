@@ -30,18 +30,19 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
 
-def printable(value: object) -> str:
+def printable(value: object, *, line: bool = False) -> str:
     """``value`` as text a terminal only displays, in the order it is stored: each control
     character but tab and line feed (ESC, OSC and CSI sequences, carriage return, NUL) and
     each invisible format character (U+202E RIGHT-TO-LEFT OVERRIDE, U+2066-2069 isolates,
     U+200B-200F, U+FEFF, U+2028/2029) written as its escape, ``\\x1b`` or ``\\u202e``
-    (mosaic.text.escape_unshown)."""
-    return escape_unshown(str(value))
+    (mosaic.text.escape_unshown). ``line``: text that must stay on one line (an error, a
+    token) has its line feeds and tabs escaped too."""
+    return escape_unshown(str(value), line=line)
 
 
-def plain(value: object) -> Text:
+def plain(value: object, *, line: bool = False) -> Text:
     """``value`` for rich: :func:`printable`, and never read as markup."""
-    return Text(printable(value))
+    return Text(printable(value, line=line))
 
 
 @dataclass
@@ -82,15 +83,20 @@ def fail(
             error.update(extra)
         sys.stdout.write(json.dumps({"error": error}, indent=2, default=str) + "\n")
     else:
-        err_console.print(Text.assemble(("error", "bold red"), " ", plain(f"{code}: {message}")))
+        # Each on one line: a line feed in a peer's message could forge a "what to do".
+        err_console.print(
+            Text.assemble(("error", "bold red"), " ", plain(f"{code}: {message}", line=True))
+        )
         for key, value in (extra or {}).items():
             if isinstance(value, list):
                 for item in value:
-                    err_console.print(plain(f"  - {item}"))
+                    err_console.print(plain(f"  - {item}", line=True))
             else:
-                err_console.print(plain(f"  {key}: {value}"))
+                err_console.print(plain(f"  {key}: {value}", line=True))
         if remediation:
-            err_console.print(Text.assemble(("what to do", "yellow"), " ", plain(remediation)))
+            err_console.print(
+                Text.assemble(("what to do", "yellow"), " ", plain(remediation, line=True))
+            )
     raise typer.Exit(exit_code)
 
 

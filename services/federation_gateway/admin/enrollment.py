@@ -79,6 +79,9 @@ log = logging.getLogger("federation_gateway.enrollment")
 CREATE_TOKEN_TIMEOUT_S: Final = 15.0
 PROBE_TIMEOUT_S: Final = 10.0
 REDEEM_TIMEOUT_S: Final = 60.0
+# How far ahead of our clock a certificate just issued may start (our clock being behind
+# the issuer's); beyond it, the certificate is refused as not made for now.
+MAX_CLOCK_SKEW: Final = dt.timedelta(days=1)
 TOKEN_IN_USE: Final = "TOKEN_IN_USE"  # noqa: S105 - a reason code
 ROOT_CERT: Final = "root.crt"
 
@@ -484,9 +487,10 @@ def verified_leaf(
     ``trusted_roots`` (or to a root the serving gateway sent in ``chain_pem`` over a channel
     that already authenticated it). Raises CertificateRefused.
 
-    Validity is checked at ``now`` (our clock), or at the leaf's start if that is later:
-    a certificate the serving gateway has just issued (and may already have made current)
-    is ours even while our clock is behind its; queries then name the clock (client.py)."""
+    Validity is checked at ``now`` (our clock), or at the leaf's start if that is later
+    by at most MAX_CLOCK_SKEW: a certificate the serving gateway has just issued (and may
+    already have made current) is ours even while our clock is behind its; queries then
+    name the clock (client.py). One that starts later than that is refused."""
     try:
         leaf = x509.load_pem_x509_certificate(certificate_pem.encode())
         chain = [x509.load_pem_x509_certificate(pem.encode()) for pem in chain_pem]
@@ -496,7 +500,14 @@ def verified_leaf(
     # Roots sent over the pinned channel are vouched for by the gateway we pinned (the
     # step-ca backend issues client certificates under its own root).
     roots = [*trusted_roots, *(c for c in chain if _self_signed(c))]
-    at = max(now or dt.datetime.now(dt.UTC), leaf.not_valid_before_utc)
+    now = now or dt.datetime.now(dt.UTC)
+    if leaf.not_valid_before_utc > now + MAX_CLOCK_SKEW:
+        raise CertificateRefused(
+            f"its validity begins at {leaf.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ}, more "
+            f"than {MAX_CLOCK_SKEW.total_seconds() / 3600:g} h after this machine's clock "
+            f"({now:%Y-%m-%dT%H:%M:%SZ})"
+        )
+    at = max(now, leaf.not_valid_before_utc)
     try:
         verify_chain(leaf, intermediates, roots, at=at)
     except ChainError as exc:
