@@ -188,7 +188,9 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     await tokens_db.dispose()
 
 
-async def test_an_activation_nobody_can_confirm_keeps_its_certificate(world: World) -> None:
+def _activation_answer_lost(world: World) -> dict[str, Hook]:
+    """grants-service commits the activation but its answer is lost, and the redeem's
+    read-back of the grant fails too: nothing tells whether the grant is active."""
     read_backs = 0
 
     async def activate_then_lose_the_answer(request: Any) -> Any:
@@ -202,9 +204,11 @@ async def test_an_activation_nobody_can_confirm_keeps_its_certificate(world: Wor
             raise rpc_error(grpc.StatusCode.UNAVAILABLE, "grants-service restarting")
         return None
 
-    outcome = await world.redeem(
-        {"ActivateGrantAndPeer": activate_then_lose_the_answer, "GetGrant": read_back_fails}
-    )
+    return {"ActivateGrantAndPeer": activate_then_lose_the_answer, "GetGrant": read_back_fails}
+
+
+async def test_an_activation_nobody_can_confirm_keeps_its_certificate(world: World) -> None:
+    outcome = await world.redeem(_activation_answer_lost(world))
 
     assert outcome == "UNAVAILABLE DEPENDENCY_UNAVAILABLE"
     grant = await world.grant_now()
@@ -245,24 +249,9 @@ async def test_an_activation_nobody_could_confirm_is_answered_when_repeated(worl
     """The first redeem could not tell whether the grant became active: the peer's repeat
     gets the certificate while the claim is held, and completes the token once it has
     lapsed (before, every retry was refused GRANT_NOT_PENDING or TOKEN_IN_USE)."""
-    read_backs = 0
-
-    async def activate_then_lose_the_answer(request: Any) -> Any:
-        await world.grants.ActivateGrantAndPeer(request, None)
-        raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
-
-    async def read_back_fails(request: Any) -> Any:
-        nonlocal read_backs
-        read_backs += 1
-        if read_backs == 2:
-            raise rpc_error(grpc.StatusCode.UNAVAILABLE, "grants-service restarting")
-        return None
-
-    lost: dict[str, Hook] = {
-        "ActivateGrantAndPeer": activate_then_lose_the_answer,
-        "GetGrant": read_back_fails,
-    }
-    assert await world.redeem(lost) == "UNAVAILABLE DEPENDENCY_UNAVAILABLE"
+    assert await world.redeem(_activation_answer_lost(world)) == (
+        "UNAVAILABLE DEPENDENCY_UNAVAILABLE"
+    )
 
     assert await world.redeem({}) == "OK 5e0001 repeated"  # the claim still held
     assert await world.token_state() == "redeeming"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -20,16 +21,14 @@ from mosaic.x509ext import certs_to_pem, load_pem_certificates
 GRANT, SUBJECT = str(uuid.uuid4()), str(uuid.uuid4())
 
 
-async def test_only_the_pinned_root_is_stored_to_trust_the_serving_gateway() -> None:
-    b = create_local_ca("gateway-b")
-    other = create_local_ca("someone-else")  # a root B's answer lists besides its own
-    key = ec.generate_private_key(ec.SECP256R1())
+async def _issued(b: Any, key: ec.EllipticCurvePrivateKey) -> Any:
+    """What B's local CA issues for ``key`` under GRANT and SUBJECT, for an hour."""
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a")]))
         .sign(key, hashes.SHA256())
     )
-    signed = await LocalCABackend(
+    return await LocalCABackend(
         b.root_certificate, b.intermediate_certificate, b.intermediate_key
     ).sign(
         csr,
@@ -38,6 +37,13 @@ async def test_only_the_pinned_root_is_stored_to_trust_the_serving_gateway() -> 
         peer_id=str(uuid.uuid4()),
         lifetime=dt.timedelta(hours=1),
     )
+
+
+async def test_only_the_pinned_root_is_stored_to_trust_the_serving_gateway() -> None:
+    b = create_local_ca("gateway-b")
+    other = create_local_ca("someone-else")  # a root B's answer lists besides its own
+    key = ec.generate_private_key(ec.SECP256R1())
+    signed = await _issued(b, key)
     pem = serialization.Encoding.PEM
     reply = enrollment_pb2.RedeemResponse(
         certificate_pem=signed.certificate.public_bytes(pem).decode(),
@@ -58,20 +64,7 @@ async def test_a_certificate_not_started_yet_by_our_slow_clock_is_still_ours() -
     certificate is still refused."""
     b = create_local_ca("gateway-b")
     key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a")]))
-        .sign(key, hashes.SHA256())
-    )
-    signed = await LocalCABackend(
-        b.root_certificate, b.intermediate_certificate, b.intermediate_key
-    ).sign(
-        csr,
-        grant_id=GRANT,
-        subject_user_id=SUBJECT,
-        peer_id=str(uuid.uuid4()),
-        lifetime=dt.timedelta(hours=1),
-    )
+    signed = await _issued(b, key)
     pem = serialization.Encoding.PEM
     leaf_pem = signed.certificate.public_bytes(pem).decode()
     chain = [c.public_bytes(pem).decode() for c in signed.chain]
@@ -92,17 +85,7 @@ async def test_a_certificate_that_starts_far_ahead_of_our_clock_is_refused() -> 
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     start = now + dt.timedelta(days=5 * 365)
-    issued = await LocalCABackend(
-        b.root_certificate, b.intermediate_certificate, b.intermediate_key
-    ).sign(
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a")]))
-        .sign(key, hashes.SHA256()),
-        grant_id=GRANT,
-        subject_user_id=SUBJECT,
-        peer_id=str(uuid.uuid4()),
-        lifetime=dt.timedelta(hours=1),
-    )
+    issued = await _issued(b, key)
     builder = (
         x509.CertificateBuilder()
         .subject_name(issued.certificate.subject)
