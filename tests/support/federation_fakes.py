@@ -8,17 +8,18 @@ from __future__ import annotations
 import inspect
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import Any
 
 import grpc
 
-from federation_gateway.authz import GrantView, decide
+from federation_gateway.authz import GrantCache, GrantView, decide
 from federation_gateway.federation import FederationServicer
 from federation_gateway.ratelimit import LocalGcra, RateLimiter
+from federation_gateway.revocations import RevokedSerials
 from federation_gateway.unfinished import UnfinishedWork
-from mosaic.federation.v1 import grants_pb2
+from mosaic.federation.v1 import ca_pb2, grants_pb2, grants_pb2_grpc
 
 GRANT_ID = str(uuid.uuid4())
 PEER_ID = str(uuid.uuid4())
@@ -29,28 +30,45 @@ SUBJECT = str(uuid.uuid4())
 Backend = Callable[[str, Any], Any]
 
 
+def grant_reply(
+    *,
+    cert_serial: str = "01ab",
+    grant_id: str = GRANT_ID,
+    peer_id: str = PEER_ID,
+    subject: str = SUBJECT,
+    status: grants_pb2.GrantStatus.ValueType = grants_pb2.GRANT_STATUS_ACTIVE,
+    peer_state: grants_pb2.PeerState.ValueType = grants_pb2.PEER_STATE_ACTIVE,
+    max_rows: int = 100,
+    peer_cert_serial: str | None = None,
+    peer_cert_pem: str = "",
+) -> grants_pb2.GetGrantResponse:
+    """grants-service's GetGrant: a grant on tasks for ``subject``, served with
+    ``cert_serial``, bound to the inbound peer ``peer_id`` (whose row holds
+    ``peer_cert_serial``, by default the same)."""
+    return grants_pb2.GetGrantResponse(
+        grant=grants_pb2.Grant(
+            id=grant_id,
+            peer_id=peer_id,
+            subject_user_id=subject,
+            status=status,
+            scope_json=json.dumps({"resources": ["tasks"], "max_rows_per_query": max_rows}),
+            cert_serial=cert_serial,
+        ),
+        peer=grants_pb2.Peer(
+            id=peer_id,
+            direction=grants_pb2.PEER_DIRECTION_INBOUND,
+            state=peer_state,
+            cert_serial=cert_serial if peer_cert_serial is None else peer_cert_serial,
+            cert_pem=peer_cert_pem,
+        ),
+    )
+
+
 def grant_view(
     max_rows: int = 100, cert_serial: str = "01ab", grant_id: str = GRANT_ID
 ) -> GrantView:
     """An active grant on tasks for SUBJECT, bound to the active inbound peer PEER_ID."""
-    view = decide(
-        grants_pb2.GetGrantResponse(
-            grant=grants_pb2.Grant(
-                id=grant_id,
-                peer_id=PEER_ID,
-                subject_user_id=SUBJECT,
-                status=grants_pb2.GRANT_STATUS_ACTIVE,
-                scope_json=json.dumps({"resources": ["tasks"], "max_rows_per_query": max_rows}),
-                cert_serial=cert_serial,
-            ),
-            peer=grants_pb2.Peer(
-                id=PEER_ID,
-                direction=grants_pb2.PEER_DIRECTION_INBOUND,
-                state=grants_pb2.PEER_STATE_ACTIVE,
-                cert_serial=cert_serial,
-            ),
-        )
-    )
+    view = decide(grant_reply(max_rows=max_rows, cert_serial=cert_serial, grant_id=grant_id))
     assert isinstance(view, GrantView)
     return view
 
@@ -100,3 +118,52 @@ def federation_servicer(
         unfinished=UnfinishedWork(),
     )
     return FederationServicer(gateway)  # type: ignore[arg-type]
+
+
+def gated_servicer(
+    backend: Backend,
+    *,
+    audit: Any,
+    revoked: Sequence[str] = (),
+    grants: Any = None,
+    query_limit: tuple[float, int] = (100.0, 100),
+    renew_limit: tuple[float, int] = (100.0, 100),
+) -> FederationServicer:
+    """A FederationServicer behind the whole gate: a real GrantCache (over ``grants``, by
+    default grants-service's stub on ``backend``), RevokedSerials loaded with ``revoked``
+    (peer PEER_ID), LocalGcra limits, and ``audit`` as the AuditWriter."""
+    channel = FakeChannel(backend)
+    serials = RevokedSerials()
+    serials.apply(
+        ca_pb2.WatchRevocationsResponse(
+            snapshot=True,
+            revocations=[ca_pb2.Revocation(serial=s, peer_id=PEER_ID) for s in revoked],
+        )
+    )
+    gateway = SimpleNamespace(
+        runtime=SimpleNamespace(
+            channels=SimpleNamespace(get=lambda _name: channel),
+            sealer=SimpleNamespace(derive_key=lambda _purpose: b"k" * 32),
+            config=SimpleNamespace(rate_limit=SimpleNamespace(per_second=100.0, burst=100)),
+        ),
+        revoked=serials,
+        grant_cache=GrantCache(grants or grants_pb2_grpc.GrantsStub(channel)),
+        grant_limiter=LocalGcra(*query_limit),
+        renew_limiter=LocalGcra(*renew_limit),
+        audit=audit,
+        unfinished=UnfinishedWork(),
+    )
+    return FederationServicer(gateway)  # type: ignore[arg-type]
+
+
+def admin_gateway(backend: Backend, federation_client: Any = None) -> Any:
+    """The GatewayContext a FederationAdmin mixin needs on the querying side (A): internal
+    services on ``backend``, the outbound client, and the unfinished-work registry."""
+    channel = FakeChannel(backend)
+    runtime = SimpleNamespace(
+        config=SimpleNamespace(name="a"),
+        channels=SimpleNamespace(get=lambda _name: channel),
+    )
+    return SimpleNamespace(
+        runtime=runtime, federation_client=federation_client, unfinished=UnfinishedWork()
+    )

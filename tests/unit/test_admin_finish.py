@@ -17,10 +17,9 @@ from federation_gateway.admin import enrollment as enrollment_admin
 from federation_gateway.admin import renewal as renewal_admin
 from federation_gateway.admin.enrollment import EnrollmentAdminMixin, _Accepted
 from federation_gateway.admin.renewal import RenewalAdminMixin
-from federation_gateway.unfinished import UnfinishedWork
 from mosaic.enrollment_url import build_enrollment_url
 from mosaic.federation.v1 import enrollment_pb2, gateway_pb2, grants_pb2
-from tests.support.federation_fakes import FakeChannel, rpc_error
+from tests.support.federation_fakes import FakeChannel, admin_gateway, rpc_error
 
 
 class Backends:
@@ -41,17 +40,6 @@ class Backends:
                 peer=grants_pb2.Peer(id=request.peer_id)
             )
         raise AssertionError(f"unexpected call {method}")
-
-
-def _gateway(backends: Backends, federation_client: Any = None) -> Any:
-    channel = FakeChannel(backends)
-    runtime = SimpleNamespace(
-        config=SimpleNamespace(name="a"),
-        channels=SimpleNamespace(get=lambda _name: channel),
-    )
-    return SimpleNamespace(
-        runtime=runtime, federation_client=federation_client, unfinished=UnfinishedWork()
-    )
 
 
 async def _cancel_while(started: asyncio.Event, call: Any) -> None:
@@ -90,7 +78,7 @@ async def test_peer_add_cancelled_during_the_redeem_still_stores_the_peer(
     monkeypatch.setattr(enrollment_admin, "fetch_pinned_root", fetch_pinned_root)
     monkeypatch.setattr(EnrollmentAdminMixin, "_redeem", redeem)
     monkeypatch.setattr(enrollment_admin, "_accept", accept)
-    servicer = EnrollmentAdminMixin(_gateway(backends))
+    servicer = EnrollmentAdminMixin(admin_gateway(backends))
     url = build_enrollment_url("127.0.0.1", 7444, secrets.token_urlsafe(32), "0" * 64)
     request = gateway_pb2.AddPeerRequest(enrollment_url=url, name="b")
 
@@ -120,7 +108,7 @@ async def test_peer_renew_cancelled_during_the_call_still_stores_the_certificate
         renewal_admin, "_check_renewal", lambda *_: (SimpleNamespace(serial_number=2), [])
     )
     monkeypatch.setattr(renewal_admin, "certs_to_pem", lambda _certs: "CHAIN")
-    servicer = RenewalAdminMixin(_gateway(backends, client))
+    servicer = RenewalAdminMixin(admin_gateway(backends, client))
 
     await _cancel_while(
         renewing,

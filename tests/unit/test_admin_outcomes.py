@@ -18,11 +18,10 @@ from federation_gateway.admin.enrollment import NETWORK, EnrollmentAdminMixin, _
 from federation_gateway.admin.renewal import RenewalAdminMixin
 from federation_gateway.client import NETWORK as PEER_NETWORK
 from federation_gateway.client import PeerError
-from federation_gateway.unfinished import UnfinishedWork
 from mosaic.enrollment_url import build_enrollment_url
 from mosaic.errors import ServiceError, unavailable
 from mosaic.federation.v1 import enrollment_pb2, gateway_pb2, grants_pb2
-from tests.support.federation_fakes import FakeChannel, rpc_error
+from tests.support.federation_fakes import admin_gateway, rpc_error
 
 SERIAL = "5e71a1"
 
@@ -59,17 +58,6 @@ class Grants:
         return reply
 
 
-def _gateway(grants: Grants, federation_client: Any = None) -> Any:
-    channel = FakeChannel(grants)
-    runtime = SimpleNamespace(
-        config=SimpleNamespace(name="a"),
-        channels=SimpleNamespace(get=lambda _name: channel),
-    )
-    return SimpleNamespace(
-        runtime=runtime, federation_client=federation_client, unfinished=UnfinishedWork()
-    )
-
-
 class Redeems:
     """B's answers to successive redeems, and the CSRs they came with."""
 
@@ -99,7 +87,7 @@ def enroll(monkeypatch: pytest.MonkeyPatch) -> Any:
 
     async def run(redeems: Redeems, grants: Grants | None = None) -> str:
         monkeypatch.setattr(EnrollmentAdminMixin, "_redeem", redeems)
-        servicer = EnrollmentAdminMixin(_gateway(grants or Grants()))
+        servicer = EnrollmentAdminMixin(admin_gateway(grants or Grants()))
         url = build_enrollment_url("127.0.0.1", 7444, secrets.token_urlsafe(32), "0" * 64)
         try:
             reply = await servicer.AddPeer(
@@ -198,7 +186,7 @@ async def test_a_renewal_stored_whose_answer_was_lost_is_found_by_reading_it_bac
         renewal_admin, "_check_renewal", lambda *_: (SimpleNamespace(serial_number=0x5E02), [])
     )
     monkeypatch.setattr(renewal_admin, "certs_to_pem", lambda _certs: "CHAIN")
-    servicer = RenewalAdminMixin(_gateway(grants, client))
+    servicer = RenewalAdminMixin(admin_gateway(grants, client))
 
     reply = await servicer.RenewPeer(gateway_pb2.RenewPeerRequest(id="b"), None)
 
@@ -254,7 +242,7 @@ async def test_a_renewal_without_an_answer_is_repeated_with_the_same_csr(
         renewal_admin, "_check_renewal", lambda *_: (SimpleNamespace(serial_number=0x5E02), [])
     )
     monkeypatch.setattr(renewal_admin, "certs_to_pem", lambda _certs: "CHAIN")
-    servicer = RenewalAdminMixin(_gateway(grants, client))
+    servicer = RenewalAdminMixin(admin_gateway(grants, client))
 
     try:
         reply = await servicer.RenewPeer(gateway_pb2.RenewPeerRequest(id="b"), None)

@@ -9,23 +9,17 @@ a real GrantCache, RevokedSerials and LocalGcra, and a slow fake resource-servic
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
-from types import SimpleNamespace
 from typing import Any
 
 import grpc
 import pytest
 
 from federation_gateway import federation
-from federation_gateway.authz import GrantCache
-from federation_gateway.federation import CertIdentity, FederationServicer
-from federation_gateway.ratelimit import LocalGcra
-from federation_gateway.revocations import RevokedSerials
-from federation_gateway.unfinished import UnfinishedWork
+from federation_gateway.federation import CertIdentity
 from mosaic.errors import ServiceError
 from mosaic.federation.v1 import ca_pb2, common_pb2, gateway_pb2, grants_pb2, resources_pb2
-from tests.support.federation_fakes import FakeChannel
+from tests.support.federation_fakes import gated_servicer, grant_reply
 
 SUBJECT = "11111111-1111-4111-8111-111111111111"
 GRANT = "0e8f9f7a-54a4-4bd4-9d34-3c1c2f6f4b11"
@@ -41,20 +35,8 @@ class Grants:
         self.status = grants_pb2.GRANT_STATUS_ACTIVE
 
     async def GetGrant(self, request: Any, timeout: float) -> grants_pb2.GetGrantResponse:
-        return grants_pb2.GetGrantResponse(
-            grant=grants_pb2.Grant(
-                id=GRANT,
-                peer_id=PEER,
-                subject_user_id=SUBJECT,
-                status=self.status,
-                scope_json=json.dumps({"resources": ["tasks"]}),
-                cert_serial=SERIAL,
-            ),
-            peer=grants_pb2.Peer(
-                id=PEER,
-                direction=grants_pb2.PEER_DIRECTION_INBOUND,
-                state=grants_pb2.PEER_STATE_ACTIVE,
-            ),
+        return grant_reply(
+            grant_id=GRANT, peer_id=PEER, subject=SUBJECT, cert_serial=SERIAL, status=self.status
         )
 
 
@@ -101,25 +83,9 @@ async def test_reads_queued_before_a_revoke_are_refused_not_answered() -> None:
             items=[common_pb2.ResourceItem(id="t-1", resource="tasks", owner_user_id=SUBJECT)]
         )
 
-    channel = FakeChannel(slow_source)
     grants = Grants()
-    revoked = RevokedSerials()
-    revoked.apply(ca_pb2.WatchRevocationsResponse(snapshot=True))
     audit = Audit()
-    gateway = SimpleNamespace(
-        runtime=SimpleNamespace(
-            channels=SimpleNamespace(get=lambda _name: channel),
-            sealer=SimpleNamespace(derive_key=lambda _purpose: b"k" * 32),
-            config=SimpleNamespace(rate_limit=SimpleNamespace(per_second=100.0, burst=100)),
-        ),
-        revoked=revoked,
-        grant_cache=GrantCache(grants),  # type: ignore[arg-type]
-        grant_limiter=LocalGcra(100.0, 100),
-        renew_limiter=LocalGcra(1.0, 1),
-        audit=audit,
-        unfinished=UnfinishedWork(),
-    )
-    servicer = FederationServicer(gateway)  # type: ignore[arg-type]
+    servicer = gated_servicer(slow_source, audit=audit, grants=grants, renew_limit=(1.0, 1))
 
     # Distinct page sizes: no two share a read; all are admitted, then wait on the source.
     calls = [
@@ -135,8 +101,10 @@ async def test_reads_queued_before_a_revoke_are_refused_not_answered() -> None:
         await asyncio.sleep(0.01)
     # The revoke reaches the gateway: the grant's status, and its certificate's serial.
     grants.status = grants_pb2.GRANT_STATUS_REVOKED
-    gateway.grant_cache.invalidate(grant_ids=[GRANT], peer_ids=[PEER])
-    revoked.apply(ca_pb2.WatchRevocationsResponse(revocations=[ca_pb2.Revocation(serial=SERIAL)]))
+    servicer._grants.invalidate(grant_ids=[GRANT], peer_ids=[PEER])
+    servicer._revoked.apply(
+        ca_pb2.WatchRevocationsResponse(revocations=[ca_pb2.Revocation(serial=SERIAL)])
+    )
     release.set()
     results = await asyncio.gather(*calls, return_exceptions=True)
 

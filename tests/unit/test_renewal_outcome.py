@@ -5,11 +5,9 @@ revoking the new certificate then would leave the peer with none that works."""
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -18,20 +16,18 @@ import pytest
 import federation_gateway.app as gateway_app
 from federation_gateway import federation
 from federation_gateway.audit import AuditWriter
-from federation_gateway.authz import GrantCache
 from federation_gateway.federation import CertIdentity, FederationServicer
 from federation_gateway.ratelimit import LocalGcra
-from federation_gateway.revocations import RevokedSerials
-from federation_gateway.unfinished import UnfinishedWork
 from mosaic.db import Database
 from mosaic.errors import ServiceError, failed_precondition
-from mosaic.federation.v1 import ca_pb2, gateway_pb2, grants_pb2, grants_pb2_grpc
+from mosaic.federation.v1 import ca_pb2, gateway_pb2, grants_pb2
 from tests.support.federation_fakes import (
     GRANT_ID,
     PEER_ID,
     SUBJECT,
-    FakeChannel,
     federation_servicer,
+    gated_servicer,
+    grant_reply,
     grant_view,
     rpc_error,
 )
@@ -279,21 +275,7 @@ class HeldRotate(Backends):
 
     async def __call__(self, method: str, request: Any) -> Any:
         if method == "GetGrant":  # the gate's: the grant, with OLD its current certificate
-            return grants_pb2.GetGrantResponse(
-                grant=grants_pb2.Grant(
-                    id=GRANT_ID,
-                    peer_id=PEER_ID,
-                    subject_user_id=SUBJECT,
-                    status=grants_pb2.GRANT_STATUS_ACTIVE,
-                    scope_json=json.dumps({"resources": ["tasks"]}),
-                    cert_serial=OLD,
-                ),
-                peer=grants_pb2.Peer(
-                    id=PEER_ID,
-                    direction=grants_pb2.PEER_DIRECTION_INBOUND,
-                    state=grants_pb2.PEER_STATE_ACTIVE,
-                ),
-            )
+            return grant_reply(cert_serial=OLD)
         if method == "RotatePeerCertificate":
             self.rotating.set()
             await self.release.wait()
@@ -322,23 +304,7 @@ def _gated_servicer(backends: HeldRotate, writer: AuditWriter) -> FederationServ
     """The whole gate (real GrantCache, RevokedSerials, LocalGcra) and a real AuditWriter;
     ca-service and grants-service are fakes, since the moment between the CA's issue and the
     rotate cannot be held open with the real services."""
-    channel = FakeChannel(backends)
-    revoked = RevokedSerials()
-    revoked.apply(ca_pb2.WatchRevocationsResponse(snapshot=True))
-    gateway = SimpleNamespace(
-        runtime=SimpleNamespace(
-            channels=SimpleNamespace(get=lambda _name: channel),
-            sealer=SimpleNamespace(derive_key=lambda _purpose: b"k" * 32),
-            config=SimpleNamespace(rate_limit=SimpleNamespace(per_second=100.0, burst=100)),
-        ),
-        revoked=revoked,
-        grant_cache=GrantCache(grants_pb2_grpc.GrantsStub(channel)),
-        grant_limiter=LocalGcra(100.0, 100),
-        renew_limiter=LocalGcra(100.0, 100),
-        audit=writer,
-        unfinished=UnfinishedWork(),
-    )
-    return FederationServicer(gateway)  # type: ignore[arg-type]
+    return gated_servicer(backends, audit=writer)
 
 
 async def _renewal_whose_caller_goes_away(

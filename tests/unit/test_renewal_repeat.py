@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import uuid
-from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -25,15 +23,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from federation_gateway import federation
-from federation_gateway.authz import GrantCache
 from federation_gateway.federation import RENEW_REPEAT_WINDOW, CertIdentity, FederationServicer
-from federation_gateway.ratelimit import LocalGcra
-from federation_gateway.revocations import RevokedSerials
-from federation_gateway.unfinished import UnfinishedWork
 from mosaic.errors import ServiceError, failed_precondition
-from mosaic.federation.v1 import ca_pb2, gateway_pb2, grants_pb2, grants_pb2_grpc
+from mosaic.federation.v1 import ca_pb2, gateway_pb2, grants_pb2
 from mosaic.rpc.interceptors import MalformedRequest
-from tests.support.federation_fakes import GRANT_ID, PEER_ID, SUBJECT, FakeChannel
+from tests.support.federation_fakes import GRANT_ID, SUBJECT, gated_servicer, grant_reply
 
 OLD = "1ab"  # the certificate A still holds
 CURRENT = "2cd"  # the one B made current, whose answer A lost
@@ -81,22 +75,12 @@ class B:
         self.revoked: list[str] = []
 
     def reply(self) -> grants_pb2.GetGrantResponse:
-        return grants_pb2.GetGrantResponse(
-            grant=grants_pb2.Grant(
-                id=GRANT_ID,
-                peer_id=PEER_ID,
-                subject_user_id=SUBJECT,
-                status=self.grant_status,
-                scope_json=json.dumps({"resources": ["tasks"]}),
-                cert_serial=self.serial,
-            ),
-            peer=grants_pb2.Peer(
-                id=PEER_ID,
-                direction=grants_pb2.PEER_DIRECTION_INBOUND,
-                state=self.peer_state,
-                cert_serial=self.peer_serial or self.serial,
-                cert_pem=self.cert_pem,
-            ),
+        return grant_reply(
+            cert_serial=self.serial,
+            status=self.grant_status,
+            peer_state=self.peer_state,
+            peer_cert_serial=self.peer_serial,
+            peer_cert_pem=self.cert_pem,
         )
 
     async def __call__(self, method: str, request: Any) -> Any:
@@ -156,29 +140,11 @@ class Peer:
 def _servicer(
     b: B, *, revoked: tuple[str, ...] = (OLD,), query_limit: tuple[float, int] = (100.0, 100)
 ) -> tuple[FederationServicer, Audit]:
-    channel = FakeChannel(b)
-    serials = RevokedSerials()
-    serials.apply(
-        ca_pb2.WatchRevocationsResponse(
-            snapshot=True,
-            revocations=[ca_pb2.Revocation(serial=s, peer_id=PEER_ID) for s in revoked],
-        )
-    )
     audit = Audit()
-    gateway = SimpleNamespace(
-        runtime=SimpleNamespace(
-            channels=SimpleNamespace(get=lambda _name: channel),
-            sealer=SimpleNamespace(derive_key=lambda _purpose: b"k" * 32),
-            config=SimpleNamespace(rate_limit=SimpleNamespace(per_second=1.0, burst=1)),
-        ),
-        revoked=serials,
-        grant_cache=GrantCache(grants_pb2_grpc.GrantsStub(channel)),
-        grant_limiter=LocalGcra(*query_limit),
-        renew_limiter=LocalGcra(1 / 60, 5),
-        audit=audit,
-        unfinished=UnfinishedWork(),
+    servicer = gated_servicer(
+        b, audit=audit, revoked=revoked, query_limit=query_limit, renew_limit=(1 / 60, 5)
     )
-    return FederationServicer(gateway), audit  # type: ignore[arg-type]
+    return servicer, audit
 
 
 @pytest.fixture
