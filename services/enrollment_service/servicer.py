@@ -207,7 +207,8 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
         progress: _Progress,
         trust: ca_pb2.GetTrustBundleResponse,
     ) -> enrollment_pb2.RedeemResponse:
-        grant_reply = await self._get_grant(str(row.grant_id))
+        # With its certificate, should the grant be active already (a claim taken over).
+        grant_reply = await self._get_grant(str(row.grant_id), with_certificate=True)
         grant = grant_reply.grant
         if grant.status != _GRANT_PENDING:
             # A claim taken over after a redeem whose activation outcome was not known:
@@ -287,7 +288,7 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
         if key is None or now >= row.expires_at + domain.REPEAT_WINDOW:
             return None
         try:
-            grant = await self._get_grant(str(row.grant_id))
+            grant = await self._get_grant(str(row.grant_id), with_certificate=True)
         except ServiceError as exc:
             if exc.code == grpc.StatusCode.NOT_FOUND:
                 return None  # the grant is gone: refused as any spent token
@@ -308,12 +309,11 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
         key: bytes,
         trust: ca_pb2.GetTrustBundleResponse,
     ) -> enrollment_pb2.RedeemResponse | None:
-        """The answer again if this token's grant is active, bound to its active peer, with
-        the certificate the token was spent on, and that certificate is for ``key`` (the
-        CSR's, DER SPKI). The certificate is read from the peer's row, which holds the
-        peer's latest one: once the peer has enrolled or renewed another grant since, there
-        is no answer to repeat."""
-        grant, peer = reply.grant, reply.peer
+        """The answer again if this token's grant is active, bound to its active peer, and
+        still served with the certificate the token was spent on, and that certificate is
+        for ``key`` (the CSR's, DER SPKI). The certificate is the grant's own (grants-service
+        keeps one per grant), so the peer's other grants do not matter."""
+        grant, peer, current = reply.grant, reply.peer, reply.certificate
         if (
             grant.status != grants_pb2.GRANT_STATUS_ACTIVE
             or grant.id != str(row.grant_id)
@@ -321,12 +321,12 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
             or peer.id != grant.peer_id
             or peer.state != grants_pb2.PEER_STATE_ACTIVE  # a suspended peer is refused
             or not grant.cert_serial
-            or peer.cert_serial != grant.cert_serial
+            or not current.pem
             or row.used_by_serial not in (None, grant.cert_serial)
         ):
             return None
         try:
-            cert = x509.load_pem_x509_certificate(peer.cert_pem.encode())
+            cert = x509.load_pem_x509_certificate(current.pem.encode())
         except ValueError:
             return None
         if serial_hex(cert.serial_number) != grant.cert_serial:
@@ -335,10 +335,10 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
             return None
         return _answer(
             grant,
-            certificate_pem=peer.cert_pem,
+            certificate_pem=current.pem,
             chain_pem=list(trust.intermediates_pem),
             serial=grant.cert_serial,
-            not_after=peer.cert_not_after,
+            not_after=current.not_after,
             trust=trust,
             repeated=True,
         )
@@ -459,10 +459,13 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
                 extra={"token_id": str(row.id)},
             )
 
-    async def _get_grant(self, grant_id: str) -> grants_pb2.GetGrantResponse:
+    async def _get_grant(
+        self, grant_id: str, *, with_certificate: bool = False
+    ) -> grants_pb2.GetGrantResponse:
         try:
             reply: grants_pb2.GetGrantResponse = await self._grants.GetGrant(
-                grants_pb2.GetGrantRequest(id=grant_id), timeout=GRANTS_TIMEOUT_S
+                grants_pb2.GetGrantRequest(id=grant_id, with_certificate=with_certificate),
+                timeout=GRANTS_TIMEOUT_S,
             )
         except grpc.aio.AioRpcError as err:
             remote = RemoteError.from_rpc_error(err)

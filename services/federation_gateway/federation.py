@@ -730,8 +730,8 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         certificate started less than RENEW_REPEAT_WINDOW ago. Nothing is issued or
         changed. Anything else gets the refusal the gate would have given.
 
-        The certificate is read from the peer's row, which holds the peer's latest one:
-        for a peer holding several grants, only the grant renewed last can be repeated."""
+        The certificate is the grant's own (grants-service keeps one per grant), so a peer
+        holding several grants may renew another in between."""
         refusal: ServiceError = (
             refused(CERT_REVOKED, _REVOKED_MESSAGE)
             if identity.serial in self._revoked.serials
@@ -742,21 +742,21 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
             raise refusal
         try:
             reply: grants_pb2.GetGrantResponse = await self._grant_store.GetGrant(
-                grants_pb2.GetGrantRequest(id=view.grant_id), timeout=RENEW_GRANTS_DEADLINE_S
+                grants_pb2.GetGrantRequest(id=view.grant_id, with_certificate=True),
+                timeout=RENEW_GRANTS_DEADLINE_S,
             )
         except grpc.aio.AioRpcError as err:
             raise _for_renewing_peer(RemoteError.from_rpc_error(err)) from None
         fresh = decide(reply)  # revoked or suspended since the gate's cached view?
-        peer = reply.peer
+        served = reply.certificate  # the grant's own, whatever the peer's other grants did
         if (
             isinstance(fresh, Refusal)
             or fresh.cert_serial != view.cert_serial  # renewed again meanwhile
-            or peer.cert_serial != view.cert_serial
-            or not peer.cert_pem
+            or not served.pem
         ):
             raise refusal
         try:
-            current = x509.load_pem_x509_certificate(peer.cert_pem.encode())
+            current = x509.load_pem_x509_certificate(served.pem.encode())
         except ValueError:
             raise refusal from None
         issued_ago = dt.datetime.now(dt.UTC) - current.not_valid_before_utc
@@ -777,10 +777,10 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
             },
         )
         return gateway_pb2.RenewCertificateResponse(
-            certificate_pem=peer.cert_pem,
+            certificate_pem=served.pem,
             chain_pem=[*trust.intermediates_pem, *_unpinned_root(trust)],
             serial=view.cert_serial,
-            not_after=peer.cert_not_after,
+            not_after=served.not_after,
             repeated=True,
         )
 

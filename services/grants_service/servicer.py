@@ -179,7 +179,14 @@ class GrantsServicer(grants_pb2_grpc.GrantsServicer):
             peer = await self._store.get_peer(str(grant.peer_id))
         except (domain.GrantNotFound, domain.PeerNotFound) as exc:
             raise _mapped(exc) from None
-        return grants_pb2.GetGrantResponse(grant=grant_proto(grant), peer=peer_proto(peer))
+        certificate = (
+            grants_pb2.GrantCertificate(pem=grant.cert_pem, not_after=_ts(grant.cert_not_after))
+            if request.with_certificate and grant.cert_pem
+            else None
+        )
+        return grants_pb2.GetGrantResponse(
+            grant=grant_proto(grant), peer=peer_proto(peer), certificate=certificate
+        )
 
     async def ListGrants(
         self, request: grants_pb2.ListGrantsRequest, context: grpc.aio.ServicerContext

@@ -83,8 +83,11 @@ federation_grants = Table(
     Column("revoked_at", UtcDateTime, nullable=True),
     Column("revoke_reason", Text, nullable=True),
     Column("enrollment_token_id", Uuid, nullable=True),
-    # The grant's own current certificate (grants_0002): a peer may hold several grants.
+    # The grant's own current certificate (grants_0002, grants_0003): a peer may hold
+    # several grants, and the peer's row holds only its latest certificate.
     Column("cert_serial", String(64), nullable=True),
+    Column("cert_pem", Text, nullable=True),
+    Column("cert_not_after", UtcDateTime, nullable=True),
     Index("ix_federation_grants_peer_id", "peer_id"),
     Index("ix_federation_grants_status", "status"),
 )
@@ -109,6 +112,8 @@ class GrantRow:
     revoke_reason: str | None
     enrollment_token_id: uuid.UUID | None
     cert_serial: str | None
+    cert_pem: str | None
+    cert_not_after: dt.datetime | None
 
 
 @dataclass(frozen=True)
@@ -338,6 +343,8 @@ class GrantsStore:
                     activated_at=now,
                     enrollment_token_id=token_id,
                     cert_serial=cert_serial,
+                    cert_pem=cert_pem,
+                    cert_not_after=cert_not_after,
                 )
                 .returning(_G.c.id)
             )
@@ -511,7 +518,11 @@ class GrantsStore:
                     _G.c.status == "active",
                     _G.c.cert_serial == expected_serial,
                 )
-                .values(cert_serial=new.cert_serial)
+                .values(
+                    cert_serial=new.cert_serial,
+                    cert_pem=new.cert_pem,
+                    cert_not_after=new.cert_not_after,
+                )
                 .returning(_G.c.id)
             )
             peer_won = grant_won.first() is not None and await self._set_peer_certificate(

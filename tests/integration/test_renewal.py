@@ -212,7 +212,9 @@ def test_a_renewal_whose_answer_was_lost_is_answered_again(pair: Pair, tmp_path:
     and repeats the call with the same CSR. B answers with the certificate it issued for
     that key, and issues nothing more; the replaced certificate opens nothing else, and
     a CSR for any other key gets the refusal it got before. On its own enrollment, so the
-    module's peer is left alone."""
+    module's peer is left alone. Before the repeat, B's peer enrolls and renews another
+    grant, so B's peer row holds another grant's certificate: the repeat is still answered
+    (B keeps each grant's own certificate)."""
     a, b = pair.a, pair.b
     scope = tmp_path / "scope.json"
     scope.write_text(json.dumps({"resources": ["tasks"]}))
@@ -221,11 +223,23 @@ def test_a_renewal_whose_answer_was_lost_is_answered_again(pair: Pair, tmp_path:
     new_key = ec.generate_private_key(ec.SECP256R1())
     csr = _csr_pem(new_key)
 
+    def enroll_and_renew_another_grant() -> str:
+        other, _ = enroll(a, b, scope, user=USER, name="b-lost-2", peer_name="a-lost")
+        assert other["peer_id"] == grant["peer_id"]
+        code, doc, err = a.cli("federation", "peer", "renew", "b-lost-2", timeout=120)
+        assert code == 0, (doc, err)
+        return str(doc["cert_serial"])
+
     async def lose_then_repeat() -> tuple[Any, ...]:
         async with _federation_channel(b, held.client_key_pem, held.peer.cert_pem) as channel:
             stub = gateway_pb2_grpc.FederationStub(channel)
             request = gateway_pb2.RenewCertificateRequest(csr_pem=csr)
             first = await stub.RenewCertificate(request, timeout=30)  # "lost"
+            other_serial = await asyncio.to_thread(enroll_and_renew_another_grant)
+            code, b_peer, err = await asyncio.to_thread(
+                b.cli, "federation", "peer", "show", grant["peer_id"]
+            )
+            assert code == 0 and b_peer["cert_serial"] == other_serial, (b_peer, err)
             again = await stub.RenewCertificate(request, timeout=30)
             # Once the gate has the replaced serial in its revoked set, it opens nothing
             # but this repeat.

@@ -14,7 +14,7 @@ import datetime as dt
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +58,6 @@ class World:
     csr_pem: str = field(default_factory=lambda: _csr_pem(ec.generate_private_key(ec.SECP256R1())))
 
     def enrollment(self, hooks: dict[str, Hook]) -> EnrollmentServicer:
-        serials = iter(f"5e{i:04x}" for i in range(1, 100))
-
         async def grants_backend(name: str, request: Any) -> Any:
             hook = hooks.get(name)
             if hook is not None:
@@ -75,7 +73,7 @@ class World:
             if name == "GetTrustBundle":
                 return ca_pb2.GetTrustBundleResponse()
             if name == "IssueCertificate":
-                serial = next(serials)
+                serial = f"5e{len(self.issued) + 1:04x}"  # shared by replace()d Worlds
                 self.issued.append(serial)
                 return ca_pb2.IssueCertificateResponse(
                     certificate_pem=_certificate(request.csr_pem, serial), serial=serial
@@ -306,3 +304,41 @@ async def test_no_answer_again_for_a_suspended_peer_or_a_csr_whose_signature_fai
         None,
     )
     assert await world.redeem({}) == "UNAUTHENTICATED TOKEN_ALREADY_USED"
+
+
+async def test_a_peer_that_enrolled_another_grant_since_still_gets_its_answer(
+    world: World,
+) -> None:
+    """The peer's row holds its latest certificate, here another grant's: the repeat is
+    answered with this grant's own certificate (before grants_0003 it got nothing)."""
+    assert await world.redeem({}) == "OK 5e0001"
+    second = await world.grants.CreateGrant(
+        grants_pb2.CreateGrantRequest(
+            subject_user_id=str(uuid.uuid4()),
+            peer_name="a",
+            scope_json=json.dumps({"resources": ["notes"]}),
+        ),
+        None,
+    )
+    assert second.grant.peer_id == world.grant.peer_id
+    now = dt.datetime.now(dt.UTC)
+    new = domain.new_token(now, dt.timedelta(minutes=15))
+    await world.tokens.create(
+        new,
+        grant_id=uuid.UUID(second.grant.id),
+        peer_id=uuid.UUID(second.grant.peer_id),
+        now=now,
+    )
+    other = replace(
+        world,
+        grant=second.grant,
+        token=new.token,
+        csr_pem=_csr_pem(ec.generate_private_key(ec.SECP256R1())),
+    )
+    assert await other.redeem({}) == "OK 5e0002"
+    peer = await world.grants.GetPeer(grants_pb2.GetPeerRequest(id=world.grant.peer_id), None)
+    assert peer.peer.cert_serial == "5e0002"
+
+    assert await world.redeem({}) == "OK 5e0001 repeated"
+    assert await other.redeem({}) == "OK 5e0002 repeated"
+    assert world.issued == ["5e0001", "5e0002"]

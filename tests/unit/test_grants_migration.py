@@ -1,6 +1,8 @@
-"""grants_0002 on a database that already holds peers and grants (an upgrade in place):
-each active grant takes its peer's serial, the one certificate the gate served it with
-before, so no enrolled peer is locked out by the upgrade."""
+"""grants_0002 and grants_0003 on a database that already holds peers and grants (an
+upgrade in place): each active grant takes its peer's serial, the one certificate the gate
+served it with before, so no enrolled peer is locked out by the upgrade; then each grant
+whose serial is still its peer's latest takes that certificate too, so a repeat of a lost
+answer still finds it."""
 
 from __future__ import annotations
 
@@ -18,9 +20,10 @@ from grants_service.store import metadata
 from mosaic.db import Database
 
 NOW = "2026-12-01 10:00:00.000000"
+LATER = "2027-12-01 10:00:00.000000"
 
 
-async def test_upgrading_gives_active_grants_their_peers_serial(tmp_path: Path) -> None:
+async def test_upgrading_gives_active_grants_their_peers_certificate(tmp_path: Path) -> None:
     path = tmp_path / "grants.db"
     db = Database(f"sqlite+aiosqlite:///{path}", schema="grants", migrations_dir=MIGRATIONS)
     cfg = db._alembic_config()
@@ -35,9 +38,9 @@ async def test_upgrading_gives_active_grants_their_peers_serial(tmp_path: Path) 
     with sqlite3.connect(path) as raw:
         raw.execute(
             "INSERT INTO federation_peers (id, name, display_name, direction, state, "
-            "cert_serial, created_at, updated_at) VALUES (?, 'a', 'a', 'inbound', 'active', "
-            "'5e71a1', ?, ?)",
-            (peer, NOW, NOW),
+            "cert_serial, cert_pem, cert_not_after, created_at, updated_at) VALUES "
+            "(?, 'a', 'a', 'inbound', 'active', '5e71a1', 'PEM 5e71a1', ?, ?, ?)",
+            (peer, LATER, NOW, NOW),
         )
         for grant, status in ((active, "active"), (pending, "pending")):
             raw.execute(
@@ -46,15 +49,37 @@ async def test_upgrading_gives_active_grants_their_peers_serial(tmp_path: Path) 
                 (grant, peer, uuid.uuid4().hex, status, NOW),
             )
 
-    await db.migrate()
-    assert (await db.revisions())[0] == "grants_0002"
+    async with db.engine.begin() as conn:
+        await conn.run_sync(upgrade_to, "grants_0002")
     with sqlite3.connect(path) as raw:
         serials = dict(raw.execute("SELECT id, cert_serial FROM federation_grants"))
-    assert serials == {active: "5e71a1", pending: None}
+        assert serials == {active: "5e71a1", pending: None}
+        # Another grant of the peer, enrolled before the peer's latest certificate.
+        older = uuid.uuid4().hex
+        raw.execute(
+            "INSERT INTO federation_grants (id, peer_id, subject_user_id, scope, status, "
+            "sensitive, created_at, cert_serial) VALUES (?, ?, ?, '{}', 'active', 0, ?, 'a1d')",
+            (older, peer, uuid.uuid4().hex, NOW),
+        )
+
+    await db.migrate()
+    assert (await db.revisions())[0] == "grants_0003"
+    with sqlite3.connect(path) as raw:
+        rows = {
+            r[0]: r[1:]
+            for r in raw.execute(
+                "SELECT id, cert_serial, cert_pem, cert_not_after FROM federation_grants"
+            )
+        }
+    assert rows == {
+        active: ("5e71a1", "PEM 5e71a1", LATER),
+        pending: (None, None, None),
+        older: ("a1d", None, None),  # its certificate is not the peer's to copy
+    }
 
     def drift(conn: Connection) -> list[object]:
         context = MigrationContext.configure(conn, opts={"version_table": db.version_table})
-        return [d for d in compare_metadata(context, metadata) if "cert_serial" in str(d)]
+        return [d for d in compare_metadata(context, metadata) if "cert_" in str(d)]
 
     async with db.engine.connect() as conn:
         assert await conn.run_sync(drift) == []  # the model and the migration agree

@@ -74,18 +74,18 @@ class B:
         self.issued: list[str] = []
         self.revoked: list[str] = []
 
-    def reply(self) -> grants_pb2.GetGrantResponse:
+    def reply(self, *, with_certificate: bool = False) -> grants_pb2.GetGrantResponse:
         return grant_reply(
             cert_serial=self.serial,
             status=self.grant_status,
             peer_state=self.peer_state,
             peer_cert_serial=self.peer_serial,
-            peer_cert_pem=self.cert_pem,
+            cert_pem=self.cert_pem if with_certificate else "",
         )
 
     async def __call__(self, method: str, request: Any) -> Any:
         if method == "GetGrant":
-            return self.reply()
+            return self.reply(with_certificate=request.with_certificate)
         if method == "GetTrustBundle":
             return ca_pb2.GetTrustBundleResponse(intermediates_pem=["INTERMEDIATE"])
         if method == "IssueCertificate":
@@ -318,14 +318,15 @@ async def test_a_repeat_that_meets_the_first_renewal_still_running_is_answered_n
     assert await _renew(servicer, _csr(key)) == "OK 501 repeated"
 
 
-async def test_a_peer_whose_other_grant_renewed_since_has_no_answer_to_repeat(
+async def test_a_peer_whose_other_grant_renewed_since_still_gets_its_answer(
     presenting: Any,
 ) -> None:
-    """The peer row holds the peer's latest certificate across its grants: documented."""
+    """The peer's row holds its latest certificate across its grants, here another
+    grant's: the repeat is answered with this grant's own certificate."""
     key = _key()
     b = B(key)
     b.peer_serial = "9f9f"
     servicer, _ = _servicer(b)
     presenting(OLD)
 
-    assert await _renew(servicer, _csr(key)) == "PERMISSION_DENIED CERT_REVOKED"
+    assert await _renew(servicer, _csr(key)) == f"OK {CURRENT} repeated"

@@ -272,19 +272,51 @@ class GetGrantRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
+    WITH_CERTIFICATE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    with_certificate: _builtins.bool
+    """Also read the certificate the grant is served with (GetGrantResponse.certificate)."""
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
+        with_certificate: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "with_certificate", b"with_certificate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetGrantRequest: _TypeAlias = GetGrantRequest  # noqa: Y015
+
+@_typing.final
+class GrantCertificate(_message.Message):
+    """The certificate a grant is served with (the one whose serial is Grant.cert_serial).
+    Kept per grant: a peer may hold several grants, and its row holds only its latest
+    certificate. Read to answer a peer's repeated redeem or renewal whose answer was lost.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEM_FIELD_NUMBER: _builtins.int
+    NOT_AFTER_FIELD_NUMBER: _builtins.int
+    pem: _builtins.str
+    @_builtins.property
+    def not_after(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        pem: _builtins.str = ...,
+        not_after: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["not_after", b"not_after"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["not_after", b"not_after", "pem", b"pem"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantCertificate: _TypeAlias = GrantCertificate  # noqa: Y015
 
 @_typing.final
 class GetGrantResponse(_message.Message):
@@ -292,19 +324,25 @@ class GetGrantResponse(_message.Message):
 
     GRANT_FIELD_NUMBER: _builtins.int
     PEER_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def grant(self) -> Global___Grant: ...
     @_builtins.property
     def peer(self) -> Global___Peer: ...
+    @_builtins.property
+    def certificate(self) -> Global___GrantCertificate:
+        """Set when asked for (with_certificate) and the grant has one."""
+
     def __init__(
         self,
         *,
         grant: Global___Grant | None = ...,
         peer: Global___Peer | None = ...,
+        certificate: Global___GrantCertificate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["grant", b"grant", "peer", b"peer"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "grant", b"grant", "peer", b"peer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant", b"grant", "peer", b"peer"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "grant", b"grant", "peer", b"peer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
