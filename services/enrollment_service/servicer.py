@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Final
 
 import grpc
-from cryptography import x509
 from google.protobuf import timestamp_pb2
 
 from enrollment_service import domain
@@ -54,9 +53,9 @@ from mosaic.federation.v1 import (
     grants_pb2_grpc,
 )
 from mosaic.logs import token_hint
-from mosaic.pki import csr_public_key, spki_der
+from mosaic.pki import csr_public_key
+from mosaic.repeats import served_certificate
 from mosaic.sqltypes import utcnow
-from mosaic.x509ext import serial_hex
 
 log = logging.getLogger("enrollment_service")
 
@@ -312,26 +311,19 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
         """The answer again if this token's grant is active, bound to its active peer, and
         still served with the certificate the token was spent on, and that certificate is
         for ``key`` (the CSR's, DER SPKI). The certificate is the grant's own (grants-service
-        keeps one per grant), so the peer's other grants do not matter."""
-        grant, peer, current = reply.grant, reply.peer, reply.certificate
+        keeps one per grant; mosaic.repeats), so the peer's other grants do not matter."""
+        grant, peer = reply.grant, reply.peer
         if (
             grant.status != grants_pb2.GRANT_STATUS_ACTIVE
             or grant.id != str(row.grant_id)
             or grant.peer_id != str(row.peer_id)
             or peer.id != grant.peer_id
             or peer.state != grants_pb2.PEER_STATE_ACTIVE  # a suspended peer is refused
-            or not grant.cert_serial
-            or not current.pem
             or row.used_by_serial not in (None, grant.cert_serial)
         ):
             return None
-        try:
-            cert = x509.load_pem_x509_certificate(current.pem.encode())
-        except ValueError:
-            return None
-        if serial_hex(cert.serial_number) != grant.cert_serial:
-            return None
-        if spki_der(cert.public_key()) != key:
+        current = served_certificate(reply, key)
+        if current is None:
             return None
         return _answer(
             grant,

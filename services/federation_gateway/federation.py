@@ -89,7 +89,8 @@ from mosaic.federation.v1 import (
 )
 from mosaic.ids import uuid_or_none
 from mosaic.logs import request_id_var
-from mosaic.pki import csr_public_key, spki_der
+from mosaic.pki import csr_public_key
+from mosaic.repeats import served_certificate
 from mosaic.rpc.interceptors import MalformedRequest, malformed_request_error
 from mosaic.scope import RESOURCES
 from mosaic.search import query_problem
@@ -748,23 +749,14 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         except grpc.aio.AioRpcError as err:
             raise _for_renewing_peer(RemoteError.from_rpc_error(err)) from None
         fresh = decide(reply)  # revoked or suspended since the gate's cached view?
-        served = reply.certificate  # the grant's own, whatever the peer's other grants did
-        if (
-            isinstance(fresh, Refusal)
-            or fresh.cert_serial != view.cert_serial  # renewed again meanwhile
-            or not served.pem
-        ):
+        if isinstance(fresh, Refusal) or fresh.cert_serial != view.cert_serial:
+            raise refusal  # no longer servable, or renewed again meanwhile
+        # The grant's own certificate, whatever the peer's other grants did since.
+        served = served_certificate(reply, key)
+        if served is None:
             raise refusal
-        try:
-            current = x509.load_pem_x509_certificate(served.pem.encode())
-        except ValueError:
-            raise refusal from None
-        issued_ago = dt.datetime.now(dt.UTC) - current.not_valid_before_utc
-        if (
-            serial_hex(current.serial_number) != view.cert_serial
-            or spki_der(current.public_key()) != key
-            or issued_ago > RENEW_REPEAT_WINDOW
-        ):
+        issued_ago = dt.datetime.now(dt.UTC) - served.certificate.not_valid_before_utc
+        if issued_ago > RENEW_REPEAT_WINDOW:
             raise refusal
         trust = await self._trust_bundle()
         log.info(

@@ -40,11 +40,13 @@ def grant_reply(
     peer_state: grants_pb2.PeerState.ValueType = grants_pb2.PEER_STATE_ACTIVE,
     max_rows: int = 100,
     peer_cert_serial: str | None = None,
+    peer_cert_pem: str = "",
     cert_pem: str = "",
 ) -> grants_pb2.GetGrantResponse:
     """grants-service's GetGrant: a grant on tasks for ``subject``, served with
     ``cert_serial``, bound to the inbound peer ``peer_id`` (whose row holds
-    ``peer_cert_serial``, by default the same); ``cert_pem`` is the grant's certificate,
+    ``peer_cert_serial``, by default the same, and ``peer_cert_pem``); ``cert_pem`` is the
+    grant's certificate,
     as grants-service returns it when asked (``with_certificate``)."""
     return grants_pb2.GetGrantResponse(
         grant=grants_pb2.Grant(
@@ -60,6 +62,7 @@ def grant_reply(
             direction=grants_pb2.PEER_DIRECTION_INBOUND,
             state=peer_state,
             cert_serial=cert_serial if peer_cert_serial is None else peer_cert_serial,
+            cert_pem=peer_cert_pem,
         ),
         certificate=grants_pb2.GrantCertificate(pem=cert_pem) if cert_pem else None,
     )

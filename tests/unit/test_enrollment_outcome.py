@@ -42,6 +42,7 @@ from mosaic.federation.v1 import (
     grants_pb2,
     grants_pb2_grpc,
 )
+from mosaic.x509ext import grant_extensions
 from tests.support.federation_fakes import FakeChannel, rpc_error
 
 Hook = Callable[[Any], Awaitable[Any]]
@@ -76,7 +77,10 @@ class World:
                 serial = f"5e{len(self.issued) + 1:04x}"  # shared by replace()d Worlds
                 self.issued.append(serial)
                 return ca_pb2.IssueCertificateResponse(
-                    certificate_pem=_certificate(request.csr_pem, serial), serial=serial
+                    certificate_pem=_certificate(
+                        request.csr_pem, serial, request.grant_id, request.subject_user_id
+                    ),
+                    serial=serial,
                 )
             if name == "RevokeCertificate":
                 self.revoked.append(request.serial)
@@ -127,13 +131,15 @@ def _csr_pem(key: ec.EllipticCurvePrivateKey) -> str:
     return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def _certificate(csr_pem: str, serial: str) -> str:
-    """What the CA would issue for the CSR: its key, under ``serial``."""
+def _certificate(csr_pem: str, serial: str, grant_id: str, subject_user_id: str) -> str:
+    """What the CA would issue for the CSR: its key, under ``serial``, for the grant."""
     csr = x509.load_pem_x509_csr(csr_pem.encode())
     now = dt.datetime.now(dt.UTC)
+    builder = x509.CertificateBuilder()
+    for extension in grant_extensions(grant_id, subject_user_id):
+        builder = builder.add_extension(extension, critical=False)
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(csr.subject)
+        builder.subject_name(csr.subject)
         .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test ca")]))
         .public_key(csr.public_key())
         .serial_number(int(serial, 16))

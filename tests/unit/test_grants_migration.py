@@ -34,7 +34,7 @@ async def test_upgrading_gives_active_grants_their_peers_certificate(tmp_path: P
 
     async with db.engine.begin() as conn:
         await conn.run_sync(upgrade_to, "grants_0001")
-    peer, active, pending = (uuid.uuid4().hex for _ in range(3))
+    peer, active, pending, peer_b, shared_1, shared_2 = (uuid.uuid4().hex for _ in range(6))
     with sqlite3.connect(path) as raw:
         raw.execute(
             "INSERT INTO federation_peers (id, name, display_name, direction, state, "
@@ -42,18 +42,30 @@ async def test_upgrading_gives_active_grants_their_peers_certificate(tmp_path: P
             "(?, 'a', 'a', 'inbound', 'active', '5e71a1', 'PEM 5e71a1', ?, ?, ?)",
             (peer, LATER, NOW, NOW),
         )
-        for grant, status in ((active, "active"), (pending, "pending")):
+        # A second peer with two active grants: grants_0002 gives both the peer's serial.
+        raw.execute(
+            "INSERT INTO federation_peers (id, name, display_name, direction, state, "
+            "cert_serial, cert_pem, cert_not_after, created_at, updated_at) VALUES "
+            "(?, 'b', 'b', 'inbound', 'active', 'b0b', 'PEM b0b', ?, ?, ?)",
+            (peer_b, LATER, NOW, NOW),
+        )
+        for grant, status, of in (
+            (active, "active", peer),
+            (pending, "pending", peer),
+            (shared_1, "active", peer_b),
+            (shared_2, "active", peer_b),
+        ):
             raw.execute(
                 "INSERT INTO federation_grants (id, peer_id, subject_user_id, scope, status, "
                 "sensitive, created_at) VALUES (?, ?, ?, '{}', ?, 0, ?)",
-                (grant, peer, uuid.uuid4().hex, status, NOW),
+                (grant, of, uuid.uuid4().hex, status, NOW),
             )
 
     async with db.engine.begin() as conn:
         await conn.run_sync(upgrade_to, "grants_0002")
     with sqlite3.connect(path) as raw:
         serials = dict(raw.execute("SELECT id, cert_serial FROM federation_grants"))
-        assert serials == {active: "5e71a1", pending: None}
+        assert serials == {active: "5e71a1", pending: None, shared_1: "b0b", shared_2: "b0b"}
         # Another grant of the peer, enrolled before the peer's latest certificate.
         older = uuid.uuid4().hex
         raw.execute(
@@ -75,6 +87,9 @@ async def test_upgrading_gives_active_grants_their_peers_certificate(tmp_path: P
         active: ("5e71a1", "PEM 5e71a1", LATER),
         pending: (None, None, None),
         older: ("a1d", None, None),  # its certificate is not the peer's to copy
+        # The peer's certificate names one of them, which one is not known: neither.
+        shared_1: ("b0b", None, None),
+        shared_2: ("b0b", None, None),
     }
 
     def drift(conn: Connection) -> list[object]:

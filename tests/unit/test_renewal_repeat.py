@@ -27,6 +27,7 @@ from federation_gateway.federation import RENEW_REPEAT_WINDOW, CertIdentity, Fed
 from mosaic.errors import ServiceError, failed_precondition
 from mosaic.federation.v1 import ca_pb2, gateway_pb2, grants_pb2
 from mosaic.rpc.interceptors import MalformedRequest
+from mosaic.x509ext import grant_extensions
 from tests.support.federation_fakes import GRANT_ID, SUBJECT, gated_servicer, grant_reply
 
 OLD = "1ab"  # the certificate A still holds
@@ -38,11 +39,20 @@ def _key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _certificate(public_key: Any, serial: str, age: dt.timedelta = dt.timedelta()) -> str:
+def _certificate(
+    public_key: Any,
+    serial: str,
+    age: dt.timedelta = dt.timedelta(),
+    *,
+    grant_id: str = GRANT_ID,
+) -> str:
+    """As B's CA issues it for the grant: its two extensions name the grant and SUBJECT."""
     start = dt.datetime.now(dt.UTC) - age
+    builder = x509.CertificateBuilder()
+    for extension in grant_extensions(grant_id, SUBJECT):
+        builder = builder.add_extension(extension, critical=False)
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a")]))
+        builder.subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a")]))
         .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca")]))
         .public_key(public_key)
         .serial_number(int(serial, 16))
@@ -71,6 +81,8 @@ class B:
         self.grant_status = grants_pb2.GRANT_STATUS_ACTIVE
         self.peer_state = grants_pb2.PEER_STATE_ACTIVE
         self.peer_serial: str | None = None  # the peer row's latest, if not this grant's
+        self.peer_cert_pem: str | None = None  # ditto; None: the grant's certificate
+        self.stores_certificates = True  # False: a grants-service from before grants_0003
         self.issued: list[str] = []
         self.revoked: list[str] = []
 
@@ -80,7 +92,8 @@ class B:
             status=self.grant_status,
             peer_state=self.peer_state,
             peer_cert_serial=self.peer_serial,
-            cert_pem=self.cert_pem if with_certificate else "",
+            peer_cert_pem=self.cert_pem if self.peer_cert_pem is None else self.peer_cert_pem,
+            cert_pem=self.cert_pem if with_certificate and self.stores_certificates else "",
         )
 
     async def __call__(self, method: str, request: Any) -> Any:
@@ -223,7 +236,16 @@ async def test_a_replaced_certificate_gets_only_the_gates_refusal_and_spends_no_
 
 @pytest.mark.parametrize(
     "change",
-    ["grant revoked", "peer suspended", "grant expired", "other subject", "too old"],
+    [
+        "grant revoked",
+        "peer suspended",
+        "grant expired",
+        "other subject",
+        "too old",
+        "stored certificate not the grant's serial",
+        "stored certificate of another grant",
+        "nothing stored, the peer row another grant's",
+    ],
 )
 async def test_no_answer_again_when_the_grant_no_longer_serves_it(
     presenting: Any, change: str
@@ -239,8 +261,15 @@ async def test_no_answer_again_when_the_grant_no_longer_serves_it(
         b.grant_status = grants_pb2.GRANT_STATUS_EXPIRED
     elif change == "other subject":
         subject = str(uuid.uuid4())
-    else:
+    elif change == "too old":
         b.cert_pem = _certificate(key.public_key(), CURRENT, RENEW_REPEAT_WINDOW)
+    elif change == "stored certificate not the grant's serial":
+        b.cert_pem = _certificate(key.public_key(), "7e57")
+    elif change == "stored certificate of another grant":
+        b.cert_pem = _certificate(key.public_key(), CURRENT, grant_id=str(uuid.uuid4()))
+    else:
+        b.stores_certificates = False
+        b.peer_serial, b.peer_cert_pem = "9f9f", _certificate(key.public_key(), "9f9f")
     servicer, _ = _servicer(b)
     presenting(OLD, subject)
 
@@ -326,6 +355,21 @@ async def test_a_peer_whose_other_grant_renewed_since_still_gets_its_answer(
     key = _key()
     b = B(key)
     b.peer_serial = "9f9f"
+    b.peer_cert_pem = _certificate(_key().public_key(), "9f9f", grant_id=str(uuid.uuid4()))
+    servicer, _ = _servicer(b)
+    presenting(OLD)
+
+    assert await _renew(servicer, _csr(key)) == f"OK {CURRENT} repeated"
+
+
+async def test_a_grants_service_from_before_grants_0003_still_answers_from_the_peer_row(
+    presenting: Any,
+) -> None:
+    """During a rolling upgrade grants-service may not know with_certificate: the peer's
+    row stands in when it holds the grant's serial, as before per-grant storage."""
+    key = _key()
+    b = B(key)
+    b.stores_certificates = False
     servicer, _ = _servicer(b)
     presenting(OLD)
 
