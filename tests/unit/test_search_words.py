@@ -1,0 +1,55 @@
+"""mosaic.search's words, the gateway's and resource-service's view of a query: maximal runs
+of letters, numbers and combining marks (Unicode categories L*, N*, M*), everything else
+separating them. The range data the module keeps is checked against Python's Unicode
+tables both ways."""
+
+from __future__ import annotations
+
+import itertools
+import unicodedata
+from collections.abc import Callable
+
+import pytest
+
+from mosaic.search import WORD_RANGES, query_words
+
+
+def _in_words(code: int) -> bool:
+    return unicodedata.category(chr(code))[0] in "LNM"
+
+
+def _codes(ranges: tuple[tuple[int, int], ...]) -> list[int]:
+    assert all(low <= high for low, high in ranges)
+    assert all(a[1] + 1 < b[0] for a, b in itertools.pairwise(ranges)), "not sorted and apart"
+    return [code for low, high in ranges for code in range(low, high + 1)]
+
+
+def _assert_exactly(listed: list[int], among: range, belongs: Callable[[int], bool]) -> None:
+    """``listed`` holds only code points that belong, and every one of ``among`` that does."""
+    listed_set = set(listed)
+    assert [f"U+{c:04X}" for c in listed if not belongs(c)] == []
+    assert [f"U+{c:04X}" for c in among if belongs(c) and c not in listed_set] == []
+
+
+def test_the_word_ranges_are_exactly_letters_numbers_and_marks() -> None:
+    _assert_exactly(_codes(WORD_RANGES), range(0x110000), _in_words)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("हिन्दी भाषा", ["हिन्दी", "भाषा"]),  # vowel signs and a virama
+        ("cafe\u0301 au lait", ["cafe\u0301", "au", "lait"]),  # Latin typed in NFD
+        ("שָׂפָה עִבְרִית", ["שָׂפָה", "עִבְרִית"]),  # Hebrew with points
+        ("اللُّغَة العَرَبِيَّة", ["اللُّغَة", "العَرَبِيَّة"]),  # Arabic with harakat
+        ("สวัสดี ภาษาไทย", ["สวัสดี", "ภาษาไทย"]),  # Thai vowel signs
+        ("\u0301\u0301a", ["\u0301\u0301a"]),  # a word may begin with a mark
+        ("smile\U0001f642face", ["smile", "face"]),  # an emoji separates
+        ("icon\ue000name plane\U000f0001fifteen", ["icon", "name", "plane", "fifteen"]),
+        ("snake_case, v1.2 x²", ["snake", "case", "v1", "2", "x²"]),
+        ("Bread bread BREAD", ["Bread"]),
+        ("'\\\" \t—«»", []),
+    ],
+)
+def test_words_keep_their_marks_and_everything_else_separates(text: str, words: list[str]) -> None:
+    assert query_words(text) == words
