@@ -4,10 +4,10 @@ Every read is one statement. Visibility is part of the WHERE clause, so a row ou
 is indistinguishable from a missing one. Lists walk ``ix_resources_owner_kind_id``
 (owner_user_id, resource, id) in id order; search uses the full-text index made by
 migration ``resources_0002`` (SQLite: FTS5 table ``resources_fts``; Postgres: generated
-``search_tsv`` column with a GIN index), which ``resources_0004`` and ``0005`` make split text into
-the same words on both engines (punctuation separates words, diacritics count). On
-Postgres ``id`` uses the "C" collation (``resources_0003``) so ids sort bytewise on both
-engines.
+``search_tsv`` column with a GIN index), which ``resources_0004`` to ``0006`` make split text
+into the words of ``mosaic.search`` on both engines (runs of letters, digits and combining
+marks; everything else separates words; diacritics count). On Postgres ``id`` uses the "C"
+collation (``resources_0003``) so ids sort bytewise on both engines.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from sqlalchemy import (
     Uuid,
     and_,
     bindparam,
+    cast,
     column,
     false,
     func,
@@ -40,7 +41,7 @@ from sqlalchemy import (
     type_coerce,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.dialects.postgresql import TSVECTOR
+from sqlalchemy.dialects.postgresql import TSQUERY, TSVECTOR
 
 from mosaic.db import Database
 from mosaic.rpc.options import ROWS_BUDGET_BYTES
@@ -196,7 +197,7 @@ class ResourceStore:
         self._search_statement: Callable[[Shape], Select[Any]] = (
             _sqlite_search_statement if db.is_sqlite else _postgres_search_statement
         )
-        # SQLite gets a quoted FTS5 expression; Postgres the raw text for plainto_tsquery.
+        # SQLite gets a quoted FTS5 expression; Postgres the words, space-separated.
         self._match_param: Callable[[str], str | None] = (
             _sqlite_match_expression if db.is_sqlite else _postgres_match_text
         )
@@ -344,9 +345,8 @@ def _within_budget(rows: Iterable[ReadRow]) -> tuple[list[ReadRow], bool]:
 def _sqlite_match_expression(query: str) -> str | None:
     """Every word of ``query`` as an FTS5 string ("word", quotes doubled), ANDed.
 
-    Words are runs of letters and digits (mosaic.search), as FTS5's unicode61 tokenizer
-    and Postgres' search_tsv (resources_0004) split rows, so both engines answer "rows
-    containing all these words".
+    Words are those of mosaic.search, as FTS5's tokenizer (resources_0006) splits rows:
+    each word is one token, so the engine answers "rows containing all these words".
     Inside a string FTS5 sees only tokens: never an operator, column filter or prefix.
     None when the text has no word at all (nothing can match).
     """
@@ -368,20 +368,42 @@ def _sqlite_search_statement(shape: Shape) -> Select[Any]:
 
 
 def _postgres_match_text(query: str) -> str | None:
-    """The words of ``query``, split as for SQLite: Postgres' parser would keep an e-mail
-    address, a URL, a path or a version as one token of its own."""
+    """The words of ``query`` (mosaic.search), separated by single spaces: search_tsv holds a
+    row's words split the same way (resources_0006), never by Postgres' parser, which would
+    split them by the database's locale."""
     words = query_words(query)
     return " ".join(words) if words else None
 
 
+def _sql_text(value: str) -> ColumnElement[str]:
+    """A constant SQL string, written into the statement (it holds no user text)."""
+    return literal_column("'" + value.replace("'", "''") + "'", Text)
+
+
+# The query's words as search_tsv's lexemes (resources_0006 builds them the same way from a
+# row: lowered, each cut to 255 characters), quoted and ANDed: 'w1' & 'w2'. A word holds no
+# quote, backslash or space (mosaic.search), nor does lowering give one (the probe in
+# tests/unit/test_search_engines.py), so each is one lexeme and nothing is syntax; and the
+# words are a bound parameter, never part of the SQL.
+_POSTGRES_LEXEMES = func.regexp_replace(
+    func.lower(_MATCH), _sql_text("([^ ]{255})[^ ]+"), _sql_text("\\1"), _sql_text("g")
+)
+_POSTGRES_TSQUERY = cast(
+    _sql_text("'")
+    + func.replace(_POSTGRES_LEXEMES, _sql_text(" "), _sql_text("' & '"))
+    + _sql_text("'"),
+    TSQUERY,
+)
+
+
 @functools.cache
 def _postgres_search_statement(shape: Shape) -> Select[Any]:
-    # plainto_tsquery ANDs the words and ignores every operator character: never syntax.
-    tsquery = func.plainto_tsquery(literal_column("'simple'::regconfig"), _MATCH)
     tsv = literal_column(f"resources.{SEARCH_COLUMN}", TSVECTOR)
+    # search_tsv has no word positions, so ts_rank would give every match the same rank:
+    # rows with fewer distinct words come first (the query's words are more of them).
     return (
         select(*READ_COLUMNS)
-        .where(tsv.bool_op("@@")(tsquery), _visible(shape))
-        .order_by(func.ts_rank(tsv, tsquery).desc(), _c.id)
+        .where(tsv.bool_op("@@")(_POSTGRES_TSQUERY), _visible(shape))
+        .order_by(func.length(tsv), _c.id)
         .limit(_LIMIT)
     )

@@ -8,10 +8,11 @@ way the gateway reads it on the federation hot path.
 
 The Postgres database is created with an ICU en-US default collation, under which ids
 would sort linguistically ("a…" before "B…"): the tests expect bytewise order on both
-engines, which is what migration resources_0003 promises. A second Postgres database has
-the plain libc C locale, under which regular expressions know only ASCII punctuation and
-the text-search parser counts every other non-ASCII character as a letter (search words:
-resources_0005).
+engines, which is what migration resources_0003 promises. Two more Postgres databases run
+the search cases only: one with the plain libc C locale, under which regular expressions
+know only ASCII punctuation and the text-search parser counts every non-ASCII character
+as a letter, and one with libc C.UTF-8, under which that parser splits a word at a virama
+or a combining accent (search words: resources_0005 and 0006).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import contextlib
 import datetime as dt
 import itertools
 import json
-import re
+import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ T2 = "7d2e9a40-bbbb-4b1c-9d8e-00000000000b"
 T3 = "7d2e9a40-cccc-4b1c-9d8e-00000000000c"
 T_UNKNOWN = "7d2e9a40-dddd-4b1c-9d8e-00000000000d"
 KINDS = ("tasks", "notes")
+# 700 letters, 2100 bytes: longer than a Postgres lexeme may be (2047 bytes).
+LONG_WORD = "दीर्घ" * 140
 # Mixed case and punctuation: bytewise order differs from a linguistic one.
 PREFIXES = ("a", "B", "c", "A", "b", "C", "_", "0", ".")
 
@@ -131,6 +134,26 @@ def build_rows() -> list[Row]:
             "\u6771\u4eac\u30fb\u5927\u962a brand\u2122mark no\u2116five arabic\u060ccomma "
             "danda\u0964end greek\u037equery bom\ufeffjoint ogham\u1680gap",
         ),
+        # Combining marks are part of the word they are written in. Each decoy holds the
+        # same letters in other words: the pieces a word fell into when its marks split it.
+        Row("u2-hindi", "notes", U2, "", "हिन्दी", "हिन्दी भाषा सीखना"),
+        Row("u2-hindi-decoy", "notes", U2, "", "Decoy", "दिन है"),
+        Row("u2-arabic", "notes", U2, "", "Arabic", "اللُّغَة العَرَبِيَّة"),
+        Row("u2-arabic-decoy", "notes", U2, "", "Decoy", "لُغَةُ العَرَبِيِّ"),
+        Row("u2-hebrew", "notes", U2, "", "Hebrew", "שָׂפָה עִבְרִית"),
+        Row("u2-hebrew-decoy", "notes", U2, "", "Decoy", "עִבְרִי וְאַנְגְּלִית"),
+        Row("u2-thai", "notes", U2, "", "Thai", "สวัสดี ภาษาไทย"),
+        Row("u2-nfd", "notes", U2, "", "NFD", "cafe\u0301 au lait"),  # "café", decomposed
+        Row("u2-nfd-decoy", "notes", U2, "", "Decoy", "cafe racer"),
+        # Symbols and private use separate words, whatever SQLite's tables know of them:
+        Row(
+            "u2-symbols",
+            "notes",
+            U2,
+            "",
+            "Symbols",
+            "smile\U0001f642face icon\ue000name plane\U000f0001fifteen " + LONG_WORD,
+        ),
     ]
     return rows
 
@@ -150,11 +173,10 @@ def visible(kind: str, owner: str, teams: Sequence[str], personal: bool) -> list
     )
 
 
-_WORD = re.compile(r"[^\W_]+")
-
-
 def words(text: str) -> set[str]:
-    return {w.lower() for w in _WORD.findall(text)}
+    """The words of ``text``, lowered: runs of letters, numbers and marks (mosaic.search)."""
+    spaced = "".join(c if unicodedata.category(c)[0] in "LNM" else " " for c in text)
+    return {w.lower() for w in spaced.split()}
 
 
 def vis(owner: str, teams: Sequence[str] = (), personal: bool = True) -> common_pb2.Visibility:
@@ -178,17 +200,17 @@ async def execute(url: str, sql: str) -> None:
 def _started(
     kind: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Instance]:
-    """An instance on ``kind`` (sqlite, postgres, postgres-libc-c) holding ROWS."""
+    """An instance on ``kind`` (sqlite, postgres, postgres-libc-c, postgres-libc-c-utf8)
+    holding ROWS."""
     db = ""
     dbname = ""
     if kind.startswith("postgres"):
         server = request.getfixturevalue("postgres_server")
         dbname = f"resources_{uuid.uuid4().hex[:12]}"
-        locale = (
-            "LOCALE_PROVIDER libc LOCALE 'C'"
-            if kind == "postgres-libc-c"
-            else "LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C'"
-        )
+        locale = {
+            "postgres-libc-c": "LOCALE_PROVIDER libc LOCALE 'C'",
+            "postgres-libc-c-utf8": "LOCALE_PROVIDER libc LOCALE 'C.UTF-8'",
+        }.get(kind, "LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C'")
         run_coroutine_sync(
             execute(
                 server.admin_url,
@@ -220,12 +242,12 @@ def instance(
         yield inst
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["postgres-libc-c", "postgres-libc-c-utf8"])
 def c_locale_instance(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Instance]:
-    """Postgres with the plain libc C locale: search only (see the module's docstring)."""
-    with _started("postgres-libc-c", request, tmp_path_factory) as inst:
+    """Postgres with the libc C or C.UTF-8 locale: search only (see the module's docstring)."""
+    with _started(request.param, request, tmp_path_factory) as inst:
         yield inst
 
 
@@ -587,6 +609,24 @@ SEARCHES: list[tuple[str, str, tuple[str, ...], bool, set[str]]] = [
     # Words as SQLite splits them, on both engines (Postgres' own parser would read
     # "pineapple-bread" as one hyphenated word):
     ("pineapple-bread", U1, (), True, {"note-grocery"}),
+    # A mark belongs to its word: the word is found, and a row holding its letters in
+    # other words is not (split at its marks, "हिन्दी" would be "ह न द", found in "दिन है").
+    ("हिन्दी", U2, (), True, {"u2-hindi"}),
+    ("भाषा हिन्दी", U2, (), True, {"u2-hindi"}),
+    ("दिन", U2, (), True, {"u2-hindi-decoy"}),
+    ("العَرَبِيَّة", U2, (), True, {"u2-arabic"}),
+    ("العَرَبِيِّ", U2, (), True, {"u2-arabic-decoy"}),
+    ("العربية", U2, (), True, set()),  # marks count, as diacritics do
+    ("עִבְרִית", U2, (), True, {"u2-hebrew"}),
+    ("עִבְרִי", U2, (), True, {"u2-hebrew-decoy"}),
+    ("สวัสดี", U2, (), True, {"u2-thai"}),
+    ("cafe\u0301", U2, (), True, {"u2-nfd"}),
+    ("cafe", U2, (), True, {"u2-nfd-decoy"}),
+    *(
+        (word, U2, (), True, {"u2-symbols"})
+        for word in ("smile", "face", "icon", "name", "fifteen", "smile\U0001f642face")
+    ),
+    (LONG_WORD, U2, (), True, {"u2-symbols"}),
 ]
 
 

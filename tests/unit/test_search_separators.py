@@ -1,9 +1,11 @@
-"""The separators Postgres' search column uses (migration resources_0005), against
-mosaic.search's definition of a word: none of them is part of a word (else Postgres would
+"""The separators Postgres' search column used (migration resources_0005), against
+mosaic.search's definition of a word at the time (runs of ``[^\\W_]``; resources_0006 made
+combining marks part of words): none of them is part of a word (else Postgres would
 split words that SQLite and the query side keep whole), and every non-ASCII punctuation,
 symbol, space, control and format character is among them (else a database whose
 LC_CTYPE is C, where Postgres' parser counts every non-ASCII character as a letter,
-would keep two words joined)."""
+would keep two words joined). The migration's data stays as databases ran it; so does
+this check."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ MIGRATION = (
     Path(__file__).resolve().parents[2]
     / "services/resource_service/migrations/versions/0005_search_separators.py"
 )
-_WORD_CHAR = re.compile(r"[^\W_]")  # mosaic.search's words: runs of these
+_WORD_CHAR = re.compile(r"[^\W_]")  # mosaic.search's words then: runs of these
 
 
 def _migration() -> ModuleType:

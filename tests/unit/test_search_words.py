@@ -1,21 +1,43 @@
 """mosaic.search's words, the gateway's and resource-service's view of a query: maximal runs
 of letters, numbers and combining marks (Unicode categories L*, N*, M*), everything else
 separating them. The range data the module keeps is checked against Python's Unicode
-tables both ways."""
+tables both ways, and so is the data of migration resources_0006, which splits rows the
+same way on SQLite and Postgres."""
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import unicodedata
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from mosaic.search import WORD_RANGES, query_words
 
+MIGRATION = (
+    Path(__file__).resolve().parents[2]
+    / "services/resource_service/migrations/versions/0006_search_marks.py"
+)
+
+
+def _migration() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("resources_0006", MIGRATION)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 def _in_words(code: int) -> bool:
     return unicodedata.category(chr(code))[0] in "LNM"
+
+
+def _separates(code: int) -> bool:
+    """Assigned, not in a word, and something text can hold (not a surrogate)."""
+    return unicodedata.category(chr(code)) not in ("Cn", "Cs") and not _in_words(code)
 
 
 def _codes(ranges: tuple[tuple[int, int], ...]) -> list[int]:
@@ -33,6 +55,13 @@ def _assert_exactly(listed: list[int], among: range, belongs: Callable[[int], bo
 
 def test_the_word_ranges_are_exactly_letters_numbers_and_marks() -> None:
     _assert_exactly(_codes(WORD_RANGES), range(0x110000), _in_words)
+
+
+def test_the_migration_keeps_the_same_word_ranges_and_every_other_assigned_character() -> None:
+    migration = _migration()
+    _assert_exactly(_codes(migration.WORD_RANGES), range(0x110000), _in_words)
+    assert migration.SEPARATOR_RANGES[0][0] >= 0x80  # ASCII: unicode61's categories decide
+    _assert_exactly(_codes(migration.SEPARATOR_RANGES), range(0x80, 0x110000), _separates)
 
 
 @pytest.mark.parametrize(
