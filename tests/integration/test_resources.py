@@ -145,7 +145,8 @@ def build_rows() -> list[Row]:
         Row("u2-thai", "notes", U2, "", "Thai", "สวัสดี ภาษาไทย"),
         Row("u2-nfd", "notes", U2, "", "NFD", "cafe\u0301 au lait"),  # "café", decomposed
         Row("u2-nfd-decoy", "notes", U2, "", "Decoy", "cafe racer"),
-        # Symbols and private use separate words, whatever SQLite's tables know of them:
+        # Symbols separate words, whatever SQLite's tables know of them; private use is
+        # part of a word:
         Row(
             "u2-symbols",
             "notes",
@@ -174,8 +175,12 @@ def visible(kind: str, owner: str, teams: Sequence[str], personal: bool) -> list
 
 
 def words(text: str) -> set[str]:
-    """The words of ``text``, lowered: runs of letters, numbers and marks (mosaic.search)."""
-    spaced = "".join(c if unicodedata.category(c)[0] in "LNM" else " " for c in text)
+    """The words of ``text``, lowered: runs of letters, numbers, marks and private use
+    (mosaic.search)."""
+    spaced = "".join(
+        c if unicodedata.category(c)[0] in "LNM" or unicodedata.category(c) == "Co" else " "
+        for c in text
+    )
     return {w.lower() for w in spaced.split()}
 
 
@@ -624,8 +629,15 @@ SEARCHES: list[tuple[str, str, tuple[str, ...], bool, set[str]]] = [
     ("cafe", U2, (), True, {"u2-nfd-decoy"}),
     *(
         (word, U2, (), True, {"u2-symbols"})
-        for word in ("smile", "face", "icon", "name", "fifteen", "smile\U0001f642face")
+        for word in (
+            "smile",
+            "face",
+            "smile\U0001f642face",
+            "icon\ue000name",
+            "plane\U000f0001fifteen",
+        )
     ),
+    *((word, U2, (), True, set()) for word in ("icon", "name", "fifteen")),
     (LONG_WORD, U2, (), True, {"u2-symbols"}),
 ]
 

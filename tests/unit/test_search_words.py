@@ -1,8 +1,8 @@
 """mosaic.search's words, the gateway's and resource-service's view of a query: maximal runs
-of letters, numbers and combining marks (Unicode categories L*, N*, M*), everything else
-separating them. The range data the module keeps is checked against Python's Unicode
-tables both ways, and so is the data of migration resources_0006, which splits rows the
-same way on SQLite and Postgres."""
+of letters, numbers, combining marks and private-use characters (Unicode categories L*,
+N*, M*, Co), everything else separating them. The range data the module keeps is checked
+against Python's Unicode tables both ways, and so is the data of migration
+resources_0006, which splits rows the same way on SQLite and Postgres."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ def _migration() -> ModuleType:
 
 
 def _in_words(code: int) -> bool:
-    return unicodedata.category(chr(code))[0] in "LNM"
+    category = unicodedata.category(chr(code))
+    return category[0] in "LNM" or category == "Co"
 
 
 def _separates(code: int) -> bool:
@@ -74,7 +75,8 @@ def test_the_migration_keeps_the_same_word_ranges_and_every_other_assigned_chara
         ("สวัสดี ภาษาไทย", ["สวัสดี", "ภาษาไทย"]),  # Thai vowel signs
         ("\u0301\u0301a", ["\u0301\u0301a"]),  # a word may begin with a mark
         ("smile\U0001f642face", ["smile", "face"]),  # an emoji separates
-        ("icon\ue000name plane\U000f0001fifteen", ["icon", "name", "plane", "fifteen"]),
+        # Private use (icon fonts' glyphs) belongs to the word, as in SQLite's default.
+        ("icon\ue000name plane\U000f0001fifteen", ["icon\ue000name", "plane\U000f0001fifteen"]),
         ("snake_case, v1.2 x²", ["snake", "case", "v1", "2", "x²"]),
         ("Bread bread BREAD", ["Bread"]),
         ("'\\\" \t—«»", []),
