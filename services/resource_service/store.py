@@ -5,9 +5,9 @@ is indistinguishable from a missing one. Lists walk ``ix_resources_owner_kind_id
 (owner_user_id, resource, id) in id order; search uses the full-text index made by
 migration ``resources_0002`` (SQLite: FTS5 table ``resources_fts``; Postgres: generated
 ``search_tsv`` column with a GIN index), which ``resources_0004`` to ``0006`` make split text
-into the words of ``mosaic.search`` on both engines (runs of letters, digits and combining
-marks; everything else separates words; diacritics count). On Postgres ``id`` uses the "C"
-collation (``resources_0003``) so ids sort bytewise on both engines.
+into the words of ``mosaic.search`` on both engines (runs of letters, digits, combining
+marks and private use; everything else separates words; diacritics count). On Postgres
+``id`` uses the "C" collation (``resources_0003``) so ids sort bytewise on both engines.
 """
 
 from __future__ import annotations
@@ -380,18 +380,18 @@ def _sql_text(value: str) -> ColumnElement[str]:
     return literal_column("'" + value.replace("'", "''") + "'", Text)
 
 
-# The query's words as search_tsv's lexemes (resources_0006 builds them the same way from a
-# row: lowered, each cut to 255 characters), quoted and ANDed: 'w1' & 'w2'. A word holds no
-# quote, backslash or space (mosaic.search), nor does lowering give one (the probe in
-# tests/unit/test_search_engines.py), so each is one lexeme and nothing is syntax; and the
-# words are a bound parameter, never part of the SQL.
-_POSTGRES_LEXEMES = func.regexp_replace(
-    func.lower(_MATCH), _sql_text("([^ ]{255})[^ ]+"), _sql_text("\\1"), _sql_text("g")
+# The query's words as search_tsv's lexemes, made as resources_0006 makes a row's: ASCII
+# letters lowered by translate() (a Turkish collation lowers "I" to a dotless i), then lower(), and
+# each word cut to 255 characters by the migration's function; quoted and ANDed:
+# 'w1' & 'w2'. A word holds no quote, backslash or space (mosaic.search), nor does lowering
+# give one (the probe in tests/unit/test_search_engines.py), so each is one lexeme and
+# nothing is syntax; and the words are a bound parameter, never part of the SQL.
+_ASCII_UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_POSTGRES_LEXEMES = func.resources_search_words(
+    func.lower(func.translate(_MATCH, _sql_text(_ASCII_UPPER), _sql_text(_ASCII_UPPER.lower())))
 )
 _POSTGRES_TSQUERY = cast(
-    _sql_text("'")
-    + func.replace(_POSTGRES_LEXEMES, _sql_text(" "), _sql_text("' & '"))
-    + _sql_text("'"),
+    _sql_text("'") + func.array_to_string(_POSTGRES_LEXEMES, _sql_text("' & '")) + _sql_text("'"),
     TSQUERY,
 )
 

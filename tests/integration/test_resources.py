@@ -22,7 +22,6 @@ import contextlib
 import datetime as dt
 import itertools
 import json
-import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from mosaic.errors import RemoteError
 from mosaic.federation.v1 import common_pb2, resources_pb2, resources_pb2_grpc
 from tests.support.instances import Instance, internal_channel_as
 from tests.support.procs import run_coroutine_sync
+from tests.support.search_words import in_words
 
 pytestmark = pytest.mark.slow
 
@@ -153,7 +153,10 @@ def build_rows() -> list[Row]:
             U2,
             "",
             "Symbols",
-            "smile\U0001f642face icon\ue000name plane\U000f0001fifteen " + LONG_WORD,
+            "smile\U0001f642face icon\ue000name plane\U000f0001fifteen "
+            # Emoji made with a variation selector or a keycap, and one standing alone.
+            "\u26a0\ufe0fWarning a\u2764\ufe0fb 1\ufe0f\u20e3first sunny \u2600\ufe0f day "
+            + LONG_WORD,
         ),
     ]
     return rows
@@ -177,10 +180,7 @@ def visible(kind: str, owner: str, teams: Sequence[str], personal: bool) -> list
 def words(text: str) -> set[str]:
     """The words of ``text``, lowered: runs of letters, numbers, marks and private use
     (mosaic.search)."""
-    spaced = "".join(
-        c if unicodedata.category(c)[0] in "LNM" or unicodedata.category(c) == "Co" else " "
-        for c in text
-    )
+    spaced = "".join(c if in_words(ord(c)) else " " for c in text)
     return {w.lower() for w in spaced.split()}
 
 
@@ -638,6 +638,8 @@ SEARCHES: list[tuple[str, str, tuple[str, ...], bool, set[str]]] = [
         )
     ),
     *((word, U2, (), True, set()) for word in ("icon", "name", "fifteen")),
+    *((word, U2, (), True, {"u2-symbols"}) for word in ("warning", "first")),
+    ("\u2764\ufe0f", U2, (), True, set()),  # no word: the emoji and its selector separate
     (LONG_WORD, U2, (), True, {"u2-symbols"}),
 ]
 

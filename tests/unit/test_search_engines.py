@@ -14,6 +14,7 @@ whole word, lowered."""
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
 import unicodedata
 import uuid
@@ -29,6 +30,8 @@ from mosaic.config import to_async_postgres_url
 from mosaic.db import Database
 from mosaic.search import WORD_RANGES
 from resource_service.app import MIGRATIONS
+from resource_service.domain import ResourceRow, Visibility
+from resource_service.store import ResourceStore
 from tests.support.postgres import PostgresServer
 from tests.support.procs import run_coroutine_sync
 
@@ -137,6 +140,8 @@ LOCALES = {
     "libc-C": "LOCALE_PROVIDER libc LOCALE 'C'",
     "icu-en-US": "LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C'",
     "libc-C.UTF-8": "LOCALE_PROVIDER libc LOCALE 'C.UTF-8'",
+    # lower() of "I" is a dotless i here: ASCII letters must not follow the collation.
+    "icu-tr-TR": "LOCALE_PROVIDER icu ICU_LOCALE 'tr-TR' LOCALE 'C'",
 }
 
 
@@ -180,6 +185,8 @@ async def resources_schema(postgres_locale_url: str) -> AsyncIterator[asyncpg.Co
         await conn.close()
 
 
+_ASCII_UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
 # "q" TAG c "z" for each code point c, TAG being c in hexadecimal with the digits a-p.
 _PROBE = "'q' || translate(to_hex(c), '0123456789abcdef', 'abcdefghijklmnop') || chr(c) || 'z'"
 
@@ -199,7 +206,8 @@ async def test_postgres_search_column_splits_every_character_as_mosaic_search_do
     )
     await conn.execute(fill, PROBED)
     words_found = (
-        f"SELECT c FROM unnest($1::int[]) AS c WHERE lower({_PROBE}) IN "  # noqa: S608
+        "SELECT c FROM unnest($1::int[]) AS c WHERE "  # noqa: S608
+        f"lower(translate({_PROBE}, '{_ASCII_UPPER}', '{_ASCII_UPPER.lower()}')) IN "
         "(SELECT unnest(tsvector_to_array(search_tsv)) FROM resources)"
     )
     assert _disagreements({row[0] for row in await conn.fetch(words_found, PROBED)}) == []
@@ -253,4 +261,47 @@ async def test_postgres_downgrade_restores_the_column_of_resources_0005(
         assert await _postgres_matches(conn, "'plain'") == ["r1"]
     finally:
         await conn.close()
+        await db.dispose()
+
+
+OWNER = uuid.uuid4()
+NOW = dt.datetime(2026, 12, 6, 12, 0, tzinfo=dt.UTC)
+_CASES = [
+    ResourceRow("r-install", "notes", OWNER, None, "INSTALL Linux", "on the Istanbul box", NOW),
+    ResourceRow("r-strasse", "notes", OWNER, None, "Straße", "nothing else", NOW),
+]
+
+
+async def _searched(store: ResourceStore, query: str) -> list[str]:
+    rows, _ = await store.search("notes", Visibility(OWNER, (), True), query, 10)
+    return sorted(row[0] for row in rows)  # READ_COLUMNS: the id first
+
+
+async def _assert_ascii_case_does_not_matter(store: ResourceStore) -> None:
+    await store.upsert(_CASES)
+    assert await _searched(store, "install") == ["r-install"]
+    assert await _searched(store, "linux INSTALL istanbul") == ["r-install"]
+    # A word no row holds narrows the search, whatever its case folds to elsewhere.
+    assert await _searched(store, "straße") == ["r-strasse"]
+    assert await _searched(store, "straße STRASSE") == []
+
+
+async def test_sqlite_search_ignores_the_case_of_ascii_letters(tmp_path: Path) -> None:
+    db = _database(f"sqlite+aiosqlite:///{tmp_path / 'resources.db'}")
+    await db.migrate()
+    try:
+        await _assert_ascii_case_does_not_matter(ResourceStore(db))
+    finally:
+        await db.dispose()
+
+
+@pytest.mark.postgres
+async def test_postgres_search_ignores_the_case_of_ascii_letters_in_every_locale(
+    postgres_locale_url: str,
+) -> None:
+    db = _database(to_async_postgres_url(postgres_locale_url))
+    await db.migrate()
+    try:
+        await _assert_ascii_case_does_not_matter(ResourceStore(db))
+    finally:
         await db.dispose()

@@ -16,6 +16,7 @@ from types import ModuleType
 import pytest
 
 from mosaic.search import WORD_RANGES, query_words
+from tests.support.search_words import in_words
 
 MIGRATION = (
     Path(__file__).resolve().parents[2]
@@ -31,9 +32,7 @@ def _migration() -> ModuleType:
     return module
 
 
-def _in_words(code: int) -> bool:
-    category = unicodedata.category(chr(code))
-    return category[0] in "LNM" or category == "Co"
+_in_words = in_words
 
 
 def _separates(code: int) -> bool:
@@ -54,7 +53,7 @@ def _assert_exactly(listed: list[int], among: range, belongs: Callable[[int], bo
     assert [f"U+{c:04X}" for c in among if belongs(c) and c not in listed_set] == []
 
 
-def test_the_word_ranges_are_exactly_letters_numbers_and_marks() -> None:
+def test_the_word_ranges_are_exactly_letters_numbers_marks_and_private_use() -> None:
     _assert_exactly(_codes(WORD_RANGES), range(0x110000), _in_words)
 
 
@@ -75,10 +74,19 @@ def test_the_migration_keeps_the_same_word_ranges_and_every_other_assigned_chara
         ("สวัสดี ภาษาไทย", ["สวัสดี", "ภาษาไทย"]),  # Thai vowel signs
         ("\u0301\u0301a", ["\u0301\u0301a"]),  # a word may begin with a mark
         ("smile\U0001f642face", ["smile", "face"]),  # an emoji separates
+        # ... and so do the marks that make one: a variation selector, a keycap.
+        (
+            "\u26a0\ufe0fWarning a\u2764\ufe0fb 1\ufe0f\u20e3first",
+            ["Warning", "a", "b", "1", "first"],
+        ),
         # Private use (icon fonts' glyphs) belongs to the word, as in SQLite's default.
         ("icon\ue000name plane\U000f0001fifteen", ["icon\ue000name", "plane\U000f0001fifteen"]),
         ("snake_case, v1.2 x²", ["snake", "case", "v1", "2", "x²"]),
         ("Bread bread BREAD", ["Bread"]),
+        (
+            "straße STRASSE \u0391\u0392\u0393 \u03b1\u03b2\u03b3",
+            ["straße", "STRASSE", "\u0391\u0392\u0393", "\u03b1\u03b2\u03b3"],
+        ),
         ("'\\\" \t—«»", []),
     ],
 )

@@ -1,4 +1,4 @@
-"""search: a word is a run of letters, digits and combining marks, on every engine
+"""search: a word is a run of letters, digits, marks and private use, on every engine
 
 A combining mark (Unicode categories Mn, Mc, Me) belongs to the word it is written in:
 Hindi "हिन्दी", Arabic with harakat, Hebrew with points, Thai vowel signs, "café" typed
@@ -8,14 +8,17 @@ combining accent), so a search for "हिन्दी" found nothing on Postgre
 found "दिन है". Now ``mosaic.search``, SQLite and Postgres of any locale agree on every
 assigned code point: a word is a maximal run of letters, numbers, marks and private-use
 characters (L*, N*, M*, Co; private use as in unicode61's default, icon fonts' glyphs
-being part of a name); everything else separates words.
+being part of a name), but for the marks that dress an emoji (the variation selectors
+U+FE00-FE0F and U+E0100-E01EF, and U+20E3 of a keycap), which would glue "⚠️Warning"
+into one word; everything else separates words. Postgres needs a UTF8 database: under
+SQL_ASCII the code point ranges would meet bytes, so the migration refuses one.
 
 SQLite: the FTS5 table is rebuilt with ``categories 'L* N* M* Co'`` (unicode61's default
 'L* N* Co' splits at marks) and ``separators`` listing every assigned code point from
-U+0080 on that is in none of those categories (8,741 code points: punctuation, symbols,
-spaces, controls and format characters). unicode61's Unicode 6.1-era tables put what they
+U+0080 on that is not in a word (8,998 code points: punctuation, symbols, spaces, controls,
+format characters and the emoji's marks). unicode61's Unicode 6.1-era tables put what they
 do not know (newer emoji and symbols) in a category it always keeps inside words, so the
-list holds them one by one; SQLite 3.40.1 takes about 2,400 of them as exceptions. No
+list holds them one by one; SQLite 3.40.1 takes 2,689 of them as exceptions. No
 letter, number or mark needs ``tokenchars`` (tests/unit/test_search_engines.py probes
 every code point). unicode61 inserts each exception into a sorted array, so the list runs
 from the highest code point down (each insertion then moves the array instead of
@@ -25,13 +28,16 @@ uses the table.
 Postgres: its parser decides what a letter is by the database's LC_CTYPE, so
 ``search_tsv`` no longer goes through it. Every run of characters outside the word ranges
 (a bracket expression of explicit code points, which means the same in every locale)
-becomes one space; the text is lowered (the database's collation decides the case
-mapping, and words end at spaces, so a final sigma is the same in a row as in a query);
-each word is cut to its first 255 characters (a lexeme holds at most 2047 bytes, which
-array_to_tsvector does not check); the words become the lexemes, without positions.
+becomes one space; the text is lowered, ASCII letters by translate() (in every collation,
+a Turkish one included) and the rest by lower() (the database's collation decides that
+case mapping, and words end at spaces, so a final sigma is the same in a row as in a
+query); the function resources_search_words cuts each word to its first 255 characters
+(a lexeme holds at most 2047 bytes, which array_to_tsvector does not check; a regular
+expression would backtrack on every longer word); the words become the lexemes, without
+positions.
 resource-service builds its tsquery from the query's words the same way
 (ResourceStore.search). The downgrade runs resources_0005's upgrade again, which
-restores its column from its own data.
+restores its column from its own data, and drops the function.
 
 Revision ID: resources_0006
 Revises: resources_0005
@@ -84,21 +90,21 @@ _WORD_DATA = (
     "1C4D-1C7D,1C80-1C88,1C90-1CBA,1CBD-1CBF,1CD0-1CD2,1CD4-1CFA,1D00-1F15,1F18-1F1D,"
     "1F20-1F45,1F48-1F4D,1F50-1F57,1F59,1F5B,1F5D,1F5F-1F7D,1F80-1FB4,1FB6-1FBC,1FBE,"
     "1FC2-1FC4,1FC6-1FCC,1FD0-1FD3,1FD6-1FDB,1FE0-1FEC,1FF2-1FF4,1FF6-1FFC,2070-2071,"
-    "2074-2079,207F-2089,2090-209C,20D0-20F0,2102,2107,210A-2113,2115,2119-211D,2124,2126,"
-    "2128,212A-212D,212F-2139,213C-213F,2145-2149,214E,2150-2189,2460-249B,24EA-24FF,"
-    "2776-2793,2C00-2CE4,2CEB-2CF3,2CFD,2D00-2D25,2D27,2D2D,2D30-2D67,2D6F,2D7F-2D96,"
-    "2DA0-2DA6,2DA8-2DAE,2DB0-2DB6,2DB8-2DBE,2DC0-2DC6,2DC8-2DCE,2DD0-2DD6,2DD8-2DDE,"
-    "2DE0-2DFF,2E2F,3005-3007,3021-302F,3031-3035,3038-303C,3041-3096,3099-309A,309D-309F,"
-    "30A1-30FA,30FC-30FF,3105-312F,3131-318E,3192-3195,31A0-31BF,31F0-31FF,3220-3229,"
-    "3248-324F,3251-325F,3280-3289,32B1-32BF,3400-4DBF,4E00-A48C,A4D0-A4FD,A500-A60C,"
-    "A610-A62B,A640-A672,A674-A67D,A67F-A6F1,A717-A71F,A722-A788,A78B-A7CA,A7D0-A7D1,A7D3,"
-    "A7D5-A7D9,A7F2-A827,A82C,A830-A835,A840-A873,A880-A8C5,A8D0-A8D9,A8E0-A8F7,A8FB,"
-    "A8FD-A92D,A930-A953,A960-A97C,A980-A9C0,A9CF-A9D9,A9E0-A9FE,AA00-AA36,AA40-AA4D,"
-    "AA50-AA59,AA60-AA76,AA7A-AAC2,AADB-AADD,AAE0-AAEF,AAF2-AAF6,AB01-AB06,AB09-AB0E,"
-    "AB11-AB16,AB20-AB26,AB28-AB2E,AB30-AB5A,AB5C-AB69,AB70-ABEA,ABEC-ABED,ABF0-ABF9,"
-    "AC00-D7A3,D7B0-D7C6,D7CB-D7FB,E000-FA6D,FA70-FAD9,FB00-FB06,FB13-FB17,FB1D-FB28,"
-    "FB2A-FB36,FB38-FB3C,FB3E,FB40-FB41,FB43-FB44,FB46-FBB1,FBD3-FD3D,FD50-FD8F,FD92-FDC7,"
-    "FDF0-FDFB,FE00-FE0F,FE20-FE2F,FE70-FE74,FE76-FEFC,FF10-FF19,FF21-FF3A,FF41-FF5A,"
+    "2074-2079,207F-2089,2090-209C,20D0-20E2,20E4-20F0,2102,2107,210A-2113,2115,2119-211D,"
+    "2124,2126,2128,212A-212D,212F-2139,213C-213F,2145-2149,214E,2150-2189,2460-249B,"
+    "24EA-24FF,2776-2793,2C00-2CE4,2CEB-2CF3,2CFD,2D00-2D25,2D27,2D2D,2D30-2D67,2D6F,"
+    "2D7F-2D96,2DA0-2DA6,2DA8-2DAE,2DB0-2DB6,2DB8-2DBE,2DC0-2DC6,2DC8-2DCE,2DD0-2DD6,"
+    "2DD8-2DDE,2DE0-2DFF,2E2F,3005-3007,3021-302F,3031-3035,3038-303C,3041-3096,3099-309A,"
+    "309D-309F,30A1-30FA,30FC-30FF,3105-312F,3131-318E,3192-3195,31A0-31BF,31F0-31FF,"
+    "3220-3229,3248-324F,3251-325F,3280-3289,32B1-32BF,3400-4DBF,4E00-A48C,A4D0-A4FD,"
+    "A500-A60C,A610-A62B,A640-A672,A674-A67D,A67F-A6F1,A717-A71F,A722-A788,A78B-A7CA,"
+    "A7D0-A7D1,A7D3,A7D5-A7D9,A7F2-A827,A82C,A830-A835,A840-A873,A880-A8C5,A8D0-A8D9,"
+    "A8E0-A8F7,A8FB,A8FD-A92D,A930-A953,A960-A97C,A980-A9C0,A9CF-A9D9,A9E0-A9FE,AA00-AA36,"
+    "AA40-AA4D,AA50-AA59,AA60-AA76,AA7A-AAC2,AADB-AADD,AAE0-AAEF,AAF2-AAF6,AB01-AB06,"
+    "AB09-AB0E,AB11-AB16,AB20-AB26,AB28-AB2E,AB30-AB5A,AB5C-AB69,AB70-ABEA,ABEC-ABED,"
+    "ABF0-ABF9,AC00-D7A3,D7B0-D7C6,D7CB-D7FB,E000-FA6D,FA70-FAD9,FB00-FB06,FB13-FB17,"
+    "FB1D-FB28,FB2A-FB36,FB38-FB3C,FB3E,FB40-FB41,FB43-FB44,FB46-FBB1,FBD3-FD3D,FD50-FD8F,"
+    "FD92-FDC7,FDF0-FDFB,FE20-FE2F,FE70-FE74,FE76-FEFC,FF10-FF19,FF21-FF3A,FF41-FF5A,"
     "FF66-FFBE,FFC2-FFC7,FFCA-FFCF,FFD2-FFD7,FFDA-FFDC,10000-1000B,1000D-10026,10028-1003A,"
     "1003C-1003D,1003F-1004D,10050-1005D,10080-100FA,10107-10133,10140-10178,1018A-1018B,"
     "101FD,10280-1029C,102A0-102D0,102E0-102FB,10300-10323,1032D-1034A,10350-1037A,"
@@ -146,7 +152,7 @@ _WORD_DATA = (
     "1EE51-1EE52,1EE54,1EE57,1EE59,1EE5B,1EE5D,1EE5F,1EE61-1EE62,1EE64,1EE67-1EE6A,"
     "1EE6C-1EE72,1EE74-1EE77,1EE79-1EE7C,1EE7E,1EE80-1EE89,1EE8B-1EE9B,1EEA1-1EEA3,"
     "1EEA5-1EEA9,1EEAB-1EEBB,1F100-1F10C,1FBF0-1FBF9,20000-2A6DF,2A700-2B738,2B740-2B81D,"
-    "2B820-2CEA1,2CEB0-2EBE0,2F800-2FA1D,30000-3134A,E0100-E01EF,F0000-FFFFD,100000-10FFFD"
+    "2B820-2CEA1,2CEB0-2EBE0,2F800-2FA1D,30000-3134A,F0000-FFFFD,100000-10FFFD"
 )
 # Every assigned code point from U+0080 on outside those categories (surrogates aside,
 # which text cannot hold), from the same tables and checked by the same test.
@@ -160,15 +166,15 @@ _SEPARATOR_DATA = (
     "17D4-17D6,17D8-17DB,1800-180A,180E,1940,1944-1945,19DE-19FF,1A1E-1A1F,1AA0-1AA6,"
     "1AA8-1AAD,1B5A-1B6A,1B74-1B7E,1BFC-1BFF,1C3B-1C3F,1C7E-1C7F,1CC0-1CC7,1CD3,1FBD,"
     "1FBF-1FC1,1FCD-1FCF,1FDD-1FDF,1FED-1FEF,1FFD-1FFE,2000-2064,2066-206F,207A-207E,"
-    "208A-208E,20A0-20C0,2100-2101,2103-2106,2108-2109,2114,2116-2118,211E-2123,2125,2127,"
-    "2129,212E,213A-213B,2140-2144,214A-214D,214F,218A-218B,2190-2426,2440-244A,249C-24E9,"
-    "2500-2775,2794-2B73,2B76-2B95,2B97-2BFF,2CE5-2CEA,2CF9-2CFC,2CFE-2CFF,2D70,2E00-2E2E,"
-    "2E30-2E5D,2E80-2E99,2E9B-2EF3,2F00-2FD5,2FF0-2FFB,3000-3004,3008-3020,3030,3036-3037,"
-    "303D-303F,309B-309C,30A0,30FB,3190-3191,3196-319F,31C0-31E3,3200-321E,322A-3247,3250,"
-    "3260-327F,328A-32B0,32C0-33FF,4DC0-4DFF,A490-A4C6,A4FE-A4FF,A60D-A60F,A673,A67E,"
-    "A6F2-A6F7,A700-A716,A720-A721,A789-A78A,A828-A82B,A836-A839,A874-A877,A8CE-A8CF,"
-    "A8F8-A8FA,A8FC,A92E-A92F,A95F,A9C1-A9CD,A9DE-A9DF,AA5C-AA5F,AA77-AA79,AADE-AADF,"
-    "AAF0-AAF1,AB5B,AB6A-AB6B,ABEB,FB29,FBB2-FBC2,FD3E-FD4F,FDCF,FDFC-FDFF,FE10-FE19,"
+    "208A-208E,20A0-20C0,20E3,2100-2101,2103-2106,2108-2109,2114,2116-2118,211E-2123,2125,"
+    "2127,2129,212E,213A-213B,2140-2144,214A-214D,214F,218A-218B,2190-2426,2440-244A,"
+    "249C-24E9,2500-2775,2794-2B73,2B76-2B95,2B97-2BFF,2CE5-2CEA,2CF9-2CFC,2CFE-2CFF,2D70,"
+    "2E00-2E2E,2E30-2E5D,2E80-2E99,2E9B-2EF3,2F00-2FD5,2FF0-2FFB,3000-3004,3008-3020,3030,"
+    "3036-3037,303D-303F,309B-309C,30A0,30FB,3190-3191,3196-319F,31C0-31E3,3200-321E,"
+    "322A-3247,3250,3260-327F,328A-32B0,32C0-33FF,4DC0-4DFF,A490-A4C6,A4FE-A4FF,A60D-A60F,"
+    "A673,A67E,A6F2-A6F7,A700-A716,A720-A721,A789-A78A,A828-A82B,A836-A839,A874-A877,"
+    "A8CE-A8CF,A8F8-A8FA,A8FC,A92E-A92F,A95F,A9C1-A9CD,A9DE-A9DF,AA5C-AA5F,AA77-AA79,"
+    "AADE-AADF,AAF0-AAF1,AB5B,AB6A-AB6B,ABEB,FB29,FBB2-FBC2,FD3E-FD4F,FDCF,FDFC-FE19,"
     "FE30-FE52,FE54-FE66,FE68-FE6B,FEFF,FF01-FF0F,FF1A-FF20,FF3B-FF40,FF5B-FF65,FFE0-FFE6,"
     "FFE8-FFEE,FFF9-FFFD,10100-10102,10137-1013F,10179-10189,1018C-1018E,10190-1019C,101A0,"
     "101D0-101FC,1039F,103D0,1056F,10857,10877-10878,1091F,1093F,10A50-10A58,10A7F,10AC8,"
@@ -187,7 +193,7 @@ _SEPARATOR_DATA = (
     "1F6DD-1F6EC,1F6F0-1F6FC,1F700-1F773,1F780-1F7D8,1F7E0-1F7EB,1F7F0,1F800-1F80B,"
     "1F810-1F847,1F850-1F859,1F860-1F887,1F890-1F8AD,1F8B0-1F8B1,1F900-1FA53,1FA60-1FA6D,"
     "1FA70-1FA74,1FA78-1FA7C,1FA80-1FA86,1FA90-1FAAC,1FAB0-1FABA,1FAC0-1FAC5,1FAD0-1FAD9,"
-    "1FAE0-1FAE7,1FAF0-1FAF6,1FB00-1FB92,1FB94-1FBCA,E0001,E0020-E007F"
+    "1FAE0-1FAE7,1FAF0-1FAF6,1FB00-1FB92,1FB94-1FBCA,E0001,E0020-E007F,E0100-E01EF"
 )
 
 
@@ -249,21 +255,44 @@ def _escape(code: int) -> str:
 _WORD_CLASS = "".join(
     _escape(low) if low == high else f"{_escape(low)}-{_escape(high)}" for low, high in WORD_RANGES
 )
-# Words separated by single spaces, lowered, each cut to 255 characters (at most 1020
-# bytes; 255 is the largest bound Postgres' regular expressions take).
-_WORDS = (
-    "regexp_replace(lower(regexp_replace(title || ' ' || body, "
-    f"'[^{_WORD_CLASS}]+', ' ', 'g')), '([^ ]{{255}})[^ ]+', '\\1', 'g')"
+_ASCII_UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+# A row's or a query's words, lowered: ASCII letters by translate() first, since lower()
+# follows the database's collation and a Turkish or Azeri one lowers "I" to a dotless i; then
+# lower() for every other cased script the collation knows.
+LOWERED = f"lower(translate({{}}, '{_ASCII_UPPER}', '{_ASCII_UPPER.lower()}'))"
+# Text whose words are separated by single spaces -> its words, each cut to its first 255
+# characters (a lexeme holds at most 2047 bytes, which array_to_tsvector does not check).
+# A function rather than a regular expression: cutting with one backtracks, about 0.6 ms
+# for each word over 255 characters. resource-service builds its tsquery with it too.
+WORDS_FUNCTION = "resources_search_words"
+_CREATE_WORDS_FUNCTION = (
+    f"CREATE OR REPLACE FUNCTION {WORDS_FUNCTION}(spaced text) RETURNS text[] "  # noqa: S608
+    "LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE "
+    "RETURN ARRAY(SELECT left(w, 255) FROM unnest(string_to_array(spaced, ' ')) AS w "
+    "WHERE w <> '')"
 )
-_SEARCH_TSV = f"array_to_tsvector(array_remove(string_to_array({_WORDS}, ' '), ''))"
+_SPACED = f"regexp_replace(title || ' ' || body, '[^{_WORD_CLASS}]+', ' ', 'g')"
+_SEARCH_TSV = f"array_to_tsvector({WORDS_FUNCTION}({LOWERED.format(_SPACED)}))"
 
 _POSTGRES_UPGRADE = (
     "DROP INDEX IF EXISTS ix_resources_search",
     "ALTER TABLE resources DROP COLUMN IF EXISTS search_tsv",
+    _CREATE_WORDS_FUNCTION,
     f"ALTER TABLE resources ADD COLUMN search_tsv tsvector GENERATED ALWAYS AS ({_SEARCH_TSV}) "
     "STORED",
     "CREATE INDEX ix_resources_search ON resources USING gin (search_tsv)",
 )
+
+
+def _require_utf8() -> None:
+    """The word ranges are code points: in a SQL_ASCII database the regular expression
+    sees bytes, and every non-ASCII word would fall apart. Refuse, saying what to do."""
+    encoding = op.get_bind().exec_driver_sql("SHOW server_encoding").scalar()
+    if encoding != "UTF8":
+        raise RuntimeError(
+            f"resource-service's database uses the {encoding} encoding; search needs UTF8. "
+            "Create the database with ENCODING 'UTF8' (docs/SETUP.md)"
+        )
 
 
 def _run(sqlite: Sequence[str], postgres: Sequence[str]) -> None:
@@ -276,12 +305,15 @@ def _run(sqlite: Sequence[str], postgres: Sequence[str]) -> None:
 
 
 def upgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        _require_utf8()
     _run(_fts(_SQLITE_TOKENIZE), _POSTGRES_UPGRADE)
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         _resources_0005().upgrade()
+        op.execute(f"DROP FUNCTION IF EXISTS {WORDS_FUNCTION}(text)")
     else:
         _run(_fts("unicode61 remove_diacritics 0"), ())
 
