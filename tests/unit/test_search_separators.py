@@ -9,25 +9,17 @@ this check."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import unicodedata
-from pathlib import Path
 from types import ModuleType
 
-MIGRATION = (
-    Path(__file__).resolve().parents[2]
-    / "services/resource_service/migrations/versions/0005_search_separators.py"
-)
+from tests.support.search_words import resources_migration
+
 _WORD_CHAR = re.compile(r"[^\W_]")  # mosaic.search's words then: runs of these
 
 
 def _migration() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("resources_0005", MIGRATION)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return resources_migration("0005_search_separators.py")
 
 
 def _separates(code: int) -> bool:

@@ -6,30 +6,19 @@ resources_0006, which splits rows the same way on SQLite and Postgres."""
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import unicodedata
 from collections.abc import Callable
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 from mosaic.search import WORD_RANGES, query_words
-from tests.support.search_words import in_words
-
-MIGRATION = (
-    Path(__file__).resolve().parents[2]
-    / "services/resource_service/migrations/versions/0006_search_marks.py"
-)
+from tests.support.search_words import in_words, resources_migration
 
 
 def _migration() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("resources_0006", MIGRATION)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return resources_migration("0006_search_marks.py")
 
 
 _in_words = in_words
