@@ -30,9 +30,8 @@ import grpc
 import pytest
 import tomli_w
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from mosaic.config import load_config
 from mosaic.enrollment_url import parse_enrollment_url
@@ -40,6 +39,7 @@ from mosaic.errors import RemoteError
 from mosaic.federation.v1 import gateway_pb2, gateway_pb2_grpc, grants_pb2, grants_pb2_grpc
 from mosaic.x509ext import grant_identity, load_pem_certificates, verify_chain
 from tests.support.instances import Instance, internal_channel_as
+from tests.support.pki import csr_pem as _csr
 
 pytestmark = pytest.mark.slow
 
@@ -115,15 +115,6 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
 
 
 # ---- helpers that speak to B's enrollment listener directly --------------------------------
-
-
-def _csr(key: ec.EllipticCurvePrivateKey) -> str:
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a")]))
-        .sign(key, hashes.SHA256())
-    )
-    return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
 def _enrollment_channel(b: Instance) -> grpc.aio.Channel:

@@ -23,9 +23,8 @@ from typing import Any
 import grpc
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from mosaic.config import load_config
 from mosaic.errors import RemoteError
@@ -40,6 +39,7 @@ from mosaic.federation.v1 import (
 from mosaic.rpc.options import CLIENT_OPTIONS
 from mosaic.x509ext import grant_identity, serial_hex
 from tests.support.instances import Instance, enroll, internal_channel_as
+from tests.support.pki import csr_pem as _csr_pem
 
 pytestmark = pytest.mark.slow
 
@@ -97,16 +97,6 @@ def _federation_channel(b: Instance, key_pem: str, cert_pem: str) -> grpc.aio.Ch
     return grpc.aio.secure_channel(
         f"127.0.0.1:{config.ports.federation}", credentials, options=CLIENT_OPTIONS
     )
-
-
-def _csr_pem(key: ec.EllipticCurvePrivateKey | None = None) -> str:
-    key = key or ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a")]))
-        .sign(key, hashes.SHA256())
-    )
-    return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
 async def _refusal(awaitable: Any) -> RemoteError:

@@ -44,6 +44,7 @@ from mosaic.federation.v1 import (
 )
 from mosaic.x509ext import grant_extensions
 from tests.support.federation_fakes import FakeChannel, rpc_error
+from tests.support.pki import csr_pem as _csr_pem
 
 Hook = Callable[[Any], Awaitable[Any]]
 
@@ -123,12 +124,6 @@ class World:
 
 
 _CA_KEY = ec.generate_private_key(ec.SECP256R1())
-
-
-def _csr_pem(key: ec.EllipticCurvePrivateKey) -> str:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a")])
-    csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
-    return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
 def _certificate(csr_pem: str, serial: str, grant_id: str, subject_user_id: str) -> str:

@@ -29,6 +29,7 @@ from mosaic.federation.v1 import ca_pb2, gateway_pb2, grants_pb2
 from mosaic.rpc.interceptors import MalformedRequest
 from mosaic.x509ext import grant_extensions
 from tests.support.federation_fakes import GRANT_ID, SUBJECT, gated_servicer, grant_reply
+from tests.support.pki import csr_pem as _csr
 
 OLD = "1ab"  # the certificate A still holds
 CURRENT = "2cd"  # the one B made current, whose answer A lost
@@ -61,15 +62,6 @@ def _certificate(
         .sign(_CA, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
-def _csr(key: ec.EllipticCurvePrivateKey) -> str:
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a")]))
-        .sign(key, hashes.SHA256())
-    )
-    return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
 class B:
