@@ -95,6 +95,15 @@ class Ports:
             metrics=metrics,
         )
 
+    def of_service(self, service: str) -> dict[str, int]:
+        """The ports ``service`` listens on, by listener name."""
+        if service == GATEWAY:
+            own = {"admin": self.admin, "federation": self.federation}
+            own["enrollment"] = self.enrollment
+        else:
+            own = {"internal": self.internal[service]}
+        return {**own, "metrics": self.metrics[service]}
+
 
 @dataclass(frozen=True)
 class RateLimitConfig:

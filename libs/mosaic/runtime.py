@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mosaic import __version__
-from mosaic.config import SERVICES, ConfigError, InstanceConfig, read_home_file
+from mosaic.config import SERVICES, ConfigError, InstanceConfig, host_port, read_home_file
 from mosaic.db import Database
 from mosaic.federation.v1 import common_pb2, common_pb2_grpc
 from mosaic.logs import configure_logging
@@ -64,6 +65,26 @@ def _secret_text(path: Path) -> str:
         ) from None
 
 
+def ensure_ports_free(host: str, ports: Mapping[str, int]) -> None:
+    """Refuse to start when another process listens on one of ``ports`` (bound and closed
+    again at once, with the SO_REUSEADDR gRPC sets, so a port in TIME_WAIT passes)."""
+    for name, port in ports.items():
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot listen on {host_port(host, port)} ({name}): {exc.strerror or exc}",
+                    remediation=(
+                        "another process holds the port: stop it if it is this service "
+                        "already running (an older version included), or choose another "
+                        "port base for this instance"
+                    ),
+                ) from None
+
+
 def expiry_check(name: str, not_after: dt.datetime, remediation: str) -> common_pb2.Check:
     """A doctor row for a certificate: failing once fewer than 14 days are left."""
     left = not_after - dt.datetime.now(dt.UTC)
@@ -103,6 +124,10 @@ class ServiceRuntime:
         self.extra_dependencies: dict[str, Callable[[], Awaitable[object]]] = {}
 
     async def migrate(self) -> None:
+        """Bring the database to head, once this service's ports are known to be free: a
+        second copy of a running service (or an older version of it) is refused before it
+        changes the schema under the running one."""
+        ensure_ports_free(self.config.bind_host, self.config.ports.of_service(self.service))
         if self.db is not None:
             await self.db.migrate()
             current, _ = await self.db.revisions()

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -207,7 +208,16 @@ def test_doctor_on_a_stopped_service_fails_with_remediation(tmp_path: Path) -> N
         if s != "resource-service"
     ]
     try:
-        code, doc, _ = inst.cli("gateway", "doctor", "--wait", "3", timeout=60)
+        # Until every started service answers (a loaded machine starts them slowly).
+        deadline = time.monotonic() + 60
+        while True:
+            code, doc, _ = inst.cli("gateway", "doctor", timeout=60)
+            unreachable = {
+                c["service"] for c in doc["checks"] if c["name"] == "reachable" and not c["ok"]
+            }
+            if unreachable == {"resource-service"} or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         assert code == 1
         assert doc["ok"] is False
         failing = [c for c in doc["checks"] if not c["ok"]]

@@ -7,6 +7,8 @@ import contextlib
 import json
 import os
 import signal
+import socket
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,3 +147,36 @@ def test_init_of_a_home_being_written_is_refused_and_writes_nothing(tmp_path: Pa
     assert intermediate.public_key() == key.public_key()
     code, doc, _ = cli(home, "init", "--name", "c")
     assert code == 1 and doc["error"]["code"] == "CONFIG"
+
+
+def test_serve_of_a_service_already_running_is_refused_and_leaves_it_serving(
+    running: Instance,
+) -> None:
+    """`serve` takes no lock (compose runs one per container), so it is the ports that
+    refuse a second copy, before it touches the database the first one serves from."""
+    port = load_config(running.home).ports.internal["resource-service"]
+    code, doc, err = running.cli("serve", "resource-service", timeout=60)
+
+    assert code == 1, (doc, err)
+    assert doc["error"]["code"] == "CONFIG"
+    assert f":{port} (internal)" in doc["error"]["message"]
+    assert "stop it" in doc["error"]["remediation"]
+    assert "Traceback" not in err
+    code, doctor, _ = running.cli("gateway", "doctor")
+    assert code == 0, doctor
+
+
+def test_serve_with_a_port_taken_leaves_the_database_unmigrated(tmp_path: Path) -> None:
+    inst = Instance(tmp_path, "b")
+    config = load_config(inst.home)
+    database = config.data_dir / (SERVICES["resource-service"].module + ".db")
+    with socket.create_server(("127.0.0.1", config.ports.metrics["resource-service"])):
+        code, doc, err = inst.cli("serve", "resource-service", timeout=60)
+
+    assert code == 1, (doc, err)
+    assert "(metrics)" in doc["error"]["message"]
+    tables: list[str] = []
+    if database.exists():
+        with contextlib.closing(sqlite3.connect(database)) as db:
+            tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master")]
+    assert tables == []

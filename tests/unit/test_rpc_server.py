@@ -290,6 +290,18 @@ async def test_metrics_listener_serves_prometheus_text_and_refuses_a_taken_port(
         urllib.request.urlopen(f"http://{listener.address}/metrics", timeout=2)
 
 
+async def test_a_second_listener_on_a_taken_port_is_refused(config: InstanceConfig) -> None:
+    """gRPC lets a second server share a port through SO_REUSEPORT unless told not to: a
+    second copy of a service (or an older version left running) would take half its calls."""
+    async with _served(config, "ok", "operator") as channel:
+        with pytest.raises(OSError, match=r"cannot listen on 127\.0\.0\.1:\d+ \(internal\)"):
+            await _serve(config, "crash")
+        reply = await common_pb2_grpc.DiagnosticsStub(channel).SelfCheck(
+            common_pb2.SelfCheckRequest(), timeout=5
+        )
+        assert reply.service == "ok"  # the first listener still answers every call
+
+
 def test_a_status_carries_at_most_fifty_violations_and_counts_the_rest() -> None:
     """Violations travel in a trailer that gRPC caps at a few KiB: an import with hundreds
     of bad rows must still reach the caller as a readable error, not a bare one."""

@@ -54,6 +54,10 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.http2.min_recv_ping_interval_without_data_ms", CLIENT_KEEPALIVE_MS // 2),
     ("grpc.http2.max_ping_strikes", 2),
     ("grpc.max_connection_idle_ms", 15 * 60_000),
+    # gRPC sets SO_REUSEPORT by default on Linux, which lets a second server (a second
+    # copy of a service, or an older version left running) listen on the same port and
+    # take a share of its calls. One listener per port.
+    ("grpc.so_reuseport", 0),
 ]
 
 CLIENT_OPTIONS: list[tuple[str, int]] = [

@@ -96,7 +96,10 @@ class Listener:
         )
         for name in ["", *self.service_names]:
             await self.health.set(name, NOT_SERVING)
-        self.port = self.server.add_secure_port(self.address, self._credentials)
+        try:
+            self.port = self.server.add_secure_port(self.address, self._credentials)
+        except RuntimeError:  # grpcio's "Failed to bind to address"
+            self.port = 0
         if self.port == 0:
             raise OSError(f"cannot listen on {self.address} ({self.name})")
         await self.server.start()
