@@ -2,6 +2,11 @@
 
 Migrations (Alembic) run at start-up.
 
+A database that is down, unreachable, full or locked is an expected failure of a
+dependency, not a bug: :func:`database_unavailable` tells it from a programming error
+(bad SQL, a constraint), and the server interceptor answers it UNAVAILABLE
+``DATABASE_UNAVAILABLE`` with a retry delay instead of INTERNAL.
+
 On Postgres every service works inside its own schema: the connection's
 ``search_path`` is that schema, so table definitions carry no schema name and the
 same models and migrations run unchanged on SQLite.
@@ -26,6 +31,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, MetaData, event, pool, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -33,10 +39,79 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from mosaic.errors import ServiceError, unavailable
+
 T = TypeVar("T")
 
 # Threads (each with its own reader connection) for SQLite reads too slow for the loop.
 SQLITE_READ_WORKERS = 2
+
+DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
+DATABASE_RETRY_AFTER_S = 2.0
+# SQLite primary result codes (the low byte of the extended code) of a database that
+# cannot be used right now, not of a statement that is wrong: busy or locked (the busy
+# timeout ran out: another writer holds the lock), out of memory, read-only, I/O error,
+# disk full, file cannot be opened, lock protocol. Syntax errors and missing tables are
+# OperationalError too (SQLITE_ERROR), hence the codes rather than the class.
+_SQLITE_UNAVAILABLE = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+    }
+)
+# Postgres SQLSTATEs of the same: classes 08 (connection exception), 53 (insufficient
+# resources: disk full, out of memory, too many connections), 58 (system error: I/O), and
+# the server shutting down, crashed, or starting up (57P01-57P03).
+_POSTGRES_UNAVAILABLE_CLASSES = ("08", "53", "58")
+_POSTGRES_UNAVAILABLE_STATES = frozenset({"57P01", "57P02", "57P03"})
+
+
+class DatabaseUnreachable(ConnectionError):
+    """A new connection to the database could not be made (refused, reset, no such host,
+    timed out). asyncpg raises the bare OSError or TimeoutError, which alone would not say
+    it was the database that failed: :func:`_connect` names it."""
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database is down, unreachable, full or locked (retry later)
+    rather than that a statement is wrong (IntegrityError, ProgrammingError, bad SQL)."""
+    if isinstance(exc, (DatabaseUnreachable, sa_exc.TimeoutError, sa_exc.DisconnectionError)):
+        return True  # TimeoutError: no pooled connection came free in time
+    orig: object = exc
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:  # SQLAlchemy saw the connection drop
+            return True
+        orig = exc.orig
+    if isinstance(orig, sqlite3.Error):
+        code = getattr(orig, "sqlite_errorcode", None)
+        return code is not None and code & 0xFF in _SQLITE_UNAVAILABLE
+    sqlstate = getattr(orig, "sqlstate", None)  # asyncpg's and SQLAlchemy's adapter's
+    if isinstance(sqlstate, str) and sqlstate:
+        return (
+            sqlstate[:2] in _POSTGRES_UNAVAILABLE_CLASSES
+            or sqlstate in _POSTGRES_UNAVAILABLE_STATES
+        )
+    return False
+
+
+def database_unavailable_error(exc: BaseException) -> ServiceError | None:
+    """What a caller learns when ``exc`` is the database being unavailable (None
+    otherwise): nothing of the statement, the URL or the driver's message."""
+    if not database_unavailable(exc):
+        return None
+    return unavailable(
+        DATABASE_UNAVAILABLE,
+        "the service's database is unavailable",
+        remediation="retry shortly; operators: check the database (the service log has "
+        "the error under this request id)",
+        retry_after_s=DATABASE_RETRY_AFTER_S,
+    )
 
 
 class Database:
@@ -62,6 +137,7 @@ class Database:
                 pool_pre_ping=True,
                 connect_args={"server_settings": {"search_path": schema}},
             )
+            event.listen(self.engine.sync_engine, "do_connect", _connect)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._sqlite_reader: sqlite3.Connection | None = None
         self._sqlite_workers: ThreadPoolExecutor | None = None
@@ -184,6 +260,15 @@ class Database:
         if self._sqlite_reader is not None:
             self._sqlite_reader.close()
             self._sqlite_reader = None
+
+
+def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+    """Connect as SQLAlchemy would, naming a failure to reach the server (see
+    DatabaseUnreachable); the server's own refusals (SQLSTATE) pass unchanged."""
+    try:
+        return dialect.connect(*cargs, **cparams)
+    except (OSError, TimeoutError) as exc:
+        raise DatabaseUnreachable(f"cannot connect to the database: {type(exc).__name__}") from exc
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

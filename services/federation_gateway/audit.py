@@ -40,7 +40,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.dialects import sqlite
 
 from federation_gateway.store import federation_audit_log
-from mosaic.db import Database
+from mosaic.db import Database, database_unavailable
 from mosaic.ids import uuid7
 from mosaic.sqltypes import utcnow
 
@@ -72,6 +72,17 @@ AUDIT_BATCH_ROWS = Histogram(
     "Rows per committed audit transaction (group commit).",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
 )
+
+
+class AuditUnavailable(RuntimeError):
+    """The writer cannot commit now: it is stopping, or another connection held SQLite's
+    write lock for over LOCKED_WAIT_S. Nothing of the batch was written."""
+
+
+def audit_unavailable(error: BaseException) -> bool:
+    """Whether a failed ``record`` means the log cannot be written now (the writer stopping,
+    the database down, full or locked), rather than a bug."""
+    return isinstance(error, AuditUnavailable) or database_unavailable(error)
 
 
 @dataclass
@@ -204,7 +215,7 @@ class AuditWriter:
         of them (other replicas writing the same table commit in their own order).
         """
         if self._closed:
-            raise RuntimeError("audit writer stopped")
+            raise AuditUnavailable("audit writer stopped")
         if record.created_at is None:
             record.created_at = utcnow()
         # Postgres refuses NUL in text, and the detail may quote what a caller sent.
@@ -291,7 +302,7 @@ class AuditWriter:
                 await self._committing
         for _, done in self._pending:
             if not done.done():
-                done.set_exception(RuntimeError("audit writer stopped"))
+                done.set_exception(AuditUnavailable("audit writer stopped"))
         self._pending.clear()
         if self._sqlite is not None:
             self._sqlite.close()
@@ -338,7 +349,7 @@ class AuditWriter:
         def committed(finished: asyncio.Future[None]) -> None:
             self._committing = None
             if finished.cancelled():
-                self._settle(batch, RuntimeError("audit writer stopped"))
+                self._settle(batch, AuditUnavailable("audit writer stopped"))
             else:
                 self._settle(batch, finished.exception())
             if not self._closed:
@@ -445,7 +456,7 @@ class _SqliteCommits:
     async def commit_on_worker(self, params: list[tuple[Any, ...]]) -> None:
         loop = asyncio.get_running_loop()
         if not await loop.run_in_executor(self._executor, self._worker.append, params):
-            raise TimeoutError(f"audit log write lock held for over {LOCKED_WAIT_S:.0f} s")
+            raise AuditUnavailable(f"audit log write lock held for over {LOCKED_WAIT_S:.0f} s")
         self.on_worker += 1
         self._committed()
 

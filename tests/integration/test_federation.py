@@ -48,6 +48,7 @@ from mosaic.federation.v1 import (
 )
 from mosaic.rpc.options import CLIENT_OPTIONS, in_batches
 from tests.support.instances import Instance, internal_channel_as
+from tests.support.postgres import PostgresServer
 
 pytestmark = pytest.mark.slow
 
@@ -1245,3 +1246,56 @@ async def _core_path(inst: Instance) -> None:
     assert len(entries) == 5 + 1 + 1 + 1 + 1
     assert {e.request_id: e.outcome for e in entries}[rid] == "allowed"
     assert [e.outcome for e in entries].count("denied") == 1
+
+
+# ---- a database outage on PostgreSQL -----------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_a_database_outage_is_unavailable_and_passes(tmp_path: Path) -> None:
+    """With its Postgres stopped, B answers UNAVAILABLE with a reason and a retry delay
+    (not INTERNAL, which A would take for a broken answer), and serves again as soon as the
+    database is back. The cluster is this test's own: stopping the session's would fail
+    other tests."""
+    server = PostgresServer().start_or_skip()
+    try:
+        if server.backend != "local":
+            pytest.skip("stopping the database needs the local PostgreSQL backend")
+        inst = Instance(tmp_path, "bdown", db=server.create_database("mosaic_outage"))
+        inst.start()
+        try:
+            asyncio.run(_through_an_outage(inst, server))
+        finally:
+            inst.stop()
+    finally:
+        server.stop()
+
+
+async def _through_an_outage(inst: Instance, server: PostgresServer) -> None:
+    await import_rows(inst.home, rows())
+    cert = await grant_with_cert(inst, MAIN_SCOPE)
+    request = gateway_pb2.ListRequest(resource="tasks", page_size=5)
+    async with Peer(inst, cert) as peer:
+        before = await peer.stub.List(request, timeout=10)
+        server.pause("immediate")
+        err = await refusal(peer.stub.List(request, timeout=5))
+        assert err.code == grpc.StatusCode.UNAVAILABLE, err
+        assert err.reason in ("AUDIT_UNAVAILABLE", "DEPENDENCY_UNAVAILABLE"), err
+        assert err.retry_after_s
+        # The data source itself says why, as every service now does.
+        async with internal_channel_as(inst.home, "resource-service", "federation-gateway") as ch:
+            source = await refusal(
+                resources_pb2_grpc.ResourceSourceStub(ch).ListResources(
+                    resources_pb2.ListResourcesRequest(
+                        resource="tasks",
+                        visibility=common_pb2.Visibility(owner_user_id=U, include_personal=True),
+                        limit=1,
+                    ),
+                    timeout=5,
+                )
+            )
+        assert (source.code, source.reason) == (grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE")
+        assert "postgres" not in source.message.lower() and server.password not in str(source)
+        server.resume()
+        after = await peer.stub.List(request, timeout=10)
+        assert [i.id for i in after.items] == [i.id for i in before.items]

@@ -250,27 +250,8 @@ class PostgresServer(ManagedServer):
             pwfile.unlink(missing_ok=True)
 
         def start_on(port: int) -> None:
-            # fsync/synchronous_commit/full_page_writes off: this cluster is thrown away
-            # after the tests, crash safety buys nothing and costs a lot of time.
-            options = (
-                f"-p {port} -k '{sockdir}' -c listen_addresses={LOOPBACK}"
-                " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-                " -c max_connections=200"
-            )
             try:
-                # -l is required: without it the postmaster inherits our captured
-                # stdout/stderr pipes and run() never returns.
-                self._pg_ctl(
-                    "-l",
-                    str(self.log_path),
-                    "-o",
-                    options,
-                    "-w",
-                    "-t",
-                    str(int(self.startup_timeout)),
-                    "start",
-                    what="pg_ctl start",
-                )
+                self._start_cluster(port)
             except ServerStartError:
                 assert self.log_path is not None
                 raise_if_port_in_use(self.log_path, "postgres")
@@ -280,6 +261,41 @@ class PostgresServer(ManagedServer):
         wait_for_port(LOOPBACK, self.port, timeout=10)
         self.host = LOOPBACK
         self._admin_url = self._make_admin_url()
+
+    def _start_cluster(self, port: int) -> None:
+        assert self._dir is not None
+        # fsync/synchronous_commit/full_page_writes off: this cluster is thrown away
+        # after the tests, crash safety buys nothing and costs a lot of time.
+        options = (
+            f"-p {port} -k '{self._dir / 'sock'}' -c listen_addresses={LOOPBACK}"
+            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            " -c max_connections=200"
+        )
+        # -l is required: without it the postmaster inherits our captured stdout/stderr
+        # pipes and run() never returns.
+        self._pg_ctl(
+            "-l",
+            str(self.log_path),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            str(int(self.startup_timeout)),
+            "start",
+            what="pg_ctl start",
+        )
+
+    def pause(self, mode: str = "fast") -> None:
+        """Stop the server, keeping its data (an outage, for tests of one); local backend
+        only. ``mode`` is pg_ctl's: fast, or immediate (as a crash)."""
+        if self.backend != "local":
+            raise ServiceUnavailable("only a local PostgresServer can be paused")
+        self._pg_ctl("-m", mode, "-w", "stop", what="pg_ctl stop")
+
+    def resume(self) -> None:
+        """Start a paused server again, on the same port."""
+        self._start_cluster(self.port)
+        wait_for_port(LOOPBACK, self.port, timeout=10)
 
     def _pg_ctl(self, *args: str, what: str) -> None:
         assert self._bindir is not None and self._data is not None

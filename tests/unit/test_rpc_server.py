@@ -6,21 +6,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import sqlite3
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
+import sqlalchemy
 from google.rpc import error_details_pb2, status_pb2
 from grpc.aio import _server as aio_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
+from sqlalchemy import exc as sa_exc
 
 from mosaic.cli.instance import create_instance
 from mosaic.config import InstanceConfig
+from mosaic.db import DatabaseUnreachable
 from mosaic.errors import MAX_VIOLATIONS, RemoteError, invalid_argument
 from mosaic.federation.v1 import common_pb2, common_pb2_grpc
 from mosaic.metrics import MetricsListener
@@ -38,12 +43,15 @@ SECRET = "hunter2-database-password"
 
 
 class Exploding(common_pb2_grpc.DiagnosticsServicer):
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, error: Exception | None = None) -> None:
         self.mode = mode
+        self.error = error
 
     async def SelfCheck(
         self, request: common_pb2.SelfCheckRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.SelfCheckResponse:
+        if self.error is not None:
+            raise self.error
         if self.mode == "crash":
             raise RuntimeError(f"cannot connect with {SECRET}")
         if self.mode == "abort":
@@ -67,10 +75,11 @@ def config(tmp_path: Path) -> InstanceConfig:
 
 @contextlib.asynccontextmanager
 async def _served(
-    config: InstanceConfig, mode: str, identity: str
+    config: InstanceConfig, mode: str, identity: str, error: Exception | None = None
 ) -> AsyncIterator[grpc.aio.Channel]:
-    """A listener serving Exploding(mode), and a channel to it presenting ``identity``."""
-    listener = await _serve(config, mode)
+    """A listener serving Exploding(mode, error), and a channel to it presenting
+    ``identity``."""
+    listener = await _serve(config, mode, error)
     channel = secure_channel(
         config.internal_address("ca-service"),
         internal_client_credentials(config, identity),
@@ -83,7 +92,7 @@ async def _served(
         await listener.stop(0)
 
 
-async def _serve(config: InstanceConfig, mode: str) -> Listener:
+async def _serve(config: InstanceConfig, mode: str, error: Exception | None = None) -> Listener:
     port = config.ports.internal["ca-service"]
     listener = Listener(
         "internal",
@@ -93,7 +102,7 @@ async def _serve(config: InstanceConfig, mode: str) -> Listener:
     )
     listener.add(
         common_pb2_grpc.add_DiagnosticsServicer_to_server,
-        Exploding(mode),
+        Exploding(mode, error),
         "mosaic.federation.v1.Diagnostics",
     )
     await listener.start()
@@ -116,6 +125,141 @@ async def test_unexpected_exception_reaches_caller_as_generic_internal(
         assert remote.reason == "INTERNAL"
         request_id = dict(await call.trailing_metadata())[REQUEST_ID_HEADER]
         assert request_id in details and remote.metadata["request_id"] == request_id
+
+
+# ---- a database that fails: UNAVAILABLE when it is down, INTERNAL when the code is wrong ----
+
+
+def _sqlalchemy_error(tmp_path: Path, setup: str, statement: str) -> Exception:
+    """The error SQLAlchemy raises for ``statement`` on a real SQLite file (made ready with
+    ``setup``), whose path holds SECRET."""
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / SECRET}.db")
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(setup)
+        with engine.begin() as conn:
+            conn.exec_driver_sql(statement)
+    except Exception as exc:
+        return exc
+    finally:
+        engine.dispose()
+    raise AssertionError(f"{statement!r} did not fail")
+
+
+def _sqlite_cannot_open(tmp_path: Path) -> Exception:
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path}/{SECRET}/missing-dir/x.db")
+    try:
+        engine.connect()
+    except sa_exc.OperationalError as exc:
+        return exc
+    raise AssertionError("opened")
+
+
+def _sqlite_full(tmp_path: Path) -> Exception:
+    """A real SQLITE_FULL: the file may not grow past its page limit."""
+    conn = sqlite3.connect(tmp_path / "full.db")
+    conn.execute("CREATE TABLE t (x BLOB)")
+    conn.execute("PRAGMA max_page_count = 4")
+    try:
+        conn.execute("INSERT INTO t VALUES (zeroblob(100000))")
+    except sqlite3.OperationalError as exc:
+        return exc
+    finally:
+        conn.close()
+    raise AssertionError("not full")
+
+
+def _sqlite_locked(tmp_path: Path) -> Exception:
+    """A real SQLITE_BUSY: another connection holds the write lock past the busy timeout."""
+    path = tmp_path / "locked.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    other = sqlite3.connect(path, timeout=0)
+    try:
+        other.execute("INSERT INTO t VALUES (1)")
+    except sqlite3.OperationalError as exc:
+        return exc
+    finally:
+        other.close()
+        holder.close()
+    raise AssertionError("not locked")
+
+
+def _postgres(error: Exception, invalidated: bool = False) -> Exception:
+    """``error`` as SQLAlchemy's asyncpg dialect hands it on (the SQLSTATE on ``orig``)."""
+    return sa_exc.DBAPIError(
+        f"SELECT 1 -- {SECRET}", None, error, connection_invalidated=invalidated
+    )
+
+
+DATABASE_DOWN = {
+    "sqlite-cannot-open": _sqlite_cannot_open,
+    "sqlite-full": _sqlite_full,
+    "sqlite-locked": _sqlite_locked,
+    "connect-refused": lambda _: DatabaseUnreachable("cannot connect to the database"),
+    "pool-timeout": lambda _: sa_exc.TimeoutError(f"QueuePool limit reached {SECRET}"),
+    "connection-dropped": lambda _: _postgres(
+        Exception("connection was closed in the middle of operation"), invalidated=True
+    ),
+    "postgres-starting": lambda _: asyncpg.exceptions.CannotConnectNowError(
+        "the database system is starting up"
+    ),
+    "postgres-disk-full": lambda _: _postgres(asyncpg.exceptions.DiskFullError("no space")),
+    "postgres-shutdown": lambda _: _postgres(asyncpg.exceptions.AdminShutdownError("bye")),
+}
+
+PROGRAMMING_ERRORS = {
+    "integrity": lambda p: _sqlalchemy_error(
+        p, "CREATE TABLE t (x PRIMARY KEY); INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (1)"
+    ),
+    "bad-sql": lambda p: _sqlalchemy_error(p, "SELECT 1", "SELEC 1"),
+    "no-such-table": lambda p: _sqlalchemy_error(p, "SELECT 1", "SELECT * FROM missing"),
+    "postgres-unique": lambda _: _postgres(asyncpg.exceptions.UniqueViolationError("dup")),
+    "postgres-syntax": lambda _: _postgres(asyncpg.exceptions.PostgresSyntaxError("syntax")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DATABASE_DOWN))
+async def test_a_database_that_is_down_reaches_the_caller_as_unavailable(
+    config: InstanceConfig, tmp_path: Path, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Down, unreachable, full or locked: an expected failure of a dependency. The caller
+    gets UNAVAILABLE DATABASE_UNAVAILABLE with a retry delay and the request id, nothing of
+    the statement or the URL; the service log has the exception."""
+    error = DATABASE_DOWN[case](tmp_path)
+    async with _served(config, "ok", "operator", error) as channel:
+        call = common_pb2_grpc.DiagnosticsStub(channel).SelfCheck(
+            common_pb2.SelfCheckRequest(), timeout=5
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        request_id = dict(await call.trailing_metadata())[REQUEST_ID_HEADER]
+    remote = RemoteError.from_rpc_error(err.value)
+    assert (remote.code, remote.reason) == (grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE")
+    assert remote.retry_after_s is not None and remote.retry_after_s > 0
+    assert SECRET not in str(remote) and SECRET not in remote.remediation
+    assert "SELECT" not in remote.message and "sqlite" not in remote.message.lower()
+    assert request_id
+    assert any(r.exc_info and r.exc_info[1] is error for r in caplog.records)
+
+
+@pytest.mark.parametrize("case", sorted(PROGRAMMING_ERRORS))
+async def test_a_wrong_statement_stays_internal(
+    config: InstanceConfig, tmp_path: Path, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A constraint or bad SQL is a bug, not an outage: INTERNAL, traceback in our log."""
+    error = PROGRAMMING_ERRORS[case](tmp_path)
+    async with _served(config, "ok", "operator", error) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await common_pb2_grpc.DiagnosticsStub(channel).SelfCheck(
+                common_pb2.SelfCheckRequest(), timeout=5
+            )
+    remote = RemoteError.from_rpc_error(err.value)
+    assert (remote.code, remote.reason) == (grpc.StatusCode.INTERNAL, "INTERNAL")
+    assert SECRET not in str(remote)
+    logged = [r for r in caplog.records if r.exc_info and r.exc_info[1] is error]
+    assert logged and logged[0].levelname == "ERROR"
 
 
 async def test_service_error_carries_reason_remediation_and_violations(

@@ -32,6 +32,13 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
 # Called with (full method name, context) before the handler; raises ServiceError to refuse.
 Authorizer = Callable[[str, grpc.aio.ServicerContext], Awaitable[None]]
+# Called with an exception a handler let out; the error the caller gets when it is an
+# expected failure of a dependency (mosaic.db.database_unavailable_error), else None.
+ExpectedFailure = Callable[[BaseException], ServiceError | None]
+
+
+def _none_expected(_exc: BaseException) -> ServiceError | None:
+    return None
 
 
 def new_request_id() -> str:
@@ -92,8 +99,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         authorize: Authorizer | None,
         trust_request_id: bool,
         take_malformed: frozenset[str] = frozenset(),
+        expected_failure: ExpectedFailure = _none_expected,
     ) -> None:
         self._authorize = authorize
+        self._expected_failure = expected_failure
         self._trust_request_id = trust_request_id
         # Full method names whose handlers take a MalformedRequest themselves.
         self._take_malformed = take_malformed
@@ -180,7 +189,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     raise malformed_request_error()
                 response = await behavior(request, context)
             except BaseException as exc:
-                await _fail(exc, method, stats, context, rid, started)
+                await self._fail(exc, method, stats, context, rid, started)
                 raise  # unreachable: _fail always raises
             _completed(method, stats, grpc.StatusCode.OK, started)
             return response
@@ -200,39 +209,44 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 async for item in behavior(request, context):
                     yield item
             except BaseException as exc:
-                await _fail(exc, method, stats, context, rid, started)
+                await self._fail(exc, method, stats, context, rid, started)
                 raise
             _completed(method, stats, grpc.StatusCode.OK, started)
 
         return wrapped
 
-
-async def _fail(
-    exc: BaseException,
-    method: str,
-    stats: MethodStats,
-    context: grpc.aio.ServicerContext,
-    rid: str,
-    started: float,
-) -> None:
-    """Turn an exception into the status the caller gets; always raises."""
-    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
-        # The caller went away or its deadline passed: nobody reads a status, but count it.
-        stats.observe(grpc.StatusCode.CANCELLED, started)
+    async def _fail(
+        self,
+        exc: BaseException,
+        method: str,
+        stats: MethodStats,
+        context: grpc.aio.ServicerContext,
+        rid: str,
+        started: float,
+    ) -> None:
+        """Turn an exception into the status the caller gets; always raises."""
+        if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+            # The caller went away or its deadline passed: nobody reads a status, but count it.
+            stats.observe(grpc.StatusCode.CANCELLED, started)
+            raise exc
+        if isinstance(exc, grpc.aio.AbortError):  # the handler aborted with its own status
+            stats.observe(context.code() or grpc.StatusCode.UNKNOWN, started)
+            raise exc
+        error = exc if isinstance(exc, ServiceError) else None
+        if error is None and isinstance(exc, Exception):
+            error = self._expected_failure(exc)
+            if error is not None:
+                # A dependency failed (the database is down): the caller learns only that,
+                # and the request id; what failed, and how, stays in our log.
+                log.warning("%s failed: %s", method, error.reason, exc_info=exc)
+        if error is None:
+            # Unexpected: the traceback stays in our log; the caller learns only the request id.
+            log.error("unhandled exception in %s", method, exc_info=exc)
+            rid = rid or new_request_id()
+            error = internal_error(rid)
+        _completed(method, stats, error.code, started, reason=error.reason)
+        await context.abort_with_status(_with_request_id(error.to_status(), rid))
         raise exc
-    if isinstance(exc, grpc.aio.AbortError):  # the handler aborted with its own status
-        stats.observe(context.code() or grpc.StatusCode.UNKNOWN, started)
-        raise exc
-    if isinstance(exc, ServiceError):
-        _completed(method, stats, exc.code, started, reason=exc.reason)
-        await context.abort_with_status(_with_request_id(exc.to_status(), rid))
-        raise exc
-    # Unexpected: the traceback stays in our log; the caller learns only the request id.
-    log.error("unhandled exception in %s", method, exc_info=exc)
-    _completed(method, stats, grpc.StatusCode.INTERNAL, started, reason="INTERNAL")
-    rid = rid or new_request_id()
-    await context.abort_with_status(_with_request_id(internal_error(rid).to_status(), rid))
-    raise exc
 
 
 def _with_request_id(status: grpc.Status, rid: str) -> grpc.Status:

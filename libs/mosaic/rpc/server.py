@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from mosaic.db import database_unavailable_error
 from mosaic.metrics import SERVING as SERVING_GAUGE
 from mosaic.rpc.interceptors import Authorizer, ServerInterceptor
 from mosaic.rpc.options import SERVER_OPTIONS
@@ -73,6 +74,8 @@ class Listener:
                     authorize=authorize,
                     trust_request_id=trust_request_id,
                     take_malformed=take_malformed,
+                    # Every service has a database: its outages answer UNAVAILABLE.
+                    expected_failure=database_unavailable_error,
                 ),
                 *extra_interceptors,
             ],
