@@ -11,7 +11,9 @@
 * Every call has a deadline. Failures are :class:`PeerError` with a client-side code of
   DESIGN.md's taxonomy and, when B refused, B's own reason code, message, remediation and
   retry delay. NETWORK with a reason is B up but unable to answer (UNAVAILABLE
-  REVOCATIONS_NOT_LOADED, DEPENDENCY_UNAVAILABLE, ...); without one, B was not reached.
+  REVOCATIONS_NOT_LOADED, DEPENDENCY_UNAVAILABLE, DATABASE_UNAVAILABLE, ...; and B
+  failing internally, INTERNAL or gRPC's UNKNOWN, whose reason is that code and whose
+  message gives B's request id for B's operator); without one, B was not reached.
   Our own certificate is named instead of the network when it is the likely cause:
   UNAUTHENTICATED when it has expired (no call is made), or when B was not reached while
   its validity has not begun by our clock (B's handshake refuses it: a clock is off).
@@ -19,9 +21,10 @@
   expired one is dropped then, asked for or not), :data:`CACHE_MAX_ENTRIES` and
   :data:`CACHE_MAX_BYTES` at most (the oldest go first); one is served — marked stale,
   with its original fetch time — only when B cannot be reached (NETWORK without a reason
-  of B's: an answer B refuses to give now is not replaced by an older one). A peer's
-  answers are forgotten when B refuses us (FORBIDDEN, UNAUTHENTICATED) or answers wrongly
-  (INVALID_RESPONSE), and when the peer is flushed; a resource outside the grant's scope
+  of B's: an answer B cannot give now, an internal failure included, is not replaced by an
+  older one, which might hold what B would refuse now). A peer's answers are forgotten
+  when B refuses us (FORBIDDEN, UNAUTHENTICATED) or answers wrongly (INVALID_RESPONSE),
+  and when the peer is flushed; B failing to answer keeps them; a resource outside the grant's scope
   forgets that resource's answers only, and a ``get`` B answers NOT_FOUND that row's.
 """
 
@@ -85,7 +88,12 @@ _CODE_FOR_STATUS = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: RATE_LIMITED,
     grpc.StatusCode.UNAUTHENTICATED: UNAUTHENTICATED,
     grpc.StatusCode.INVALID_ARGUMENT: INVALID_ARGUMENT,
+    # B failed while answering (INTERNAL: an unexpected exception, UNKNOWN: one that got
+    # past B's own mapping): B cannot answer now, as with an outage; it withdrew nothing.
+    grpc.StatusCode.INTERNAL: NETWORK,
+    grpc.StatusCode.UNKNOWN: NETWORK,
 }
+_FAILED_TO_ANSWER = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
 # The status our own caller (the admin API) gets for each client-side code.
 _STATUS_FOR_CODE = {
     PEER_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
@@ -119,6 +127,9 @@ _REMEDIATION = {
     UNAUTHENTICATED: "the peer no longer accepts our certificate; renew or enroll again",
     INVALID_ARGUMENT: "check the arguments: the peer's reason and violations say which",
 }
+_FAILED_REMEDIATION = (
+    "retry later; if it keeps failing, give the peer's operator the request id in the message"
+)
 _NOT_YET_VALID_REMEDIATION = (
     "check that the peer gateway is running and reachable; if it is, a clock is off: "
     "check that this machine's clock is right (NTP), and ask the peer's "
@@ -647,21 +658,30 @@ def _peer_error(err: grpc.aio.AioRpcError) -> PeerError:
     reason of B's (gRPC's own: connection refused, handshake failed, deadline) is B not
     reached."""
     remote = RemoteError.from_rpc_error(err)
-    code = _CODE_FOR_STATUS.get(err.code(), INVALID_RESPONSE)
-    server_reason = remote.reason if remote.reason != err.code().name else ""
-    message = remote.message or err.code().name
-    if code == NETWORK:
+    status = err.code()
+    code = _CODE_FOR_STATUS.get(status, INVALID_RESPONSE)
+    server_reason = remote.reason if remote.reason != status.name else ""
+    message = remote.message or status.name
+    request_id = response_request_id(err.trailing_metadata())
+    remediation = remote.remediation
+    if status in _FAILED_TO_ANSWER:
+        server_reason = status.name
+        message = f"the peer failed to answer ({status.name})"
+        if request_id:
+            message += f"; its operator can find request id {request_id} in its log"
+        remediation = _FAILED_REMEDIATION
+    elif code == NETWORK:
         if server_reason:
             message = f"the peer is up but cannot answer now: {message}"
         else:
-            message = f"the peer did not answer ({err.code().name})"
+            message = f"the peer did not answer ({status.name})"
     return PeerError(
         code,
         message,
         server_reason=server_reason,
-        request_id=response_request_id(err.trailing_metadata()),
+        request_id=request_id,
         retry_after_s=remote.retry_after_s,
-        remediation=remote.remediation,
+        remediation=remediation,
         violations=remote.violations,
     )
 

@@ -98,6 +98,7 @@ class SlowPeer:
         self.release = asyncio.Event()
         self.started = asyncio.Event()
         self.refusal: ServiceError | None = None
+        self.request_id = ""  # sent with ``refusal``, as B's interceptor does
         self.get_refusals: dict[str, ServiceError] = {}  # by resource
         self.get_answers_another_row = False
         self.body = ""  # of the row Get answers
@@ -112,7 +113,11 @@ class SlowPeer:
     ) -> gateway_pb2.CapabilitiesResponse:
         self.started.set()
         if self.refusal is not None:
-            await context.abort_with_status(self.refusal.to_status())
+            status = self.refusal.to_status()
+            if self.request_id:
+                metadata = (*status.trailing_metadata, ("x-request-id", self.request_id))
+                status = status._replace(trailing_metadata=metadata)
+            await context.abort_with_status(status)
         await self.release.wait()
         return gateway_pb2.CapabilitiesResponse(server_version="test")
 
@@ -201,6 +206,7 @@ class FakeGrants:
         self.hold: asyncio.Event | None = None
         self.fetching = asyncio.Event()
         self.refusal: ServiceError | None = None
+        self.request_id = ""  # sent with ``refusal``, as B's interceptor does
 
     async def GetPeerCredentials(
         self, request: grants_pb2.GetPeerCredentialsRequest, timeout: float
@@ -496,9 +502,8 @@ async def test_a_cached_answer_is_served_stale_while_the_peer_is_offline(setup: 
             ServiceError(grpc.StatusCode.UNAUTHENTICATED, "CERT_NO_GRANT", "no grant"),
             "UNAUTHENTICATED",
         ),
-        (ServiceError(grpc.StatusCode.INTERNAL, "INTERNAL", "internal error"), "INVALID_RESPONSE"),
     ],
-    ids=["forbidden", "unauthenticated", "invalid-response"],
+    ids=["forbidden", "unauthenticated"],
 )
 async def test_after_the_peer_refused_us_none_of_its_answers_is_served_stale(
     setup: Setup, refusal: ServiceError, code: str
@@ -513,6 +518,27 @@ async def test_after_the_peer_refused_us_none_of_its_answers_is_served_stale(
     await setup.peer.go_offline()
     assert await _code_of(setup.client, _capabilities()) == "NETWORK"
     assert await _code_of(setup.client, _get("row-1")) == "NETWORK"
+
+
+@pytest.mark.parametrize("status", [grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN])
+async def test_the_peer_failing_to_answer_is_network_and_keeps_its_answers(
+    setup: Setup, status: grpc.StatusCode
+) -> None:
+    """B failing internally (its database down before it mapped that, a bug) is B unable to
+    answer now, not B withdrawing anything: NETWORK naming B's request id, nothing stale
+    served while B answers so, and the cache kept for when B goes offline next."""
+    setup.peer.release.set()
+    assert await _code_of(setup.client, _capabilities()) == "fresh"
+    setup.peer.refusal = ServiceError(status, "INTERNAL", "internal error (request id r-1)")
+    setup.peer.request_id = B_REQUEST_ID
+    with pytest.raises(PeerError) as caught:
+        await setup.client.query(_capabilities())
+    error = caught.value
+    assert (error.code, error.server_reason) == ("NETWORK", status.name)
+    assert B_REQUEST_ID in error.message and error.request_id == B_REQUEST_ID
+    assert error.to_service_error().code == grpc.StatusCode.UNAVAILABLE
+    await setup.peer.go_offline()
+    assert await _code_of(setup.client, _capabilities()) == "stale"
 
 
 async def test_a_wrong_answer_names_b_s_request_id_and_drops_the_peer_s_answers(
