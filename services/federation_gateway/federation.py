@@ -43,6 +43,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -101,7 +102,12 @@ log = logging.getLogger("mosaic.gateway.federation")
 
 VERBS = ("capabilities", "list", "get", "search")
 DEFAULT_PAGE_SIZE = 50
+# One resource-service read, its wait for a slot included. A read shared by several
+# requests keeps this bound whatever time each of them has left; each request waits for
+# it at most until its own deadline less ANSWER_MARGIN_S (the audit commit and the
+# answer), and is then answered UNAVAILABLE DEPENDENCY_UNAVAILABLE.
 SOURCE_DEADLINE_S = 5.0
+ANSWER_MARGIN_S = 0.5
 # Reads in flight to resource-service at once. More gains nothing: on SQLite every
 # concurrent read there holds its own connection thread, and beyond a few they only
 # contend for its GIL (measured: CPU per read grows several-fold at 16 in flight).
@@ -154,6 +160,9 @@ _DENIED = frozenset(
 _ALLOWED = frozenset({grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND})
 
 R = TypeVar("R")
+
+# The loop time by which the current request's read must be over (None: no deadline).
+_read_by: ContextVar[float | None] = ContextVar("mosaic_read_by", default=None)
 
 
 class _CancelledWhileFinishing(asyncio.CancelledError):
@@ -303,6 +312,13 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
             query_hash=query_hash(verb, request),
             source_address=(context.peer() or "")[:128] or None,
         )
+        if verb in _READS:
+            remaining = context.time_remaining()
+            _read_by.set(
+                None
+                if remaining is None
+                else asyncio.get_running_loop().time() + remaining - ANSWER_MARGIN_S
+            )
         try:
             view, identity = await self._authorize(
                 context, record, request if superseded_ok else None
@@ -834,21 +850,40 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
             shared = asyncio.ensure_future(self._call_source(method, request))
             self._inflight[key] = shared
             shared.add_done_callback(functools.partial(self._read_done, key))
-        return await self._source(asyncio.shield(shared))
+        return await self._source(shared)
 
     async def _call_source(self, method: Callable[..., Awaitable[R]], request: Any) -> R:
-        async with self._source_slots:
-            return await method(request, timeout=SOURCE_DEADLINE_S)
+        """The shared call: a slot and the answer within SOURCE_DEADLINE_S in all."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SOURCE_DEADLINE_S
+        slots = self._source_slots
+        if slots.locked():  # a timer only when the wait may be long
+            async with asyncio.timeout_at(deadline):
+                await slots.acquire()
+        else:
+            await slots.acquire()
+        try:
+            return await method(request, timeout=max(deadline - loop.time(), 0.001))
+        finally:
+            slots.release()
 
     def _read_done(self, key: tuple[Any, bytes], shared: asyncio.Future[Any]) -> None:
         self._inflight.pop(key, None)
         if not shared.cancelled():
             shared.exception()  # retrieved: every sharer may have gone away
 
-    async def _source(self, call: Awaitable[R]) -> R:
-        """Await resource-service; its refusals become ours, its outages UNAVAILABLE."""
+    async def _source(self, shared: asyncio.Future[R]) -> R:
+        """Await the shared resource-service call until this request's own deadline (less
+        ANSWER_MARGIN_S) at most; its refusals become ours, its outages and a call that
+        outlasts this request's time UNAVAILABLE."""
+        read_by = _read_by.get()
         try:
-            return await call
+            if read_by is None:
+                return await asyncio.shield(shared)
+            async with asyncio.timeout_at(read_by):  # one timer; the shared call goes on
+                return await asyncio.shield(shared)
+        except TimeoutError:  # no slot in time, or this request's own time ran out
+            raise _source_not_answering() from None
         except grpc.aio.AioRpcError as err:
             code = err.code()
             if code == grpc.StatusCode.NOT_FOUND:
@@ -859,14 +894,18 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
                     remote.reason, remote.message, violations=remote.violations
                 ) from None
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise unavailable(
-                    DEPENDENCY_UNAVAILABLE,
-                    "the data source is not answering",
-                    remediation="retry shortly",
-                    retry_after_s=1.0,
-                ) from None
+                raise _source_not_answering() from None
             log.error("resource-service failed", extra={"code": code.name})
             raise
+
+
+def _source_not_answering() -> ServiceError:
+    return unavailable(
+        DEPENDENCY_UNAVAILABLE,
+        "the data source is not answering",
+        remediation="retry shortly",
+        retry_after_s=1.0,
+    )
 
 
 def _unpinned_root(trust: ca_pb2.GetTrustBundleResponse) -> list[str]:

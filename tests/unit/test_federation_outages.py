@@ -8,7 +8,10 @@ failing at the moment of one commit cannot be provoked on demand in a real insta
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -18,9 +21,10 @@ from sqlalchemy import exc as sa_exc
 
 from federation_gateway import federation
 from federation_gateway.audit import AuditUnavailable
-from federation_gateway.federation import CertIdentity
-from mosaic.errors import ServiceError
-from mosaic.federation.v1 import common_pb2, gateway_pb2, resources_pb2
+from federation_gateway.federation import CertIdentity, FederationServicer
+from mosaic.errors import RemoteError, ServiceError
+from mosaic.federation.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, resources_pb2
+from mosaic.rpc.interceptors import ServerInterceptor
 from tests.support.federation_fakes import GRANT_ID, SUBJECT, gated_servicer, grant_reply
 
 SERIAL = "01ab"
@@ -123,3 +127,84 @@ async def test_a_bug_in_the_audit_write_stays_internal() -> None:
     servicer = gated_servicer(backend(lambda _request: ROWS), audit=Audit(error))
     with pytest.raises(sa_exc.IntegrityError):
         await servicer.List(gateway_pb2.ListRequest(resource="tasks"), Context())
+
+
+# ---- a data source that hangs ---------------------------------------------------------
+
+
+class _WithCertificate:
+    """The server's context, with the client certificate a TLS handshake would have
+    given (the identity is patched in: this server is plaintext)."""
+
+    def __init__(self, context: grpc.aio.ServicerContext) -> None:
+        self._context = context
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {"x509_pem_cert": [PEM]}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+class _Federation(gateway_pb2_grpc.FederationServicer):
+    def __init__(self, servicer: FederationServicer) -> None:
+        self._servicer = servicer
+
+    async def List(
+        self, request: gateway_pb2.ListRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.ListResponse:
+        return await self._servicer.List(request, _WithCertificate(context))
+
+
+@contextlib.asynccontextmanager
+async def _served(servicer: FederationServicer) -> AsyncIterator[gateway_pb2_grpc.FederationStub]:
+    """``servicer`` behind the real server interceptor, on a loopback port."""
+    server = grpc.aio.server(
+        interceptors=[ServerInterceptor(authorize=None, trust_request_id=False)]
+    )
+    gateway_pb2_grpc.add_FederationServicer_to_server(_Federation(servicer), server)  # type: ignore[abstract]
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield gateway_pb2_grpc.FederationStub(channel)
+    finally:
+        await channel.close()
+        await server.stop(None)
+
+
+async def test_a_hung_data_source_is_unavailable_within_the_peer_s_deadline() -> None:
+    """resource-service accepts the read and never answers: the peer gets UNAVAILABLE
+    DEPENDENCY_UNAVAILABLE (audited so) before its own deadline, not DEADLINE_EXCEEDED."""
+    hang = asyncio.Event()
+    audit = Audit()
+    servicer = gated_servicer(backend(lambda _request: hang.wait()), audit=audit)
+    async with _served(servicer) as stub:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.List(gateway_pb2.ListRequest(resource="tasks"), timeout=5)
+    remote = RemoteError.from_rpc_error(err.value)
+    assert err.value.code() != grpc.StatusCode.DEADLINE_EXCEEDED
+    assert (remote.code, remote.reason) == (grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE")
+    assert [(r.status, r.reason) for r in audit.committed] == [
+        ("UNAVAILABLE", "DEPENDENCY_UNAVAILABLE")
+    ]
+
+
+async def test_a_shared_read_outlives_a_sharer_with_little_time_left() -> None:
+    """Identical reads share one call: one whose caller has little time left gives up
+    alone; the others still get the rows when the source answers."""
+    answer = asyncio.Event()
+
+    async def slow(_request: Any) -> resources_pb2.ListResourcesResponse:
+        await answer.wait()
+        return ROWS
+
+    servicer = gated_servicer(backend(slow), audit=Audit())
+    request = gateway_pb2.ListRequest(resource="tasks")
+    hurried = asyncio.ensure_future(servicer.List(request, Context(remaining=0.6)))
+    patient = asyncio.ensure_future(servicer.List(request, Context(remaining=10.0)))
+    with pytest.raises(ServiceError) as err:
+        await asyncio.wait_for(hurried, 5)  # bounded, so the code before the fix fails
+    assert err.value.reason == "DEPENDENCY_UNAVAILABLE"
+    answer.set()
+    assert [i.id for i in (await patient).items] == ["t-1"]

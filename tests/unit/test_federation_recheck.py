@@ -58,6 +58,9 @@ class Context:
     def peer(self) -> str:
         return "ipv4:192.0.2.7:50000"
 
+    def time_remaining(self) -> float | None:
+        return None
+
 
 @pytest.fixture(autouse=True)
 def identity(monkeypatch: pytest.MonkeyPatch) -> None:
