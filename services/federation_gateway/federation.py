@@ -105,8 +105,10 @@ DEFAULT_PAGE_SIZE = 50
 # One resource-service read, its wait for a slot included. A read shared by several
 # requests keeps this bound whatever time each of them has left; each request waits for
 # it at most until its own deadline less ANSWER_MARGIN_S (the audit commit and the
-# answer), and is then answered UNAVAILABLE DEPENDENCY_UNAVAILABLE.
-SOURCE_DEADLINE_S = 5.0
+# answer), and is then answered UNAVAILABLE DEPENDENCY_UNAVAILABLE. Below the querying
+# gateway's 5 s less that margin, so a request with that much time needs no timer of its
+# own: the shared call is over first.
+SOURCE_DEADLINE_S = 4.0
 ANSWER_MARGIN_S = 0.5
 # Reads in flight to resource-service at once. More gains nothing: on SQLite every
 # concurrent read there holds its own connection thread, and beyond a few they only
@@ -256,7 +258,8 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         self._unfinished = gateway.unfinished
         self._source_slots = asyncio.Semaphore(SOURCE_CONCURRENCY)
         # Identical resource-service reads in flight right now (see _read).
-        self._inflight: dict[tuple[Any, bytes], asyncio.Future[Any]] = {}
+        # Reads in flight: each shared call and the loop time by which it is over.
+        self._inflight: dict[tuple[Any, bytes], tuple[asyncio.Future[Any], float]] = {}
         # The page last built from a shared read, as (read reply, grant view, page): the
         # other requests of the same grant that shared that read get the same page without
         # checking and copying its rows again (see _list).
@@ -845,17 +848,19 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         is still authorized, rate-limited and audited on its own.
         """
         key = (method, request.SerializeToString(deterministic=True))
-        shared = self._inflight.get(key)
-        if shared is None:
-            shared = asyncio.ensure_future(self._call_source(method, request))
-            self._inflight[key] = shared
+        inflight = self._inflight.get(key)
+        if inflight is None:
+            over_by = asyncio.get_running_loop().time() + SOURCE_DEADLINE_S
+            shared = asyncio.ensure_future(self._call_source(method, request, over_by))
+            self._inflight[key] = inflight = (shared, over_by)
             shared.add_done_callback(functools.partial(self._read_done, key))
-        return await self._source(shared)
+        return await self._source(*inflight)
 
-    async def _call_source(self, method: Callable[..., Awaitable[R]], request: Any) -> R:
-        """The shared call: a slot and the answer within SOURCE_DEADLINE_S in all."""
+    async def _call_source(
+        self, method: Callable[..., Awaitable[R]], request: Any, deadline: float
+    ) -> R:
+        """The shared call: a slot and the answer by ``deadline`` (loop time) in all."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + SOURCE_DEADLINE_S
         slots = self._source_slots
         if slots.locked():  # a timer only when the wait may be long
             async with asyncio.timeout_at(deadline):
@@ -872,13 +877,13 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         if not shared.cancelled():
             shared.exception()  # retrieved: every sharer may have gone away
 
-    async def _source(self, shared: asyncio.Future[R]) -> R:
-        """Await the shared resource-service call until this request's own deadline (less
-        ANSWER_MARGIN_S) at most; its refusals become ours, its outages and a call that
-        outlasts this request's time UNAVAILABLE."""
+    async def _source(self, shared: asyncio.Future[R], over_by: float) -> R:
+        """Await the shared resource-service call (over by ``over_by``) until this
+        request's own deadline (less ANSWER_MARGIN_S) at most; its refusals become ours,
+        its outages and a call that outlasts this request's time UNAVAILABLE."""
         read_by = _read_by.get()
         try:
-            if read_by is None:
+            if read_by is None or read_by >= over_by:  # the shared call's bound comes first
                 return await asyncio.shield(shared)
             async with asyncio.timeout_at(read_by):  # one timer; the shared call goes on
                 return await asyncio.shield(shared)

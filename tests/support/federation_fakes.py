@@ -5,6 +5,7 @@ a source that breaks its contract, a call that fails after taking effect."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import uuid
@@ -87,8 +88,15 @@ class _Method:
         self._backend = backend
 
     async def __call__(self, request: Any, timeout: float | None = None, **_: Any) -> Any:
+        """The backend's answer, or DEADLINE_EXCEEDED when ``timeout`` passes first, as a
+        real call's deadline would end it."""
         answer = self._backend(self._name, request)
-        return await answer if inspect.isawaitable(answer) else answer
+        if not inspect.isawaitable(answer):
+            return answer
+        try:
+            return await asyncio.wait_for(answer, timeout)
+        except TimeoutError:
+            raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
 
 
 class FakeChannel:
