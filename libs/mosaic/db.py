@@ -1,6 +1,7 @@
 """Storage: one async engine per service, on its own SQLite file or Postgres schema.
 
-Migrations (Alembic) run at start-up.
+Migrations (Alembic) run at start-up, all pending ones of a service in one transaction on
+either engine: a migration that fails leaves the database as it was.
 
 A database that is down, unreachable, full or locked is an expected failure of a
 dependency, not a bug: :func:`database_unavailable` tells it from a programming error
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import sqlite3
 import threading
@@ -42,6 +44,8 @@ from sqlalchemy.ext.asyncio import (
 from mosaic.errors import ServiceError, unavailable
 
 T = TypeVar("T")
+
+log = logging.getLogger("mosaic.db")
 
 # Threads (each with its own reader connection) for SQLite reads too slow for the loop.
 SQLITE_READ_WORKERS = 2
@@ -210,27 +214,74 @@ class Database:
         return cfg
 
     async def migrate(self) -> None:
-        """Create the schema (Postgres) and upgrade to head; replicas serialize on a lock
-        (an advisory lock on Postgres, a file lock beside the SQLite file)."""
-        if not self.is_sqlite:
-            await self._migrate()
-            return
-        lock_path = Path(self.url.split("///", 1)[1] + ".migrate-lock")
-        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        """Create the schema (Postgres) and upgrade to head in one transaction; replicas
+        serialize on a lock (an advisory lock on Postgres, a file lock beside the SQLite
+        file). A failure rolls every pending migration back and raises MigrationError,
+        the cause's traceback going to the log."""
         try:
-            await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
-            await self._migrate()
-        finally:
-            os.close(fd)  # closing releases the lock
+            if not self.is_sqlite:
+                await self._migrate(self.engine)
+                return
+            lock_path = Path(self.url.split("///", 1)[1] + ".migrate-lock")
+            fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+            try:
+                await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+                engine = self._sqlite_migration_engine()
+                try:
+                    await self._migrate(engine)
+                finally:
+                    await engine.dispose()
+            finally:
+                os.close(fd)  # closing releases the lock
+        except Exception as exc:
+            raise await self._migration_failed(exc) from exc
 
-    async def _migrate(self) -> None:
-        async with self.engine.begin() as conn:
+    async def _migrate(self, engine: AsyncEngine) -> None:
+        async with engine.begin() as conn:
             if not self.is_sqlite:
                 lock = zlib.crc32(f"mosaic-migrate-{self.schema}".encode())
                 await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock})
                 await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
             cfg = self._alembic_config()
             await conn.run_sync(_upgrade, cfg)
+
+    def _sqlite_migration_engine(self) -> AsyncEngine:
+        """An engine whose transactions really begin at BEGIN (SQLAlchemy's documented
+        recipe for pysqlite/aiosqlite). The sqlite3 module's own transaction handling opens
+        a transaction before INSERT, UPDATE or DELETE only, so each ALTER or CREATE of a
+        migration committed on its own and a failure left half a migration applied (and
+        the version unchanged, so every later start failed on what was already there).
+
+        BEGIN IMMEDIATE takes the write lock at once: migrations of replicas are already
+        serialized by the file lock, and a reader never waits for it (WAL). Foreign keys
+        stay enforced, as they were: the pragma cannot change inside a transaction, and no
+        migration recreates a table that others reference (a batch recreation of one
+        would need them off, set on the connection before BEGIN)."""
+        engine = create_async_engine(
+            self.url, connect_args={"timeout": 30}, poolclass=pool.NullPool
+        )
+        event.listen(engine.sync_engine, "connect", _sqlite_migration_connect)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin_immediate)
+        return engine
+
+    async def _migration_failed(self, exc: Exception) -> MigrationError:
+        head = ScriptDirectory.from_config(self._alembic_config()).get_current_head()
+        try:
+            current, _ = await self.revisions()
+        except Exception:  # the database does not answer either: say what is known
+            current = "unknown"
+        log.error(
+            "migration failed",
+            exc_info=exc,
+            extra={"schema": self.schema, "revision": current, "target": head},
+        )
+        return MigrationError(
+            f"could not migrate its database from {current or 'empty'} to {head}: "
+            f"{_first_line(exc)}",
+            remediation="nothing was changed (the migration runs in one transaction): fix "
+            "the cause (the log has the details) or restore the backup "
+            "(docs/RUNBOOK.md), then start the service again",
+        )
 
     async def revisions(self) -> tuple[str | None, str | None]:
         """(current revision in the database, head revision of the migration scripts)."""
@@ -269,6 +320,31 @@ def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
         return dialect.connect(*cargs, **cparams)
     except (OSError, TimeoutError) as exc:
         raise DatabaseUnreachable(f"cannot connect to the database: {type(exc).__name__}") from exc
+
+
+class MigrationError(Exception):
+    """A service's database could not be brought to its migrations' head; nothing changed."""
+
+    def __init__(self, message: str, *, remediation: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.remediation = remediation
+
+
+def _first_line(exc: Exception) -> str:
+    """The cause in a line: the driver's message without SQLAlchemy's SQL and parameters."""
+    orig = getattr(exc, "orig", None)
+    lines = str(orig if orig is not None else exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:300]
+
+
+def _sqlite_migration_connect(dbapi_conn: Any, record: Any) -> None:
+    dbapi_conn.isolation_level = None  # the driver opens no transaction: "begin" does
+    _sqlite_pragmas(dbapi_conn, record)
+
+
+def _sqlite_begin_immediate(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -243,10 +243,14 @@ def serve(
         )
     config = load_or_fail(ctx, state(ctx).home)
     module = importlib.import_module(SERVICES[service].module + ".app")
+    from mosaic.db import MigrationError  # the service imported it already; the CLI need not
+
     try:
         asyncio.run(module.main(config))
     except ConfigError as exc:
         fail(ctx, "CONFIG", exc.message, exc.remediation)
+    except MigrationError as exc:
+        fail(ctx, "MIGRATION", f"{service} {exc.message}", exc.remediation)
 
 
 @app.command()
