@@ -220,49 +220,42 @@ class Database:
         the cause's traceback going to the log."""
         try:
             if not self.is_sqlite:
-                await self._migrate(self.engine)
+                await self._migrate()
                 return
             lock_path = Path(self.url.split("///", 1)[1] + ".migrate-lock")
             fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
             try:
                 await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
-                engine = self._sqlite_migration_engine()
-                try:
-                    await self._migrate(engine)
-                finally:
-                    await engine.dispose()
+                await self._migrate()
             finally:
                 os.close(fd)  # closing releases the lock
         except Exception as exc:
             raise await self._migration_failed(exc) from exc
 
-    async def _migrate(self, engine: AsyncEngine) -> None:
-        async with engine.begin() as conn:
-            if not self.is_sqlite:
-                lock = zlib.crc32(f"mosaic-migrate-{self.schema}".encode())
-                await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock})
-                await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
-            cfg = self._alembic_config()
-            await conn.run_sync(_upgrade, cfg)
-
-    def _sqlite_migration_engine(self) -> AsyncEngine:
-        """An engine whose transactions really begin at BEGIN (SQLAlchemy's documented
-        recipe for pysqlite/aiosqlite). The sqlite3 module's own transaction handling opens
-        a transaction before INSERT, UPDATE or DELETE only, so each ALTER or CREATE of a
-        migration committed on its own and a failure left half a migration applied (and
-        the version unchanged, so every later start failed on what was already there).
-
-        BEGIN IMMEDIATE takes the write lock at once: migrations of replicas are already
-        serialized by the file lock, and a reader never waits for it (WAL). Foreign keys
-        stay enforced, as they were: the pragma cannot change inside a transaction, and no
-        migration recreates a table that others reference (a batch recreation of one
-        would need them off, set on the connection before BEGIN)."""
-        engine = create_async_engine(
-            self.url, connect_args={"timeout": 30}, poolclass=pool.NullPool
-        )
-        event.listen(engine.sync_engine, "connect", _sqlite_migration_connect)
-        event.listen(engine.sync_engine, "begin", _sqlite_begin_immediate)
-        return engine
+    async def _migrate(self) -> None:
+        async with self.engine.connect() as conn:
+            if self.is_sqlite:
+                # SQLAlchemy's recipe for pysqlite/aiosqlite, on this connection only: the
+                # driver opens no transaction of its own (AUTOCOMMIT sets its
+                # isolation_level to None until the connection goes back to the pool) and
+                # the transaction starts at our BEGIN. The driver's own handling opens one
+                # before INSERT, UPDATE or DELETE only, so each ALTER or CREATE of a
+                # migration committed by itself and a failure left half a migration applied
+                # (the version unchanged: every later start failed on what was there).
+                # IMMEDIATE takes the write lock at once; replicas already wait on the file
+                # lock, readers never wait (WAL). Foreign keys stay enforced as they were:
+                # the pragma cannot change inside a transaction, and no migration recreates
+                # a table that others reference (docs/CONTRIBUTING.md, "Migrations").
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+            async with conn.begin():
+                if self.is_sqlite:
+                    await conn.exec_driver_sql("BEGIN IMMEDIATE")
+                else:
+                    lock = zlib.crc32(f"mosaic-migrate-{self.schema}".encode())
+                    await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock})
+                    await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
+                cfg = self._alembic_config()
+                await conn.run_sync(_upgrade, cfg)
 
     async def _migration_failed(self, exc: Exception) -> MigrationError:
         head = ScriptDirectory.from_config(self._alembic_config()).get_current_head()
@@ -336,15 +329,6 @@ def _first_line(exc: Exception) -> str:
     orig = getattr(exc, "orig", None)
     lines = str(orig if orig is not None else exc).strip().splitlines()
     return (lines[0] if lines else type(exc).__name__)[:300]
-
-
-def _sqlite_migration_connect(dbapi_conn: Any, record: Any) -> None:
-    dbapi_conn.isolation_level = None  # the driver opens no transaction: "begin" does
-    _sqlite_pragmas(dbapi_conn, record)
-
-
-def _sqlite_begin_immediate(conn: Connection) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
