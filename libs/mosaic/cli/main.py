@@ -23,6 +23,13 @@ from mosaic.cli.commands_seal import seal_app
 from mosaic.cli.federation import federation_app
 from mosaic.cli.home_lock import LOCK_FILE, HomeBusy, lock_home
 from mosaic.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliState, emit, fail, state, table
+from mosaic.cli.supervise import (
+    CRASH_WINDOW_S,
+    MAX_EXITS_IN_WINDOW,
+    ExitHistory,
+    describe_exit,
+    exit_text,
+)
 from mosaic.config import (
     DEFAULT_PORT_BASE,
     SERVICES,
@@ -272,10 +279,10 @@ def up(ctx: typer.Context) -> None:
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    for service in START_ORDER:
-        children[service] = subprocess.Popen(
+    def start(service: str) -> subprocess.Popen[bytes]:
+        # A restart is the same command as the first start: same arguments and
+        # environment, and the lock passed on.
+        return subprocess.Popen(
             [sys.executable, "-m", "mosaic.cli", "--home", str(config.home), "serve", service],
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
             pass_fds=(lock.fd,),
@@ -283,19 +290,81 @@ def up(ctx: typer.Context) -> None:
             # services ignore it and are stopped below, in order.
             preexec_fn=_ignore_sigint,
         )
-    exit_code = 0
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    for service in START_ORDER:
+        children[service] = start(service)
+    exits = {service: ExitHistory() for service in START_ORDER}
+    restart_at: dict[str, float] = {}  # services waiting out their delay, not running
+    gave_up: tuple[str, int] | None = None
     while not stopping:
-        for service, child in children.items():
-            if child.poll() is not None:
-                _up_log(f"{service} exited with {child.returncode}; stopping")
-                exit_code = 1
+        now = time.monotonic()
+        for service in START_ORDER:
+            if service in restart_at:
+                if now >= restart_at[service]:
+                    del restart_at[service]
+                    children[service] = start(service)
+                    _up_log(
+                        "info",
+                        "service started again",
+                        child=service,
+                        pid=children[service].pid,
+                        restarts=exits[service].restarts,
+                    )
+                continue
+            returncode = children[service].poll()
+            if returncode is None:
+                continue
+            delay = exits[service].next_delay(now)
+            if delay is None:
+                _up_log(
+                    "error",
+                    "service keeps exiting; stopping the instance",
+                    child=service,
+                    **describe_exit(returncode),
+                    exits_in_window=MAX_EXITS_IN_WINDOW,
+                    window_s=CRASH_WINDOW_S,
+                )
+                gave_up = (service, returncode)
                 stopping = True
                 break
-        time.sleep(0.2)
-    # The gateway first, ca-service last, each once the one before has exited: a service
-    # stops while the services it calls still answer, so the work it finishes at shutdown
-    # (an enrollment, a renewal) can reach them.
+            restart_at[service] = now + delay
+            _up_log(
+                "warning",
+                "service exited; starting it again",
+                child=service,
+                **describe_exit(returncode),
+                restarts=exits[service].restarts,
+                next_delay_s=delay,
+            )
+        else:
+            time.sleep(0.2)  # so a stop request waits at most this long
+    not_running = set(restart_at) | ({gave_up[0]} if gave_up else set())
+    exit_code = _stop_in_order(children, skip=not_running)
+    if gave_up is not None:
+        service, returncode = gave_up
+        fail(
+            ctx,
+            "SERVICE_KEEPS_EXITING",
+            f"{service} exited {MAX_EXITS_IN_WINDOW} times within {CRASH_WINDOW_S:g} s "
+            f"(last: {exit_text(returncode)}); every service of the instance was stopped",
+            f"its log lines above say why (or run `mosaic serve {service}` alone); "
+            "fix that, then run mosaic up again",
+        )
+    raise typer.Exit(exit_code)
+
+
+def _stop_in_order(children: dict[str, subprocess.Popen[bytes]], *, skip: set[str]) -> int:
+    """Stop the running services, the gateway first, ca-service last, each once the one
+    before has exited: a service stops while the services it calls still answer, so the
+    work it finishes at shutdown (an enrollment, a renewal) can reach them. ``skip``: the
+    services not running, whose exit was logged already. Exit 1 when one had to be killed
+    or stopped with an error."""
+    exit_code = 0
     for service in reversed(START_ORDER):
+        if service in skip:
+            continue
         child = children[service]
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
@@ -304,15 +373,33 @@ def up(ctx: typer.Context) -> None:
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
-                _up_log(f"{service} did not stop within {STOP_TIMEOUT_PER_SERVICE_S:g} s; killed")
+                _up_log(
+                    "error",
+                    f"{service} did not stop within {STOP_TIMEOUT_PER_SERVICE_S:g} s; killed",
+                )
         if child.returncode != 0:  # killed, crashed, or stopped with an error
-            _up_log(f"{service} ended with exit status {child.returncode}")
+            _up_log(
+                "error",
+                f"{service} ended with {exit_text(child.returncode)}",
+                child=service,
+                **describe_exit(child.returncode),
+            )
             exit_code = 1
-    raise typer.Exit(exit_code)
+    return exit_code
 
 
-def _up_log(message: str) -> None:
-    typer.echo(json.dumps({"level": "error", "service": "mosaic-up", "msg": message}))
+def _up_log(level: str, message: str, **fields: object) -> None:
+    """One JSON log line like the services' (mosaic.logs), from `up` itself."""
+    now = time.time()
+    doc = {
+        "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+        + f".{int(now * 1000) % 1000:03d}Z",
+        "level": level,
+        "service": "mosaic-up",
+        "msg": message,
+        **fields,
+    }
+    typer.echo(json.dumps(doc, separators=(",", ":")))
 
 
 def _ignore_sigint() -> None:

@@ -1,0 +1,60 @@
+"""`mosaic up`'s restart policy: a service that exits on its own is started again after a
+growing delay, until it keeps exiting.
+
+A service does not exit because a dependency is down (it answers NOT_SERVING and recovers
+by itself, RUNBOOK.md "Reading the doctor"), so an exit `up` did not ask for is a crash, a
+kill from outside, or a failure at start-up (configuration, a port taken). The first two
+are worth a restart; the last is not, and shows as exits that come back quickly.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Final
+
+# The delay before restarting a service, by how many times it exited within the window
+# (the first exit: 1 s). One exit more than there are delays within the window and `up`
+# gives up: a service that cannot start at all is given up on after about 20 s.
+RESTART_DELAYS_S: Final = (1.0, 2.0, 4.0, 8.0)
+CRASH_WINDOW_S: Final = 60.0
+MAX_EXITS_IN_WINDOW: Final = len(RESTART_DELAYS_S) + 1
+
+
+@dataclass
+class ExitHistory:
+    """The exits of one service that `up` did not ask for."""
+
+    recent: deque[float] = field(default_factory=deque)  # monotonic times within the window
+    restarts: int = 0  # since `up` started
+
+    def next_delay(self, now: float) -> float | None:
+        """Record an exit at ``now``: the delay before the next start, or None when the
+        service has exited MAX_EXITS_IN_WINDOW times within CRASH_WINDOW_S."""
+        while self.recent and self.recent[0] <= now - CRASH_WINDOW_S:
+            self.recent.popleft()
+        self.recent.append(now)
+        if len(self.recent) >= MAX_EXITS_IN_WINDOW:
+            return None
+        self.restarts += 1
+        return RESTART_DELAYS_S[len(self.recent) - 1]
+
+
+def describe_exit(returncode: int) -> dict[str, int | str | None]:
+    """A child's end for a log line: its exit status, or the signal that ended it."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return {"exit_status": None, "signal": name}
+    return {"exit_status": returncode, "signal": None}
+
+
+def exit_text(returncode: int) -> str:
+    """The same, in words: ``exit status 1`` or ``ended by SIGKILL``."""
+    end = describe_exit(returncode)
+    if end["signal"] is not None:
+        return f"ended by {end['signal']}"
+    return f"exit status {end['exit_status']}"
