@@ -34,6 +34,11 @@ class RateLimiter(Protocol):
         """Take one request's worth of the limit for ``key``."""
         ...
 
+    async def refund(self, key: str) -> None:
+        """Give back one request's worth taken by :meth:`acquire` for ``key`` (never more
+        than a full burst: a key with nothing taken stays as it is)."""
+        ...
+
     async def close(self) -> None: ...
 
     async def ping(self) -> None:
@@ -62,6 +67,16 @@ class LocalGcra:
             self._evict(now)
         self._tat[key] = new_tat
         return Decision(True)
+
+    async def refund(self, key: str) -> None:
+        tat = self._tat.get(key)
+        if tat is None:
+            return
+        tat -= self._interval
+        if tat <= time.monotonic():
+            del self._tat[key]  # a full burst again
+        else:
+            self._tat[key] = tat
 
     def _evict(self, now: float) -> None:
         # Keys whose TAT has passed carry no state worth keeping. If that frees too little
@@ -106,6 +121,22 @@ redis.call('SET', KEYS[1], new_tat, 'PX', math.floor((new_tat - now) / 1000) + 1
 return {1, 0}
 """
 
+# The same key and interval: one interval taken back, never below now (a full burst).
+_REFUND_LUA = """
+local interval = tonumber(ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if not tat then return 0 end
+tat = tat - interval
+if tat <= now then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], tat, 'PX', math.floor((tat - now) / 1000) + 1000)
+end
+return 1
+"""
+
 
 class RedisGcra:
     """GCRA in Valkey/Redis via one Lua script (EVALSHA), shared by every gateway replica."""
@@ -116,6 +147,7 @@ class RedisGcra:
         check_rate(per_second, burst)
         self._client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self._script = self._client.register_script(_GCRA_LUA)
+        self._refund_script = self._client.register_script(_REFUND_LUA)
         self._interval_us = int(1_000_000 / per_second)
         self._burst = burst
         self._prefix = prefix
@@ -127,6 +159,9 @@ class RedisGcra:
         if int(allowed) == 1:
             return Decision(True)
         return Decision(False, int(wait_us) / 1_000_000)
+
+    async def refund(self, key: str) -> None:
+        await self._refund_script(keys=[f"{self._prefix}:{key}"], args=[self._interval_us])
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -47,6 +47,19 @@ async def test_local_keys_are_independent(clock: Clock) -> None:
     assert (await limiter.acquire("b")).allowed
 
 
+async def test_a_refund_gives_back_one_request_and_never_more_than_a_burst(clock: Clock) -> None:
+    limiter = LocalGcra(per_second=0.1, burst=5)
+    assert all([(await limiter.acquire("a")).allowed for _ in range(5)])
+    await limiter.refund("a")
+    assert (await limiter.acquire("a")).allowed  # the one given back
+    assert not (await limiter.acquire("a")).allowed
+    for _ in range(20):  # refunds beyond what was taken are worth nothing
+        await limiter.refund("a")
+    assert [(await limiter.acquire("a")).allowed for _ in range(6)] == [True] * 5 + [False]
+    await limiter.refund("never-seen")
+    assert "never-seen" not in limiter._tat
+
+
 @pytest.mark.parametrize(
     ("per_second", "burst"),
     [(0, 1), (1, 0), (-1, 5), (math.nan, 5), (math.inf, 5), (2e6, 5), (1, 2_000_000)],
@@ -109,3 +122,24 @@ async def test_a_server_clock_stepping_back_does_not_lock_every_grant_out(
     finally:
         await limiter.close()
         await client.aclose()
+
+
+@pytest.mark.redis
+async def test_a_redis_refund_gives_back_one_request_to_every_replica(
+    redis_server: RedisServer,
+) -> None:
+    prefix = f"test:{uuid.uuid4().hex}"
+    one = RedisGcra(redis_server.url, per_second=0.1, burst=5, prefix=prefix)
+    two = RedisGcra(redis_server.url, per_second=0.1, burst=5, prefix=prefix)
+    try:
+        assert all([(await one.acquire("addr")).allowed for _ in range(5)])
+        await one.refund("addr")
+        assert (await two.acquire("addr")).allowed  # the one given back, on the other replica
+        assert not (await two.acquire("addr")).allowed
+        for _ in range(20):
+            await two.refund("addr")
+        assert [(await one.acquire("addr")).allowed for _ in range(6)] == [True] * 5 + [False]
+        await one.refund("never-seen")
+    finally:
+        await one.close()
+        await two.close()
