@@ -41,6 +41,15 @@ NOT_FOUND = "NOT_FOUND"
 DEPENDENCY_UNAVAILABLE = "DEPENDENCY_UNAVAILABLE"
 RATE_LIMITED = "RATE_LIMITED"
 
+# Error metadata enrollment-service adds to a failed redeem, stating what it knew of the
+# token when it failed: TOKEN_NOT_CHECKED (failed before the token was looked at) or
+# TOKEN_VALID (the token had been claimed: it exists, is unexpired and unused). The
+# gateway takes back the per-address redeem charge only for a failure of the serving
+# side's own making that says one of these (SECURITY.md, threat 3).
+TOKEN_CHECK_KEY = "token_check"  # noqa: S105 - a metadata key and its values, not secrets
+TOKEN_NOT_CHECKED = "not_checked"  # noqa: S105
+TOKEN_VALID = "valid"  # noqa: S105
+
 # Codes of failed calls that may nonetheless have taken effect: after one, read back.
 OUTCOME_UNKNOWN_CODES = frozenset(
     {

@@ -38,6 +38,9 @@ from enrollment_service.store import TokenRow, TokenStore
 from mosaic.errors import (
     DEPENDENCY_UNAVAILABLE,
     INVALID_ARGUMENT,
+    TOKEN_CHECK_KEY,
+    TOKEN_NOT_CHECKED,
+    TOKEN_VALID,
     RemoteError,
     ServiceError,
     failed_precondition,
@@ -176,7 +179,8 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
         if not domain.is_well_formed_token(token):
             raise _refused(domain.RedeemRefused(domain.TOKEN_UNKNOWN), None, hint)
         token_hash = domain.hash_token(token)
-        trust = await self._trust_bundle()  # before the claim: nothing slow after activation
+        # Before the claim (nothing slow after activation), so before the token is checked.
+        trust = await self._trust_bundle()
         now = utcnow()
         row = await self._store.claim(token_hash, now=now, until=now + domain.CLAIM_DURATION)
         if row is None:
@@ -190,12 +194,14 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
         progress = _Progress()
         try:
             return await self._redeem_claimed(row, request.csr_pem, hint, progress, trust)
-        except BaseException:
+        except BaseException as exc:
             # Whatever stopped the redeem before the grant became active (refusal, CA or
             # grants failure, cancellation), the token goes back to unused. Shielded so a
             # cancelled caller cannot leave the claim behind.
             if not (progress.activated or progress.outcome_unknown):
                 await asyncio.shield(self._release(row))
+            if isinstance(exc, ServiceError):
+                exc.metadata[TOKEN_CHECK_KEY] = TOKEN_VALID  # it was claimed
             raise
 
     async def _redeem_claimed(
@@ -486,6 +492,7 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
                 "the certificate authority is not answering",
                 remediation="retry shortly; the enrollment token is still unused",
                 retry_after_s=5.0,
+                metadata={TOKEN_CHECK_KEY: TOKEN_NOT_CHECKED},
             ) from None
         return reply
 

@@ -1,9 +1,10 @@
 """PeerEnrollment: the enrollment listener's one RPC (server TLS; the token authenticates).
 
-Every attempt, allowed or not, is rate-limited per source address and leaves an audit
-row before the answer goes out. The redeem itself happens in enrollment-service; this
-servicer adds what only the listener knows: who is calling, our federation endpoint,
-and the root peers must trust for our TLS server certificate.
+Every attempt, allowed or not, is rate-limited per source address (one that failed on
+our side's own trouble, the token not at fault, is given back: _not_charged) and leaves
+an audit row before the answer goes out. The redeem itself happens in
+enrollment-service; this servicer adds what only the listener knows: who is calling, our
+federation endpoint, and the root peers must trust for our TLS server certificate.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from mosaic.config import ENROLLMENT
 from mosaic.errors import (
     CA_BACKEND_REASON_PREFIX,
     INTERNAL,
+    TOKEN_CHECK_KEY,
+    TOKEN_NOT_CHECKED,
+    TOKEN_VALID,
     RemoteError,
     ServiceError,
     internal_error,
@@ -79,8 +83,12 @@ _DENIED_CODES: Final = frozenset(
         grpc.StatusCode.NOT_FOUND,
     }
 )
-# Ids the enrollment service attaches for our audit row; never passed on to the peer.
-_AUDIT_ONLY_METADATA: Final = ("grant_id", "peer_id", "request_id")
+# What the enrollment service attaches for us (our audit row, the limit); never passed on
+# to the peer.
+_AUDIT_ONLY_METADATA: Final = ("grant_id", "peer_id", "request_id", TOKEN_CHECK_KEY)
+# What the enrollment service says of the token when a redeem failed on our side's own
+# trouble, for which the attempt is not charged to the caller's address (_not_charged).
+_TOKEN_NOT_AT_FAULT: Final = frozenset({TOKEN_NOT_CHECKED, TOKEN_VALID})
 
 
 def source_host(peer: str) -> str:
@@ -122,10 +130,11 @@ class PeerEnrollmentServicer(gateway_pb2_grpc.PeerEnrollmentServicer):
         hint = "" if type(request) is MalformedRequest else token_hint(request.token)
         audit = _Audit(self._gateway, source, hint, started)
 
+        key = limit_key(source)
         try:
             await within_limit(
                 self._gateway.redeem_limiter,
-                limit_key(source),
+                key,
                 "too many enrollment attempts from this address",
                 remediation="wait the delay in RetryInfo before trying again",
             )
@@ -151,6 +160,8 @@ class PeerEnrollmentServicer(gateway_pb2_grpc.PeerEnrollmentServicer):
         except grpc.aio.AioRpcError as err:
             remote = RemoteError.from_rpc_error(err)
             answer = _for_peer(remote)
+            if _not_charged(remote, answer):
+                await self._refund(key)
             await self._gateway.audit.record(
                 audit.row(
                     "denied" if answer.code in _DENIED_CODES else "error",
@@ -196,6 +207,25 @@ class PeerEnrollmentServicer(gateway_pb2_grpc.PeerEnrollmentServicer):
             },
         )
         return reply
+
+    async def _refund(self, key: str) -> None:
+        try:
+            await self._gateway.redeem_limiter.refund(key)
+        except Exception as exc:  # the limit's store down: the attempt stays charged
+            log.warning("redeem limit refund failed", extra={"error": type(exc).__name__})
+
+
+def _not_charged(remote: RemoteError, answer: ServiceError) -> bool:
+    """Whether an attempt is given back to the caller's per-address limit: only when it
+    failed on our side's own trouble (a dependency down or slow: the peer is told
+    UNAVAILABLE) and enrollment-service says the token was not the cause, because it
+    failed before the token was looked at or after the token was claimed as valid. Such an
+    answer says nothing about a token the caller does not already hold, so the limit still
+    bounds guessing; a refused token, and a failure nobody placed, stay charged."""
+    return (
+        answer.code == grpc.StatusCode.UNAVAILABLE
+        and remote.metadata.get(TOKEN_CHECK_KEY) in _TOKEN_NOT_AT_FAULT
+    )
 
 
 class _Audit:

@@ -1,11 +1,16 @@
-"""Redeem when the activation's outcome is lost: enrollment-service against the real
+"""Redeem when something fails on the serving side: enrollment-service against the real
 TokenStore and GrantsServicer (SQLite), with the failure injected in the transport.
 
 If ActivateGrantAndPeer committed but its answer was lost, and grants-service cannot be
 asked afterwards either, nothing tells whether the grant is now active with the new
 certificate. Revoking that certificate (as for a refusal) would leave an active grant
 with a dead certificate and a token every retry is refused; so it is kept, and the
-token's claim is left to lapse."""
+token's claim is left to lapse.
+
+A redeem that fails because our CA is down is not charged to the caller's per-address
+limit (the gateway's enrollment listener, in front): the peer's automatic repeats and
+its operator's retry must not end in RATE_LIMITED, which would hide the cause. A refused
+token is still charged, whatever else is down."""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -30,15 +36,19 @@ from enrollment_service import domain
 from enrollment_service.app import MIGRATIONS as ENROLLMENT_MIGRATIONS
 from enrollment_service.servicer import EnrollmentServicer
 from enrollment_service.store import TokenStore, federation_enrollment_tokens
+from federation_gateway.peer_enrollment import PeerEnrollmentServicer
+from federation_gateway.ratelimit import LocalGcra
 from grants_service.app import MIGRATIONS as GRANTS_MIGRATIONS
 from grants_service.servicer import ChangeNotifier, GrantsServicer
 from grants_service.store import GrantsStore
+from mosaic.config import RateLimitConfig
 from mosaic.db import Database
 from mosaic.errors import ServiceError
 from mosaic.federation.v1 import (
     ca_pb2,
     ca_pb2_grpc,
     enrollment_pb2,
+    gateway_pb2,
     grants_pb2,
     grants_pb2_grpc,
 )
@@ -59,7 +69,9 @@ class World:
     issued: list[str] = field(default_factory=list)
     csr_pem: str = field(default_factory=lambda: _csr_pem(ec.generate_private_key(ec.SECP256R1())))
 
-    def enrollment(self, hooks: dict[str, Hook]) -> EnrollmentServicer:
+    def enrollment(
+        self, hooks: dict[str, Hook], ca_hooks: dict[str, Hook] | None = None
+    ) -> EnrollmentServicer:
         async def grants_backend(name: str, request: Any) -> Any:
             hook = hooks.get(name)
             if hook is not None:
@@ -72,6 +84,9 @@ class World:
                 raise rpc_error(exc.code, exc.message) from None
 
         async def ca_backend(name: str, request: Any) -> Any:
+            hook = (ca_hooks or {}).get(name)
+            if hook is not None:
+                return await hook(request)
             if name == "GetTrustBundle":
                 return ca_pb2.GetTrustBundleResponse()
             if name == "IssueCertificate":
@@ -343,3 +358,109 @@ async def test_a_peer_that_enrolled_another_grant_since_still_gets_its_answer(
     assert await world.redeem({}) == "OK 5e0001 repeated"
     assert await other.redeem({}) == "OK 5e0002 repeated"
     assert world.issued == ["5e0001", "5e0002"]
+
+
+# ---- what a failed redeem costs the caller's per-address limit -----------------------
+
+
+def _listener(tmp_path: Path, enrollment: EnrollmentServicer, limiter: LocalGcra) -> Any:
+    """The gateway's enrollment listener in front of ``enrollment``, limited by
+    ``limiter`` (the audit rows are another test's business)."""
+    (tmp_path / "root.crt").write_text("ROOT")
+
+    async def backend(name: str, request: Any) -> Any:
+        try:
+            return await getattr(enrollment, name)(request, None)
+        except ServiceError as exc:  # as the gRPC server would send it
+            status = exc.to_status()
+            raise grpc.aio.AioRpcError(
+                status.code,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(*status.trailing_metadata),
+                status.details,
+            ) from None
+
+    async def record(_row: Any) -> None:
+        return None
+
+    gateway = SimpleNamespace(
+        runtime=SimpleNamespace(
+            config=SimpleNamespace(federation_endpoint="b:7443", federation_pki_dir=tmp_path),
+            channels=SimpleNamespace(get=lambda _name: FakeChannel(backend)),
+        ),
+        redeem_limiter=limiter,
+        audit=SimpleNamespace(record=record, record_soon=lambda _row: None),
+    )
+    return PeerEnrollmentServicer(gateway)  # type: ignore[arg-type]
+
+
+class _Peer:
+    def peer(self) -> str:
+        return "ipv4:192.0.2.7:50000"
+
+
+async def _redeem_at(listener: Any, token: str, csr_pem: str) -> str:
+    try:
+        reply = await listener.Redeem(
+            gateway_pb2.PeerRedeemRequest(token=token, csr_pem=csr_pem), _Peer()
+        )
+    except ServiceError as exc:
+        return f"{exc.code.name} {exc.reason}"
+    return f"OK {reply.serial}"
+
+
+async def _ca_unavailable(_request: Any) -> Any:
+    raise rpc_error(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses")
+
+
+def _default_redeem_limit() -> LocalGcra:
+    defaults = RateLimitConfig()
+    return LocalGcra(defaults.redeem_per_second, defaults.redeem_burst)
+
+
+def _other_token() -> str:
+    return domain.new_token(dt.datetime.now(dt.UTC), dt.timedelta(minutes=15)).token
+
+
+@pytest.mark.parametrize("failing", ["GetTrustBundle", "IssueCertificate"])
+async def test_redeems_our_ca_could_not_serve_do_not_use_up_the_callers_limit(
+    world: World, tmp_path: Path, failing: str
+) -> None:
+    """Two `peer add` runs while our CA is down (before the token is checked, or when
+    issuing for the valid token), each redeeming four times as A does (at once, then
+    after 1, 3 and 8 s): more than the default burst of 5, and none is RATE_LIMITED."""
+    limiter = _default_redeem_limit()
+    down = _listener(tmp_path, world.enrollment({}, {failing: _ca_unavailable}), limiter)
+
+    outcomes = [await _redeem_at(down, world.token, world.csr_pem) for _ in range(8)]
+
+    assert outcomes == ["UNAVAILABLE UNAVAILABLE"] * 8
+    assert await world.token_state() == "unused"
+    up = _listener(tmp_path, world.enrollment({}), limiter)
+    assert await _redeem_at(up, world.token, world.csr_pem) == "OK 5e0001"
+
+
+async def test_refused_tokens_are_charged_and_a_down_ca_tells_a_guesser_nothing(
+    world: World, tmp_path: Path
+) -> None:
+    """The limit bounds token guessing. While our CA is down before the token is checked,
+    the right token and a wrong one get the same answer (not charged, but it tells
+    nothing); while it fails after the check, a wrong token is refused as always and
+    charged, so making our CA fail buys a guesser no free answers."""
+    limiter = _default_redeem_limit()
+    before_check = _listener(
+        tmp_path, world.enrollment({}, {"GetTrustBundle": _ca_unavailable}), limiter
+    )
+    right = await _redeem_at(before_check, world.token, world.csr_pem)
+    wrong = await _redeem_at(before_check, _other_token(), world.csr_pem)
+    assert right == wrong == "UNAVAILABLE UNAVAILABLE"
+
+    after_check = _listener(
+        tmp_path, world.enrollment({}, {"IssueCertificate": _ca_unavailable}), limiter
+    )
+    guesses = [await _redeem_at(after_check, _other_token(), world.csr_pem) for _ in range(6)]
+
+    assert guesses == ["UNAUTHENTICATED TOKEN_UNKNOWN"] * 5 + ["RESOURCE_EXHAUSTED RATE_LIMITED"]
+    assert await _redeem_at(after_check, world.token, world.csr_pem) == (
+        "RESOURCE_EXHAUSTED RATE_LIMITED"  # the address's budget is spent, for any token
+    )

@@ -14,7 +14,8 @@ import pytest
 
 from federation_gateway.audit import AuditRecord
 from federation_gateway.peer_enrollment import PeerEnrollmentServicer, limit_key, source_host
-from mosaic.errors import ServiceError
+from federation_gateway.ratelimit import LocalGcra
+from mosaic.errors import TOKEN_CHECK_KEY, TOKEN_VALID, ServiceError
 from mosaic.federation.v1 import gateway_pb2
 from mosaic.rpc.interceptors import MalformedRequest
 from tests.support.federation_fakes import Backend, FakeChannel
@@ -260,3 +261,34 @@ async def test_a_redeem_that_does_not_parse_is_counted_audited_and_refused(
         "REQUEST_MALFORMED",
         None,
     )
+
+
+async def test_a_failure_nobody_placed_before_or_after_the_token_check_is_charged(
+    tmp_path: Path,
+) -> None:
+    """UNAVAILABLE from enrollment-service without its word on the token (a failure it
+    did not place, or enrollment-service not reached at all): the gateway cannot tell
+    that the token was not refused, so the attempt stays charged."""
+    limiter = LocalGcra(per_second=0.1, burst=2)
+    backend = _failing(grpc.StatusCode.UNAVAILABLE, "DEPENDENCY_UNAVAILABLE", "db down")
+    servicer, _ = _servicer(tmp_path, backend, limiter)
+    reasons = []
+    for _ in range(3):
+        with pytest.raises(ServiceError) as refused:
+            await servicer.Redeem(_request(), Context())
+        reasons.append(refused.value.reason)
+    assert reasons == ["UNAVAILABLE", "UNAVAILABLE", "RATE_LIMITED"]
+
+
+async def test_the_word_on_the_token_is_not_passed_on_to_the_peer(tmp_path: Path) -> None:
+    backend = _failing(
+        grpc.StatusCode.UNAUTHENTICATED,
+        "TOKEN_UNKNOWN",
+        "unknown token",
+        metadata={TOKEN_CHECK_KEY: TOKEN_VALID},
+    )
+    servicer, _ = _servicer(tmp_path, backend)
+    with pytest.raises(ServiceError) as refused:
+        await servicer.Redeem(_request(), Context())
+    assert refused.value.reason == "TOKEN_UNKNOWN"
+    assert TOKEN_CHECK_KEY not in refused.value.metadata
