@@ -20,6 +20,7 @@ from federation_gateway.federation import FederationServicer
 from federation_gateway.ratelimit import LocalGcra, RateLimiter
 from federation_gateway.revocations import RevokedSerials
 from federation_gateway.unfinished import UnfinishedWork
+from mosaic.errors import ServiceError
 from mosaic.federation.v1 import ca_pb2, grants_pb2, grants_pb2_grpc
 
 GRANT_ID = str(uuid.uuid4())
@@ -80,6 +81,18 @@ def grant_view(
 
 def rpc_error(code: grpc.StatusCode, details: str = "") -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+
+
+def service_rpc_error(error: ServiceError) -> grpc.aio.AioRpcError:
+    """``error`` as its caller receives it from a real server: the rich status
+    (ErrorInfo, RetryInfo, ...) in the trailing metadata."""
+    status = error.to_status()
+    return grpc.aio.AioRpcError(
+        status.code,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(*status.trailing_metadata),
+        status.details,
+    )
 
 
 class _Method:

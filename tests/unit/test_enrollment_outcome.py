@@ -53,7 +53,7 @@ from mosaic.federation.v1 import (
     grants_pb2_grpc,
 )
 from mosaic.x509ext import grant_extensions
-from tests.support.federation_fakes import FakeChannel, rpc_error
+from tests.support.federation_fakes import FakeChannel, rpc_error, service_rpc_error
 from tests.support.pki import csr_pem as _csr_pem
 
 Hook = Callable[[Any], Awaitable[Any]]
@@ -371,14 +371,8 @@ def _listener(tmp_path: Path, enrollment: EnrollmentServicer, limiter: LocalGcra
     async def backend(name: str, request: Any) -> Any:
         try:
             return await getattr(enrollment, name)(request, None)
-        except ServiceError as exc:  # as the gRPC server would send it
-            status = exc.to_status()
-            raise grpc.aio.AioRpcError(
-                status.code,
-                grpc.aio.Metadata(),
-                grpc.aio.Metadata(*status.trailing_metadata),
-                status.details,
-            ) from None
+        except ServiceError as exc:
+            raise service_rpc_error(exc) from None
 
     async def record(_row: Any) -> None:
         return None

@@ -18,7 +18,7 @@ from federation_gateway.ratelimit import LocalGcra
 from mosaic.errors import TOKEN_CHECK_KEY, TOKEN_VALID, ServiceError
 from mosaic.federation.v1 import gateway_pb2
 from mosaic.rpc.interceptors import MalformedRequest
-from tests.support.federation_fakes import Backend, FakeChannel
+from tests.support.federation_fakes import Backend, FakeChannel, service_rpc_error
 
 CA_DETAIL = "step-ca refused provisioner 'mosaic-b' at ca.internal:9000; check ca.json"
 
@@ -71,14 +71,8 @@ def _request() -> gateway_pb2.PeerRedeemRequest:
 async def test_the_serving_sides_ca_trouble_is_not_told_to_the_peer(tmp_path: Path) -> None:
     """ca-service's backend refusal names B's CA set-up: the peer gets a generic
     UNAVAILABLE, and the row says error (B's fault), not denied (the peer's)."""
-    refusal = ServiceError(
-        grpc.StatusCode.FAILED_PRECONDITION, "CA_BACKEND_REJECTED", CA_DETAIL
-    ).to_status()
-    error = grpc.aio.AioRpcError(
-        refusal.code,
-        grpc.aio.Metadata(),
-        grpc.aio.Metadata(*refusal.trailing_metadata),
-        refusal.details,
+    error = service_rpc_error(
+        ServiceError(grpc.StatusCode.FAILED_PRECONDITION, "CA_BACKEND_REJECTED", CA_DETAIL)
     )
 
     def backend(_method: str, _request: Any) -> Any:
@@ -94,10 +88,7 @@ async def test_the_serving_sides_ca_trouble_is_not_told_to_the_peer(tmp_path: Pa
 
 
 def _failing(code: grpc.StatusCode, reason: str, message: str, **kw: Any) -> Backend:
-    status = ServiceError(code, reason, message, **kw).to_status()
-    error = grpc.aio.AioRpcError(
-        status.code, grpc.aio.Metadata(), grpc.aio.Metadata(*status.trailing_metadata), message
-    )
+    error = service_rpc_error(ServiceError(code, reason, message, **kw))
 
     def backend(_method: str, _request: Any) -> Any:
         raise error
