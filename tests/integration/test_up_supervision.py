@@ -1,7 +1,7 @@
 """`mosaic up` as a supervisor: a service that exits on its own is started again after a
 delay, with the same command and the home's lock; one that keeps exiting makes `up` stop
 the instance and fail with SERVICE_KEEPS_EXITING; a stop request during a delay still
-stops everything at once."""
+stops everything at once, and exits 1 since that service was not running."""
 
 from __future__ import annotations
 
@@ -152,8 +152,11 @@ def test_a_stop_request_during_a_restart_delay_stops_everything_at_once(tmp_path
             proc.wait()
 
     assert took < 6.0, took  # the four running services' own stop, not the 8 s delay
-    assert proc.returncode == 0, out[-3000:]
     assert "service started again" not in out  # resource-service was not started again
+    # Exit 1: the instance was not whole when it stopped, and the log says which service.
+    assert proc.returncode == 1, out[-3000:]
+    [line] = [x for x in _up_lines(out) if x["msg"] == "service was not running at the stop"]
+    assert line["child"] == "resource-service"
     stopped = [
         json.loads(line)["service"]
         for line in out.splitlines()

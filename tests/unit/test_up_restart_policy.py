@@ -44,5 +44,5 @@ def test_only_exits_within_the_window_count() -> None:
 def test_an_end_is_named_by_its_exit_status_or_its_signal() -> None:
     assert describe_exit(1) == {"exit_status": 1, "signal": None}
     assert describe_exit(-9) == {"exit_status": None, "signal": "SIGKILL"}
-    assert exit_text(-9) == "ended by SIGKILL"
+    assert exit_text(-9) == "signal SIGKILL"
     assert exit_text(3) == "exit status 3"

@@ -342,6 +342,9 @@ def up(ctx: typer.Context) -> None:
             time.sleep(0.2)  # so a stop request waits at most this long
     not_running = set(restart_at) | ({gave_up[0]} if gave_up else set())
     exit_code = _stop_in_order(children, skip=not_running)
+    for service in restart_at:  # exit 0 says every service ran until the stop
+        _up_log("error", "service was not running at the stop", child=service)
+        exit_code = 1
     if gave_up is not None:
         service, returncode = gave_up
         fail(
@@ -359,8 +362,8 @@ def _stop_in_order(children: dict[str, subprocess.Popen[bytes]], *, skip: set[st
     """Stop the running services, the gateway first, ca-service last, each once the one
     before has exited: a service stops while the services it calls still answer, so the
     work it finishes at shutdown (an enrollment, a renewal) can reach them. ``skip``: the
-    services not running, whose exit was logged already. Exit 1 when one had to be killed
-    or stopped with an error."""
+    services not running, whose exit was logged already. 1 when one had to be killed or
+    stopped with an error, else 0."""
     exit_code = 0
     for service in reversed(START_ORDER):
         if service in skip:

@@ -53,8 +53,8 @@ def describe_exit(returncode: int) -> dict[str, int | str | None]:
 
 
 def exit_text(returncode: int) -> str:
-    """The same, in words: ``exit status 1`` or ``ended by SIGKILL``."""
+    """The same, in words: ``exit status 1`` or ``signal SIGKILL``."""
     end = describe_exit(returncode)
     if end["signal"] is not None:
-        return f"ended by {end['signal']}"
+        return f"signal {end['signal']}"
     return f"exit status {end['exit_status']}"
