@@ -289,7 +289,10 @@ async def watch_changes(grants: grants_pb2_grpc.GrantsStub, *listeners: GrantCac
             listener.clear()
 
     def open_stream() -> Any:
-        return grants.WatchChanges(grants_pb2.WatchChangesRequest(), timeout=365 * 86400)
+        # Waits for the channel like the revocation watch (watch.py).
+        return grants.WatchChanges(
+            grants_pb2.WatchChangesRequest(), timeout=365 * 86400, wait_for_ready=True
+        )
 
     await follow("grant-changes", open_stream, on_message, on_disconnect)
 

@@ -69,7 +69,11 @@ class RevokedSerials:
 
         def open_stream() -> Any:
             # Long-lived stream: no deadline (the default-deadline interceptor adds one
-            # only when timeout is None, so pass a very long one explicitly).
-            return ca.WatchRevocations(ca_pb2.WatchRevocationsRequest(), timeout=10 * 365 * 86400)
+            # only when timeout is None, so pass a very long one explicitly). It waits for
+            # the channel (watch.py): the set loads as soon as ca-service answers again.
+            # Nothing else awaits this call, and cancelling the job cancels it at shutdown.
+            return ca.WatchRevocations(
+                ca_pb2.WatchRevocationsRequest(), timeout=10 * 365 * 86400, wait_for_ready=True
+            )
 
         await follow("revocations", open_stream, self.apply, self.lost)

@@ -1,4 +1,10 @@
-"""Follow a server-streaming watch RPC forever: reconnect with backoff, report each message."""
+"""Follow a server-streaming watch RPC forever: reconnect with backoff, report each message.
+
+Callers open their streams with ``wait_for_ready=True``: while the channel is down (or in
+gRPC's own reconnect backoff) the call waits for it instead of failing at once, so the
+stream opens as soon as the server is back rather than after another sleep here. The
+sleep below only spaces out streams that the server itself ends or refuses.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +31,8 @@ async def follow(
     on_disconnect: Callable[[], None],
 ) -> None:
     """Consume ``open_stream()`` until cancelled; after any break call ``on_disconnect`` and
-    reconnect with jittered exponential backoff (reset once a message arrives)."""
+    reconnect with jittered exponential backoff (reset once a message arrives), never
+    sleeping longer than MAX_BACKOFF_S."""
     backoff = INITIAL_BACKOFF_S
     while True:
         try:
@@ -42,5 +49,6 @@ async def follow(
             problem = type(exc).__name__
         on_disconnect()
         log.warning("watch interrupted; reconnecting", extra={"watch": name, "problem": problem})
-        await asyncio.sleep(backoff * (0.5 + random.random()))  # noqa: S311 - jitter only
+        jittered = backoff * (0.5 + random.random())  # noqa: S311 - jitter only
+        await asyncio.sleep(min(jittered, MAX_BACKOFF_S))
         backoff = min(backoff * 2, MAX_BACKOFF_S)
