@@ -122,6 +122,10 @@ class ServiceRuntime:
         # when it does not answer (the gateway's Valkey). Part of readiness, like
         # ``spec.depends_on``.
         self.extra_dependencies: dict[str, Callable[[], Awaitable[object]]] = {}
+        # States of this service's own in which it refuses every request (the gateway's
+        # revocation list not loaded, its audit log not committing): each returns a problem
+        # or None. Part of readiness; the doctor shows them through ``extra_checks``.
+        self.readiness_checks: list[Callable[[], str | None]] = []
 
     async def migrate(self) -> None:
         """Bring the database to head, once this service's ports are known to be free: a
@@ -177,6 +181,11 @@ class ServiceRuntime:
         )
         return [r for r in results if r]
 
+    async def readiness_problems(self) -> list[str]:
+        """What keeps health from saying SERVING: dependencies, then readiness_checks."""
+        problems = await self.dependency_problems()
+        return problems + [p for p in (check() for check in self.readiness_checks) if p]
+
     async def run(
         self,
         listeners: Sequence[Listener],
@@ -203,7 +212,7 @@ class ServiceRuntime:
 
         try:
             await host.run(
-                self.dependency_problems, background=background, finish=finish, on_stop=stop
+                self.readiness_problems, background=background, finish=finish, on_stop=stop
             )
         finally:
             await metrics.stop()

@@ -196,6 +196,10 @@ async def main(config: InstanceConfig) -> None:
         # Every federation request and redeem is refused while Valkey is down (the limits
         # fail closed): health says so too, and the doctor names it.
         runtime.extra_dependencies["valkey"] = gateway.grant_limiter.ping
+    # Every federation request is refused while the revoked set is not loaded: health
+    # says so too (after a ca-service outage, until the new snapshot has arrived).
+    runtime.readiness_checks.append(gateway.revoked.problem)
+    runtime.extra_checks.append(gateway.revoked.check)
     admin = admin_listener(runtime)
     admin.add(
         gateway_pb2_grpc.add_FederationAdminServicer_to_server,

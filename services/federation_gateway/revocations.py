@@ -5,7 +5,8 @@ in as many messages as it takes (the first says ``snapshot``; ``more`` says anot
 follows); later ones add revocations. Until a whole snapshot has arrived (at start-up,
 and again after the stream breaks) the set is not *loaded* and the federation servicer
 refuses every request (fail closed): a serial revoked while we were not listening must
-never be honoured.
+never be honoured. Health says NOT_SERVING meanwhile, and the doctor's ``revocations`` row
+fails.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from prometheus_client import Gauge
 
 from federation_gateway.watch import follow
-from mosaic.federation.v1 import ca_pb2, ca_pb2_grpc
+from mosaic.federation.v1 import ca_pb2, ca_pb2_grpc, common_pb2
 
 log = logging.getLogger("mosaic.gateway.revocations")
 
@@ -63,6 +64,24 @@ class RevokedSerials:
         self.loaded = False
         self._partial = None
         REVOCATIONS_LOADED.set(0)
+
+    def problem(self) -> str | None:
+        """For readiness: while not loaded, every federation request is refused."""
+        return None if self.loaded else "revocations: not loaded"
+
+    async def check(self) -> common_pb2.Check:
+        """The doctor's ``revocations`` row."""
+        if self.loaded:
+            return common_pb2.Check(
+                name="revocations", ok=True, detail=f"loaded, {len(self.serials)} revoked"
+            )
+        return common_pb2.Check(
+            name="revocations",
+            ok=False,
+            detail="not loaded: every federation request is refused (REVOCATIONS_NOT_LOADED)",
+            remediation="check ca-service (see its rows); the gateway loads the list by "
+            "itself within about 5 s of ca-service answering",
+        )
 
     async def run(self, ca: ca_pb2_grpc.CertificateAuthorityStub) -> None:
         """Background job: keep following WatchRevocations until cancelled."""
