@@ -36,7 +36,7 @@ from typing import Any
 
 from prometheus_client import Counter, Histogram
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, union_all
 from sqlalchemy.dialects import sqlite
 
 from federation_gateway.store import federation_audit_log
@@ -404,15 +404,29 @@ class AuditWriter:
         self,
         *,
         peer_id: uuid.UUID | None = None,
+        grant_ids: Sequence[uuid.UUID] = (),
         since: dt.datetime | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
-        """Newest first, optionally for one peer and after a time."""
-        query = select(federation_audit_log).order_by(federation_audit_log.c.created_at.desc())
-        if peer_id is not None:
-            query = query.where(federation_audit_log.c.peer_id == peer_id)
+        """Newest first, optionally for one peer and after a time. A peer's rows are those
+        naming it, and those naming no peer but one of ``grant_ids`` (its grants): a
+        request refused before the gateway knew its grant's peer is still the peer's."""
+        columns = federation_audit_log.c
+        newest = columns.created_at.desc()
+        query = select(federation_audit_log).order_by(newest)
         if since is not None:
-            query = query.where(federation_audit_log.c.created_at >= since)
+            query = query.where(columns.created_at >= since)
+        if peer_id is not None and grant_ids:
+            # Each part reads its own index newest first and stops at ``limit``; one
+            # statement, so both parts see the same commits (a poller's --since).
+            named = query.where(columns.peer_id == peer_id)
+            unnamed = query.where(columns.peer_id.is_(None), columns.grant_id.in_(grant_ids))
+            both = union_all(
+                select(named.limit(limit).subquery()), select(unnamed.limit(limit).subquery())
+            ).subquery()
+            query = select(both).order_by(both.c.created_at.desc())
+        elif peer_id is not None:
+            query = query.where(columns.peer_id == peer_id)
         async with self._db.engine.connect() as conn:
             rows = (await conn.execute(query.limit(limit))).mappings().all()
         return [dict(r) for r in rows]

@@ -5,6 +5,12 @@ at once when grants-service's WatchChanges names the grant or its peer, so a rev
 suspension takes effect on the next request (and within the TTL even if the change
 stream is down or another grants-service replica made the change). Expiry is checked
 locally on every request as well. The decision itself (:func:`decide`) is pure.
+
+Apart from that, the cache remembers which peer each grant it has fetched belongs to
+(:meth:`GrantCache.peer_of`), past the TTL and every invalidation: a grant never moves to
+another peer, so an audit row of a request refused before grants-service could answer
+(or before the revocation list loaded) still names its peer. Attribution, never
+authorization: nothing is admitted on it.
 """
 
 from __future__ import annotations
@@ -190,7 +196,12 @@ class GrantCache:
         self._entries: dict[str, _Entry] = {}
         self._inflight: dict[str, asyncio.Future[GrantView | Refusal]] = {}  # fetch tasks
         self._inflight_since: dict[str, float] = {}  # when each fetch in flight began
+        self._peers: dict[str, uuid.UUID] = {}  # grant id -> its peer (module docstring)
         self.fetches = 0
+
+    def peer_of(self, grant_id: str) -> uuid.UUID | None:
+        """The peer ``grant_id`` was last seen bound to, however long ago; for audit rows."""
+        return self._peers.get(grant_id)
 
     async def get(self, grant_id: str) -> GrantView | Refusal:
         now = time.monotonic()
@@ -243,7 +254,17 @@ class GrantCache:
                 remediation="retry shortly",
                 retry_after_s=1.0,
             ) from None
+        self._remember_peer(grant_id, reply.grant.peer_id)
         return decide(reply)
+
+    def _remember_peer(self, grant_id: str, peer_id: str) -> None:
+        try:
+            peer = uuid.UUID(peer_id)
+        except ValueError:
+            return
+        if grant_id not in self._peers and len(self._peers) >= MAX_ENTRIES:
+            self._peers.clear()
+        self._peers[grant_id] = peer
 
     def invalidate(self, grant_ids: Iterable[str] = (), peer_ids: Iterable[str] = ()) -> None:
         """Forget the named grants and every grant of the named peers (including fetches in

@@ -476,6 +476,8 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         """The gate's state checks (all in memory while the grant's entry is cached): the
         revocation list loaded and without this serial, the grant servable, this its
         current certificate for its subject."""
+        # The row names the peer even when this is refused before grants-service answers.
+        record.peer_id = self._grants.peer_of(identity.grant_id)
         revoked = self._revoked
         if not revoked.loaded:
             raise unavailable(

@@ -424,6 +424,43 @@ async def test_list_is_newest_first_per_peer_and_since_exactly(any_database: Dat
     assert later == []
 
 
+async def test_a_peers_list_includes_rows_of_its_grants_that_name_no_peer(
+    any_database: Database,
+) -> None:
+    """A request refused before the gateway knew its grant's peer (grants-service or
+    ca-service down) names no peer: listed for the peer that holds the grant, not for
+    another, and in time order with the peer's other rows, under since and limit."""
+    writer = AuditWriter(any_database)
+    mine, other = uuid.UUID(int=0x61), uuid.UUID(int=0x62)
+
+    def row(k: int, peer: uuid.UUID | None, grant: uuid.UUID) -> AuditRecord:
+        return dataclasses.replace(_record(k), peer_id=peer, grant_id=grant, created_at=_at(k))
+
+    try:
+        for k in range(12):
+            if k % 3 == 0:
+                await writer.record(row(k, None, mine))  # refused before the peer was known
+            elif k % 3 == 1:
+                await writer.record(row(k, PEERS[0], mine))
+            else:
+                await writer.record(row(k, None, other))  # another peer's grant
+        listed = await writer.list(peer_id=PEERS[0], grant_ids=[mine], limit=100)
+        newest = await writer.list(peer_id=PEERS[0], grant_ids=[mine], limit=3)
+        since = await writer.list(peer_id=PEERS[0], grant_ids=[mine], since=_at(6), limit=100)
+        named_only = await writer.list(peer_id=PEERS[0], limit=100)
+    finally:
+        await writer.close()
+
+    def ids(rows: list[dict[str, Any]]) -> list[int]:
+        return [int(r["request_id"][4:]) for r in rows]
+
+    assert ids(listed) == [10, 9, 7, 6, 4, 3, 1, 0]
+    assert ids(newest) == [10, 9, 7]
+    assert ids(since) == [10, 9, 7, 6]
+    assert ids(named_only) == [10, 7, 4, 1]
+    assert {r["peer_id"] for r in listed} == {PEERS[0], None}
+
+
 async def test_list_reads_through_an_index_without_sorting(
     writer: AuditWriter, database: Database
 ) -> None:
@@ -440,14 +477,20 @@ async def test_list_reads_through_an_index_without_sorting(
     await writer.list(peer_id=PEERS[0], limit=10)
     await writer.list(since=BASE, limit=10)
     await writer.list(peer_id=PEERS[1], since=BASE, limit=10)
+    # A peer's rows with those of its grants that name no peer: two index reads, each
+    # stopping at ``limit``; only those limit-long parts are sorted, to be merged.
+    await writer.list(peer_id=PEERS[0], grant_ids=[uuid.UUID(int=1), uuid.UUID(int=3)], limit=10)
     event.remove(database.engine.sync_engine, "before_cursor_execute", capture)
 
-    assert len(statements) == 4
+    assert len(statements) == 5
     path = database.url.split("///", 1)[1]
     with sqlite3.connect(path) as conn:
-        for sql, params in statements:
-            plan = " | ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
-            assert "TEMP B-TREE" not in plan, plan
+        for n, (sql, params) in enumerate(statements):
+            steps = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params)]
+            plan = " | ".join(steps)
+            reads = [step for step in steps if "federation_audit_log" in step]
+            assert reads and all("USING INDEX" in step for step in reads), plan
+            assert n == 4 or "TEMP B-TREE" not in plan, plan
             assert "ix_audit_" in plan, plan
 
 

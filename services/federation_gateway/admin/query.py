@@ -10,11 +10,12 @@ import grpc
 
 from federation_gateway.admin.base import AdminBase
 from federation_gateway.client import PeerError
-from mosaic.errors import invalid_argument
+from mosaic.errors import DEPENDENCY_UNAVAILABLE, RemoteError, ServiceError, invalid_argument
 from mosaic.federation.v1 import gateway_pb2, grants_pb2
 
 DEFAULT_AUDIT_LIMIT = 100
 MAX_AUDIT_LIMIT = 1000
+LIST_GRANTS_TIMEOUT_S = 5.0
 
 
 class QueryAdminMixin(AdminBase):
@@ -56,10 +57,36 @@ class QueryAdminMixin(AdminBase):
                     "since must be a valid timestamp (years 1-9999, nanos 0-999999999)",
                     violations=[("since", "must be in years 1-9999, nanos 0-999999999")],
                 ) from None
+        grant_ids = await self._grants_of(peer_id) if peer_id is not None else []
         rows = await self.gateway.audit.list(
-            peer_id=peer_id, since=since, limit=request.limit or DEFAULT_AUDIT_LIMIT
+            peer_id=peer_id,
+            grant_ids=grant_ids,
+            since=since,
+            limit=request.limit or DEFAULT_AUDIT_LIMIT,
         )
         return gateway_pb2.ListAuditResponse(entries=[_entry(row) for row in rows])
+
+    async def _grants_of(self, peer_id: uuid.UUID) -> list[uuid.UUID]:
+        """The peer's grant ids, from grants-service, so that rows naming one of them but no
+        peer (refused before the gateway knew the grant's peer) are listed as the peer's.
+        Without them the list could leave rows out: refused rather than incomplete."""
+        try:
+            reply = await self.grants.ListGrants(
+                grants_pb2.ListGrantsRequest(peer_id=str(peer_id)), timeout=LIST_GRANTS_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as err:
+            if err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise RemoteError.from_rpc_error(err).to_service_error() from None
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE,
+                DEPENDENCY_UNAVAILABLE,
+                "cannot list this peer's rows: grants-service, which knows its grants, does "
+                "not answer",
+                remediation="retry once grants-service answers (`mosaic gateway doctor`); "
+                "`audit list` without --peer lists every row",
+                retry_after_s=1.0,
+            ) from None
+        return [uuid.UUID(grant.id) for grant in reply.grants]
 
 
 def _entry(row: dict[str, Any]) -> gateway_pb2.AuditEntry:
