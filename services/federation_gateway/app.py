@@ -200,6 +200,10 @@ async def main(config: InstanceConfig) -> None:
     # says so too (after a ca-service outage, until the new snapshot has arrived).
     runtime.readiness_checks.append(gateway.revoked.problem)
     runtime.extra_checks.append(gateway.revoked.check)
+    # Likewise while audit rows cannot be committed (the database full or down), which
+    # `SELECT 1` (the doctor's database row) does not show.
+    runtime.readiness_checks.append(gateway.audit.problem)
+    runtime.extra_checks.append(gateway.audit.check)
     admin = admin_listener(runtime)
     admin.add(
         gateway_pb2_grpc.add_FederationAdminServicer_to_server,

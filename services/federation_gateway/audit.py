@@ -18,6 +18,12 @@ Checkpoints, which copy the WAL into the database and fsync it, also run on that
 thread, never on the loop.
 
 Row ids are UUIDv7 (time-ordered, mosaic.ids), so inserts append to the key's index.
+
+Since no request is answered without its row, a database that cannot take rows (disk
+full, Postgres down) refuses every request while its ``SELECT 1`` still answers: the
+writer keeps its last commit failure (when, and a generic kind: never SQL or values) until
+a commit succeeds, and while it is recent health says NOT_SERVING and the doctor's
+``audit_log`` row fails.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import datetime as dt
 import functools
 import logging
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +48,7 @@ from sqlalchemy.dialects import sqlite
 
 from federation_gateway.store import federation_audit_log
 from mosaic.db import Database, database_unavailable
+from mosaic.federation.v1 import common_pb2
 from mosaic.ids import uuid7
 from mosaic.sqltypes import utcnow
 
@@ -55,6 +63,9 @@ CLOSE_DRAIN_S = 1.5
 CHECKPOINT_EVERY_COMMITS = 200
 LOCKED_WAIT_S = 30.0
 OUTCOMES = ("allowed", "denied", "error")
+# How long a failed commit with none succeeding since counts as "failing" for health and
+# the doctor: with traffic the next commit settles it at once; without, it fades.
+FAILING_FOR_S = 120.0
 
 AUDIT_ROWS = Counter(
     "mosaic_audit_rows",
@@ -170,6 +181,45 @@ def sqlite_params(rec: AuditRecord) -> tuple[Any, ...]:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class CommitFailure:
+    """The last audit commit that failed: when, and what kind of failure (no SQL, no values)."""
+
+    at: dt.datetime
+    monotonic: float
+    kind: str
+
+
+_SQLITE_KINDS = {
+    sqlite3.SQLITE_FULL: "disk full",
+    sqlite3.SQLITE_IOERR: "disk I/O error",
+    sqlite3.SQLITE_READONLY: "database read-only",
+    sqlite3.SQLITE_CANTOPEN: "database file cannot be opened",
+    sqlite3.SQLITE_CORRUPT: "database file corrupt",
+    sqlite3.SQLITE_NOTADB: "database file corrupt",
+    sqlite3.SQLITE_BUSY: "database locked",
+}
+_SQLSTATE_KINDS = {"53100": "disk full", "53": "database out of resources", "08": "connection lost"}
+
+
+def failure_kind(error: BaseException) -> str:
+    """A generic name for why a commit failed, safe to show anywhere, with the error's type."""
+    driver_error = getattr(error, "orig", None) or error  # SQLAlchemy wraps the driver's
+    kind = ""
+    code = getattr(driver_error, "sqlite_errorcode", None)
+    sqlstate = getattr(driver_error, "sqlstate", None)
+    if isinstance(code, int):
+        kind = _SQLITE_KINDS.get(code & 0xFF, "")
+    elif isinstance(sqlstate, str):
+        kind = _SQLSTATE_KINDS.get(sqlstate) or _SQLSTATE_KINDS.get(sqlstate[:2], "")
+    elif isinstance(error, (TimeoutError, AuditUnavailable)):  # the write lock held too long
+        kind = "database locked"
+    elif isinstance(error, (OSError, sa_exc.InterfaceError, sa_exc.OperationalError)):
+        kind = "database unreachable"
+    name = type(driver_error).__name__
+    return f"{kind} ({name})" if kind else name
+
+
 class AuditWriter:
     """Commits audit rows in shared transactions; ``record`` returns once its row is committed.
 
@@ -200,6 +250,35 @@ class AuditWriter:
         self._one_at_a_time = 0  # rows at the head of _pending to commit alone (_settle)
         # SQLite: see _SqliteCommits; Postgres: the async engine.
         self._sqlite = _SqliteCommits(db.engine.url.database or "") if db.is_sqlite else None
+        self.last_failure: CommitFailure | None = None  # cleared by the next commit
+
+    def failing(self, within_s: float = FAILING_FOR_S) -> CommitFailure | None:
+        """The last commit failure if it is recent and no commit has succeeded since."""
+        failure = self.last_failure
+        if failure is None or time.monotonic() - failure.monotonic > within_s:
+            return None
+        return failure
+
+    def problem(self) -> str | None:
+        """For readiness: while commits fail, every request is refused."""
+        failure = self.failing()
+        return None if failure is None else f"audit_log: commits failing, {failure.kind}"
+
+    async def check(self) -> common_pb2.Check:
+        """The doctor's ``audit_log`` row."""
+        failure = self.failing()
+        if failure is None:
+            return common_pb2.Check(name="audit_log", ok=True, detail="commits succeed")
+        age = time.monotonic() - failure.monotonic
+        return common_pb2.Check(
+            name="audit_log",
+            ok=False,
+            detail=f"the last commit failed {age:.0f} s ago ({failure.at:%H:%M:%S} UTC): "
+            f"{failure.kind}; every request is refused until a commit succeeds",
+            remediation="free disk space where the gateway's database lives (SQLite: "
+            "HOME/data/), or check that its database server answers (Postgres); "
+            "the gateway's log says `audit commit failed`. This clears at the next commit",
+        )
 
     @property
     def commits_on_worker(self) -> int:
@@ -378,9 +457,11 @@ class AuditWriter:
         if error is None:
             self.commits += 1
             self.recorded += len(batch)
+            self.last_failure = None
             self._count(batch)
         elif not self._closed:
             AUDIT_COMMIT_FAILURES.inc()
+            self.last_failure = CommitFailure(utcnow(), time.monotonic(), failure_kind(error))
             log.error("audit commit failed", exc_info=error)
         for _, done in batch:
             if not done.done():

@@ -534,3 +534,43 @@ async def test_a_nul_from_a_caller_does_not_fail_the_commit(any_database: Databa
     details = {r["request_id"]: r["detail"] for r in rows}
     assert details["req-00000001"] == "token \ufffd\x1b[2J<b>"
     assert len(details) == 3
+
+
+async def test_a_recent_commit_failure_fails_the_doctor_and_health_until_a_commit_succeeds(
+    writer: AuditWriter,
+) -> None:
+    """The database answers `SELECT 1` but cannot take rows (its disk full): every request
+    is refused, so the doctor's audit_log row and readiness must say so, with a generic
+    kind and nothing of the SQL; the next commit that succeeds clears it."""
+    await writer.record(_record(0))
+    assert writer.problem() is None and (await writer.check()).ok
+    assert writer._sqlite is not None
+    inline = writer._sqlite._inline._connection()
+    pages = inline.execute("PRAGMA page_count").fetchone()[0]
+    inline.execute(f"PRAGMA max_page_count = {pages}")  # no room for one more page
+    with pytest.raises(sqlite3.OperationalError):
+        await writer.record(dataclasses.replace(_record(1), detail="x" * 20_000))
+
+    assert writer.problem() == "audit_log: commits failing, disk full (OperationalError)"
+    row = await writer.check()
+    assert (row.name, row.ok) == ("audit_log", False)
+    assert "disk full" in row.detail and "INSERT" not in row.detail
+    assert "disk space" in row.remediation
+    # Long past, with nothing committed since: no longer counted as failing.
+    assert writer.failing(within_s=0.0) is None
+
+    inline.execute("PRAGMA max_page_count = 1073741823")
+    await writer.record(_record(2))
+    assert writer.last_failure is None and writer.problem() is None
+    assert (await writer.check()).ok
+
+
+def test_failure_kinds_name_no_sql() -> None:
+    full = sqlite3.OperationalError("database or disk is full")
+    full.sqlite_errorcode = sqlite3.SQLITE_FULL
+    assert audit.failure_kind(full) == "disk full (OperationalError)"
+    assert audit.failure_kind(TimeoutError("lock")) == "database locked (TimeoutError)"
+    assert audit.failure_kind(ConnectionRefusedError()) == (
+        "database unreachable (ConnectionRefusedError)"
+    )
+    assert audit.failure_kind(ValueError("INSERT INTO secret")) == "ValueError"
