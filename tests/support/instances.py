@@ -123,6 +123,46 @@ class Instance:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+class ServiceProcesses:
+    """Each service of an instance as its own `mosaic serve` process, as compose runs them,
+    so one can be killed and started again while the others go on (under `mosaic up` one
+    service ending stops them all)."""
+
+    def __init__(self, inst: Instance) -> None:
+        self.inst = inst
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, *services: str) -> None:
+        for service in services:
+            log = (self.inst.log_path.parent / f"{self.inst.name}-{service}.log").open("ab")
+            self.procs[service] = subprocess.Popen(
+                [*MOSAIC, "--home", str(self.inst.home), "serve", service],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            log.close()
+
+    def kill(self, service: str) -> None:
+        """SIGKILL: the service goes away without a goodbye, as in a crash."""
+        proc = self.procs.pop(service)
+        proc.kill()
+        proc.wait(15)
+
+    def stop(self, service: str, timeout: float = 15.0) -> None:
+        proc = self.procs.pop(service)
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def stop_all(self) -> None:
+        for service in reversed(list(self.procs)):
+            self.stop(service)
+
+
 def service_pid(parent: int, service: str) -> int:
     """The pid of ``mosaic serve SERVICE`` started by the `mosaic up` ``parent``."""
     for entry in Path("/proc").iterdir():
