@@ -14,9 +14,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import grpc
+import pytest
 
+from federation_gateway import federation
 from federation_gateway.authz import GrantCache, GrantView, decide
-from federation_gateway.federation import FederationServicer
+from federation_gateway.federation import CertIdentity, FederationServicer
 from federation_gateway.ratelimit import LocalGcra, RateLimiter
 from federation_gateway.revocations import RevokedSerials
 from federation_gateway.unfinished import UnfinishedWork
@@ -179,6 +181,51 @@ def gated_servicer(
         unfinished=UnfinishedWork(),
     )
     return FederationServicer(gateway)  # type: ignore[arg-type]
+
+
+class RecordingAudit:
+    """Stands in for the AuditWriter behind the gate: keeps every row it is given."""
+
+    def __init__(self) -> None:
+        self.rows: list[Any] = []
+
+    async def record(self, row: Any) -> None:
+        self.rows.append(row)
+
+    def record_soon(self, row: Any) -> None:
+        self.rows.append(row)
+
+
+class PeerContext:
+    """A servicer context for a request from a peer whose certificate is ``pem``, with
+    ``remaining`` seconds left before its deadline (None: no deadline)."""
+
+    def __init__(self, pem: bytes = b"pem", *, remaining: float | None = None) -> None:
+        self._pem = pem
+        self._remaining = remaining
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {"x509_pem_cert": [self._pem]}
+
+    def peer(self) -> str:
+        return "ipv4:192.0.2.7:50000"
+
+    def time_remaining(self) -> float | None:
+        return self._remaining
+
+
+def known_identity(
+    monkeypatch: pytest.MonkeyPatch, *, serial: str, grant_id: str, subject: str
+) -> None:
+    """Every certificate parses as one carrying ``grant_id`` and ``subject``, ``serial``."""
+    known = CertIdentity(
+        serial=serial,
+        grant_id=grant_id,
+        subject_user_id=subject,
+        grant_uuid=uuid.UUID(grant_id),
+        subject_uuid=uuid.UUID(subject),
+    )
+    monkeypatch.setattr(federation, "certificate_identity", lambda pem: known)
 
 
 def admin_gateway(backend: Backend, federation_client: Any = None) -> Any:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,11 +20,18 @@ from sqlalchemy import exc as sa_exc
 
 from federation_gateway import federation
 from federation_gateway.audit import AuditUnavailable
-from federation_gateway.federation import CertIdentity, FederationServicer
+from federation_gateway.federation import FederationServicer
 from mosaic.errors import RemoteError, ServiceError
 from mosaic.federation.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, resources_pb2
 from mosaic.rpc.interceptors import ServerInterceptor
-from tests.support.federation_fakes import GRANT_ID, SUBJECT, gated_servicer, grant_reply
+from tests.support.federation_fakes import (
+    GRANT_ID,
+    SUBJECT,
+    PeerContext,
+    gated_servicer,
+    grant_reply,
+    known_identity,
+)
 
 SERIAL = "01ab"
 PEM = b"pem-01ab"
@@ -36,14 +42,7 @@ ROWS = resources_pb2.ListResourcesResponse(
 
 @pytest.fixture(autouse=True)
 def identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    known = CertIdentity(
-        serial=SERIAL,
-        grant_id=GRANT_ID,
-        subject_user_id=SUBJECT,
-        grant_uuid=uuid.UUID(GRANT_ID),
-        subject_uuid=uuid.UUID(SUBJECT),
-    )
-    monkeypatch.setattr(federation, "certificate_identity", lambda pem: known)
+    known_identity(monkeypatch, serial=SERIAL, grant_id=GRANT_ID, subject=SUBJECT)
 
 
 def backend(source: Any) -> Any:
@@ -75,20 +74,6 @@ class Audit:
         self.rows.append(row)
 
 
-class Context:
-    def __init__(self, remaining: float | None = None) -> None:
-        self.remaining = remaining
-
-    def auth_context(self) -> dict[str, list[bytes]]:
-        return {"x509_pem_cert": [PEM]}
-
-    def peer(self) -> str:
-        return "ipv4:192.0.2.7:50000"
-
-    def time_remaining(self) -> float | None:
-        return self.remaining
-
-
 # ---- the audit log's database fails ----------------------------------------------------
 
 AUDIT_FAILURES = {
@@ -111,7 +96,7 @@ async def test_no_answer_without_its_audit_row_and_the_peer_may_retry(
     audit = Audit(AUDIT_FAILURES[case])
     servicer = gated_servicer(backend(lambda _request: ROWS), audit=audit)
     with pytest.raises(ServiceError) as err:
-        await servicer.List(gateway_pb2.ListRequest(resource=resource), Context())
+        await servicer.List(gateway_pb2.ListRequest(resource=resource), PeerContext(PEM))
     assert (err.value.code, err.value.reason) == (
         grpc.StatusCode.UNAVAILABLE,
         federation.AUDIT_UNAVAILABLE,
@@ -126,7 +111,7 @@ async def test_a_bug_in_the_audit_write_stays_internal() -> None:
     error = sa_exc.IntegrityError("INSERT ...", None, Exception("duplicate key"))
     servicer = gated_servicer(backend(lambda _request: ROWS), audit=Audit(error))
     with pytest.raises(sa_exc.IntegrityError):
-        await servicer.List(gateway_pb2.ListRequest(resource="tasks"), Context())
+        await servicer.List(gateway_pb2.ListRequest(resource="tasks"), PeerContext(PEM))
 
 
 # ---- a data source that hangs ---------------------------------------------------------
@@ -201,8 +186,8 @@ async def test_a_shared_read_outlives_a_sharer_with_little_time_left() -> None:
 
     servicer = gated_servicer(backend(slow), audit=Audit())
     request = gateway_pb2.ListRequest(resource="tasks")
-    hurried = asyncio.ensure_future(servicer.List(request, Context(remaining=0.6)))
-    patient = asyncio.ensure_future(servicer.List(request, Context(remaining=10.0)))
+    hurried = asyncio.ensure_future(servicer.List(request, PeerContext(PEM, remaining=0.6)))
+    patient = asyncio.ensure_future(servicer.List(request, PeerContext(PEM, remaining=10.0)))
     with pytest.raises(ServiceError) as err:
         await asyncio.wait_for(hurried, 5)  # bounded, so the code before the fix fails
     assert err.value.reason == "DEPENDENCY_UNAVAILABLE"

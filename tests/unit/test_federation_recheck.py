@@ -9,17 +9,21 @@ a real GrantCache, RevokedSerials and LocalGcra, and a slow fake resource-servic
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 import grpc
 import pytest
 
 from federation_gateway import federation
-from federation_gateway.federation import CertIdentity
 from mosaic.errors import ServiceError
 from mosaic.federation.v1 import ca_pb2, common_pb2, gateway_pb2, grants_pb2, resources_pb2
-from tests.support.federation_fakes import gated_servicer, grant_reply
+from tests.support.federation_fakes import (
+    PeerContext,
+    RecordingAudit,
+    gated_servicer,
+    grant_reply,
+    known_identity,
+)
 
 SUBJECT = "11111111-1111-4111-8111-111111111111"
 GRANT = "0e8f9f7a-54a4-4bd4-9d34-3c1c2f6f4b11"
@@ -40,38 +44,9 @@ class Grants:
         )
 
 
-class Audit:
-    def __init__(self) -> None:
-        self.rows: list[Any] = []
-
-    async def record(self, row: Any) -> None:
-        self.rows.append(row)
-
-    def record_soon(self, row: Any) -> None:
-        self.rows.append(row)
-
-
-class Context:
-    def auth_context(self) -> dict[str, list[bytes]]:
-        return {"x509_pem_cert": [PEM]}
-
-    def peer(self) -> str:
-        return "ipv4:192.0.2.7:50000"
-
-    def time_remaining(self) -> float | None:
-        return None
-
-
 @pytest.fixture(autouse=True)
 def identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    known = CertIdentity(
-        serial=SERIAL,
-        grant_id=GRANT,
-        subject_user_id=SUBJECT,
-        grant_uuid=uuid.UUID(GRANT),
-        subject_uuid=uuid.UUID(SUBJECT),
-    )
-    monkeypatch.setattr(federation, "certificate_identity", lambda pem: known)
+    known_identity(monkeypatch, serial=SERIAL, grant_id=GRANT, subject=SUBJECT)
 
 
 async def test_reads_queued_before_a_revoke_are_refused_not_answered() -> None:
@@ -87,7 +62,7 @@ async def test_reads_queued_before_a_revoke_are_refused_not_answered() -> None:
         )
 
     grants = Grants()
-    audit = Audit()
+    audit = RecordingAudit()
     servicer = gated_servicer(slow_source, audit=audit, grants=grants, renew_limit=(1.0, 1))
 
     # Distinct page sizes: no two share a read; all are admitted, then wait on the source.
@@ -95,7 +70,7 @@ async def test_reads_queued_before_a_revoke_are_refused_not_answered() -> None:
         asyncio.ensure_future(
             servicer.List(
                 gateway_pb2.ListRequest(resource="tasks", page_size=size),
-                Context(),
+                PeerContext(PEM),
             )
         )
         for size in range(1, 9)

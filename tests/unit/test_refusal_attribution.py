@@ -11,51 +11,26 @@ from typing import Any
 import grpc
 import pytest
 
-from federation_gateway import federation
-from federation_gateway.federation import CertIdentity
 from mosaic.errors import ServiceError
 from mosaic.federation.v1 import ca_pb2, gateway_pb2, resources_pb2
 from tests.support.federation_fakes import (
     GRANT_ID,
     PEER_ID,
     SUBJECT,
+    PeerContext,
+    RecordingAudit,
     gated_servicer,
     grant_reply,
+    known_identity,
     rpc_error,
 )
 
 SERIAL = "01ab"
 
 
-class Audit:
-    def __init__(self) -> None:
-        self.rows: list[Any] = []
-
-    async def record(self, row: Any) -> None:
-        self.rows.append(row)
-
-    def record_soon(self, row: Any) -> None:
-        self.rows.append(row)
-
-
-class Context:
-    def auth_context(self) -> dict[str, list[bytes]]:
-        return {"x509_pem_cert": [b"pem"]}
-
-    def peer(self) -> str:
-        return "ipv4:192.0.2.7:50000"
-
-
 @pytest.fixture(autouse=True)
 def identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    known = CertIdentity(
-        serial=SERIAL,
-        grant_id=GRANT_ID,
-        subject_user_id=SUBJECT,
-        grant_uuid=uuid.UUID(GRANT_ID),
-        subject_uuid=uuid.UUID(SUBJECT),
-    )
-    monkeypatch.setattr(federation, "certificate_identity", lambda pem: known)
+    known_identity(monkeypatch, serial=SERIAL, grant_id=GRANT_ID, subject=SUBJECT)
 
 
 class Backend:
@@ -72,14 +47,14 @@ class Backend:
 
 async def _refusal(servicer: Any) -> ServiceError:
     with pytest.raises(ServiceError) as info:
-        await servicer.List(gateway_pb2.ListRequest(resource="tasks"), Context())
+        await servicer.List(gateway_pb2.ListRequest(resource="tasks"), PeerContext())
     return info.value
 
 
 async def test_refusals_during_an_outage_name_the_peer_once_it_is_known() -> None:
-    backend, audit = Backend(), Audit()
+    backend, audit = Backend(), RecordingAudit()
     servicer = gated_servicer(backend, audit=audit)
-    await servicer.List(gateway_pb2.ListRequest(resource="tasks"), Context())
+    await servicer.List(gateway_pb2.ListRequest(resource="tasks"), PeerContext())
     peer = uuid.UUID(PEER_ID)
 
     servicer._revoked.lost()  # ca-service went away
@@ -100,7 +75,7 @@ async def test_refusals_during_an_outage_name_the_peer_once_it_is_known() -> Non
 async def test_a_grant_never_seen_leaves_the_peer_to_the_grant_id() -> None:
     """Refused before grants-service ever answered for the grant: the row has no peer, only
     the grant id, which `audit list --peer` resolves through grants-service."""
-    backend, audit = Backend(), Audit()
+    backend, audit = Backend(), RecordingAudit()
     backend.grants_down = True
     servicer = gated_servicer(backend, audit=audit)
     assert (await _refusal(servicer)).reason == "DEPENDENCY_UNAVAILABLE"

@@ -5,7 +5,6 @@ revoking the new certificate then would leave the peer with none that works."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,8 @@ import grpc
 import pytest
 
 import federation_gateway.app as gateway_app
-from federation_gateway import federation
 from federation_gateway.audit import AuditWriter
-from federation_gateway.federation import CertIdentity, FederationServicer
+from federation_gateway.federation import FederationServicer
 from federation_gateway.ratelimit import LocalGcra
 from mosaic.db import Database
 from mosaic.errors import ServiceError, failed_precondition
@@ -29,6 +27,7 @@ from tests.support.federation_fakes import (
     gated_servicer,
     grant_reply,
     grant_view,
+    known_identity,
     rpc_error,
 )
 
@@ -324,14 +323,7 @@ async def _renewal_whose_caller_goes_away(
 
 @pytest.fixture
 def identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    known = CertIdentity(
-        serial=OLD,
-        grant_id=GRANT_ID,
-        subject_user_id=SUBJECT,
-        grant_uuid=uuid.UUID(GRANT_ID),
-        subject_uuid=uuid.UUID(SUBJECT),
-    )
-    monkeypatch.setattr(federation, "certificate_identity", lambda pem: known)
+    known_identity(monkeypatch, serial=OLD, grant_id=GRANT_ID, subject=SUBJECT)
 
 
 @pytest.mark.usefixtures("identity")

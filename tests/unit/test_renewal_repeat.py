@@ -22,13 +22,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from federation_gateway import federation
-from federation_gateway.federation import RENEW_REPEAT_WINDOW, CertIdentity, FederationServicer
+from federation_gateway.federation import RENEW_REPEAT_WINDOW, FederationServicer
 from mosaic.errors import ServiceError, failed_precondition
 from mosaic.federation.v1 import ca_pb2, gateway_pb2, grants_pb2
 from mosaic.rpc.interceptors import MalformedRequest
 from mosaic.x509ext import grant_extensions
-from tests.support.federation_fakes import GRANT_ID, SUBJECT, gated_servicer, grant_reply
+from tests.support.federation_fakes import (
+    GRANT_ID,
+    SUBJECT,
+    gated_servicer,
+    grant_reply,
+    known_identity,
+)
 from tests.support.pki import csr_pem as _csr
 
 OLD = "1ab"  # the certificate A still holds
@@ -157,14 +162,7 @@ def presenting(monkeypatch: pytest.MonkeyPatch) -> Any:
     """presenting(serial, subject=SUBJECT): the client certificate the next calls carry."""
 
     def present(serial: str, subject: str = SUBJECT) -> None:
-        identity = CertIdentity(
-            serial=serial,
-            grant_id=GRANT_ID,
-            subject_user_id=subject,
-            grant_uuid=uuid.UUID(GRANT_ID),
-            subject_uuid=uuid.UUID(subject),
-        )
-        monkeypatch.setattr(federation, "certificate_identity", lambda _pem: identity)
+        known_identity(monkeypatch, serial=serial, grant_id=GRANT_ID, subject=subject)
 
     return present
 
