@@ -125,8 +125,8 @@ class Instance:
 
 class ServiceProcesses:
     """Each service of an instance as its own `mosaic serve` process, as compose runs them,
-    so one can be killed and started again while the others go on (under `mosaic up` one
-    service ending stops them all)."""
+    so the test decides when one that was killed starts again (`mosaic up` would restart
+    it by itself after its own delay)."""
 
     def __init__(self, inst: Instance) -> None:
         self.inst = inst

@@ -31,6 +31,7 @@ from mosaic.errors import (
 from mosaic.federation.v1 import common_pb2, gateway_pb2, grants_pb2
 from mosaic.pki import KeyPair, create_internal_ca, issue_internal_certificate
 from mosaic.rpc.options import CLIENT_OPTIONS
+from tests.support.federation_fakes import service_rpc_error
 
 PEER_ID = str(uuid.uuid4())
 B_REQUEST_ID = "b-request-0123456789"
@@ -213,7 +214,7 @@ class FakeGrants:
     ) -> grants_pb2.GetPeerCredentialsResponse:
         self.calls += 1
         if self.refusal is not None:
-            raise _rpc_error(self.refusal)
+            raise service_rpc_error(self.refusal)
         client = self._tls.clients[self.current]
         reply = grants_pb2.GetPeerCredentialsResponse(
             peer=grants_pb2.Peer(
@@ -232,16 +233,6 @@ class FakeGrants:
         if self.hold is not None:
             await self.hold.wait()
         return reply
-
-
-def _rpc_error(error: ServiceError) -> grpc.aio.AioRpcError:
-    status = error.to_status()
-    return grpc.aio.AioRpcError(
-        status.code,
-        grpc.aio.Metadata(),
-        grpc.aio.Metadata(*status.trailing_metadata),
-        status.details,
-    )
 
 
 def _capabilities() -> gateway_pb2.QueryRequest:
