@@ -155,18 +155,21 @@ def gated_servicer(
     grants: Any = None,
     query_limit: tuple[float, int] = (100.0, 100),
     renew_limit: tuple[float, int] = (100.0, 100),
+    serials: RevokedSerials | None = None,
 ) -> FederationServicer:
     """A FederationServicer behind the whole gate: a real GrantCache (over ``grants``, by
     default grants-service's stub on ``backend``), RevokedSerials loaded with ``revoked``
-    (peer PEER_ID), LocalGcra limits, and ``audit`` as the AuditWriter."""
+    (peer PEER_ID) unless ``serials`` is given as it stands (e.g. not loaded), LocalGcra
+    limits, and ``audit`` as the AuditWriter."""
     channel = FakeChannel(backend)
-    serials = RevokedSerials()
-    serials.apply(
-        ca_pb2.WatchRevocationsResponse(
-            snapshot=True,
-            revocations=[ca_pb2.Revocation(serial=s, peer_id=PEER_ID) for s in revoked],
+    if serials is None:
+        serials = RevokedSerials()
+        serials.apply(
+            ca_pb2.WatchRevocationsResponse(
+                snapshot=True,
+                revocations=[ca_pb2.Revocation(serial=s, peer_id=PEER_ID) for s in revoked],
+            )
         )
-    )
     gateway = SimpleNamespace(
         runtime=SimpleNamespace(
             channels=SimpleNamespace(get=lambda _name: channel),

@@ -3,8 +3,23 @@ many messages it spans."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import grpc
+import pytest
+
 from federation_gateway.revocations import RevokedSerials
-from mosaic.federation.v1 import ca_pb2
+from mosaic.errors import ServiceError
+from mosaic.federation.v1 import ca_pb2, gateway_pb2, resources_pb2
+from tests.support.federation_fakes import (
+    GRANT_ID,
+    SUBJECT,
+    PeerContext,
+    RecordingAudit,
+    gated_servicer,
+    grant_reply,
+    known_identity,
+)
 
 
 def _message(*serials: str, snapshot: bool, more: bool = False) -> ca_pb2.WatchRevocationsResponse:
@@ -63,3 +78,50 @@ async def test_health_and_the_doctor_say_so_while_the_set_is_not_loaded() -> Non
     assert (row.ok, row.detail) == (True, "loaded, 1 revoked")
     revoked.lost()
     assert revoked.problem() is not None and not (await revoked.check()).ok
+
+
+def _never_loaded() -> RevokedSerials:
+    return RevokedSerials()
+
+
+def _lost_after_loading() -> RevokedSerials:
+    revoked = RevokedSerials()
+    revoked.apply(_message("a1", snapshot=True))
+    revoked.lost()  # the watch broke: a revocation may be missed from here on
+    return revoked
+
+
+@pytest.mark.parametrize("serials", [_never_loaded, _lost_after_loading], ids=["never", "lost"])
+async def test_no_request_passes_the_gate_while_the_set_is_not_loaded(
+    monkeypatch: pytest.MonkeyPatch, serials: Any
+) -> None:
+    """A certificate revoked while the gateway was not listening must not be honoured:
+    until a whole snapshot has arrived, every request is refused UNAVAILABLE
+    REVOCATIONS_NOT_LOADED (the peer may retry) and audited, before grants-service or
+    resource-service is asked anything."""
+    known_identity(monkeypatch, serial="01ab", grant_id=GRANT_ID, subject=SUBJECT)
+    asked: list[str] = []
+
+    def backend(method: str, _request: Any) -> Any:
+        asked.append(method)
+        return grant_reply() if method == "GetGrant" else resources_pb2.ListResourcesResponse()
+
+    audit = RecordingAudit()
+    servicer = gated_servicer(backend, audit=audit, serials=serials())
+    calls = {
+        "list": servicer.List(gateway_pb2.ListRequest(resource="tasks"), PeerContext()),
+        "capabilities": servicer.Capabilities(gateway_pb2.CapabilitiesRequest(), PeerContext()),
+    }
+    for verb, call in calls.items():
+        with pytest.raises(ServiceError) as refused:
+            await call
+        assert (refused.value.code, refused.value.reason) == (
+            grpc.StatusCode.UNAVAILABLE,
+            "REVOCATIONS_NOT_LOADED",
+        ), verb
+        assert refused.value.retry_after_s
+    assert asked == []  # neither GetGrant nor ListResources
+    assert [(row.verb, row.status, row.reason) for row in audit.rows] == [
+        ("list", "UNAVAILABLE", "REVOCATIONS_NOT_LOADED"),
+        ("capabilities", "UNAVAILABLE", "REVOCATIONS_NOT_LOADED"),
+    ]
