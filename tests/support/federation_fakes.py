@@ -9,7 +9,7 @@ import asyncio
 import inspect
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -197,6 +197,48 @@ class RecordingAudit:
 
     def record_soon(self, row: Any) -> None:
         self.rows.append(row)
+
+
+class HeldAudit:
+    """An AuditWriter whose commits wait for ``release`` (a slow or locked audit database):
+    ``record`` returns only once it is set; ``record_soon`` commits in a task of its own,
+    as AuditWriter's does. ``rows`` holds the rows given, ``committed`` those committed."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.rows: list[Any] = []
+        self.committed: list[Any] = []
+        self._later: set[asyncio.Task[None]] = set()
+
+    async def record(self, row: Any) -> None:
+        self.rows.append(row)
+        await self.release.wait()
+        self.committed.append(row)
+
+    def record_soon(self, row: Any) -> None:
+        task = asyncio.ensure_future(self.record(row))
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
+
+    async def waiting(self) -> None:
+        """Until a row waits for its commit."""
+        while not self.rows:
+            await asyncio.sleep(0.001)
+
+
+async def answered_only_after_commit(call: Awaitable[Any], audit: HeldAudit) -> Any:
+    """``call``'s answer, checking it is not given while its audit row waits for its
+    commit (the request stays pending however long that takes) and is given once it is."""
+    pending = asyncio.ensure_future(call)
+    await audit.waiting()
+    for _ in range(20):
+        await asyncio.sleep(0.005)
+        assert not pending.done(), "answered before its audit row was committed"
+    assert audit.committed == []
+    audit.release.set()
+    answer = await asyncio.wait_for(pending, timeout=5)
+    assert audit.committed == audit.rows and len(audit.rows) == 1
+    return answer
 
 
 class PeerContext:

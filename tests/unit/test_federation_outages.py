@@ -27,7 +27,9 @@ from mosaic.rpc.interceptors import ServerInterceptor
 from tests.support.federation_fakes import (
     GRANT_ID,
     SUBJECT,
+    HeldAudit,
     PeerContext,
+    answered_only_after_commit,
     gated_servicer,
     grant_reply,
     known_identity,
@@ -104,6 +106,17 @@ async def test_no_answer_without_its_audit_row_and_the_peer_may_retry(
     assert err.value.retry_after_s and err.value.retry_after_s > 0
     assert "INSERT" not in err.value.message
     assert len(audit.rows) == 1 and not audit.committed
+
+
+async def test_a_slow_audit_commit_holds_the_answer_until_it_is_done() -> None:
+    """Nothing is answered before its audit row is committed (not merely queued): a peer
+    whose request is pending while the commit waits gets its rows only once it is done."""
+    audit = HeldAudit()
+    servicer = gated_servicer(backend(lambda _request: ROWS), audit=audit)
+    call = servicer.List(gateway_pb2.ListRequest(resource="tasks"), PeerContext(PEM))
+    page = await answered_only_after_commit(call, audit)
+    assert [item.id for item in page.items] == ["t-1"]
+    assert audit.committed[0].outcome == "allowed"
 
 
 async def test_a_bug_in_the_audit_write_stays_internal() -> None:

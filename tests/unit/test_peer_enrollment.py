@@ -12,13 +12,21 @@ from typing import Any
 import grpc
 import pytest
 
-from federation_gateway.audit import AuditRecord
+from federation_gateway.audit import AuditRecord, AuditUnavailable
 from federation_gateway.peer_enrollment import PeerEnrollmentServicer, limit_key, source_host
 from federation_gateway.ratelimit import LocalGcra
 from mosaic.errors import TOKEN_CHECK_KEY, TOKEN_VALID, ServiceError
-from mosaic.federation.v1 import gateway_pb2
+from mosaic.federation.v1 import enrollment_pb2, gateway_pb2
 from mosaic.rpc.interceptors import MalformedRequest
-from tests.support.federation_fakes import Backend, FakeChannel, service_rpc_error
+from tests.support.federation_fakes import (
+    GRANT_ID,
+    PEER_ID,
+    Backend,
+    FakeChannel,
+    HeldAudit,
+    answered_only_after_commit,
+    service_rpc_error,
+)
 
 CA_DETAIL = "step-ca refused provisioner 'mosaic-b' at ca.internal:9000; check ca.json"
 
@@ -37,10 +45,10 @@ class Audit:
 
 
 def _servicer(
-    tmp_path: Path, backend: Backend, limiter: Any = None
-) -> tuple[PeerEnrollmentServicer, Audit]:
+    tmp_path: Path, backend: Backend, limiter: Any = None, audit: Any = None
+) -> tuple[PeerEnrollmentServicer, Any]:
     (tmp_path / "root.crt").write_text("ROOT")
-    audit = Audit()
+    audit = audit or Audit()
     allowed = SimpleNamespace(allowed=True, retry_after_s=0.0)
 
     async def acquire(_key: str) -> Any:
@@ -283,3 +291,36 @@ async def test_the_word_on_the_token_is_not_passed_on_to_the_peer(tmp_path: Path
         await servicer.Redeem(_request(), Context())
     assert refused.value.reason == "TOKEN_UNKNOWN"
     assert TOKEN_CHECK_KEY not in refused.value.metadata
+
+
+def _redeemed(_method: str, _request: Any) -> enrollment_pb2.RedeemResponse:
+    return enrollment_pb2.RedeemResponse(
+        certificate_pem="CERT", serial="01ab", grant_id=GRANT_ID, peer_id=PEER_ID
+    )
+
+
+async def test_a_redeem_is_answered_only_once_its_audit_row_is_committed(
+    tmp_path: Path,
+) -> None:
+    """The certificate goes out only after the row saying who got it is committed: while
+    the commit waits the peer has no answer; once it is done, it has."""
+    servicer, audit = _servicer(tmp_path, _redeemed, audit=HeldAudit())
+    reply = await answered_only_after_commit(servicer.Redeem(_request(), Context()), audit)
+    assert (reply.certificate_pem, reply.federation_endpoint) == ("CERT", "b.example:7443")
+    [row] = audit.committed
+    assert (row.outcome, row.status, str(row.grant_id)) == ("allowed", "OK", GRANT_ID)
+
+
+class _AuditDown(Audit):
+    async def record(self, record: AuditRecord) -> None:
+        self.rows.append(record)
+        raise AuditUnavailable("audit log write lock held for over 30 s")
+
+
+async def test_a_redeem_whose_audit_row_cannot_be_committed_is_not_answered(
+    tmp_path: Path,
+) -> None:
+    servicer, audit = _servicer(tmp_path, _redeemed, audit=_AuditDown())
+    with pytest.raises(AuditUnavailable):
+        await servicer.Redeem(_request(), Context())
+    assert [row.outcome for row in audit.rows] == ["allowed"]
