@@ -46,19 +46,24 @@ def grant_reply(
     peer_cert_serial: str | None = None,
     peer_cert_pem: str = "",
     cert_pem: str = "",
+    filters: dict[str, Any] | None = None,
 ) -> grants_pb2.GetGrantResponse:
     """grants-service's GetGrant: a grant on tasks for ``subject``, served with
     ``cert_serial``, bound to the inbound peer ``peer_id`` (whose row holds
     ``peer_cert_serial``, by default the same, and ``peer_cert_pem``); ``cert_pem`` is the
     grant's certificate,
-    as grants-service returns it when asked (``with_certificate``)."""
+    as grants-service returns it when asked (``with_certificate``); ``filters`` the scope's
+    row filters (DESIGN.md "Scope"), by default none (personal rows only)."""
+    scope: dict[str, Any] = {"resources": ["tasks"], "max_rows_per_query": max_rows}
+    if filters is not None:
+        scope["filters"] = filters
     return grants_pb2.GetGrantResponse(
         grant=grants_pb2.Grant(
             id=grant_id,
             peer_id=peer_id,
             subject_user_id=subject,
             status=status,
-            scope_json=json.dumps({"resources": ["tasks"], "max_rows_per_query": max_rows}),
+            scope_json=json.dumps(scope),
             cert_serial=cert_serial,
         ),
         peer=grants_pb2.Peer(
