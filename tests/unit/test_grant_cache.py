@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import grpc
+import pytest
 
 from federation_gateway.authz import GrantCache, GrantView, Refusal
 from mosaic.errors import ServiceError
@@ -167,3 +168,21 @@ async def test_a_fetch_older_than_the_ttl_is_not_joined(monkeypatch: Any) -> Non
     assert isinstance(await early, GrantView) and isinstance(await joined, GrantView)
     answer = await late
     assert isinstance(answer, Refusal) and answer.reason == "GRANT_REVOKED"
+
+
+@pytest.mark.parametrize("named", ["grant_ids", "peer_ids"])
+async def test_a_change_event_drops_the_entry_within_the_ttl(named: str) -> None:
+    """grants-service's WatchChanges naming the grant, or its peer, is heard at once: the
+    next request asks again and gets the new (refused) answer, long before the TTL."""
+    change = grants_pb2.WatchChangesResponse(
+        **{named: [GRANT_ID if named == "grant_ids" else PEER_ID]}
+    )
+    grants = FakeGrants()
+    grants.release.set()
+    grants.answers = [_reply(), _reply(grants_pb2.PEER_STATE_SUSPENDED)]
+    cache = GrantCache(grants, ttl_s=60)  # type: ignore[arg-type]
+    assert isinstance(await cache.get(GRANT_ID), GrantView)
+    cache.on_change(change)
+    after = await cache.get(GRANT_ID)
+    assert grants.calls == 2
+    assert isinstance(after, Refusal) and after.reason == "PEER_SUSPENDED"
