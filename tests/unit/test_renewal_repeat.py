@@ -25,6 +25,8 @@ from cryptography.x509.oid import NameOID
 from federation_gateway.federation import RENEW_REPEAT_WINDOW, FederationServicer
 from mosaic.errors import ServiceError, failed_precondition
 from mosaic.federation.v1 import ca_pb2, gateway_pb2, grants_pb2
+from mosaic.pki import spki_der
+from mosaic.repeats import served_certificate
 from mosaic.rpc.interceptors import MalformedRequest
 from mosaic.x509ext import grant_extensions
 from tests.support.federation_fakes import (
@@ -51,11 +53,12 @@ def _certificate(
     age: dt.timedelta = dt.timedelta(),
     *,
     grant_id: str = GRANT_ID,
+    subject: str = SUBJECT,
 ) -> str:
     """As B's CA issues it for the grant: its two extensions name the grant and SUBJECT."""
     start = dt.datetime.now(dt.UTC) - age
     builder = x509.CertificateBuilder()
-    for extension in grant_extensions(grant_id, SUBJECT):
+    for extension in grant_extensions(grant_id, subject):
         builder = builder.add_extension(extension, critical=False)
     cert = (
         builder.subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a")]))
@@ -234,6 +237,7 @@ async def test_a_replaced_certificate_gets_only_the_gates_refusal_and_spends_no_
         "too old",
         "stored certificate not the grant's serial",
         "stored certificate of another grant",
+        "stored certificate of another subject",
         "nothing stored, the peer row another grant's",
     ],
 )
@@ -257,6 +261,8 @@ async def test_no_answer_again_when_the_grant_no_longer_serves_it(
         b.cert_pem = _certificate(key.public_key(), "7e57")
     elif change == "stored certificate of another grant":
         b.cert_pem = _certificate(key.public_key(), CURRENT, grant_id=str(uuid.uuid4()))
+    elif change == "stored certificate of another subject":
+        b.cert_pem = _certificate(key.public_key(), CURRENT, subject=str(uuid.uuid4()))
     else:
         b.stores_certificates = False
         b.peer_serial, b.peer_cert_pem = "9f9f", _certificate(key.public_key(), "9f9f")
@@ -364,3 +370,14 @@ async def test_a_grants_service_from_before_grants_0003_still_answers_from_the_p
     presenting(OLD)
 
     assert await _renew(servicer, _csr(key)) == f"OK {CURRENT} repeated"
+
+
+def test_the_peer_row_stands_in_only_for_the_grants_own_peer() -> None:
+    """Nothing stored for the grant (before grants_0003): a peer row holding the grant's
+    serial and a certificate for the key stands in only when it is the grant's peer."""
+    key = _key()
+    reply = grant_reply(cert_serial=CURRENT, peer_cert_pem=_certificate(key.public_key(), CURRENT))
+    spki = spki_der(key.public_key())
+    assert served_certificate(reply, spki) is not None
+    reply.peer.id = str(uuid.uuid4())
+    assert served_certificate(reply, spki) is None
