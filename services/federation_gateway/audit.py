@@ -47,12 +47,17 @@ from sqlalchemy import insert, select, union_all
 from sqlalchemy.dialects import sqlite
 
 from federation_gateway.store import federation_audit_log
-from mosaic.db import Database, database_unavailable
+from mosaic.db import DATABASE_RETRY_AFTER_S, Database, database_unavailable
+from mosaic.errors import unavailable
 from mosaic.federation.v1 import common_pb2
 from mosaic.ids import uuid7
 from mosaic.sqltypes import utcnow
 
 log = logging.getLogger("mosaic.audit")
+
+# The audit log cannot be written (its database is down, full or locked): the request is
+# refused, since nothing is answered without its committed audit row.
+AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"
 
 MAX_BATCH = 512
 # close()'s wait for queued rows, within the 10 s a stop may take (8 s of it the server's
@@ -94,6 +99,28 @@ def audit_unavailable(error: BaseException) -> bool:
     """Whether a failed ``record`` means the log cannot be written now (the writer stopping,
     the database down, full or locked), rather than a bug."""
     return isinstance(error, AuditUnavailable) or database_unavailable(error)
+
+
+async def commit_or_refuse(writer: AuditWriter, record: AuditRecord) -> None:
+    """Commit a peer request's audit row. When the log cannot be written now, the peer gets
+    UNAVAILABLE ``AUDIT_UNAVAILABLE`` (with a retry delay) instead of its answer or
+    refusal: nothing is answered without its committed row. A bug stays a bug (INTERNAL)."""
+    try:
+        await writer.record(record)
+    except Exception as exc:
+        if not audit_unavailable(exc):
+            raise
+        log.warning(
+            "audit row not committed; request refused",
+            exc_info=exc,
+            extra={"verb": record.verb, "grant_id": str(record.grant_id or "")},
+        )
+        raise unavailable(
+            AUDIT_UNAVAILABLE,
+            "the serving gateway cannot record requests right now; nothing was answered",
+            remediation="retry shortly",
+            retry_after_s=DATABASE_RETRY_AFTER_S,
+        ) from None
 
 
 @dataclass

@@ -50,7 +50,7 @@ from typing import Any, TypeVar
 import grpc
 from cryptography import x509
 
-from federation_gateway.audit import AuditRecord, audit_unavailable
+from federation_gateway.audit import AuditRecord, commit_or_refuse
 from federation_gateway.authz import (
     CERT_NOT_CURRENT,
     CERT_NOT_CURRENT_MESSAGE,
@@ -66,7 +66,6 @@ from federation_gateway.ratelimit import within_limit
 from mosaic import __version__
 from mosaic.config import CA, GRANTS
 from mosaic.config import RESOURCES as RESOURCE_SERVICE
-from mosaic.db import DATABASE_RETRY_AFTER_S
 from mosaic.errors import (
     CA_BACKEND_REASON_PREFIX,
     DEPENDENCY_UNAVAILABLE,
@@ -136,9 +135,6 @@ PAGE_TOKEN_INVALID = "PAGE_TOKEN_INVALID"  # noqa: S105 - a reason code, not a s
 ID_INVALID = "ID_INVALID"
 QUERY_INVALID = "QUERY_INVALID"
 LIMIT_INVALID = "LIMIT_INVALID"
-# The audit log cannot be written (its database is down, full or locked): the request is
-# refused, since nothing is answered without its committed audit row.
-AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"
 # Audit reason of a renewal that completed after its caller went away: the peer never got
 # the new certificate, and its old one is revoked.
 ANSWER_NOT_SENT = "ANSWER_NOT_SENT"
@@ -367,24 +363,7 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         return response
 
     async def _commit(self, record: AuditRecord) -> None:
-        """Commit the request's audit row. When the log cannot be written now, the caller
-        gets UNAVAILABLE ``AUDIT_UNAVAILABLE`` instead of its answer or refusal."""
-        try:
-            await self._audit.record(record)
-        except Exception as exc:
-            if not audit_unavailable(exc):
-                raise
-            log.warning(
-                "audit row not committed; request refused",
-                exc_info=exc,
-                extra={"verb": record.verb, "grant_id": str(record.grant_id or "")},
-            )
-            raise unavailable(
-                AUDIT_UNAVAILABLE,
-                "the serving gateway cannot record requests right now; nothing was answered",
-                remediation="retry shortly",
-                retry_after_s=DATABASE_RETRY_AFTER_S,
-            ) from None
+        await commit_or_refuse(self._audit, record)
 
     @staticmethod
     def _finish(record: AuditRecord, code: grpc.StatusCode, started: float, *, reason: str) -> None:

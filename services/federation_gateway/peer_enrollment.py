@@ -18,7 +18,7 @@ from typing import Final
 
 import grpc
 
-from federation_gateway.audit import AuditRecord
+from federation_gateway.audit import AuditRecord, commit_or_refuse
 from federation_gateway.context import GatewayContext
 from federation_gateway.ratelimit import within_limit
 from mosaic.config import ENROLLMENT
@@ -142,7 +142,7 @@ class PeerEnrollmentServicer(gateway_pb2_grpc.PeerEnrollmentServicer):
                 raise malformed_request_error()
         except ServiceError as exc:  # over the limit, unparsable, or no limit: audited too
             outcome = "error" if exc.code == grpc.StatusCode.UNAVAILABLE else "denied"
-            await self._gateway.audit.record(audit.row(outcome, exc.code, exc.reason))
+            await commit_or_refuse(self._gateway.audit, audit.row(outcome, exc.code, exc.reason))
             raise
         except asyncio.CancelledError:  # gone while the limit was checked: still one row
             self._gateway.audit.record_soon(
@@ -162,14 +162,15 @@ class PeerEnrollmentServicer(gateway_pb2_grpc.PeerEnrollmentServicer):
             answer = _for_peer(remote)
             if _not_charged(remote, answer):
                 await self._refund(key)
-            await self._gateway.audit.record(
+            await commit_or_refuse(
+                self._gateway.audit,
                 audit.row(
                     "denied" if answer.code in _DENIED_CODES else "error",
                     remote.code,
                     remote.reason,  # the real reason, whatever the peer is told
                     grant_id=remote.metadata.get("grant_id"),
                     peer_id=remote.metadata.get("peer_id"),
-                )
+                ),
             )
             raise answer from None
         except asyncio.CancelledError:
@@ -180,12 +181,14 @@ class PeerEnrollmentServicer(gateway_pb2_grpc.PeerEnrollmentServicer):
             )
             raise
         except Exception:
-            await self._gateway.audit.record(audit.row("error", grpc.StatusCode.INTERNAL, INTERNAL))
+            row = audit.row("error", grpc.StatusCode.INTERNAL, INTERNAL)
+            await commit_or_refuse(self._gateway.audit, row)
             raise
 
         reply.federation_endpoint = self._federation_endpoint
         reply.ca_bundle_pem = self._server_root_pem
-        await self._gateway.audit.record(
+        await commit_or_refuse(
+            self._gateway.audit,
             audit.row(
                 "allowed",
                 grpc.StatusCode.OK,
@@ -194,7 +197,7 @@ class PeerEnrollmentServicer(gateway_pb2_grpc.PeerEnrollmentServicer):
                 peer_id=reply.peer_id,
                 subject_user_id=reply.subject_user_id,
                 bytes_out=reply.ByteSize(),
-            )
+            ),
         )
         log.info(
             "peer enrolled (answer repeated)" if reply.repeated else "peer enrolled",

@@ -18,8 +18,7 @@ import grpc
 import pytest
 from sqlalchemy import exc as sa_exc
 
-from federation_gateway import federation
-from federation_gateway.audit import AuditUnavailable
+from federation_gateway.audit import AUDIT_UNAVAILABLE, AuditUnavailable
 from federation_gateway.federation import FederationServicer
 from mosaic.errors import RemoteError, ServiceError
 from mosaic.federation.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc, resources_pb2
@@ -101,7 +100,7 @@ async def test_no_answer_without_its_audit_row_and_the_peer_may_retry(
         await servicer.List(gateway_pb2.ListRequest(resource=resource), PeerContext(PEM))
     assert (err.value.code, err.value.reason) == (
         grpc.StatusCode.UNAVAILABLE,
-        federation.AUDIT_UNAVAILABLE,
+        AUDIT_UNAVAILABLE,
     )
     assert err.value.retry_after_s and err.value.retry_after_s > 0
     assert "INSERT" not in err.value.message

@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import pytest
 
-from federation_gateway.audit import AuditRecord, AuditUnavailable
+from federation_gateway.audit import AUDIT_UNAVAILABLE, AuditRecord, AuditUnavailable
 from federation_gateway.peer_enrollment import PeerEnrollmentServicer, limit_key, source_host
 from federation_gateway.ratelimit import LocalGcra
 from mosaic.errors import TOKEN_CHECK_KEY, TOKEN_VALID, ServiceError
@@ -320,7 +320,11 @@ class _AuditDown(Audit):
 async def test_a_redeem_whose_audit_row_cannot_be_committed_is_not_answered(
     tmp_path: Path,
 ) -> None:
+    """No certificate without its row; the peer is told to retry (its repeat is answered
+    again within the repeat window), as a federation request is, not an internal error."""
     servicer, audit = _servicer(tmp_path, _redeemed, audit=_AuditDown())
-    with pytest.raises(AuditUnavailable):
+    with pytest.raises(ServiceError) as err:
         await servicer.Redeem(_request(), Context())
+    assert (err.value.code, err.value.reason) == (grpc.StatusCode.UNAVAILABLE, AUDIT_UNAVAILABLE)
+    assert err.value.retry_after_s and err.value.retry_after_s > 0
     assert [row.outcome for row in audit.rows] == ["allowed"]
