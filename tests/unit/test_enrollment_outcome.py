@@ -30,7 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
 from enrollment_service import domain
 from enrollment_service.app import MIGRATIONS as ENROLLMENT_MIGRATIONS
@@ -118,6 +118,27 @@ class World:
         except ServiceError as exc:
             return f"{exc.code.name} {exc.reason}"
         return f"OK {reply.serial}" + (" repeated" if reply.repeated else "")
+
+    async def create_token(self, ttl_seconds: int = 0, hooks: dict[str, Hook] | None = None) -> str:
+        """The admin API's CreateToken for this World's grant: "OK" or the refusal."""
+        try:
+            await self.enrollment(hooks or {}).CreateToken(
+                enrollment_pb2.CreateTokenRequest(grant_id=self.grant.id, ttl_seconds=ttl_seconds),
+                None,
+            )
+        except ServiceError as exc:
+            return f"{exc.code.name} {exc.reason}"
+        return "OK"
+
+    async def token_count(self) -> int:
+        """How many tokens this World's grant has (the fixture made one)."""
+        async with self.tokens._engine.connect() as conn:
+            found = await conn.execute(
+                select(func.count())
+                .select_from(federation_enrollment_tokens)
+                .where(federation_enrollment_tokens.c.grant_id == uuid.UUID(self.grant.id))
+            )
+            return int(found.scalar_one())
 
     async def grant_now(self) -> grants_pb2.Grant:
         reply = await self.grants.GetGrant(grants_pb2.GetGrantRequest(id=self.grant.id), None)
@@ -241,6 +262,104 @@ async def test_a_definite_refusal_still_revokes_and_hands_the_token_back(world: 
     assert world.revoked == ["5e0001"]
     assert await world.token_state() == "unused"
     assert (await world.grant_now()).status == grants_pb2.GRANT_STATUS_PENDING
+
+
+def _grant_changed(world: World, change: Callable[[grants_pb2.GetGrantResponse], None]) -> Hook:
+    """A GetGrant hook: grants-service's real answer, with ``change`` applied to it."""
+
+    async def changed(request: Any) -> Any:
+        reply = await world.grants.GetGrant(request, None)
+        change(reply)
+        return reply
+
+    return changed
+
+
+def _other_peer(reply: grants_pb2.GetGrantResponse) -> None:
+    reply.grant.peer_id = reply.peer.id = str(uuid.uuid4())
+
+
+def _other_grant(reply: grants_pb2.GetGrantResponse) -> None:
+    reply.grant.id = str(uuid.uuid4())
+
+
+@pytest.mark.parametrize("change", [_other_peer, _other_grant], ids=["other peer", "other grant"])
+async def test_a_token_whose_grant_is_bound_elsewhere_is_refused_before_the_ca(
+    world: World, change: Callable[[grants_pb2.GetGrantResponse], None]
+) -> None:
+    """The token is bound to its grant and that grant's peer: if grants-service reports
+    the grant bound to another peer (or another grant altogether), nothing is issued and
+    the token stays unused (TOKEN_BINDING_MISMATCH, SECURITY.md threat 4)."""
+    outcome = await world.redeem({"GetGrant": _grant_changed(world, change)})
+
+    assert outcome == "UNAUTHENTICATED TOKEN_BINDING_MISMATCH"
+    assert world.issued == []
+    assert await world.token_state() == "unused"
+    assert (await world.grant_now()).status == grants_pb2.GRANT_STATUS_PENDING
+
+
+# ---- making a token --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("requested", "seconds"), [(900, 900), (1, 1), (0, domain.DEFAULT_TTL_S)])
+def test_a_token_lives_at_most_900_seconds(requested: int, seconds: int) -> None:
+    assert domain.token_ttl(requested) == dt.timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("requested", [901, 100 * domain.MAX_TTL_S, -1])
+async def test_a_token_for_longer_than_900_seconds_is_refused(world: World, requested: int) -> None:
+    """DESIGN: token TTL <= 900 s. The CLI refuses such a --ttl itself; the admin API
+    refuses it too, and makes no token."""
+    with pytest.raises(domain.InvalidTTL):
+        domain.token_ttl(requested)
+
+    assert await world.create_token(requested) == "INVALID_ARGUMENT TOKEN_TTL_INVALID"
+    assert await world.token_count() == 1  # the fixture's
+
+
+def _outbound(reply: grants_pb2.GetGrantResponse) -> None:
+    reply.peer.direction = grants_pb2.PEER_DIRECTION_OUTBOUND
+
+
+def _not_the_grants(reply: grants_pb2.GetGrantResponse) -> None:
+    reply.peer.id = str(uuid.uuid4())
+
+
+@pytest.mark.parametrize("peer", ["suspended", "outbound", "not the grant's"])
+async def test_no_token_for_a_grant_whose_peer_cannot_enroll(world: World, peer: str) -> None:
+    """A token is made only for a pending grant bound to a pending or active inbound
+    peer: for a suspended peer, a peer we query (outbound) or a peer row that is not the
+    grant's, the admin API refuses (TOKEN_BINDING_MISMATCH) and no token is stored."""
+    hooks: dict[str, Hook] = {}
+    if peer == "suspended":
+        # The peer enrolled, got a second (pending) grant, and was suspended.
+        assert await world.redeem({}) == "OK 5e0001"
+        second = await world.grants.CreateGrant(
+            grants_pb2.CreateGrantRequest(
+                subject_user_id=str(uuid.uuid4()),
+                peer_name="a",
+                scope_json=json.dumps({"resources": ["notes"]}),
+            ),
+            None,
+        )
+        await world.grants.SetPeerState(
+            grants_pb2.SetPeerStateRequest(
+                id=world.grant.peer_id, state=grants_pb2.PEER_STATE_SUSPENDED, reason="test"
+            ),
+            None,
+        )
+        world = replace(world, grant=second.grant)
+        assert (await world.grant_now()).status == grants_pb2.GRANT_STATUS_PENDING
+    else:
+        change = _outbound if peer == "outbound" else _not_the_grants
+        hooks["GetGrant"] = _grant_changed(world, change)
+    before = await world.token_count()
+
+    assert await world.create_token(hooks=hooks) == "FAILED_PRECONDITION TOKEN_BINDING_MISMATCH"
+    assert await world.token_count() == before
+    if hooks:  # the same grant as grants-service really reports it gets its token
+        assert await world.create_token() == "OK"
+        assert await world.token_count() == before + 1
 
 
 # ---- a redeem repeated because its answer was lost ------------------------------------
