@@ -40,7 +40,7 @@ from federation_gateway.peer_enrollment import PeerEnrollmentServicer
 from federation_gateway.ratelimit import LocalGcra
 from grants_service.app import MIGRATIONS as GRANTS_MIGRATIONS
 from grants_service.servicer import ChangeNotifier, GrantsServicer
-from grants_service.store import GrantsStore
+from grants_service.store import GrantsStore, federation_grants
 from mosaic.config import RateLimitConfig
 from mosaic.db import Database
 from mosaic.errors import ServiceError
@@ -296,6 +296,34 @@ async def test_a_token_whose_grant_is_bound_elsewhere_is_refused_before_the_ca(
     assert world.issued == []
     assert await world.token_state() == "unused"
     assert (await world.grant_now()).status == grants_pb2.GRANT_STATUS_PENDING
+
+
+async def test_a_grant_that_expires_during_the_redeem_is_not_activated_and_the_token_stays(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The grant's expiry passes after the CA issued, and after grants-service's sweep of
+    due grants (stood down here): the activation's own condition refuses it, the new
+    certificate is revoked and the token stays unused."""
+    monkeypatch.setattr(world.grants, "_expire", _no_sweep)
+
+    async def expiry_passes(request: Any) -> None:
+        async with world.grants._store._engine.begin() as conn:
+            await conn.execute(
+                update(federation_grants)
+                .where(federation_grants.c.id == uuid.UUID(request.grant_id))
+                .values(expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
+            )
+
+    outcome = await world.redeem({"ActivateGrantAndPeer": expiry_passes})
+
+    assert outcome.startswith("FAILED_PRECONDITION")  # GRANT_EXPIRED (lost in this transport)
+    assert world.revoked == ["5e0001"]
+    assert await world.token_state() == "unused"
+    assert (await world.grant_now()).status != grants_pb2.GRANT_STATUS_ACTIVE
+
+
+async def _no_sweep(grant_id: Any) -> None:
+    return None
 
 
 # ---- making a token --------------------------------------------------------------------
