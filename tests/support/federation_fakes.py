@@ -278,6 +278,28 @@ def known_identity(
     monkeypatch.setattr(federation, "certificate_identity", lambda pem: known)
 
 
+class StoringGrants:
+    """A's grants-service as its admin servicer sees it: no peer stored yet; records what
+    gets stored (the name of each peer registered, the id of each peer whose credentials
+    are updated)."""
+
+    def __init__(self) -> None:
+        self.stored: list[str] = []
+
+    def __call__(self, method: str, request: Any) -> Any:
+        if method == "GetPeer":
+            raise rpc_error(grpc.StatusCode.NOT_FOUND)
+        if method == "RegisterOutboundPeer":
+            self.stored.append(request.name)
+            return grants_pb2.RegisterOutboundPeerResponse(peer=grants_pb2.Peer(name=request.name))
+        if method == "UpdateOutboundPeerCredentials":
+            self.stored.append(request.peer_id)
+            return grants_pb2.UpdateOutboundPeerCredentialsResponse(
+                peer=grants_pb2.Peer(id=request.peer_id)
+            )
+        raise AssertionError(f"unexpected call {method}")
+
+
 def admin_gateway(backend: Backend, federation_client: Any = None) -> Any:
     """The GatewayContext a FederationAdmin mixin needs on the querying side (A): internal
     services on ``backend``, the outbound client, and the unfinished-work registry."""

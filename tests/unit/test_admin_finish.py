@@ -19,27 +19,7 @@ from federation_gateway.admin.enrollment import EnrollmentAdminMixin, _Accepted
 from federation_gateway.admin.renewal import RenewalAdminMixin
 from mosaic.enrollment_url import build_enrollment_url
 from mosaic.federation.v1 import enrollment_pb2, gateway_pb2, grants_pb2
-from tests.support.federation_fakes import FakeChannel, admin_gateway, rpc_error
-
-
-class Backends:
-    """grants-service as A's admin servicer sees it: records what gets stored."""
-
-    def __init__(self) -> None:
-        self.stored: list[str] = []
-
-    def __call__(self, method: str, request: Any) -> Any:
-        if method == "GetPeer":
-            raise rpc_error(grpc.StatusCode.NOT_FOUND)
-        if method == "RegisterOutboundPeer":
-            self.stored.append(request.name)
-            return grants_pb2.RegisterOutboundPeerResponse(peer=grants_pb2.Peer(name=request.name))
-        if method == "UpdateOutboundPeerCredentials":
-            self.stored.append(request.peer_id)
-            return grants_pb2.UpdateOutboundPeerCredentialsResponse(
-                peer=grants_pb2.Peer(id=request.peer_id)
-            )
-        raise AssertionError(f"unexpected call {method}")
+from tests.support.federation_fakes import FakeChannel, StoringGrants, admin_gateway, rpc_error
 
 
 async def _cancel_while(started: asyncio.Event, call: Any) -> None:
@@ -61,7 +41,7 @@ async def _eventually(check: Any) -> None:
 async def test_peer_add_cancelled_during_the_redeem_still_stores_the_peer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    backends = Backends()
+    backends = StoringGrants()
     redeeming, answer = asyncio.Event(), asyncio.Event()
 
     async def fetch_pinned_root(target: Any) -> str:
@@ -90,7 +70,7 @@ async def test_peer_add_cancelled_during_the_redeem_still_stores_the_peer(
 async def test_peer_renew_cancelled_during_the_call_still_stores_the_certificate(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    backends = Backends()
+    backends = StoringGrants()
     renewing, answer = asyncio.Event(), asyncio.Event()
     peer = grants_pb2.Peer(id="peer-1", name="b", cert_serial="01", ca_bundle_pem="BUNDLE")
 

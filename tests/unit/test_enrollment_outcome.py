@@ -140,6 +140,17 @@ class World:
             )
             return int(found.scalar_one())
 
+    async def second_grant(self) -> grants_pb2.CreateGrantResponse:
+        """Another pending grant (on notes, for another user) for the same peer."""
+        return await self.grants.CreateGrant(
+            grants_pb2.CreateGrantRequest(
+                subject_user_id=str(uuid.uuid4()),
+                peer_name="a",
+                scope_json=json.dumps({"resources": ["notes"]}),
+            ),
+            None,
+        )
+
     async def grant_now(self) -> grants_pb2.Grant:
         reply = await self.grants.GetGrant(grants_pb2.GetGrantRequest(id=self.grant.id), None)
         return reply.grant
@@ -362,14 +373,7 @@ async def test_no_token_for_a_grant_whose_peer_cannot_enroll(world: World, peer:
     if peer == "suspended":
         # The peer enrolled, got a second (pending) grant, and was suspended.
         assert await world.redeem({}) == "OK 5e0001"
-        second = await world.grants.CreateGrant(
-            grants_pb2.CreateGrantRequest(
-                subject_user_id=str(uuid.uuid4()),
-                peer_name="a",
-                scope_json=json.dumps({"resources": ["notes"]}),
-            ),
-            None,
-        )
+        second = await world.second_grant()
         await world.grants.SetPeerState(
             grants_pb2.SetPeerStateRequest(
                 id=world.grant.peer_id, state=grants_pb2.PEER_STATE_SUSPENDED, reason="test"
@@ -475,14 +479,7 @@ async def test_a_peer_that_enrolled_another_grant_since_still_gets_its_answer(
     """The peer's row holds its latest certificate, here another grant's: the repeat is
     answered with this grant's own certificate (before grants_0003 it got nothing)."""
     assert await world.redeem({}) == "OK 5e0001"
-    second = await world.grants.CreateGrant(
-        grants_pb2.CreateGrantRequest(
-            subject_user_id=str(uuid.uuid4()),
-            peer_name="a",
-            scope_json=json.dumps({"resources": ["notes"]}),
-        ),
-        None,
-    )
+    second = await world.second_grant()
     assert second.grant.peer_id == world.grant.peer_id
     now = dt.datetime.now(dt.UTC)
     new = domain.new_token(now, dt.timedelta(minutes=15))
