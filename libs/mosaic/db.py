@@ -70,10 +70,12 @@ _SQLITE_UNAVAILABLE = frozenset(
     }
 )
 # Postgres SQLSTATEs of the same: classes 08 (connection exception), 53 (insufficient
-# resources: disk full, out of memory, too many connections), 58 (system error: I/O), and
-# the server shutting down, crashed, or starting up (57P01-57P03).
+# resources: disk full, out of memory, too many connections), 58 (system error: I/O), the
+# server shutting down, crashed, or starting up (57P01-57P03), a read-only transaction
+# (25006: the server is a standby, as after a failover), and the transient failures a
+# retry gets past (40001 serialization failure, 40P01 deadlock).
 _POSTGRES_UNAVAILABLE_CLASSES = ("08", "53", "58")
-_POSTGRES_UNAVAILABLE_STATES = frozenset({"57P01", "57P02", "57P03"})
+_POSTGRES_UNAVAILABLE_STATES = frozenset({"57P01", "57P02", "57P03", "25006", "40001", "40P01"})
 
 
 class DatabaseUnreachable(ConnectionError):

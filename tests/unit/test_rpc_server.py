@@ -207,6 +207,11 @@ DATABASE_DOWN = {
     ),
     "postgres-disk-full": lambda _: _postgres(asyncpg.exceptions.DiskFullError("no space")),
     "postgres-shutdown": lambda _: _postgres(asyncpg.exceptions.AdminShutdownError("bye")),
+    "postgres-standby": lambda _: _postgres(
+        asyncpg.exceptions.ReadOnlySQLTransactionError("read-only transaction")
+    ),
+    "postgres-serialization": lambda _: _postgres(asyncpg.exceptions.SerializationError("retry")),
+    "postgres-deadlock": lambda _: _postgres(asyncpg.exceptions.DeadlockDetectedError("dl")),
 }
 
 PROGRAMMING_ERRORS = {
