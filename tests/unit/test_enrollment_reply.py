@@ -188,10 +188,11 @@ async def test_an_enrollment_answer_off_our_key_or_the_reported_grant_is_not_sto
     assert await _add_peer(monkeypatch, answer) == (outcome, stores)
 
 
-async def _renew_peer(grant: str, subject: str) -> tuple[str, list[str]]:
+async def _renew_peer(grant: str, subject: str, *, our_key: bool = True) -> tuple[str, list[str]]:
     """A's `peer renew` of a peer whose current certificate carries GRANT and SUBJECT,
-    B's local CA renewing it for A's new key under ``grant`` and ``subject``. What A's
-    operator is told, and what A stored or flushed."""
+    B's local CA renewing it under ``grant`` and ``subject``, for A's new key (or, unless
+    ``our_key``, for a key A does not hold). What A's operator is told, and what A stored
+    or flushed."""
     b = create_local_ca("gateway-b")
     current = await _issued(b, ec.generate_private_key(ec.SECP256R1()))
     peer = grants_pb2.Peer(
@@ -208,7 +209,8 @@ async def _renew_peer(grant: str, subject: str) -> tuple[str, list[str]]:
 
     async def renew(peer_id: str, csr_pem: str, **_: Any) -> gateway_pb2.RenewCertificateResponse:
         csr = x509.load_pem_x509_csr(csr_pem.encode())
-        certificate_pem, chain_pem = _pems(await _issued(b, csr, grant=grant, subject=subject))
+        key = csr if our_key else ec.generate_private_key(ec.SECP256R1())
+        certificate_pem, chain_pem = _pems(await _issued(b, key, grant=grant, subject=subject))
         return gateway_pb2.RenewCertificateResponse(
             certificate_pem=certificate_pem, chain_pem=chain_pem
         )
@@ -232,14 +234,18 @@ async def _renew_peer(grant: str, subject: str) -> tuple[str, list[str]]:
         ("the same grant", "OK", ["peer-1", "flush peer-1"]),
         ("another grant", "FAILED_PRECONDITION INVALID_RESPONSE", []),
         ("another subject", "FAILED_PRECONDITION INVALID_RESPONSE", []),
+        # Stored, A would present a certificate whose key it does not hold (check_own_key).
+        ("another key", "FAILED_PRECONDITION INVALID_RESPONSE", []),
     ],
 )
-async def test_a_renewed_certificate_for_another_grant_or_subject_leaves_the_peer_as_it_was(
+async def test_a_renewed_certificate_off_our_key_grant_or_subject_leaves_the_peer_as_it_was(
     renewed_for: str, outcome: str, stores: list[str]
 ) -> None:
-    """The renewed certificate must carry the grant and subject of the one it replaces
-    (the compare in _check_renewal): otherwise A's stored credentials and channel stay."""
+    """The renewed certificate must carry the grant and subject of the one it replaces and
+    be for A's new key (the checks in _check_renewal): otherwise A's stored credentials and
+    channel stay."""
     grant = str(uuid.uuid4()) if renewed_for == "another grant" else GRANT
     subject = str(uuid.uuid4()) if renewed_for == "another subject" else SUBJECT
 
-    assert await _renew_peer(grant, subject) == (outcome, stores)
+    our_key = renewed_for != "another key"
+    assert await _renew_peer(grant, subject, our_key=our_key) == (outcome, stores)
