@@ -106,6 +106,37 @@ def database_unavailable(exc: BaseException) -> bool:
     return False
 
 
+# What to call a database failure where an operator reads it (the doctor): no SQL, no
+# values, no driver message.
+_SQLITE_KINDS = {
+    sqlite3.SQLITE_FULL: "disk full",
+    sqlite3.SQLITE_IOERR: "disk I/O error",
+    sqlite3.SQLITE_READONLY: "database read-only",
+    sqlite3.SQLITE_CANTOPEN: "database file cannot be opened",
+    sqlite3.SQLITE_CORRUPT: "database file corrupt",
+    sqlite3.SQLITE_NOTADB: "database file corrupt",
+    sqlite3.SQLITE_BUSY: "database locked",
+}
+_SQLSTATE_KINDS = {"53100": "disk full", "53": "database out of resources", "08": "connection lost"}
+
+
+def database_failure_kind(error: BaseException) -> str:
+    """A generic name for a failed database call, safe to show anywhere, with the error's
+    type (the driver's, under SQLAlchemy's wrapper)."""
+    driver_error = getattr(error, "orig", None) or error
+    kind = ""
+    code = getattr(driver_error, "sqlite_errorcode", None)
+    sqlstate = getattr(driver_error, "sqlstate", None)
+    if isinstance(code, int):
+        kind = _SQLITE_KINDS.get(code & 0xFF, "")
+    elif isinstance(sqlstate, str):
+        kind = _SQLSTATE_KINDS.get(sqlstate) or _SQLSTATE_KINDS.get(sqlstate[:2], "")
+    elif isinstance(error, (OSError, sa_exc.InterfaceError, sa_exc.OperationalError)):
+        kind = "database unreachable"
+    name = type(driver_error).__name__
+    return f"{kind} ({name})" if kind else name
+
+
 def database_unavailable_error(exc: BaseException) -> ServiceError | None:
     """What a caller learns when ``exc`` is the database being unavailable (None
     otherwise): nothing of the statement, the URL or the driver's message."""

@@ -47,7 +47,12 @@ from sqlalchemy import insert, select, union_all
 from sqlalchemy.dialects import sqlite
 
 from federation_gateway.store import federation_audit_log
-from mosaic.db import DATABASE_RETRY_AFTER_S, Database, database_unavailable
+from mosaic.db import (
+    DATABASE_RETRY_AFTER_S,
+    Database,
+    database_failure_kind,
+    database_unavailable,
+)
 from mosaic.errors import unavailable
 from mosaic.federation.v1 import common_pb2
 from mosaic.ids import uuid7
@@ -217,34 +222,11 @@ class CommitFailure:
     kind: str
 
 
-_SQLITE_KINDS = {
-    sqlite3.SQLITE_FULL: "disk full",
-    sqlite3.SQLITE_IOERR: "disk I/O error",
-    sqlite3.SQLITE_READONLY: "database read-only",
-    sqlite3.SQLITE_CANTOPEN: "database file cannot be opened",
-    sqlite3.SQLITE_CORRUPT: "database file corrupt",
-    sqlite3.SQLITE_NOTADB: "database file corrupt",
-    sqlite3.SQLITE_BUSY: "database locked",
-}
-_SQLSTATE_KINDS = {"53100": "disk full", "53": "database out of resources", "08": "connection lost"}
-
-
 def failure_kind(error: BaseException) -> str:
     """A generic name for why a commit failed, safe to show anywhere, with the error's type."""
-    driver_error = getattr(error, "orig", None) or error  # SQLAlchemy wraps the driver's
-    kind = ""
-    code = getattr(driver_error, "sqlite_errorcode", None)
-    sqlstate = getattr(driver_error, "sqlstate", None)
-    if isinstance(code, int):
-        kind = _SQLITE_KINDS.get(code & 0xFF, "")
-    elif isinstance(sqlstate, str):
-        kind = _SQLSTATE_KINDS.get(sqlstate) or _SQLSTATE_KINDS.get(sqlstate[:2], "")
-    elif isinstance(error, (TimeoutError, AuditUnavailable)):  # the write lock held too long
-        kind = "database locked"
-    elif isinstance(error, (OSError, sa_exc.InterfaceError, sa_exc.OperationalError)):
-        kind = "database unreachable"
-    name = type(driver_error).__name__
-    return f"{kind} ({name})" if kind else name
+    if isinstance(error, (TimeoutError, AuditUnavailable)):  # the write lock held too long
+        return f"database locked ({type(error).__name__})"
+    return database_failure_kind(error)
 
 
 class AuditWriter:
