@@ -7,6 +7,9 @@ revocation. Polling reads a sliding window of recent revocations (not a high-wat
 mark) so a replica whose clock is behind ours by less than the window is not missed;
 after polls failed (a database outage), the next one reads back to the start of the last
 one that succeeded.
+The first poll, at start, is no different: it publishes what it finds, and reads back to
+when the feed was made. The listener serves WatchRevocations before that poll (and while
+it retries one that failed), so a watcher's snapshot may predate it; none predates the feed.
 Watchers de-duplicate by serial: the same revocation may arrive both ways.
 """
 
@@ -118,8 +121,10 @@ class RevocationFeed:
         self._known: dict[str, datetime] = {}
         self._closed = False
         # When the last read that succeeded began: after failed polls (a database outage)
-        # the next one reads back from there, however long the outage lasted.
-        self._last_read: datetime | None = None
+        # the next one reads back from there, however long the outage lasted. Before the
+        # first read, when the feed was made: a watcher may have read its snapshot any time
+        # since, so the first read goes back that far too.
+        self._last_read: datetime = utcnow()
 
     @contextlib.contextmanager
     def subscribe(self) -> Iterator[Subscription]:
@@ -143,11 +148,10 @@ class RevocationFeed:
                 subscription.put(fresh)
 
     async def run(self) -> None:
-        """Poll for revocations committed by other replicas until cancelled."""
+        """Poll for revocations committed by other replicas until cancelled: at once, then
+        every poll interval."""
         try:
-            await self._prime()
             while True:
-                await asyncio.sleep(self._poll_interval_s)
                 try:
                     await self._poll_once()
                 except asyncio.CancelledError:
@@ -155,6 +159,7 @@ class RevocationFeed:
                 except Exception as exc:
                     # A database hiccup must not end the feed; the next poll catches up.
                     log.warning("revocation poll failed", extra={"error": type(exc).__name__})
+                await asyncio.sleep(self._poll_interval_s)
         finally:
             self.close()
 
@@ -164,27 +169,9 @@ class RevocationFeed:
         for subscription in list(self._subscribers):
             subscription.put(None)
 
-    async def _prime(self) -> None:
-        while True:
-            started = utcnow()
-            try:
-                recent = await store.list_revoked(
-                    self._engine, revoked_since=started - self._window
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("revocation poll failed", extra={"error": type(exc).__name__})
-                await asyncio.sleep(self._poll_interval_s)
-                continue
-            for record in recent:
-                self._known.setdefault(record.serial, record.revoked_at or utcnow())
-            self._last_read = started
-            return
-
     async def _poll_once(self) -> None:
         started = utcnow()
-        since = min(started, self._last_read or started) - self._window
+        since = min(started, self._last_read) - self._window
         recent = await store.list_revoked(self._engine, revoked_since=since)
         self.publish(recent)
         self._known = {serial: at for serial, at in self._known.items() if at >= since}
