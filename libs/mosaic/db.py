@@ -117,7 +117,14 @@ _SQLITE_KINDS = {
     sqlite3.SQLITE_NOTADB: "database file corrupt",
     sqlite3.SQLITE_BUSY: "database locked",
 }
-_SQLSTATE_KINDS = {"53100": "disk full", "53": "database out of resources", "08": "connection lost"}
+_SQLSTATE_KINDS = {
+    "53100": "disk full",
+    "53": "database out of resources",
+    "08": "connection lost",
+    "57P01": "database shutting down",
+    "57P02": "database crashed",
+    "57P03": "database starting up",
+}
 
 
 def database_failure_kind(error: BaseException) -> str:

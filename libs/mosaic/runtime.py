@@ -4,8 +4,10 @@ internal listener, diagnostics and the run loop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
+import signal
 import socket
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -16,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mosaic import __version__
 from mosaic.config import SERVICES, ConfigError, InstanceConfig, host_port, read_home_file
-from mosaic.db import Database
+from mosaic.db import Database, database_failure_kind, database_unavailable
 from mosaic.federation.v1 import common_pb2, common_pb2_grpc
 from mosaic.logs import configure_logging
 from mosaic.metrics import MetricsListener
@@ -29,6 +31,9 @@ from mosaic.sealing import Sealer, WeakSecretError, parse_secret
 log = logging.getLogger("mosaic.runtime")
 
 CERT_EXPIRY_WARNING = dt.timedelta(days=14)
+# A database server that does not answer at start is waited for, trying again after 1 s,
+# then twice as long each time up to this.
+DATABASE_WAIT_MAX_S = 10.0
 DIAGNOSTICS_SERVICE = common_pb2.DESCRIPTOR.services_by_name["Diagnostics"].full_name
 
 ExtraCheck = Callable[[], Awaitable[common_pb2.Check]]
@@ -97,6 +102,10 @@ def expiry_check(name: str, not_after: dt.datetime, remediation: str) -> common_
     )
 
 
+class StopRequested(Exception):
+    """The service was asked to stop before it served (a clean stop: exit 0)."""
+
+
 class ServiceRuntime:
     """Wiring shared by all five services; each app adds its own servicers and stores."""
 
@@ -133,9 +142,48 @@ class ServiceRuntime:
         changes the schema under the running one."""
         ensure_ports_free(self.config.bind_host, self.config.ports.of_service(self.service))
         if self.db is not None:
+            if not self.db.is_sqlite:
+                await self._wait_for_database()
             await self.db.migrate()
             current, _ = await self.db.revisions()
             log.info("migrations at head", extra={"revision": current})
+
+    async def _wait_for_database(self) -> None:
+        """Until the database server answers: it may start after this service (a host
+        that boots), or be failing over. Only unavailability is waited for; a refusal
+        (a wrong password, no such database) goes on to fail the migration at once.
+        SIGTERM or Ctrl-C meanwhile ends the wait: StopRequested."""
+        assert self.db is not None
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        signals = [signal.SIGTERM]
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            signals.append(signal.SIGINT)
+        for sig in signals:
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            delay = 1.0
+            while True:
+                try:
+                    await self.db.ping_ms()
+                    return
+                except Exception as exc:
+                    if not database_unavailable(exc):
+                        return  # the migration says what is wrong
+                    log.warning(
+                        "waiting for the database",
+                        extra={"problem": database_failure_kind(exc), "retry_in_s": delay},
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                if stop.is_set():
+                    log.info("stopped while waiting for the database")
+                    await self.db.dispose()
+                    raise StopRequested
+                delay = min(delay * 2, DATABASE_WAIT_MAX_S)
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
 
     def internal_listener(self, acl: Mapping[str, Iterable[str]]) -> Listener:
         """The service's mTLS listener, where every RPC checks the caller's identity."""

@@ -6,8 +6,11 @@ they do, and the requests refused meanwhile are in `audit list --peer`."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -23,7 +26,9 @@ from tests.integration.test_federation import (
     import_rows,
     rows,
 )
-from tests.support.instances import Instance, ServiceProcesses
+from tests.support.instances import MOSAIC, Instance, ServiceProcesses
+from tests.support.postgres import PostgresServer
+from tests.support.procs import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -158,3 +163,82 @@ async def test_after_ca_service_comes_back_requests_pass_within_the_promise(
     listed = _audit_of_peer(inst, cert.peer_id)
     assert listed[refused_id]["reason"] == "REVOCATIONS_NOT_LOADED"
     assert listed[refused_id]["peer_id"] == cert.peer_id
+
+
+# ---- a database server that is down when the instance starts ---------------------------
+
+
+def _waiting_services(inst: Instance) -> set[str]:
+    """The services whose log says they are waiting for their database."""
+    return {
+        json.loads(line)["service"]
+        for line in inst.log_text().splitlines()
+        if line.startswith("{") and '"msg":"waiting for the database"' in line
+    }
+
+
+def _up_in_background(inst: Instance) -> None:
+    log = inst.log_path.open("ab")
+    inst.proc = subprocess.Popen(
+        [*MOSAIC, "--home", str(inst.home), "up"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    log.close()
+
+
+@pytest.mark.postgres
+def test_services_wait_for_a_postgres_that_is_down_at_start(tmp_path: Path) -> None:
+    """A host that boots Postgres after the instance, or a database failing over: each
+    service waits for the database rather than exiting (which `up` would end up giving up
+    on), stops cleanly while it waits, and serves once the database answers. The cluster is
+    this test's own: stopping the session's would fail other tests."""
+    server = PostgresServer().start_or_skip()
+    try:
+        if server.backend != "local":
+            pytest.skip("stopping the database needs the local PostgreSQL backend")
+        inst = Instance(tmp_path, "bwait", db=server.create_database("mosaic_wait"))
+        server.pause("fast")
+
+        # Stopped while waiting: a clean stop, exit 0, nothing restarted meanwhile.
+        _up_in_background(inst)
+        wait_until(
+            lambda: _waiting_services(inst) == set(START_ORDER),
+            60,
+            what="every service waiting for the database",
+            abort=lambda: None if inst.proc is None or inst.proc.poll() is None else "up ended",
+        )
+        waiting = [
+            json.loads(line)
+            for line in inst.log_text().splitlines()
+            if '"msg":"waiting for the database"' in line
+        ]
+        assert {w["problem"] for w in waiting} == {"database unreachable (DatabaseUnreachable)"}
+        inst.stop()
+        assert inst.proc is not None and inst.proc.returncode == 0, inst.log_tail()
+        assert inst.log_text().count('"msg":"stopped while waiting for the database"') == 5
+        assert '"service":"mosaic-up"' not in inst.log_text(), inst.log_tail()
+
+        # Started again, still down; then the database comes up and every service serves,
+        # none of them having exited.
+        inst.log_path.unlink()
+        _up_in_background(inst)
+        wait_until(
+            lambda: _waiting_services(inst) == set(START_ORDER),
+            60,
+            what="every service waiting for the database",
+            abort=lambda: None if inst.proc is None or inst.proc.poll() is None else "up ended",
+        )
+        time.sleep(2.5)  # a few more attempts, so that each has had time to fail
+        server.resume()
+        try:
+            _wait_healthy(inst)
+            assert inst.proc is not None and inst.proc.poll() is None
+            assert '"service":"mosaic-up"' not in inst.log_text(), inst.log_tail()
+            assert server.password not in inst.log_text()
+        finally:
+            inst.stop()
+        assert inst.proc.returncode == 0, inst.log_tail()
+    finally:
+        server.stop()

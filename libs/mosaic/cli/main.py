@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -27,6 +28,7 @@ from mosaic.cli.supervise import (
     CRASH_WINDOW_S,
     MAX_EXITS_IN_WINDOW,
     ExitHistory,
+    StartReport,
     describe_exit,
     exit_text,
 )
@@ -250,10 +252,14 @@ def serve(
         )
     config = load_or_fail(ctx, state(ctx).home)
     module = importlib.import_module(SERVICES[service].module + ".app")
-    from mosaic.db import MigrationError  # the service imported it already; the CLI need not
+    # The service imported them already; the CLI need not.
+    from mosaic.db import MigrationError
+    from mosaic.runtime import StopRequested
 
     try:
         asyncio.run(module.main(config))
+    except StopRequested:
+        raise typer.Exit(EXIT_OK) from None
     except ConfigError as exc:
         fail(ctx, "CONFIG", exc.message, exc.remediation)
     except MigrationError as exc:
@@ -279,17 +285,23 @@ def up(ctx: typer.Context) -> None:
         nonlocal stopping
         stopping = True
 
+    reports: dict[str, StartReport] = {}
+
     def start(service: str) -> subprocess.Popen[bytes]:
         # A restart is the same command as the first start: same arguments and
-        # environment, and the lock passed on.
-        return subprocess.Popen(
-            [sys.executable, "-m", "mosaic.cli", "--home", str(config.home), "serve", service],
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            pass_fds=(lock.fd,),
-            # The terminal's Ctrl-C reaches every process of the foreground group: the
-            # services ignore it and are stopped below, in order.
-            preexec_fn=_ignore_sigint,
-        )
+        # environment, and the lock passed on; and a new pipe to report its start on.
+        report = reports[service] = StartReport()
+        try:
+            return subprocess.Popen(
+                [sys.executable, "-m", "mosaic.cli", "--home", str(config.home), "serve", service],
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **report.env()},
+                pass_fds=(lock.fd, report.write_fd),
+                # The terminal's Ctrl-C reaches every process of the foreground group: the
+                # services ignore it and are stopped below, in order.
+                preexec_fn=_ignore_sigint,
+            )
+        finally:
+            report.spawned()
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
@@ -298,6 +310,7 @@ def up(ctx: typer.Context) -> None:
     exits = {service: ExitHistory() for service in START_ORDER}
     restart_at: dict[str, float] = {}  # services waiting out their delay, not running
     gave_up: tuple[str, int] | None = None
+    failed_to_start = False
     while not stopping:
         now = time.monotonic()
         for service in START_ORDER:
@@ -315,8 +328,22 @@ def up(ctx: typer.Context) -> None:
                 continue
             returncode = children[service].poll()
             if returncode is None:
+                reports[service].started()  # read it while it is there to read
                 continue
-            delay = exits[service].next_delay(now)
+            started = reports[service].started()
+            reports[service].close()
+            if not started and exits[service].restarts == 0:
+                # Its first start failed: its configuration or its home, which a restart
+                # does not change (a database it cannot reach, it waits for).
+                _up_log(
+                    "error",
+                    "service failed to start; stopping the instance",
+                    child=service,
+                    **describe_exit(returncode),
+                )
+                gave_up, failed_to_start, stopping = (service, returncode), True, True
+                break
+            delay = exits[service].next_delay(now, started=started)
             if delay is None:
                 _up_log(
                     "error",
@@ -341,10 +368,22 @@ def up(ctx: typer.Context) -> None:
         else:
             time.sleep(0.2)  # so a stop request waits at most this long
     not_running = set(restart_at) | ({gave_up[0]} if gave_up else set())
-    exit_code = _stop_in_order(children, skip=not_running)
+    exit_code = _stop_in_order(children, skip=not_running, started=lambda s: reports[s].started())
     for service in restart_at:  # exit 0 says every service ran until the stop
         _up_log("error", "service was not running at the stop", child=service)
         exit_code = 1
+    for report in reports.values():
+        report.close()
+    if gave_up is not None and failed_to_start:
+        service, returncode = gave_up
+        fail(
+            ctx,
+            "SERVICE_FAILED_TO_START",
+            f"{service} exited while starting ({exit_text(returncode)}); every service of "
+            "the instance was stopped",
+            f"its log lines above say why (or run `mosaic serve {service}` alone); fix that, "
+            "then run mosaic up again",
+        )
     if gave_up is not None:
         service, returncode = gave_up
         fail(
@@ -358,12 +397,18 @@ def up(ctx: typer.Context) -> None:
     raise typer.Exit(exit_code)
 
 
-def _stop_in_order(children: dict[str, subprocess.Popen[bytes]], *, skip: set[str]) -> int:
+def _stop_in_order(
+    children: dict[str, subprocess.Popen[bytes]],
+    *,
+    skip: set[str],
+    started: Callable[[str], bool],
+) -> int:
     """Stop the running services, the gateway first, ca-service last, each once the one
     before has exited: a service stops while the services it calls still answer, so the
     work it finishes at shutdown (an enrollment, a renewal) can reach them. ``skip``: the
     services not running, whose exit was logged already. 1 when one had to be killed or
-    stopped with an error, else 0."""
+    stopped with an error, else 0. A service still starting (not ``started``) that SIGTERM
+    ended before it could handle it stopped as asked: it had nothing to finish."""
     exit_code = 0
     for service in reversed(START_ORDER):
         if service in skip:
@@ -380,6 +425,8 @@ def _stop_in_order(children: dict[str, subprocess.Popen[bytes]], *, skip: set[st
                     "error",
                     f"{service} did not stop within {STOP_TIMEOUT_PER_SERVICE_S:g} s; killed",
                 )
+        if child.returncode == -signal.SIGTERM and not started(service):
+            continue
         if child.returncode != 0:  # killed, crashed, or stopped with an error
             _up_log(
                 "error",

@@ -18,6 +18,7 @@ from mosaic.db import database_unavailable_error
 from mosaic.metrics import SERVING as SERVING_GAUGE
 from mosaic.rpc.interceptors import Authorizer, ServerInterceptor
 from mosaic.rpc.options import SERVER_OPTIONS
+from mosaic.supervisor import report_started
 
 log = logging.getLogger("mosaic.server")
 
@@ -163,6 +164,7 @@ class ServiceHost:
                 loop.add_signal_handler(sig, self.request_stop)
         for listener in self.listeners:
             await listener.start()
+        report_started()
         tasks = [asyncio.create_task(job()) for job in background]
         try:
             while not self._stop.is_set():
