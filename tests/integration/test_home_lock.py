@@ -87,8 +87,11 @@ def test_services_left_by_a_killed_up_are_named_with_their_pids_in_stop_order(
         assert code == 1, (doc, err)
         assert doc["error"]["code"] == "INSTANCE_RUNNING"
         remediation = doc["error"]["remediation"]
-        named = [remediation.index(f"kill {pids[s]}` ({s})") for s in reversed(START_ORDER)]
+        named = [remediation.index(f"`kill {pids[s]}` ({s})") for s in reversed(START_ORDER)]
         assert named == sorted(named)
+        # Each command quoted once, to be copied as written (a stray backtick followed
+        # every service name but the last).
+        assert remediation.count("`") == 2 * len(START_ORDER), remediation
     finally:
         for service in reversed(START_ORDER):
             with contextlib.suppress(ProcessLookupError):

@@ -462,18 +462,13 @@ def _refuse_busy_home(ctx: typer.Context, exc: HomeBusy) -> NoReturn:
     if holder is not None and holder.command == "up" and not _process_exists(holder.pid):
         # `up` itself was killed, and the services it started, which inherited the lock,
         # still run.
-        left = _orphaned_services(home)
-        stop = (
-            "`kill " + "`, then `kill ".join(f"{pid}` ({service})" for service, pid in left)
-            if left
-            else "each `mosaic serve` process of this home"
-        )
         fail(
             ctx,
             "INSTANCE_RUNNING",
             f"services of instance {holder.name!r} are still running from {home}; the "
             f"mosaic up that started them (pid {holder.pid}) is gone",
-            f"stop them one at a time, the gateway first: {stop}; then start again",
+            "stop them one at a time, the gateway first: "
+            f"{stop_orphans_advice(_orphaned_services(home))}; then start again",
         )
     if holder is not None and holder.command == "up":
         fail(
@@ -497,6 +492,13 @@ def _refuse_busy_home(ctx: typer.Context, exc: HomeBusy) -> NoReturn:
         f"another mosaic init or up holds {home / LOCK_FILE}",
         "wait for it to finish, or stop it; a second instance needs its own --home",
     )
+
+
+def stop_orphans_advice(left: list[tuple[str, int]]) -> str:
+    """How to stop the services ``left`` (service, pid), in that order: one `kill` each."""
+    if not left:
+        return "each `mosaic serve` process of this home"
+    return ", then ".join(f"`kill {pid}` ({service})" for service, pid in left)
 
 
 def _orphaned_services(home: Path) -> list[tuple[str, int]]:
