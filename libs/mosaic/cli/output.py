@@ -27,7 +27,9 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True)
+# Errors are never wrapped, on a terminal or through a pipe (rich would cut them at 80
+# columns there): each is one line, which a log or a `grep` keeps whole.
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def printable(value: object, *, line: bool = False) -> str:
