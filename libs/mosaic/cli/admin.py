@@ -113,7 +113,28 @@ def call_admin(
             extra["retry_after_s"] = remote.retry_after_s
         if remote.violations:
             extra["violations"] = [f"{f}: {d}" for f, d in remote.violations]
+        if _not_reached(remote):
+            fail(
+                ctx,
+                remote.reason,
+                f"the gateway of instance {config.name!r} is not running or not reachable "
+                f"at its admin address {config.admin_address}"
+                + (" (connection refused)" if "Connection refused" in remote.message else ""),
+                "start the instance with `mosaic up` (or `mosaic serve federation-gateway`); "
+                "`mosaic gateway doctor` shows which services answer",
+            )
         remediation = remote.remediation
         if remote.code == grpc.StatusCode.UNAVAILABLE and not remediation:
             remediation = "is the gateway running? start it with `mosaic up`"
         fail(ctx, remote.reason, remote.message, remediation, extra=extra)
+
+
+def _not_reached(remote: RemoteError) -> bool:
+    """Whether the call never reached the gateway: gRPC's own UNAVAILABLE for a connection
+    that failed (no ErrorInfo, so the reason is the bare status name). A running gateway's
+    UNAVAILABLE answers carry a reason of their own and are reported as they are."""
+    return (
+        remote.code == grpc.StatusCode.UNAVAILABLE
+        and remote.reason == grpc.StatusCode.UNAVAILABLE.name
+        and remote.message.startswith("failed to connect to all addresses")
+    )
