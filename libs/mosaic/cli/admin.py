@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import grpc
 import typer
 
-from mosaic.cli.output import fail
+from mosaic.cli.output import INTERRUPTED_ADVICE, fail
 from mosaic.config import (
     GATEWAY,
     OPERATOR,
@@ -90,12 +90,17 @@ def call_admin(
     ],
     *,
     error_metadata: tuple[str, ...] = (),
+    if_interrupted: str = "",
 ) -> T:
     """Run one admin call; a failed RPC becomes the CLI's error output and exit code 1.
 
     ``error_metadata`` names ErrorInfo metadata keys copied into the error document (e.g.
     the peer's own ``server_reason`` for calls that reach another gateway).
+    ``if_interrupted``: for a call that changes something, what the gateway may still do
+    or have done when Ctrl-C stops the CLI waiting, and how to check (output.interrupted);
+    empty for a call that changes nothing.
     """
+    ctx.meta[INTERRUPTED_ADVICE] = if_interrupted
 
     async def run() -> T:
         async with admin_channel(config) as channel:
@@ -103,7 +108,7 @@ def call_admin(
             return await action(stub, admin_metadata(config))
 
     try:
-        return asyncio.run(run())
+        result = asyncio.run(run())
     except ConfigError as exc:
         fail(ctx, "CONFIG", exc.message, exc.remediation)
     except grpc.aio.AioRpcError as err:
@@ -127,6 +132,8 @@ def call_admin(
         if remote.code == grpc.StatusCode.UNAVAILABLE and not remediation:
             remediation = "is the gateway running? start it with `mosaic up`"
         fail(ctx, remote.reason, remote.message, remediation, extra=extra)
+    del ctx.meta[INTERRUPTED_ADVICE]  # the call is over: a later Ctrl-C interrupts no call
+    return result
 
 
 def _not_reached(remote: RemoteError) -> bool:

@@ -37,6 +37,8 @@ def grant_token(
         ctx,
         config,
         lambda stub, md: stub.CreateToken(request, metadata=md, timeout=CREATE_TOKEN_TIMEOUT_S),
+        if_interrupted="a token may have been made; it was never shown and expires by itself: "
+        f"run `mosaic federation grant token {grant_id}` again",
     )
     doc: dict[str, Any] = {
         "token": reply.token,
@@ -101,6 +103,9 @@ def peer_add(
         ctx,
         config,
         lambda stub, md: stub.AddPeer(request, metadata=md, timeout=ADD_PEER_TIMEOUT_S),
+        if_interrupted="the gateway may still finish adding the peer (for up to 90 s): check "
+        "`mosaic federation peer list` before you run peer add again (the URL's token may "
+        "be spent already)",
     )
     doc = peer_doc(reply.peer)
     emit(ctx, doc, lambda: fields(f"peer {doc['name']} added", doc))
@@ -119,6 +124,8 @@ def peer_renew(
         config,
         lambda stub, md: stub.RenewPeer(request, metadata=md, timeout=RENEW_PEER_TIMEOUT_S),
         error_metadata=("server_reason", "request_id"),
+        if_interrupted="the gateway may still finish the renewal (for up to 90 s): check the "
+        f"peer's cert_serial with `mosaic federation peer show {peer}` before you renew again",
     )
     doc = peer_doc(reply.peer)
     emit(ctx, doc, lambda: fields(f"peer {doc['name']} renewed", doc))

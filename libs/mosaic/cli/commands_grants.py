@@ -204,7 +204,13 @@ def grant_create(
     if expires_at is not None:
         request.expires_at.FromDatetime(_parse_time(ctx, expires_at))
     config = load_or_fail(ctx, state(ctx).home)
-    reply = call_admin(ctx, config, lambda stub, md: stub.CreateGrant(request, metadata=md))
+    reply = call_admin(
+        ctx,
+        config,
+        lambda stub, md: stub.CreateGrant(request, metadata=md),
+        if_interrupted="the grant may have been created: check "
+        f"`mosaic federation grant list --peer {peer_name}` before you create it again",
+    )
     doc = grant_doc(reply.grant)
     doc["peer"] = peer_doc(reply.peer)
 
@@ -273,7 +279,13 @@ def grant_revoke(
     """Revoke a grant for good; it cannot be made pending or active again."""
     request = grants_pb2.RevokeGrantRequest(id=_uuid_arg(ctx, "ID", grant_id), reason=reason)
     config = load_or_fail(ctx, state(ctx).home)
-    reply = call_admin(ctx, config, lambda stub, md: stub.RevokeGrant(request, metadata=md))
+    reply = call_admin(
+        ctx,
+        config,
+        lambda stub, md: stub.RevokeGrant(request, metadata=md),
+        if_interrupted=f"the grant may have been revoked: check `mosaic federation grant show "
+        f"{request.id}`, or revoke it again",
+    )
     doc = grant_doc(reply.grant)
     emit(ctx, doc, lambda: fields(f"grant {doc['id']} revoked", _grant_fields(doc)))
 
@@ -328,7 +340,12 @@ def _set_state(ctx: typer.Context, peer: str, target: str, reason: str, done: st
         id=peer, state=grants_pb2.PeerState.Value("PEER_STATE_" + target.upper()), reason=reason
     )
     config = load_or_fail(ctx, state(ctx).home)
-    reply = call_admin(ctx, config, lambda stub, md: stub.SetPeerState(request, metadata=md))
+    reply = call_admin(
+        ctx,
+        config,
+        lambda stub, md: stub.SetPeerState(request, metadata=md),
+        if_interrupted=f"the peer may have been {done}: check `mosaic federation peer show {peer}`",
+    )
     doc = peer_doc(reply.peer)
     emit(ctx, doc, lambda: fields(f"peer {doc['name']} {done}", doc))
 
@@ -354,7 +371,12 @@ def peer_remove(ctx: typer.Context, peer: Annotated[str, typer.Argument(metavar=
     """Delete a peer and every grant it holds."""
     request = grants_pb2.RemovePeerRequest(id=peer)
     config = load_or_fail(ctx, state(ctx).home)
-    reply = call_admin(ctx, config, lambda stub, md: stub.RemovePeer(request, metadata=md))
+    reply = call_admin(
+        ctx,
+        config,
+        lambda stub, md: stub.RemovePeer(request, metadata=md),
+        if_interrupted="the peer may have been removed: check `mosaic federation peer list`",
+    )
     doc = {"peer": peer_doc(reply.peer), "removed_grant_ids": list(reply.removed_grant_ids)}
 
     def human() -> None:

@@ -56,7 +56,13 @@ def import_rows(
     for batch in in_batches(items, max_items=BATCH_SIZE):
         request = resources_pb2.ImportResourcesRequest(items=batch)
         try:
-            reply = call_admin(ctx, config, _send(request))
+            reply = call_admin(
+                ctx,
+                config,
+                _send(request),
+                if_interrupted=f"{imported} rows were imported before this batch, which may "
+                "have been too: import is by id, so running it again is safe",
+            )
         except typer.Exit:
             if imported:  # an earlier batch got in; say so (stderr keeps --json stdout clean)
                 typer.echo(f"{imported} rows were imported before this failure", err=True)

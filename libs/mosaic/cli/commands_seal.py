@@ -58,7 +58,12 @@ def rotate(
     except ConfigError as exc:
         fail(ctx, "CONFIG", exc.message, exc.remediation)
     reply = call_admin(
-        ctx, config, lambda stub, md: stub.RotateSeal(gateway_pb2.RotateSealRequest(), metadata=md)
+        ctx,
+        config,
+        lambda stub, md: stub.RotateSeal(gateway_pb2.RotateSealRequest(), metadata=md),
+        if_interrupted="the gateway may have re-sealed some rows, and the home's files were "
+        "not re-sealed: run `mosaic seal rotate` again (re-sealing twice is harmless) and keep "
+        "the previous secret until it succeeds",
     )
     try:
         files = reseal_home_files(config, sealer)

@@ -25,6 +25,11 @@ from mosaic.text import escape_unshown
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
+
+# ctx.meta key (shared by every context of one command line): what an admin call in
+# flight leaves to the gateway if the operator stops waiting (admin.call_admin sets it).
+INTERRUPTED_ADVICE = "mosaic.interrupted_advice"
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 # Errors are never wrapped, on a terminal or through a pipe (rich would cut them at 80
@@ -100,6 +105,22 @@ def fail(
                 Text.assemble(("what to do", "yellow"), " ", plain(remediation, line=True))
             )
     raise typer.Exit(exit_code)
+
+
+def interrupted(ctx: typer.Context) -> NoReturn:
+    """Report Ctrl-C (exit 130) the way every other failure is reported. While an admin
+    call was in flight, say so and what the gateway may still finish (its work goes on
+    after the CLI stops waiting) and how to check."""
+    advice = ctx.meta.get(INTERRUPTED_ADVICE)
+    if advice is None:
+        fail(ctx, "INTERRUPTED", "interrupted", "", exit_code=EXIT_INTERRUPTED)
+    fail(
+        ctx,
+        "INTERRUPTED",
+        "interrupted while waiting for the gateway",
+        advice or "nothing was changed; run the command again",
+        exit_code=EXIT_INTERRUPTED,
+    )
 
 
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
