@@ -136,7 +136,7 @@ class PeerEnrollmentServicer(gateway_pb2_grpc.PeerEnrollmentServicer):
                 self._gateway.redeem_limiter,
                 key,
                 "too many enrollment attempts from this address",
-                remediation="wait the delay in RetryInfo before trying again",
+                remediation="wait {seconds} s before trying again",
             )
             if type(request) is MalformedRequest:
                 raise malformed_request_error()

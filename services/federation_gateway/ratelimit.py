@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -182,10 +183,12 @@ async def within_limit(
     key: str,
     refusal: str,
     *,
-    remediation: str = "retry after the delay in RetryInfo",
+    remediation: str = "retry in {seconds} s",
 ) -> None:
     """Take one request's worth of ``limiter`` for ``key``, or refuse with RetryInfo:
-    RESOURCE_EXHAUSTED ``RATE_LIMITED`` over the limit, and UNAVAILABLE
+    RESOURCE_EXHAUSTED ``RATE_LIMITED`` over the limit (``remediation`` with ``{seconds}``
+    filled in: the delay rounded up to whole seconds, for the people who read it; programs
+    read RetryInfo, the message stays the same), and UNAVAILABLE
     ``RATE_LIMITER_UNAVAILABLE`` when the limit cannot be checked (Valkey down or slow):
     refused rather than served unlimited."""
     try:
@@ -203,6 +206,6 @@ async def within_limit(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             RATE_LIMITED,
             refusal,
-            remediation=remediation,
+            remediation=remediation.format(seconds=max(1, math.ceil(decision.retry_after_s))),
             retry_after_s=decision.retry_after_s,
         )

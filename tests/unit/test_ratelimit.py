@@ -12,6 +12,7 @@ import pytest
 from federation_gateway import ratelimit
 from federation_gateway.ratelimit import LocalGcra, RedisGcra
 from mosaic.config import RateLimitConfig
+from mosaic.errors import ServiceError
 from tests.support.redis_server import RedisServer
 
 
@@ -143,3 +144,21 @@ async def test_a_redis_refund_gives_back_one_request_to_every_replica(
     finally:
         await one.close()
         await two.close()
+
+
+@pytest.mark.parametrize(("waited", "said"), [(0.0, "retry in 52 s"), (51.2, "retry in 1 s")])
+async def test_a_refusal_says_in_seconds_when_to_retry(
+    clock: Clock, waited: float, said: str
+) -> None:
+    """The remediation said "retry after the delay in RetryInfo", which only a gRPC
+    programmer can follow: it now gives the delay, rounded up to whole seconds (the
+    message stays the same; RetryInfo keeps the exact delay)."""
+    limiter = LocalGcra(per_second=1 / 60, burst=1)
+    await ratelimit.within_limit(limiter, "g", "too many")
+    clock.now += 8.5 + waited
+    with pytest.raises(ServiceError) as refused:
+        await ratelimit.within_limit(limiter, "g", "too many")
+    assert refused.value.reason == "RATE_LIMITED"
+    assert str(refused.value.message) == "too many"
+    assert refused.value.remediation == said
+    assert refused.value.retry_after_s == pytest.approx(51.5 - waited)
