@@ -380,11 +380,15 @@ async def test_valid_grant_is_pending_shown_listed_and_revoked_for_good(
     assert revoked["revoked_at"] is not None
     assert revoked["revoke_reason"] == "no longer needed"
 
-    # Nothing brings it back: not a second revoke, not enrollment.
-    code, again, _ = instance.cli("federation", "grant", "revoke", grant["id"])
-    assert code == 1
-    assert again["error"]["code"] == "GRANT_ALREADY_REVOKED"
-    assert again["error"]["remediation"]
+    # Nothing brings it back: not a second revoke (which succeeds: the grant is revoked,
+    # as asked, and keeps its first revocation), not enrollment.
+    code, again, err = instance.cli("federation", "grant", "revoke", grant["id"])
+    assert code == 0, (again, err)
+    assert again["status"] == "revoked"
+    assert again["revoked_at"] == revoked["revoked_at"]
+    assert again["revoke_reason"] == "no longer needed"
+    code, _, err = instance.cli("federation", "grant", "revoke", grant["id"], json_out=False)
+    assert code == 0 and err == "", err
     async with Grants(instance.home, ENROLLMENT) as enrollment:
         got = await enrollment.GetGrant(grants_pb2.GetGrantRequest(id=grant["id"]), timeout=10)
         await expect_refusal(
@@ -479,8 +483,7 @@ async def test_revoking_a_grant_revokes_its_certificates_whatever_the_reason_and
     # grant was revoked already, and revokes it.
     missed = await _issue_for(instance, *ids)
     code, again, _ = instance.cli("federation", "grant", "revoke", grant["id"])
-    assert code == 1
-    assert again["error"]["code"] == "GRANT_ALREADY_REVOKED"
+    assert code == 0 and again["status"] == "revoked", again
     assert missed in await _revocations(instance)
 
 
@@ -769,9 +772,11 @@ async def test_grant_and_peer_transitions_and_their_refusals(instance: Instance)
         # Peer: active ↔ suspended, with "already" refusals naming the state.
         code, doc, _ = instance.cli("federation", "peer", "suspend", peer_name, "--reason", "audit")
         assert code == 0 and doc["state"] == "suspended", doc
+        # Suspending it again has nothing to do and succeeds (as resume and revoke do).
         code, doc, _ = instance.cli("federation", "peer", "suspend", peer_name)
-        assert code == 1 and doc["error"]["code"] == "PEER_ALREADY_SUSPENDED"
-        assert "already suspended" in doc["error"]["remediation"]
+        assert code == 0 and doc["state"] == "suspended", doc
+        code, out, err = instance.cli("federation", "peer", "suspend", peer_name, json_out=False)
+        assert code == 0 and "was suspended already: nothing to do" in out, (out, err)
         # A suspended peer takes no new grant until it is resumed.
         await expect_refusal(create_grant(gw, peer_name), failed, "PEER_SUSPENDED")
         # Enrollment of a pending grant of a suspended peer is refused and changes nothing.
@@ -786,7 +791,7 @@ async def test_grant_and_peer_transitions_and_their_refusals(instance: Instance)
         code, doc, _ = instance.cli("federation", "peer", "resume", peer_name)
         assert code == 0 and doc["state"] == "active"
         code, doc, _ = instance.cli("federation", "peer", "resume", peer_name)
-        assert code == 1 and doc["error"]["code"] == "PEER_ALREADY_ACTIVE"
+        assert code == 0 and doc["state"] == "active", doc
 
         # Revoking a peer revokes its live grants; revoked is terminal for both.
         revoked = await gw.SetPeerState(

@@ -27,6 +27,11 @@ from mosaic.rpc.channels import internal_client_credentials, secure_channel
 T = TypeVar("T")
 
 
+class AlreadyDone(Exception):
+    """The gateway refused a change because what it asked for holds already (call_admin's
+    ``done_if``): the command has nothing to do and succeeds."""
+
+
 def admin_channel(config: InstanceConfig) -> grpc.aio.Channel:
     """ConfigError when the instance's internal CA certificate cannot be read."""
     credentials = grpc.ssl_channel_credentials(
@@ -91,6 +96,7 @@ def call_admin(
     *,
     error_metadata: tuple[str, ...] = (),
     if_interrupted: str = "",
+    done_if: str = "",
 ) -> T:
     """Run one admin call; a failed RPC becomes the CLI's error output and exit code 1.
 
@@ -98,7 +104,8 @@ def call_admin(
     the peer's own ``server_reason`` for calls that reach another gateway).
     ``if_interrupted``: for a call that changes something, what the gateway may still do
     or have done when Ctrl-C stops the CLI waiting, and how to check (output.interrupted);
-    empty for a call that changes nothing.
+    empty for a call that changes nothing. ``done_if``: the refusal reason that means the
+    change holds already (e.g. PEER_ALREADY_SUSPENDED); it raises AlreadyDone instead.
     """
     ctx.meta[INTERRUPTED_ADVICE] = if_interrupted
 
@@ -113,6 +120,9 @@ def call_admin(
         fail(ctx, "CONFIG", exc.message, exc.remediation)
     except grpc.aio.AioRpcError as err:
         remote = RemoteError.from_rpc_error(err)
+        if done_if and remote.reason == done_if:
+            del ctx.meta[INTERRUPTED_ADVICE]
+            raise AlreadyDone(remote.message) from None
         extra: dict[str, Any] = {k: v for k, v in remote.metadata.items() if k in error_metadata}
         if remote.retry_after_s is not None:
             extra["retry_after_s"] = remote.retry_after_s

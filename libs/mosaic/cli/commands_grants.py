@@ -11,7 +11,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from google.protobuf import timestamp_pb2
 
-from mosaic.cli.admin import call_admin, load_or_fail
+from mosaic.cli.admin import AlreadyDone, call_admin, load_or_fail
 from mosaic.cli.federation import grant_app, peer_app
 from mosaic.cli.output import EXIT_USAGE, emit, fail, fields, state, table
 from mosaic.federation.v1 import grants_pb2
@@ -279,15 +279,24 @@ def grant_revoke(
     """Revoke a grant for good; it cannot be made pending or active again."""
     request = grants_pb2.RevokeGrantRequest(id=_uuid_arg(ctx, "ID", grant_id), reason=reason)
     config = load_or_fail(ctx, state(ctx).home)
-    reply = call_admin(
-        ctx,
-        config,
-        lambda stub, md: stub.RevokeGrant(request, metadata=md),
-        if_interrupted=f"the grant may have been revoked: check `mosaic federation grant show "
-        f"{request.id}`, or revoke it again",
-    )
+    done = "revoked"
+    try:
+        # A grant revoked already: the gateway has revoked its certificates again (what a
+        # CA outage may have left undone), and there is nothing else to do.
+        reply: Any = call_admin(
+            ctx,
+            config,
+            lambda stub, md: stub.RevokeGrant(request, metadata=md),
+            if_interrupted="the grant may have been revoked: check `mosaic federation grant "
+            f"show {request.id}`, or revoke it again",
+            done_if="GRANT_ALREADY_REVOKED",
+        )
+    except AlreadyDone:
+        done = "was revoked already: nothing to do"
+        get = grants_pb2.GetGrantRequest(id=request.id)
+        reply = call_admin(ctx, config, lambda stub, md: stub.GetGrant(get, metadata=md))
     doc = grant_doc(reply.grant)
-    emit(ctx, doc, lambda: fields(f"grant {doc['id']} revoked", _grant_fields(doc)))
+    emit(ctx, doc, lambda: fields(f"grant {doc['id']} {done}", _grant_fields(doc)))
 
 
 # ---- peer ------------------------------------------------------------------------------
@@ -340,12 +349,19 @@ def _set_state(ctx: typer.Context, peer: str, target: str, reason: str, done: st
         id=peer, state=grants_pb2.PeerState.Value("PEER_STATE_" + target.upper()), reason=reason
     )
     config = load_or_fail(ctx, state(ctx).home)
-    reply = call_admin(
-        ctx,
-        config,
-        lambda stub, md: stub.SetPeerState(request, metadata=md),
-        if_interrupted=f"the peer may have been {done}: check `mosaic federation peer show {peer}`",
-    )
+    try:
+        reply: Any = call_admin(
+            ctx,
+            config,
+            lambda stub, md: stub.SetPeerState(request, metadata=md),
+            if_interrupted=f"the peer may have been {done}: check "
+            f"`mosaic federation peer show {peer}`",
+            done_if=f"PEER_ALREADY_{target.upper()}",
+        )
+    except AlreadyDone:  # what was asked holds already: success, as for a repeated revoke
+        done = f"was {target} already: nothing to do"
+        get = grants_pb2.GetPeerRequest(id=peer)
+        reply = call_admin(ctx, config, lambda stub, md: stub.GetPeer(get, metadata=md))
     doc = peer_doc(reply.peer)
     emit(ctx, doc, lambda: fields(f"peer {doc['name']} {done}", doc))
 
