@@ -958,7 +958,6 @@ async def test_import_rpc_validates_every_row_itself(
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (None, "cannot read"),
         ("{not json", "is not JSON"),
         ('{"id": "x"}', "is not a JSON array"),
         ('"rows"', "is not a JSON array"),

@@ -29,7 +29,14 @@ def grant_token(
 ) -> None:
     """Make a single-use enrollment URL for a pending grant (hand it to the peer's admin)."""
     if ttl < 1 or ttl > 900:
-        fail(ctx, "USAGE", "--ttl must be between 1 and 900 seconds", exit_code=EXIT_USAGE)
+        fail(
+            ctx,
+            "USAGE",
+            f"--ttl must be between 1 and 900 seconds, got {ttl}",
+            "pass --ttl 1 to 900 (default 900, 15 minutes): a token that lives longer is a "
+            "risk; make a new one when it expires",
+            exit_code=EXIT_USAGE,
+        )
     grant_id = _uuid_arg(ctx, "ID", grant_id)
     config = load_or_fail(ctx, state(ctx).home)
     request = enrollment_pb2.CreateTokenRequest(grant_id=grant_id, ttl_seconds=ttl)

@@ -142,8 +142,9 @@ def _parse_time(ctx: typer.Context, value: str) -> dt.datetime:
 
 
 def _read_scope(ctx: typer.Context, path: Path) -> str:
-    """The scope file's text; exit 2 if it cannot be read, is not UTF-8, or is larger than
-    MAX_SCOPE_FILE_BYTES (read no further: ``--scope /dev/zero`` never ends otherwise)."""
+    """The scope file's text; exit 2 if it cannot be read or is larger than
+    MAX_SCOPE_FILE_BYTES (read no further: ``--scope /dev/zero`` never ends otherwise), exit
+    1 (SCOPE_INVALID, as for any invalid scope) if it is not UTF-8."""
     try:
         with path.open("rb") as file:
             data = file.read(MAX_SCOPE_FILE_BYTES + 1)
@@ -154,8 +155,15 @@ def _read_scope(ctx: typer.Context, path: Path) -> str:
                 'pass --scope with the scope JSON document (DESIGN.md "Scope")',
             )
         return data.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+    except UnicodeDecodeError:  # what the file holds: refused like any invalid scope (exit 1)
+        fail(
+            ctx,
+            "SCOPE_INVALID",
+            f"scope file {path} is not UTF-8 text",
+            'pass --scope with the scope JSON document (DESIGN.md "Scope")',
+        )
+    except OSError as exc:  # the command line names no readable file: bad usage
+        reason = exc.strerror or type(exc).__name__
         _usage(
             ctx,
             f"cannot read scope file {path}: {reason}",

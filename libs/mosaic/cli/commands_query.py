@@ -201,7 +201,13 @@ def audit_list(
 ) -> None:
     """Peer requests this gateway served or refused, newest first."""
     if not 1 <= limit <= 1000:
-        fail(ctx, "USAGE", "--limit must be between 1 and 1000", exit_code=EXIT_USAGE)
+        fail(
+            ctx,
+            "USAGE",
+            f"--limit must be between 1 and 1000, got {limit}",
+            "pass --limit 1 to 1000 (default 100); --since reaches further back",
+            exit_code=EXIT_USAGE,
+        )
     request = gateway_pb2.ListAuditRequest(peer_id=peer or "", limit=limit)
     if since is not None:
         try:

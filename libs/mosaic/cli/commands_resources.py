@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from mosaic.cli.admin import call_admin, load_or_fail
-from mosaic.cli.output import emit, fail, state
+from mosaic.cli.output import EXIT_USAGE, emit, fail, state
 from mosaic.federation.v1 import common_pb2, gateway_pb2_grpc, resources_pb2
 from mosaic.rpc.options import in_batches
 from mosaic.text import key_path
@@ -88,9 +88,16 @@ def _send(
 def _read_rows(ctx: typer.Context, file: Path) -> list[Any]:
     try:
         text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        fail(ctx, "INVALID_FILE", f"cannot read {file}: {reason}", _FILE_HINT)
+    except OSError as exc:  # the command line names no readable file: bad usage, as --scope
+        fail(
+            ctx,
+            "USAGE",
+            f"cannot read {file}: {exc.strerror or type(exc).__name__}",
+            "pass FILE, a readable JSON file",
+            exit_code=EXIT_USAGE,
+        )
+    except UnicodeDecodeError as exc:  # what the file holds: the operation fails (exit 1)
+        fail(ctx, "INVALID_FILE", f"cannot read {file}: {exc}", _FILE_HINT)
     try:
         doc = json.loads(text)
     except ValueError as exc:
