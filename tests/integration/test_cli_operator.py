@@ -6,6 +6,7 @@ where a test needs one)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -121,3 +122,28 @@ def test_ctrl_c_during_a_read_says_nothing_was_changed(home: Path) -> None:
         "message": "interrupted while waiting for the gateway",
         "remediation": "nothing was changed; run the command again",
     }
+
+
+def _help(*args: str) -> str:
+    proc = subprocess.run(
+        [*MOSAIC, *args, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+        check=True,
+    )
+    return proc.stdout
+
+
+def test_help_pages_read_as_text_and_say_what_defaults_mean() -> None:
+    """`demo --help` showed reST ``markup``; `init --help` did not say --name is needed and
+    gave both --step-ca-provisioner options texts that looked alike once cut; `--limit`
+    showed [default: 0] without saying what 0 asks for."""
+    assert "``" not in _help("demo")
+    init = " ".join(_help("init").split())
+    assert "Required, except with --renew-internal" in init
+    assert "the JWK provisioner's name" in init and "private key file (JWK" in init
+    assert "0: the peer's default page" in " ".join(
+        _help("federation", "query", "b", "list").split()
+    )

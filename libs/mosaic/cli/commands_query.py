@@ -148,7 +148,12 @@ def query_capabilities(ctx: typer.Context) -> None:
 def query_list(
     ctx: typer.Context,
     resource: Annotated[str, typer.Argument(metavar="RESOURCE")],
-    limit: Annotated[int, typer.Option("--limit", help="Rows per page (capped by B).")] = 0,
+    limit: Annotated[
+        int,
+        typer.Option(
+            "--limit", help="Rows per page, capped by the grant; 0: the peer's default page."
+        ),
+    ] = 0,
     page_token: Annotated[
         str, typer.Option("--page-token", help="next_page_token of the previous page.")
     ] = "",
@@ -178,7 +183,10 @@ def query_search(
     ctx: typer.Context,
     resource: Annotated[str, typer.Argument(metavar="RESOURCE")],
     text: Annotated[str, typer.Argument(metavar="TEXT")],
-    limit: Annotated[int, typer.Option("--limit", help="Most rows to return.")] = 0,
+    limit: Annotated[
+        int,
+        typer.Option("--limit", help="Most rows to return, capped by the grant; 0: the cap."),
+    ] = 0,
 ) -> None:
     """Rows of RESOURCE containing every word of TEXT."""
     _check_limit(ctx, limit)

@@ -402,9 +402,9 @@ def demo(
 ) -> None:
     """Two gateways on loopback and the whole flow, with readable output.
 
-    With --json the steps still show on stderr, and stdout gets one document: ``ok``,
-    ``steps`` (each ``step, who, title, ok, detail``, and ``seconds`` when it passed),
-    ``seconds`` and ``workdir`` (kept only on failure or with --keep).
+    With --json the steps still show on stderr, and stdout gets one document: ok, steps
+    (each step, who, title, ok, detail, and seconds when it passed), seconds and workdir
+    (kept only on failure or with --keep).
     """
     global console
     json_out = state(ctx).json

@@ -67,7 +67,14 @@ def main(
 @app.command()
 def init(
     ctx: typer.Context,
-    name: Annotated[str, typer.Option(help="Instance name (also its SPIFFE trust domain).")] = "",
+    name: Annotated[
+        str,
+        typer.Option(
+            help="Instance name (also its SPIFFE trust domain). Required, except with "
+            "--renew-internal or --renew-federation-server.",
+            show_default=False,
+        ),
+    ] = "",
     host: Annotated[
         str, typer.Option(help="Host name or address peers use to reach us.")
     ] = "127.0.0.1",
@@ -86,10 +93,14 @@ def init(
         Path | None, typer.Option(help="step-ca root certificate (PEM).")
     ] = None,
     step_ca_dns_name: Annotated[str, typer.Option(help="A dnsName of the step-ca.")] = "",
-    step_ca_provisioner: Annotated[str, typer.Option(help="JWK provisioner name.")] = "mosaic-fed",
+    step_ca_provisioner: Annotated[
+        str, typer.Option(help="step-ca: the JWK provisioner's name.")
+    ] = "mosaic-fed",
     step_ca_provisioner_key: Annotated[
         Path | None,
-        typer.Option(help="The provisioner's private JWK (JSON); sealed into the home."),
+        typer.Option(
+            help="step-ca: the provisioner's private key file (JWK, JSON); sealed into the home."
+        ),
     ] = None,
     renew_internal: Annotated[
         bool, typer.Option(help="Re-issue the internal service certificates of an existing home.")
