@@ -23,6 +23,8 @@ import pytest
 from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mosaic import __version__
+from mosaic.cli.admin import service_address
 from mosaic.config import SERVICES, load_config
 from mosaic.federation.v1 import common_pb2, common_pb2_grpc, grants_pb2, grants_pb2_grpc
 from mosaic.rpc.channels import secure_channel
@@ -61,6 +63,23 @@ def test_doctor_reports_every_service_ok(instance: Instance) -> None:
     db_checks = [c for c in doc["checks"] if c["name"] == "database"]
     assert all(c["detail"].startswith(engine) for c in db_checks)
     assert all(c["latency_ms"] > 0 for c in db_checks)
+
+
+def test_doctor_names_the_address_that_answered(instance: Instance) -> None:
+    """Each `reachable` row says where the service answered (human output and JSON), so an
+    operator choosing a gateway replica with MOSAIC_ADMIN_PORT sees which one it was."""
+    config = load_config(instance.home)
+    code, doc, _ = instance.cli("gateway", "doctor")
+    assert code == 0, doc
+    reachable = {c["service"]: c["detail"] for c in doc["checks"] if c["name"] == "reachable"}
+    assert reachable == {
+        service: f"version {__version__} at {service_address(config, service)}"
+        for service in SERVICES
+    }
+    assert service_address(config, "federation-gateway") == config.admin_address
+    code, text, _ = instance.cli("gateway", "doctor", json_out=False)
+    assert code == 0, text
+    assert f"at {config.admin_address}" in text
 
 
 async def test_services_report_serving_through_health(instance: Instance) -> None:

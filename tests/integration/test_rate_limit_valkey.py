@@ -70,6 +70,14 @@ def replicas(
         for env in ({}, second):
             code, doc, _ = inst.cli("gateway", "doctor", "--wait", "40", timeout=90, env=env)
             assert code == 0, doc
+            # The doctor says which replica answered.
+            port = env.get("MOSAIC_ADMIN_PORT", str(load_config(inst.home).ports.admin))
+            [reachable] = [
+                c["detail"]
+                for c in doc["checks"]
+                if (c["service"], c["name"]) == ("federation-gateway", "reachable")
+            ]
+            assert reachable.endswith(f":{port}"), reachable
         asyncio.run(import_rows(inst.home, rows()))
         yield inst, second
     finally:

@@ -609,7 +609,9 @@ async def _doctor_checks(config: Any) -> list[dict[str, Any]]:
                 )
             ]
         rtt = (time.perf_counter() - started) * 1000
-        out = [_check(service, "reachable", True, f"version {reply.version}", "", rtt)]
+        # The address says which process answered: MOSAIC_ADMIN_PORT picks a gateway replica.
+        detail = f"version {reply.version} at {address}"
+        out = [_check(service, "reachable", True, detail, "", rtt)]
         out += [
             _check(service, c.name, c.ok, c.detail, c.remediation, c.latency_ms)
             for c in reply.checks
