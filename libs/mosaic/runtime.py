@@ -133,8 +133,10 @@ class ServiceRuntime:
         self.extra_dependencies: dict[str, Callable[[], Awaitable[object]]] = {}
         # States of this service's own in which it refuses every request (the gateway's
         # revocation list not loaded, its audit log not committing): each returns a problem
-        # or None. Part of readiness; the doctor shows them through ``extra_checks``.
-        self.readiness_checks: list[Callable[[], str | None]] = []
+        # or None. Part of readiness; the doctor shows them through ``extra_checks``. Async,
+        # so a check may look again at what it reports (the audit log tries a write while
+        # commits fail), but it is awaited once a second: it must return within a second.
+        self.readiness_checks: list[Callable[[], Awaitable[str | None]]] = []
 
     async def migrate(self) -> None:
         """Bring the database to head, once this service's ports are known to be free: a
@@ -232,7 +234,8 @@ class ServiceRuntime:
     async def readiness_problems(self) -> list[str]:
         """What keeps health from saying SERVING: dependencies, then readiness_checks."""
         problems = await self.dependency_problems()
-        return problems + [p for p in (check() for check in self.readiness_checks) if p]
+        own = await asyncio.gather(*(check() for check in self.readiness_checks))
+        return problems + [p for p in own if p]
 
     async def run(
         self,

@@ -21,9 +21,12 @@ Row ids are UUIDv7 (time-ordered, mosaic.ids), so inserts append to the key's in
 
 Since no request is answered without its row, a database that cannot take rows (disk
 full, Postgres down) refuses every request while its ``SELECT 1`` still answers: the
-writer keeps its last commit failure (when, and a generic kind: never SQL or values) until
-a commit succeeds, and while it is recent health says NOT_SERVING and the doctor's
-``audit_log`` row fails.
+writer keeps its last commit failure (when, and a generic kind: never SQL or values), and
+while it has one health says NOT_SERVING and the doctor's ``audit_log`` row fails. It is
+cleared by the next commit, or by a test write (``AuditWriter.recheck``) that readiness
+and the doctor try at most once a second while the failure stands: a replica that a load
+balancer stops sending requests to (because it is NOT_SERVING) would otherwise never
+see the commit that clears it.
 """
 
 from __future__ import annotations
@@ -42,8 +45,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from prometheus_client import Counter, Histogram
+from sqlalchemy import bindparam, delete, insert, select, union_all
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import insert, select, union_all
 from sqlalchemy.dialects import sqlite
 
 from federation_gateway.store import federation_audit_log
@@ -73,9 +76,14 @@ CLOSE_DRAIN_S = 1.5
 CHECKPOINT_EVERY_COMMITS = 200
 LOCKED_WAIT_S = 30.0
 OUTCOMES = ("allowed", "denied", "error")
-# How long a failed commit with none succeeding since counts as "failing" for health and
-# the doctor: with traffic the next commit settles it at once; without, it fades.
-FAILING_FOR_S = 120.0
+# While a commit failure stands, readiness and the doctor try a test write at most once
+# per PROBE_EVERY_S and wait for it at most PROBE_WAIT_S (one that takes longer reports at
+# a later look); PROBE_TIMEOUT_S bounds it. On SQLite it waits PROBE_LOCK_WAIT_S at most
+# for the write lock.
+PROBE_EVERY_S = 1.0
+PROBE_WAIT_S = 0.5
+PROBE_TIMEOUT_S = 5.0
+PROBE_LOCK_WAIT_S = 1.0
 
 AUDIT_ROWS = Counter(
     "mosaic_audit_rows",
@@ -166,6 +174,12 @@ _SQLITE = sqlite.dialect()
 _SQLITE_COMPILED = insert(federation_audit_log).compile(dialect=_SQLITE)
 SQLITE_COLUMNS = tuple(_SQLITE_COMPILED.positiontup or ())
 _INSERT_HEAD, _, _ROW_PLACEHOLDERS = str(_SQLITE_COMPILED).partition(" VALUES ")
+# The test write's delete (_SqliteAppender.probe); sqlite_params gives the id first.
+_DELETE_BY_ID = str(
+    delete(federation_audit_log)
+    .where(federation_audit_log.c.id == bindparam("id"))
+    .compile(dialect=_SQLITE)
+)
 
 
 def _time_processor() -> Callable[[Any], Any]:
@@ -259,34 +273,100 @@ class AuditWriter:
         self._one_at_a_time = 0  # rows at the head of _pending to commit alone (_settle)
         # SQLite: see _SqliteCommits; Postgres: the async engine.
         self._sqlite = _SqliteCommits(db.engine.url.database or "") if db.is_sqlite else None
-        self.last_failure: CommitFailure | None = None  # cleared by the next commit
+        # The last commit failure: cleared by the next commit or test write (recheck).
+        self.last_failure: CommitFailure | None = None
+        self.last_probe_failure: CommitFailure | None = None  # the last test write that failed
+        self._probe: asyncio.Future[None] | None = None
+        self._probe_started = -PROBE_EVERY_S
 
-    def failing(self, within_s: float = FAILING_FOR_S) -> CommitFailure | None:
-        """The last commit failure if it is recent and no commit has succeeded since."""
+    async def recheck(self) -> None:
+        """While a commit failure stands, look again: try a test write (``_probe``) at most
+        once per PROBE_EVERY_S and clear the failure once one commits, so the replica
+        serves again without waiting for a request it would refuse. Waits for the write at
+        most PROBE_WAIT_S. Readiness (every second) and the doctor call this, never a
+        request."""
         failure = self.last_failure
-        if failure is None or time.monotonic() - failure.monotonic > within_s:
-            return None
-        return failure
+        if failure is None or self._closed:
+            return
+        probe = self._probe
+        if probe is None or probe.done():
+            if time.monotonic() - self._probe_started < PROBE_EVERY_S:
+                return
+            self._probe_started = time.monotonic()
+            probe = self._probe = asyncio.ensure_future(self._run_probe(failure))
+        await asyncio.wait([probe], timeout=PROBE_WAIT_S)
 
-    def problem(self) -> str | None:
-        """For readiness: while commits fail, every request is refused."""
-        failure = self.failing()
+    async def _run_probe(self, failure: CommitFailure) -> None:
+        record = AuditRecord(
+            request_id="audit-probe",
+            verb="probe",
+            status="OK",
+            outcome="allowed",
+            created_at=utcnow(),
+        )
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                if self._sqlite is not None:
+                    await self._sqlite.probe(sqlite_params(record))
+                else:
+                    await self._probe_postgres(record)
+        except Exception as exc:
+            kind = (
+                f"no answer within {PROBE_TIMEOUT_S:.0f} s"
+                if isinstance(exc, TimeoutError)
+                else failure_kind(exc)
+            )
+            self.last_probe_failure = CommitFailure(utcnow(), time.monotonic(), kind)
+            return
+        if self.last_failure is failure:  # no commit failed while the probe ran
+            self.last_failure = None
+            log.info(
+                "audit log writable again (a test write committed)",
+                extra={"failed_at": failure.at.isoformat(), "kind": failure.kind},
+            )
+
+    async def _probe_postgres(self, record: AuditRecord) -> None:
+        """Insert a row and roll it back. Postgres places the row in a table page at the
+        INSERT (extending the table's file when it must, which a full disk refuses) and
+        refuses it when it is down, read-only or in recovery; only the commit's WAL flush
+        is left untried, and a server whose WAL cannot be written stops altogether."""
+        async with self._db.engine.connect() as conn:
+            await conn.execute(insert(federation_audit_log), [record.row()])
+            await conn.rollback()
+
+    async def problem(self) -> str | None:
+        """For readiness: while commits fail, every request is refused (after a recheck)."""
+        await self.recheck()
+        failure = self.last_failure
         return None if failure is None else f"audit_log: commits failing, {failure.kind}"
 
     async def check(self) -> common_pb2.Check:
-        """The doctor's ``audit_log`` row."""
-        failure = self.failing()
+        """The doctor's ``audit_log`` row, as of now (after a recheck)."""
+        await self.recheck()
+        failure = self.last_failure
         if failure is None:
             return common_pb2.Check(name="audit_log", ok=True, detail="commits succeed")
-        age = time.monotonic() - failure.monotonic
+        now = time.monotonic()
+        detail = (
+            f"the last commit failed {now - failure.monotonic:.0f} s ago "
+            f"({failure.at:%H:%M:%S} UTC): {failure.kind}"
+        )
+        probe = self.last_probe_failure
+        if probe is not None and probe.monotonic >= failure.monotonic:
+            detail += (
+                f"; still failing: a test write {now - probe.monotonic:.0f} s ago failed too "
+                f"({probe.kind})"
+            )
+        else:
+            detail += "; checking again (a test write each second)"
         return common_pb2.Check(
             name="audit_log",
             ok=False,
-            detail=f"the last commit failed {age:.0f} s ago ({failure.at:%H:%M:%S} UTC): "
-            f"{failure.kind}; every request is refused until a commit succeeds",
+            detail=detail + "; every request is refused until a write commits",
             remediation="free disk space where the gateway's database lives (SQLite: "
             "HOME/data/), or check that its database server answers (Postgres); "
-            "the gateway's log says `audit commit failed`. This clears at the next commit",
+            "the gateway's log says `audit commit failed`. This clears by itself within "
+            "about a second of the database taking writes again",
         )
 
     @property
@@ -384,6 +464,10 @@ class AuditWriter:
                 waiting.append(self._committing)
             await asyncio.wait(waiting, timeout=left)
         self._closed = True
+        if self._probe is not None and not self._probe.done():
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
         if self._committing is not None:
             self._committing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -543,6 +627,8 @@ class _SqliteCommits:
     def __init__(self, path: str) -> None:
         self._inline = _SqliteAppender(path, busy_timeout_s=0.0, autocheckpoint=False)
         self._worker = _SqliteAppender(path, busy_timeout_s=LOCKED_WAIT_S)
+        # Test writes (AuditWriter.recheck), on the worker thread; connects at the first.
+        self._prober = _SqliteAppender(path, busy_timeout_s=PROBE_LOCK_WAIT_S)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="audit-sqlite")
         self._checkpoint: asyncio.Future[None] | None = None
         self._since_checkpoint = 0
@@ -564,6 +650,12 @@ class _SqliteCommits:
         self.on_worker += 1
         self._committed()
 
+    async def probe(self, params: tuple[Any, ...]) -> None:
+        """A test write (_SqliteAppender.probe) on the worker thread; raises if it fails."""
+        loop = asyncio.get_running_loop()
+        if not await loop.run_in_executor(self._executor, self._prober.probe, params):
+            raise AuditUnavailable(f"audit log write lock held for over {PROBE_LOCK_WAIT_S:.0f} s")
+
     def _committed(self) -> None:
         self._since_checkpoint += 1
         if self._since_checkpoint >= CHECKPOINT_EVERY_COMMITS and (
@@ -582,6 +674,7 @@ class _SqliteCommits:
         self._closed = True
         self._executor.submit(self._worker.checkpoint)
         self._executor.submit(self._worker.close)
+        self._executor.submit(self._prober.close)
         self._executor.shutdown(wait=True)
 
 
@@ -642,6 +735,29 @@ class _SqliteAppender:
             for start in range(0, len(params), per_statement):
                 chunk = params[start : start + per_statement]
                 conn.execute(_multi_insert(len(chunk)), _flat(chunk))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return True
+
+    def probe(self, params: tuple[Any, ...]) -> bool:
+        """Commit a transaction that adds the row ``params`` and deletes it again; False if
+        the write lock was taken for longer than the busy timeout.
+
+        It must commit: SQLite writes a transaction's pages (to the WAL) only when it
+        commits, so a full disk refuses the commit, not the insert, and a rolled-back
+        insert (or ``BEGIN IMMEDIATE`` and ``ROLLBACK``, which only takes the lock) would
+        report success on a disk that takes no commit. The insert and the delete touch
+        the pages an audit commit touches, and leave no row.
+        """
+        conn = self._connection()
+        if not self._run(conn, "BEGIN IMMEDIATE", ()):
+            return False
+        try:
+            conn.execute(_multi_insert(1), params)
+            conn.execute(_DELETE_BY_ID, (params[0],))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

@@ -65,7 +65,7 @@ class RevokedSerials:
         self._partial = None
         REVOCATIONS_LOADED.set(0)
 
-    def problem(self) -> str | None:
+    async def problem(self) -> str | None:
         """For readiness: while not loaded, every federation request is refused."""
         return None if self.loaded else "revocations: not loaded"
 

@@ -13,6 +13,7 @@ import asyncio
 import datetime as dt
 import json
 import string
+import time
 import tomllib
 import uuid
 from collections.abc import Iterator
@@ -1271,6 +1272,21 @@ def test_a_database_outage_is_unavailable_and_passes(tmp_path: Path) -> None:
         server.stop()
 
 
+def _audit_log_row(inst: Instance, saying: str, within_s: float = 20.0) -> dict[str, Any]:
+    """The gateway's audit_log doctor row once its detail says ``saying`` (or at the end)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        _, doc, _ = inst.cli("gateway", "doctor")
+        [row] = [
+            c
+            for c in doc["checks"]
+            if (c["service"], c["name"]) == ("federation-gateway", "audit_log")
+        ]
+        if saying in row["detail"] or time.monotonic() > deadline:
+            return row
+        time.sleep(0.5)
+
+
 async def _through_an_outage(inst: Instance, server: PostgresServer) -> None:
     await import_rows(inst.home, rows())
     cert = await grant_with_cert(inst, MAIN_SCOPE)
@@ -1298,6 +1314,20 @@ async def _through_an_outage(inst: Instance, server: PostgresServer) -> None:
             )
         assert (source.code, source.reason) == (grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE")
         assert "postgres" not in source.message.lower() and server.password not in str(source)
+        if err.reason == "AUDIT_UNAVAILABLE":
+            # The gateway is out (health NOT_SERVING), and the doctor says it still is now.
+            audit_row = await asyncio.to_thread(_audit_log_row, inst, "still failing")
+            assert "database unreachable" in audit_row["detail"], audit_row
+            code, _, _ = inst.cli("gateway", "health", "federation-gateway")
+            assert code == 1
         server.resume()
+        # With no request at all (a load balancer sends none to a replica that is not
+        # serving), health and the doctor's audit_log row recover by themselves.
+        code, doc, _ = await asyncio.to_thread(
+            inst.cli, "gateway", "doctor", "--wait", "20", timeout=60
+        )
+        assert code == 0, [c for c in doc["checks"] if not c["ok"]]
+        code, health, _ = inst.cli("gateway", "health", "federation-gateway")
+        assert (code, health["status"]) == (0, "SERVING")
         after = await peer.stub.List(request, timeout=10)
         assert [i.id for i in after.items] == [i.id for i in before.items]

@@ -541,9 +541,11 @@ async def test_a_recent_commit_failure_fails_the_doctor_and_health_until_a_commi
 ) -> None:
     """The database answers `SELECT 1` but cannot take rows (its disk full): every request
     is refused, so the doctor's audit_log row and readiness must say so, with a generic
-    kind and nothing of the SQL; the next commit that succeeds clears it."""
+    kind and nothing of the SQL; the next commit that succeeds clears it. (The page limit
+    is the inline connection's alone, so the test write sees no failure: no recheck here.)"""
     await writer.record(_record(0))
-    assert writer.problem() is None and (await writer.check()).ok
+    assert await writer.problem() is None and (await writer.check()).ok
+    writer._probe_started = float("inf")  # no test write while this test looks
     assert writer._sqlite is not None
     inline = writer._sqlite._inline._connection()
     pages = inline.execute("PRAGMA page_count").fetchone()[0]
@@ -551,18 +553,84 @@ async def test_a_recent_commit_failure_fails_the_doctor_and_health_until_a_commi
     with pytest.raises(sqlite3.OperationalError):
         await writer.record(dataclasses.replace(_record(1), detail="x" * 20_000))
 
-    assert writer.problem() == "audit_log: commits failing, disk full (OperationalError)"
+    assert await writer.problem() == "audit_log: commits failing, disk full (OperationalError)"
     row = await writer.check()
     assert (row.name, row.ok) == ("audit_log", False)
     assert "disk full" in row.detail and "INSERT" not in row.detail
     assert "disk space" in row.remediation
-    # Long past, with nothing committed since: no longer counted as failing.
-    assert writer.failing(within_s=0.0) is None
 
     inline.execute("PRAGMA max_page_count = 1073741823")
     await writer.record(_record(2))
-    assert writer.last_failure is None and writer.problem() is None
+    assert writer.last_failure is None and await writer.problem() is None
     assert (await writer.check()).ok
+
+
+async def test_a_commit_failure_clears_without_a_request_once_writes_commit_again(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica out of a load balancer's rotation (health NOT_SERVING) gets no request
+    whose commit would clear a failure, so the doctor and readiness look again by
+    themselves. A real failure: another connection (another replica on the same file, a
+    migration) holds SQLite's write lock for longer than the writer waits. While it does,
+    the failure stands and the doctor says a test write just failed too; once it lets go,
+    the failure clears within a look or two, with no request, and the test writes left no
+    row."""
+    monkeypatch.setattr(audit, "LOCKED_WAIT_S", 0.2)
+    monkeypatch.setattr(audit, "PROBE_LOCK_WAIT_S", 0.1)
+    writer = AuditWriter(database)
+    holder = sqlite3.connect(database.engine.url.database or "", isolation_level=None)
+    try:
+        await writer.record(_record(0))
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(audit.AuditUnavailable):
+            await writer.record(_record(1))
+        for _ in range(3):  # each look past PROBE_EVERY_S tries a write, which fails
+            row = await writer.check()
+            assert not row.ok, row.detail
+            await asyncio.sleep(audit.PROBE_EVERY_S)
+        assert "database locked" in row.detail and "still failing" in row.detail, row.detail
+        assert "a test write 0 s ago failed too" in row.detail
+
+        holder.execute("ROLLBACK")
+        deadline = asyncio.get_running_loop().time() + 5 * audit.PROBE_EVERY_S
+        while not (row := await writer.check()).ok:
+            assert asyncio.get_running_loop().time() < deadline, row.detail
+            await asyncio.sleep(0.1)
+        assert row.detail == "commits succeed"
+        assert await writer.problem() is None and writer.last_failure is None
+        rows = await writer.list(limit=10)
+        assert [r["request_id"] for r in rows] == ["req-00000000"]
+    finally:
+        holder.close()
+        await writer.close()
+
+
+async def test_a_test_write_leaves_no_row_and_fails_while_the_database_takes_none(
+    any_database: Database,
+) -> None:
+    """The test write itself, on both engines: it succeeds on a database that takes rows and
+    leaves none, and it fails (the failure stands) while the table cannot be written."""
+    writer = AuditWriter(any_database)
+    try:
+        await writer.record(_record(0))
+        writer.last_failure = failed = audit.CommitFailure(utcnow(), 0.0, "test")
+        async with any_database.engine.begin() as conn:
+            await conn.exec_driver_sql(
+                "ALTER TABLE federation_audit_log RENAME TO federation_audit_log_away"
+            )
+        await writer.recheck()
+        assert writer.last_failure is failed and writer.last_probe_failure is not None
+        async with any_database.engine.begin() as conn:
+            await conn.exec_driver_sql(
+                "ALTER TABLE federation_audit_log_away RENAME TO federation_audit_log"
+            )
+        writer._probe_started = -audit.PROBE_EVERY_S
+        await writer.recheck()
+        assert writer.last_failure is None
+        rows = await writer.list(limit=10)
+        assert [r["request_id"] for r in rows] == ["req-00000000"]
+    finally:
+        await writer.close()
 
 
 def test_failure_kinds_name_no_sql() -> None:

@@ -68,16 +68,16 @@ async def test_health_and_the_doctor_say_so_while_the_set_is_not_loaded() -> Non
     """Every federation request is refused until a snapshot has arrived: readiness names
     it (health NOT_SERVING) and the doctor's ``revocations`` row fails, until it loads."""
     revoked = RevokedSerials()
-    assert revoked.problem() == "revocations: not loaded"
+    assert await revoked.problem() == "revocations: not loaded"
     row = await revoked.check()
     assert (row.name, row.ok) == ("revocations", False)
     assert "REVOCATIONS_NOT_LOADED" in row.detail and "ca-service" in row.remediation
     revoked.apply(_message("a1", snapshot=True))
-    assert revoked.problem() is None
+    assert await revoked.problem() is None
     row = await revoked.check()
     assert (row.ok, row.detail) == (True, "loaded, 1 revoked")
     revoked.lost()
-    assert revoked.problem() is not None and not (await revoked.check()).ok
+    assert await revoked.problem() is not None and not (await revoked.check()).ok
 
 
 def _never_loaded() -> RevokedSerials:
