@@ -121,19 +121,21 @@ class GrantsAdminMixin(AdminBase):
 
         In that order: once the grants are gone nothing can name them to the CA any more,
         so a CA that is down stops the removal (nothing changed; run it again) rather than
-        leave their certificates unrevoked for good. A grant made in between is revoked
-        afterwards, best effort (the gateways refuse it anyway: it is gone)."""
+        leave their certificates unrevoked for good. Every grant grants-service removed is
+        revoked again afterwards, best effort (revoking is idempotent at the CA; the
+        gateways refuse its certificates anyway: the grant is gone): a redeem of a pending
+        grant may have issued its certificate after the first pass, or a grant may have
+        been made in between."""
         peer = await self.forward(self.grants.GetPeer(grants_pb2.GetPeerRequest(id=request.id)))
-        listed: list[str] = []
         if peer.peer.direction == grants_pb2.PEER_DIRECTION_INBOUND:
             grants = await self.forward(
                 self.grants.ListGrants(grants_pb2.ListGrantsRequest(peer_id=peer.peer.id))
             )
-            listed = [g.id for g in grants.grants]
-            await self._revoke_certificates(listed, "peer removed", strict=True)
+            await self._revoke_certificates(
+                [g.id for g in grants.grants], "peer removed", strict=True
+            )
         reply = await self.forward(self.grants.RemovePeer(request))
-        late = [g for g in reply.removed_grant_ids if g not in listed]
-        await self._revoke_certificates(late, "peer removed")
+        await self._revoke_certificates(list(reply.removed_grant_ids), "peer removed")
         return reply
 
     async def RotateSeal(
