@@ -67,6 +67,8 @@ PEER_INACTIVE = "PEER_INACTIVE"
 PEER_MISCONFIGURED = "PEER_MISCONFIGURED"
 # grants-service: the peer has no client key (it is one we serve).
 PEER_HAS_NO_CREDENTIALS = "PEER_HAS_NO_CREDENTIALS"
+# grants-service: an outbound peer whose `peer add` has reserved its name but not finished.
+PEER_PENDING = "PEER_PENDING"
 NETWORK = "NETWORK"
 FORBIDDEN = "FORBIDDEN"
 NOT_FOUND = "NOT_FOUND"
@@ -477,6 +479,10 @@ class FederationClient:
             if code == grpc.StatusCode.FAILED_PRECONDITION:
                 # grants-service says why (e.g. the seal secret is missing) and what to do.
                 remote = RemoteError.from_rpc_error(err)
+                if remote.reason == PEER_PENDING:
+                    raise PeerError(
+                        PEER_INACTIVE, remote.message, remediation=remote.remediation
+                    ) from None
                 if remote.reason == PEER_HAS_NO_CREDENTIALS:
                     # No client key: an inbound peer, one that queries us. Removing it (the
                     # generic advice below) would delete every grant we gave it.

@@ -21,6 +21,8 @@ _GATEWAY_ONLY = [
     "ListPeers",
     "SetPeerState",
     "RemovePeer",
+    "ReserveOutboundPeer",
+    "ReleaseOutboundPeer",
     "RegisterOutboundPeer",
     "GetPeerCredentials",
     "RotatePeerCertificate",

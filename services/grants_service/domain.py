@@ -31,6 +31,7 @@ from mosaic.x509ext import serial_hex
 
 __all__ = [
     "GRANT_STATUSES",
+    "OUTBOUND_RESERVATION_TTL",
     "PEER_ACTIVATION_SOURCES",
     "PEER_STATES",
     "GrantNotFound",
@@ -41,6 +42,7 @@ __all__ = [
     "PeerNameTaken",
     "PeerNotFound",
     "PeerRefused",
+    "PeerReservationLost",
     "TransitionRefused",
     "activation_refusal",
     "clean_reason",
@@ -51,6 +53,7 @@ __all__ = [
     "peer_for_new_grant",
     "peer_refusal",
     "peer_sources",
+    "reservation_end",
     "rotation_refusal",
     "validate_new_certificate",
     "validate_new_grant",
@@ -87,6 +90,12 @@ _PEER_SOURCES: Final[dict[str, frozenset[str]]] = {
 PEER_ACTIVATION_SOURCES: Final[frozenset[str]] = frozenset({"pending", "active"})
 
 PEER_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# How long a name reserved for an enrollment (ReserveOutboundPeer) stays reserved against
+# other enrollments: longer than `peer add` can take once it holds the name (the probe's
+# 10 s, the redeem's 75 s of repeats, 30 s to store and read back, a shutdown grace), so
+# a running enrollment never loses its name; short enough that a name left reserved by
+# one that never finished (its gateway crashed) comes free without an operator.
+OUTBOUND_RESERVATION_TTL: Final = dt.timedelta(minutes=5)
 MAX_REASON_LEN: Final = 1000
 
 # Reason codes (ErrorInfo.reason) of refusals that are not transitions.
@@ -95,6 +104,9 @@ GRANT_REQUEST_INVALID: Final = "GRANT_REQUEST_INVALID"
 REASON_INVALID: Final = "REASON_INVALID"
 SENSITIVE_NOT_ALLOWED: Final = "SENSITIVE_NOT_ALLOWED"
 PEER_NAME_TAKEN: Final = "PEER_NAME_TAKEN"
+PEER_RESERVATION_LOST: Final = "PEER_RESERVATION_LOST"
+# An outbound peer that is only a name reserved by a running enrollment (no credentials).
+PEER_PENDING: Final = "PEER_PENDING"
 GRANT_PEER_MISMATCH: Final = "GRANT_PEER_MISMATCH"
 CERT_NOT_CURRENT: Final = "CERT_NOT_CURRENT"
 PEER_DIRECTION_MISMATCH: Final = "PEER_DIRECTION_MISMATCH"
@@ -138,7 +150,21 @@ class PeerNotFound(LookupError):
 
 
 class PeerNameTaken(Exception):
-    """Another peer already has this name (names are unique across both directions)."""
+    """Another peer already has this name (names are unique across both directions).
+
+    ``reserved_until`` is set when that peer is only a reservation of a running enrollment
+    (a pending outbound peer): the name comes free then if the enrollment never finishes.
+    """
+
+    def __init__(self, name: str, *, reserved_until: dt.datetime | None = None) -> None:
+        super().__init__(name)
+        self.name = name
+        self.reserved_until = reserved_until
+
+
+class PeerReservationLost(Exception):
+    """The pending outbound peer reserved for an enrollment is gone: its reservation lapsed
+    and another enrollment took the name over, or an operator removed it."""
 
 
 class GrantRefused(TransitionRefused):
@@ -303,6 +329,14 @@ def validate_outbound_peer(
         remote_grant_id=ids["remote_grant_id"],
         remote_subject_user_id=ids["remote_subject_user_id"],
     )
+
+
+def reservation_end(direction: str, state: str, reserved_at: dt.datetime) -> dt.datetime | None:
+    """When the reservation a peer row stands for lapses; None if the row is a real peer
+    (only a pending outbound peer is a reservation, made at ``reserved_at``)."""
+    if direction == "outbound" and state == "pending":
+        return reserved_at + OUTBOUND_RESERVATION_TTL
+    return None
 
 
 def _scope_field(path: str) -> str:

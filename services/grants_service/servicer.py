@@ -314,6 +314,40 @@ class GrantsServicer(grants_pb2_grpc.GrantsServicer):
             peer=peer_proto(peer), removed_grant_ids=[str(g) for g in grant_ids]
         )
 
+    async def ReserveOutboundPeer(
+        self, request: grants_pb2.ReserveOutboundPeerRequest, context: grpc.aio.ServicerContext
+    ) -> grants_pb2.ReserveOutboundPeerResponse:
+        """Hold a name for an enrollment before its token is spent (the gateway's `peer
+        add`): of concurrent enrollments under one name, on any gateway replica, one goes
+        on and the others are refused while their tokens are still unused."""
+        problem = domain.validate_peer_name(request.name)
+        if problem is not None:
+            raise invalid_argument(
+                "PEER_REQUEST_INVALID",
+                f"invalid peer: name: {problem}",
+                violations=[("name", problem)],
+            )
+        try:
+            peer = await self._store.reserve_outbound_peer(request.name, now=utcnow())
+        except domain.PeerNameTaken as exc:
+            raise _mapped(exc) from None
+        log.info("outbound peer name reserved", extra={"peer_id": str(peer.id)})
+        self._notifier.publish(peer_ids=[peer.id])
+        return grants_pb2.ReserveOutboundPeerResponse(
+            peer=peer_proto(peer),
+            reserved_until=_ts(domain.reservation_end(peer.direction, peer.state, peer.updated_at)),
+        )
+
+    async def ReleaseOutboundPeer(
+        self, request: grants_pb2.ReleaseOutboundPeerRequest, context: grpc.aio.ServicerContext
+    ) -> grants_pb2.ReleaseOutboundPeerResponse:
+        reservation_id = _uuid("reservation_id", request.reservation_id)
+        released = await self._store.release_outbound_peer(reservation_id)
+        if released:
+            log.info("outbound peer name released", extra={"peer_id": str(reservation_id)})
+            self._notifier.publish(peer_ids=[reservation_id])
+        return grants_pb2.ReleaseOutboundPeerResponse(released=released)
+
     async def RegisterOutboundPeer(
         self, request: grants_pb2.RegisterOutboundPeerRequest, context: grpc.aio.ServicerContext
     ) -> grants_pb2.RegisterOutboundPeerResponse:
@@ -329,13 +363,14 @@ class GrantsServicer(grants_pb2_grpc.GrantsServicer):
             )
         except domain.InvalidGrantRequest as exc:
             raise _mapped(exc) from None
-        peer_id = uuid.uuid4()
+        reserved = bool(request.reservation_id)
+        peer_id = _uuid("reservation_id", request.reservation_id) if reserved else uuid.uuid4()
         sealed = self._sealer.seal(new.client_key_pem.encode(), sealed_key_context(peer_id))
         try:
             peer = await self._store.register_outbound_peer(
-                peer_id, new, sealed_key=sealed, now=utcnow()
+                peer_id, new, sealed_key=sealed, now=utcnow(), reserved=reserved
             )
-        except domain.PeerNameTaken as exc:
+        except (domain.PeerNameTaken, domain.PeerReservationLost) as exc:
             raise _mapped(exc) from None
         log.info("outbound peer registered", extra={"peer_id": str(peer.id)})
         self._notifier.publish(peer_ids=[peer.id])
@@ -430,6 +465,12 @@ class GrantsServicer(grants_pb2_grpc.GrantsServicer):
             peer, blob = await self._store.sealed_client_key(peer_id)
         except domain.PeerNotFound as exc:
             raise _mapped(exc) from None
+        if blob is None and peer.direction == "outbound":
+            raise failed_precondition(
+                domain.PEER_PENDING,
+                f"peer {peer.name!r} is being added: its enrollment has not finished",
+                remediation="wait for `mosaic federation peer add` to finish",
+            )
         if blob is None:
             raise failed_precondition(
                 "PEER_HAS_NO_CREDENTIALS",
@@ -636,10 +677,27 @@ def _mapped(exc: Exception) -> ServiceError:
             remediation="list the peers with `mosaic federation peer list` (an id or a name)",
         )
     if isinstance(exc, domain.PeerNameTaken):
+        if exc.reserved_until is not None:
+            until = exc.reserved_until.strftime("%Y-%m-%dT%H:%M:%SZ")
+            return ServiceError(
+                grpc.StatusCode.ALREADY_EXISTS,
+                domain.PEER_NAME_TAKEN,
+                f"a peer named {exc.name[:64]!r} is being added right now",
+                remediation="wait for that enrollment to finish, or choose another name; if it "
+                f"never finishes, the name comes free at {until}",
+                metadata={"current_state": "pending", "reserved_until": until},
+            )
         return ServiceError(
             grpc.StatusCode.ALREADY_EXISTS,
             domain.PEER_NAME_TAKEN,
-            f"a peer named {str(exc.args[0])[:64]!r} already exists",
+            f"a peer named {exc.name[:64]!r} already exists",
             remediation="choose another name, or remove the old peer first",
+        )
+    if isinstance(exc, domain.PeerReservationLost):
+        return failed_precondition(
+            domain.PEER_RESERVATION_LOST,
+            f"the name {str(exc.args[0])[:64]!r} is no longer reserved for this enrollment",
+            remediation="its reservation lapsed and another enrollment took the name, or the "
+            "pending peer was removed",
         )
     raise exc

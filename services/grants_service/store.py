@@ -462,6 +462,66 @@ class GrantsStore:
             await conn.execute(delete(_P).where(_P.c.id == peer_id))
         return peer, grant_ids
 
+    async def reserve_outbound_peer(self, name: str, *, now: dt.datetime) -> PeerRow:
+        """Reserve ``name`` for an enrollment: insert a pending outbound peer holding it.
+
+        The unique name makes one of concurrent reservers (on any replica) the winner; the
+        others get PeerNameTaken, with ``reserved_until`` while the name is only reserved.
+        A reservation older than OUTBOUND_RESERVATION_TTL is taken over: deleted and made
+        anew under a new id, so the enrollment that left it cannot register under it.
+        """
+        stale_before = now - domain.OUTBOUND_RESERVATION_TTL
+        for _ in range(3):
+            peer_id = uuid.uuid4()
+            async with self._engine.begin() as conn:
+                # A write first: on SQLite it takes the write lock before we read.
+                await conn.execute(
+                    delete(_P).where(
+                        _P.c.name == name,
+                        _P.c.direction == "outbound",
+                        _P.c.state == "pending",
+                        _P.c.updated_at <= stale_before,
+                    )
+                )
+                await conn.execute(
+                    _dialect_insert(self._db)(_P)
+                    .values(
+                        id=peer_id,
+                        name=name,
+                        display_name=name,
+                        direction="outbound",
+                        state="pending",
+                        created_at=now,
+                        updated_at=now,
+                    )
+                    .on_conflict_do_nothing(index_elements=[_P.c.name])
+                )
+                row = (await conn.execute(_PEER_SELECT.where(_P.c.name == name))).first()
+            if row is None:
+                continue  # the holder of the name let it go between our insert and read
+            peer = _peer(row)
+            if peer.id == peer_id:
+                return peer
+            raise domain.PeerNameTaken(
+                name,
+                reserved_until=domain.reservation_end(peer.direction, peer.state, peer.updated_at),
+            )
+        raise domain.PeerNameTaken(name)
+
+    async def release_outbound_peer(self, reservation_id: uuid.UUID) -> bool:
+        """Delete a reservation (a pending outbound peer); a registered peer stays."""
+        async with self._engine.begin() as conn:
+            released = await conn.execute(
+                delete(_P)
+                .where(
+                    _P.c.id == reservation_id,
+                    _P.c.direction == "outbound",
+                    _P.c.state == "pending",
+                )
+                .returning(_P.c.id)
+            )
+            return released.first() is not None
+
     async def register_outbound_peer(
         self,
         peer_id: uuid.UUID,
@@ -469,29 +529,53 @@ class GrantsStore:
         *,
         sealed_key: bytes,
         now: dt.datetime,
+        reserved: bool = False,
     ) -> PeerRow:
-        """Insert an active outbound peer whose client key is already sealed for ``peer_id``."""
+        """An active outbound peer whose client key is already sealed for ``peer_id``.
+
+        ``reserved``: ``peer_id`` is the reservation (reserve_outbound_peer) for ``new.name``,
+        which becomes the peer if it is still pending (else PeerReservationLost). Otherwise
+        the peer is inserted (PeerNameTaken if the name is in use).
+        """
+        values = dict(
+            endpoint=new.endpoint,
+            cert_pem=new.cert_pem,
+            cert_serial=new.cert_serial,
+            cert_not_after=new.cert_not_after,
+            ca_bundle_pem=new.ca_bundle_pem,
+            sealed_client_key=sealed_key,
+            remote_grant_id=new.remote_grant_id,
+            remote_subject_user_id=new.remote_subject_user_id,
+            state="active",
+            updated_at=now,
+        )
         try:
             async with self._engine.begin() as conn:
-                await conn.execute(
-                    _P.insert().values(
-                        id=peer_id,
-                        name=new.name,
-                        display_name=new.name,
-                        direction="outbound",
-                        state="active",
-                        endpoint=new.endpoint,
-                        cert_pem=new.cert_pem,
-                        cert_serial=new.cert_serial,
-                        cert_not_after=new.cert_not_after,
-                        ca_bundle_pem=new.ca_bundle_pem,
-                        sealed_client_key=sealed_key,
-                        remote_grant_id=new.remote_grant_id,
-                        remote_subject_user_id=new.remote_subject_user_id,
-                        created_at=now,
-                        updated_at=now,
+                if reserved:
+                    won = await conn.execute(
+                        update(_P)
+                        .where(
+                            _P.c.id == peer_id,
+                            _P.c.name == new.name,
+                            _P.c.direction == "outbound",
+                            _P.c.state == "pending",
+                        )
+                        .values(**values)
+                        .returning(_P.c.id)
                     )
-                )
+                    if won.first() is None:
+                        raise domain.PeerReservationLost(new.name)
+                else:
+                    await conn.execute(
+                        _P.insert().values(
+                            id=peer_id,
+                            name=new.name,
+                            display_name=new.name,
+                            direction="outbound",
+                            created_at=now,
+                            **values,
+                        )
+                    )
                 return await self._peer_in(conn, peer_id)
         except IntegrityError:
             raise domain.PeerNameTaken(new.name) from None

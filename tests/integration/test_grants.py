@@ -999,6 +999,75 @@ async def test_outbound_peer_key_is_sealed_at_rest(instance: Instance) -> None:
         assert b"PRIVATE KEY" not in sealed.read_bytes()
 
 
+async def test_a_reserved_outbound_name_is_held_until_registered_or_released(
+    instance: Instance,
+) -> None:
+    """`peer add` reserves its name before spending a token (a pending outbound peer):
+    the reservation refuses every other use of the name, becomes the peer when registered
+    under its id, and only a reservation is let go."""
+    name = unique("reserved")
+    key_pem, cert_pem = client_credentials(name)
+    async with Grants(instance.home, GATEWAY) as gw:
+        reserved = await gw.ReserveOutboundPeer(
+            grants_pb2.ReserveOutboundPeerRequest(name=name), timeout=10
+        )
+        assert reserved.peer.state == grants_pb2.PEER_STATE_PENDING
+        assert reserved.peer.direction == grants_pb2.PEER_DIRECTION_OUTBOUND
+        # Nothing to query it with yet: not mistaken for a peer we serve.
+        await expect_refusal(
+            gw.GetPeerCredentials(grants_pb2.GetPeerCredentialsRequest(id=name)),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "PEER_PENDING",
+        )
+        refusal = await expect_refusal(
+            gw.ReserveOutboundPeer(grants_pb2.ReserveOutboundPeerRequest(name=name)),
+            grpc.StatusCode.ALREADY_EXISTS,
+            "PEER_NAME_TAKEN",
+        )
+        assert refusal.metadata["current_state"] == "pending"
+        assert "being added right now" in refusal.message
+        await expect_refusal(
+            register_outbound(gw, name), grpc.StatusCode.ALREADY_EXISTS, "PEER_NAME_TAKEN"
+        )
+        await expect_refusal(
+            create_grant(gw, name), grpc.StatusCode.FAILED_PRECONDITION, "PEER_NAME_TAKEN"
+        )
+        registered = await gw.RegisterOutboundPeer(
+            grants_pb2.RegisterOutboundPeerRequest(
+                name=name,
+                endpoint="a.example:7443",
+                cert_pem=cert_pem,
+                ca_bundle_pem=cert_pem,
+                client_key_pem=key_pem,
+                reservation_id=reserved.peer.id,
+            ),
+            timeout=10,
+        )
+        assert registered.peer.id == reserved.peer.id
+        assert registered.peer.state == grants_pb2.PEER_STATE_ACTIVE
+        creds = await gw.GetPeerCredentials(
+            grants_pb2.GetPeerCredentialsRequest(id=name), timeout=10
+        )
+        assert creds.client_key_pem == key_pem
+        released = await gw.ReleaseOutboundPeer(
+            grants_pb2.ReleaseOutboundPeerRequest(reservation_id=reserved.peer.id), timeout=10
+        )
+        assert not released.released  # a registered peer is not a reservation any more
+        other = await gw.ReserveOutboundPeer(
+            grants_pb2.ReserveOutboundPeerRequest(name=unique("reserved")), timeout=10
+        )
+        released = await gw.ReleaseOutboundPeer(
+            grants_pb2.ReleaseOutboundPeerRequest(reservation_id=other.peer.id), timeout=10
+        )
+        assert released.released
+    async with Grants(instance.home, ENROLLMENT) as enr:
+        await expect_refusal(
+            enr.ReserveOutboundPeer(grants_pb2.ReserveOutboundPeerRequest(name=unique("x"))),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "CALLER_NOT_ALLOWED",
+        )
+
+
 async def test_watch_changes_reports_changed_grants_and_peers(instance: Instance) -> None:
     async with Grants(instance.home, GATEWAY) as gw:
         grant = (await create_grant(gw, unique("watched"))).grant

@@ -279,16 +279,24 @@ def known_identity(
 
 
 class StoringGrants:
-    """A's grants-service as its admin servicer sees it: no peer stored yet; records what
-    gets stored (the name of each peer registered, the id of each peer whose credentials
-    are updated)."""
+    """A's grants-service as its admin servicer sees it: no peer stored yet; any name can be
+    reserved; records what gets stored (the name of each peer registered, the id of each
+    peer whose credentials are updated) and the reservations let go (``released``)."""
 
     def __init__(self) -> None:
         self.stored: list[str] = []
+        self.released: list[str] = []
 
     def __call__(self, method: str, request: Any) -> Any:
         if method == "GetPeer":
             raise rpc_error(grpc.StatusCode.NOT_FOUND)
+        if method == "ReserveOutboundPeer":
+            return grants_pb2.ReserveOutboundPeerResponse(
+                peer=grants_pb2.Peer(id=f"reserved-{request.name}", name=request.name)
+            )
+        if method == "ReleaseOutboundPeer":
+            self.released.append(request.reservation_id)
+            return grants_pb2.ReleaseOutboundPeerResponse(released=True)
         if method == "RegisterOutboundPeer":
             self.stored.append(request.name)
             return grants_pb2.RegisterOutboundPeerResponse(peer=grants_pb2.Peer(name=request.name))

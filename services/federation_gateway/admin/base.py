@@ -35,15 +35,22 @@ log = logging.getLogger("federation_gateway.admin")
 
 
 def not_stored(
-    remote: RemoteError, *, unknown: bool, done: str, what: str, check: str, remediation: str
+    remote: RemoteError,
+    *,
+    unknown: bool,
+    done: str,
+    what: str,
+    check: str,
+    remediation: str,
+    reason: str | None = None,
 ) -> ServiceError:
     """The operator's error when ``done`` happened at the peer gateway but storing ``what``
     at grants-service failed, or (``unknown``) may have: then ``check`` says how to tell
-    before following ``remediation``."""
+    before following ``remediation``. Its reason is ``reason``, else grants-service's."""
     outcome = f"whether {what} was stored is not known" if unknown else f"storing {what} failed"
     return ServiceError(
         remote.code,
-        remote.reason,
+        reason or remote.reason,
         f"{done}, but {outcome}: {remote.message}",
         remediation=(f"{check}; if it is not there, " if unknown else "") + remediation,
         violations=remote.violations,

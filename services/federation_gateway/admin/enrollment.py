@@ -2,7 +2,9 @@
 
 ``AddPeer`` is the whole querying side of flow 3 (DESIGN.md):
 
-1. parse the enrollment URL; refuse a peer name already in use before spending the token;
+1. parse the enrollment URL; reserve the peer name at grants-service before spending the
+   token (a pending outbound peer: of concurrent `peer add` runs under one name, on any
+   gateway replica, one goes on and the others are refused with their tokens unused);
 2. open a TLS connection to the serving gateway's enrollment listener *without*
    verification, only to read the chain it presents, and take from it the root whose
    SHA-256 equals the pin — none matches: abort (CA_PIN_MISMATCH) before anything is sent;
@@ -12,9 +14,11 @@
 4. check the answer: the certificate chains to the pinned root (or to a root the serving
    gateway sent over that pinned channel), its grant extensions are what it reported,
    and its key is ours;
-5. hand everything to grants-service, which seals the private key bound to the new
-   outbound peer's row (a store whose answer is lost is read back before it is called a
-   failure).
+5. hand everything to grants-service, which seals the private key bound to the reserved
+   row and makes it the active outbound peer (a store whose answer is lost is read back
+   before it is called a failure). An enrollment that fails lets the name go again; one
+   whose gateway dies holding it leaves a reservation that lapses on its own
+   (grants-service's OUTBOUND_RESERVATION_TTL).
 """
 
 from __future__ import annotations
@@ -90,6 +94,10 @@ ENROLLMENT_URL_INVALID: Final = "ENROLLMENT_URL_INVALID"
 INVALID_RESPONSE: Final = "INVALID_RESPONSE"
 NETWORK: Final = "NETWORK"
 PEER_NAME_TAKEN: Final = "PEER_NAME_TAKEN"
+PEER_NOT_STORED: Final = "PEER_NOT_STORED"
+# Deadline of letting a reserved name go after a failed enrollment (best effort: a
+# reservation left behind lapses on its own).
+RELEASE_TIMEOUT_S: Final = 5.0
 PEER_NAME_INVALID: Final = "PEER_NAME_INVALID"
 # grants-service's rule for peer names, checked here too so that a bad --name is refused
 # before the single-use token is spent.
@@ -141,15 +149,27 @@ class EnrollmentAdminMixin(AdminBase):
                 violations=[("enrollment_url", str(exc))],
             ) from None
         name = request.name or target.host
-        await self._check_name_free(name)
+        _check_name(name)
+        reservation = await self._reserve_name(name)
+        # From the reservation on, finish (store the peer, or let the name go) even if the
+        # operator's call goes away: from the redeem on, the serving gateway may spend the
+        # token and activate the grant.
+        return await self.finish_anyway(self._enroll_reserved(target, name, reservation))
 
-        root = await fetch_pinned_root(target)
-        # From the redeem on, the serving gateway may spend the token and activate the
-        # grant: finish and store the peer even if the operator's call goes away.
-        return await self.finish_anyway(self._enroll(target, root, name))
+    async def _enroll_reserved(
+        self, target: EnrollmentURL, name: str, reservation: str
+    ) -> gateway_pb2.AddPeerResponse:
+        try:
+            root = await fetch_pinned_root(target)
+            return await self._enroll(target, root, name, reservation)
+        except BaseException:
+            # Whatever failed, the name is free again for the next `peer add`; a peer that
+            # was stored (only its answer lost) is no longer pending and stays.
+            await self._release_name(name, reservation)
+            raise
 
     async def _enroll(
-        self, target: EnrollmentURL, root: x509.Certificate, name: str
+        self, target: EnrollmentURL, root: x509.Certificate, name: str, reservation: str
     ) -> gateway_pb2.AddPeerResponse:
         key = ec.generate_private_key(ec.SECP256R1())
         csr = _csr(key, self.config.name)
@@ -167,6 +187,7 @@ class EnrollmentAdminMixin(AdminBase):
                         client_key_pem=_private_pem(key),
                         remote_grant_id=accepted.grant_id,
                         remote_subject_user_id=accepted.subject_user_id,
+                        reservation_id=reservation,
                     ),
                     timeout=STORE_TIMEOUT_S,
                 )
@@ -191,27 +212,35 @@ class EnrollmentAdminMixin(AdminBase):
         )
         return gateway_pb2.AddPeerResponse(peer=peer)
 
-    async def _check_name_free(self, name: str) -> None:
-        if _PEER_NAME.fullmatch(name) is None:
-            raise invalid_argument(
-                PEER_NAME_INVALID,
-                f"peer name {name[:64]!r} is not allowed",
-                remediation="use --name with 1-128 letters, digits, '.', '_' and '-', starting "
-                "with a letter or digit",
-                violations=[("name", "letters, digits, '.', '_', '-'")],
-            )
+    async def _reserve_name(self, name: str) -> str:
+        """Reserve ``name`` at grants-service for this enrollment; the reservation's id.
+
+        Refused (PEER_NAME_TAKEN) while another peer holds the name, or another `peer add`
+        is enrolling under it right now: either way before the token is spent."""
         try:
-            await self.grants.GetPeer(grants_pb2.GetPeerRequest(id=name))
+            reply: grants_pb2.ReserveOutboundPeerResponse = await self.grants.ReserveOutboundPeer(
+                grants_pb2.ReserveOutboundPeerRequest(name=name), timeout=STORE_TIMEOUT_S
+            )
         except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.NOT_FOUND:
-                return
-            raise RemoteError.from_rpc_error(err).to_service_error() from None
-        raise ServiceError(
-            grpc.StatusCode.ALREADY_EXISTS,
-            PEER_NAME_TAKEN,
-            f"a peer named {name!r} already exists",
-            remediation="pass another --name (the enrollment token was not used)",
-        )
+            remote = RemoteError.from_rpc_error(err)
+            if remote.reason != PEER_NAME_TAKEN:
+                raise remote.to_service_error() from None
+            raise _name_taken(name, remote) from None
+        return reply.peer.id
+
+    async def _release_name(self, name: str, reservation: str) -> None:
+        """Best effort: a reservation left behind lapses on its own."""
+        try:
+            await self.grants.ReleaseOutboundPeer(
+                grants_pb2.ReleaseOutboundPeerRequest(reservation_id=reservation),
+                timeout=RELEASE_TIMEOUT_S,
+            )
+        except (grpc.aio.AioRpcError, asyncio.CancelledError) as err:
+            log.warning(
+                "peer name not released after a failed enrollment; it comes free when its "
+                "reservation lapses",
+                extra={"peer_name": name, "peer_id": reservation, "error": type(err).__name__},
+            )
 
     async def _redeem_repeating(
         self, target: EnrollmentURL, root: x509.Certificate, csr: x509.CertificateSigningRequest
@@ -273,6 +302,47 @@ class EnrollmentAdminMixin(AdminBase):
         finally:
             await channel.close()
         return reply
+
+
+def _check_name(name: str) -> None:
+    if _PEER_NAME.fullmatch(name) is None:
+        raise invalid_argument(
+            PEER_NAME_INVALID,
+            f"peer name {name[:64]!r} is not allowed",
+            remediation="use --name with 1-128 letters, digits, '.', '_' and '-', starting "
+            "with a letter or digit",
+            violations=[("name", "letters, digits, '.', '_', '-'")],
+        )
+
+
+def _name_taken(name: str, remote: RemoteError) -> ServiceError:
+    """grants-service's refusal to reserve ``name``, told to the operator of `peer add`."""
+    until = remote.metadata.get("reserved_until", "")
+    if remote.metadata.get("current_state") == "pending":
+        message = (
+            f"a peer named {name!r} is being added right now (another `peer add` is enrolling "
+            "under that name); the enrollment token was not used"
+        )
+        remediation = (
+            "wait for the other `peer add` to finish and check `mosaic federation peer list`, "
+            "or pass another --name; the same URL still works until it expires"
+            + (f" (if no `peer add` is running, the name comes free at {until})" if until else "")
+        )
+    else:
+        message = f"a peer named {name!r} already exists; the enrollment token was not used"
+        remediation = (
+            "pass another --name, or remove the old peer first (`mosaic federation peer remove "
+            f"{name}`); the same URL still works until it expires"
+        )
+    return ServiceError(
+        grpc.StatusCode.ALREADY_EXISTS,
+        PEER_NAME_TAKEN,
+        message,
+        remediation=remediation,
+        metadata={
+            k: v for k, v in remote.metadata.items() if k in ("current_state", "reserved_until")
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -379,11 +449,14 @@ def _not_stored(
     return not_stored(
         remote,
         unknown=unknown,
-        done=f"enrolled with {target.endpoint}",
+        done=f"enrolled with {target.endpoint} (the enrollment token was used)",
         what="the peer",
         check=f"check `mosaic federation peer list` for {name!r} with serial {accepted.serial}",
-        remediation="the enrollment token is spent: ask the serving gateway's administrator "
-        f"to revoke grant {accepted.grant_id} and make a new grant and token",
+        remediation="the token is spent and the key of its certificate was not kept: ask the "
+        f"serving gateway's administrator to revoke grant {accepted.grant_id} and make a new "
+        "grant and token, then run `peer add` with the new URL",
+        # Not the store's own reason (PEER_NAME_TAKEN would read as "nothing was used").
+        reason=None if unknown else PEER_NOT_STORED,
     )
 
 

@@ -673,6 +673,7 @@ class RegisterOutboundPeerRequest(_message.Message):
     CLIENT_KEY_PEM_FIELD_NUMBER: _builtins.int
     REMOTE_GRANT_ID_FIELD_NUMBER: _builtins.int
     REMOTE_SUBJECT_USER_ID_FIELD_NUMBER: _builtins.int
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     endpoint: _builtins.str
     cert_pem: _builtins.str
@@ -681,6 +682,11 @@ class RegisterOutboundPeerRequest(_message.Message):
     """Private key of the client certificate, PEM; sealed before it is stored."""
     remote_grant_id: _builtins.str
     remote_subject_user_id: _builtins.str
+    reservation_id: _builtins.str
+    """The pending peer ReserveOutboundPeer made for this name: it becomes the peer, if it is
+    still reserved (else FAILED_PRECONDITION PEER_RESERVATION_LOST). Empty: a new peer
+    is inserted.
+    """
     def __init__(
         self,
         *,
@@ -691,10 +697,11 @@ class RegisterOutboundPeerRequest(_message.Message):
         client_key_pem: _builtins.str = ...,
         remote_grant_id: _builtins.str = ...,
         remote_subject_user_id: _builtins.str = ...,
+        reservation_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_bundle_pem", b"ca_bundle_pem", "cert_pem", b"cert_pem", "client_key_pem", b"client_key_pem", "endpoint", b"endpoint", "name", b"name", "remote_grant_id", b"remote_grant_id", "remote_subject_user_id", b"remote_subject_user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_bundle_pem", b"ca_bundle_pem", "cert_pem", b"cert_pem", "client_key_pem", b"client_key_pem", "endpoint", b"endpoint", "name", b"name", "remote_grant_id", b"remote_grant_id", "remote_subject_user_id", b"remote_subject_user_id", "reservation_id", b"reservation_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -719,6 +726,100 @@ class RegisterOutboundPeerResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RegisterOutboundPeerResponse: _TypeAlias = RegisterOutboundPeerResponse  # noqa: Y015
+
+@_typing.final
+class ReserveOutboundPeerRequest(_message.Message):
+    """Reserve a name for a peer we are about to enroll with, before its token is spent: a
+    pending outbound peer with that name, which RegisterOutboundPeer makes real. A name
+    in use is refused (ALREADY_EXISTS PEER_NAME_TAKEN, ErrorInfo metadata current_state
+    "pending" while another reservation holds it, with reserved_until); a reservation
+    older than its lifetime (left by an enrollment that never finished) is taken over.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReserveOutboundPeerRequest: _TypeAlias = ReserveOutboundPeerRequest  # noqa: Y015
+
+@_typing.final
+class ReserveOutboundPeerResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_FIELD_NUMBER: _builtins.int
+    RESERVED_UNTIL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def peer(self) -> Global___Peer:
+        """The pending peer; its id is the reservation_id of RegisterOutboundPeer."""
+
+    @_builtins.property
+    def reserved_until(self) -> _timestamp_pb2.Timestamp:
+        """When another ReserveOutboundPeer may take the name over."""
+
+    def __init__(
+        self,
+        *,
+        peer: Global___Peer | None = ...,
+        reserved_until: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["peer", b"peer", "reserved_until", b"reserved_until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["peer", b"peer", "reserved_until", b"reserved_until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReserveOutboundPeerResponse: _TypeAlias = ReserveOutboundPeerResponse  # noqa: Y015
+
+@_typing.final
+class ReleaseOutboundPeerRequest(_message.Message):
+    """Drop a reservation whose enrollment failed; a peer no longer pending is left alone."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVATION_ID_FIELD_NUMBER: _builtins.int
+    reservation_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        reservation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reservation_id", b"reservation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseOutboundPeerRequest: _TypeAlias = ReleaseOutboundPeerRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseOutboundPeerResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELEASED_FIELD_NUMBER: _builtins.int
+    released: _builtins.bool
+    def __init__(
+        self,
+        *,
+        released: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["released", b"released"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseOutboundPeerResponse: _TypeAlias = ReleaseOutboundPeerResponse  # noqa: Y015
 
 @_typing.final
 class GetPeerCredentialsRequest(_message.Message):

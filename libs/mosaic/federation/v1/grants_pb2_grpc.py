@@ -80,6 +80,16 @@ class GrantsStub:
                 request_serializer=mosaic_dot_federation_dot_v1_dot_grants__pb2.RemovePeerRequest.SerializeToString,
                 response_deserializer=mosaic_dot_federation_dot_v1_dot_grants__pb2.RemovePeerResponse.FromString,
                 _registered_method=True)
+        self.ReserveOutboundPeer = channel.unary_unary(
+                '/mosaic.federation.v1.Grants/ReserveOutboundPeer',
+                request_serializer=mosaic_dot_federation_dot_v1_dot_grants__pb2.ReserveOutboundPeerRequest.SerializeToString,
+                response_deserializer=mosaic_dot_federation_dot_v1_dot_grants__pb2.ReserveOutboundPeerResponse.FromString,
+                _registered_method=True)
+        self.ReleaseOutboundPeer = channel.unary_unary(
+                '/mosaic.federation.v1.Grants/ReleaseOutboundPeer',
+                request_serializer=mosaic_dot_federation_dot_v1_dot_grants__pb2.ReleaseOutboundPeerRequest.SerializeToString,
+                response_deserializer=mosaic_dot_federation_dot_v1_dot_grants__pb2.ReleaseOutboundPeerResponse.FromString,
+                _registered_method=True)
         self.RegisterOutboundPeer = channel.unary_unary(
                 '/mosaic.federation.v1.Grants/RegisterOutboundPeer',
                 request_serializer=mosaic_dot_federation_dot_v1_dot_grants__pb2.RegisterOutboundPeerRequest.SerializeToString,
@@ -170,6 +180,18 @@ class GrantsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReserveOutboundPeer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseOutboundPeer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RegisterOutboundPeer(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -253,6 +275,16 @@ def add_GrantsServicer_to_server(servicer, server):
                     servicer.RemovePeer,
                     request_deserializer=mosaic_dot_federation_dot_v1_dot_grants__pb2.RemovePeerRequest.FromString,
                     response_serializer=mosaic_dot_federation_dot_v1_dot_grants__pb2.RemovePeerResponse.SerializeToString,
+            ),
+            'ReserveOutboundPeer': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReserveOutboundPeer,
+                    request_deserializer=mosaic_dot_federation_dot_v1_dot_grants__pb2.ReserveOutboundPeerRequest.FromString,
+                    response_serializer=mosaic_dot_federation_dot_v1_dot_grants__pb2.ReserveOutboundPeerResponse.SerializeToString,
+            ),
+            'ReleaseOutboundPeer': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseOutboundPeer,
+                    request_deserializer=mosaic_dot_federation_dot_v1_dot_grants__pb2.ReleaseOutboundPeerRequest.FromString,
+                    response_serializer=mosaic_dot_federation_dot_v1_dot_grants__pb2.ReleaseOutboundPeerResponse.SerializeToString,
             ),
             'RegisterOutboundPeer': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterOutboundPeer,
@@ -529,6 +561,60 @@ class Grants:
             '/mosaic.federation.v1.Grants/RemovePeer',
             mosaic_dot_federation_dot_v1_dot_grants__pb2.RemovePeerRequest.SerializeToString,
             mosaic_dot_federation_dot_v1_dot_grants__pb2.RemovePeerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReserveOutboundPeer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mosaic.federation.v1.Grants/ReserveOutboundPeer',
+            mosaic_dot_federation_dot_v1_dot_grants__pb2.ReserveOutboundPeerRequest.SerializeToString,
+            mosaic_dot_federation_dot_v1_dot_grants__pb2.ReserveOutboundPeerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseOutboundPeer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mosaic.federation.v1.Grants/ReleaseOutboundPeer',
+            mosaic_dot_federation_dot_v1_dot_grants__pb2.ReleaseOutboundPeerRequest.SerializeToString,
+            mosaic_dot_federation_dot_v1_dot_grants__pb2.ReleaseOutboundPeerResponse.FromString,
             options,
             channel_credentials,
             insecure,

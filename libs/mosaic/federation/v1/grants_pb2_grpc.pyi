@@ -42,6 +42,8 @@ class GrantsStub:
     ListPeers: _grpc.UnaryUnaryMultiCallable[_grants_pb2.ListPeersRequest, _grants_pb2.ListPeersResponse]
     SetPeerState: _grpc.UnaryUnaryMultiCallable[_grants_pb2.SetPeerStateRequest, _grants_pb2.SetPeerStateResponse]
     RemovePeer: _grpc.UnaryUnaryMultiCallable[_grants_pb2.RemovePeerRequest, _grants_pb2.RemovePeerResponse]
+    ReserveOutboundPeer: _grpc.UnaryUnaryMultiCallable[_grants_pb2.ReserveOutboundPeerRequest, _grants_pb2.ReserveOutboundPeerResponse]
+    ReleaseOutboundPeer: _grpc.UnaryUnaryMultiCallable[_grants_pb2.ReleaseOutboundPeerRequest, _grants_pb2.ReleaseOutboundPeerResponse]
     RegisterOutboundPeer: _grpc.UnaryUnaryMultiCallable[_grants_pb2.RegisterOutboundPeerRequest, _grants_pb2.RegisterOutboundPeerResponse]
     GetPeerCredentials: _grpc.UnaryUnaryMultiCallable[_grants_pb2.GetPeerCredentialsRequest, _grants_pb2.GetPeerCredentialsResponse]
     RotatePeerCertificate: _grpc.UnaryUnaryMultiCallable[_grants_pb2.RotatePeerCertificateRequest, _grants_pb2.RotatePeerCertificateResponse]
@@ -63,6 +65,8 @@ class GrantsAsyncStub(GrantsStub):
     ListPeers: _aio.UnaryUnaryMultiCallable[_grants_pb2.ListPeersRequest, _grants_pb2.ListPeersResponse]  # type: ignore[assignment]
     SetPeerState: _aio.UnaryUnaryMultiCallable[_grants_pb2.SetPeerStateRequest, _grants_pb2.SetPeerStateResponse]  # type: ignore[assignment]
     RemovePeer: _aio.UnaryUnaryMultiCallable[_grants_pb2.RemovePeerRequest, _grants_pb2.RemovePeerResponse]  # type: ignore[assignment]
+    ReserveOutboundPeer: _aio.UnaryUnaryMultiCallable[_grants_pb2.ReserveOutboundPeerRequest, _grants_pb2.ReserveOutboundPeerResponse]  # type: ignore[assignment]
+    ReleaseOutboundPeer: _aio.UnaryUnaryMultiCallable[_grants_pb2.ReleaseOutboundPeerRequest, _grants_pb2.ReleaseOutboundPeerResponse]  # type: ignore[assignment]
     RegisterOutboundPeer: _aio.UnaryUnaryMultiCallable[_grants_pb2.RegisterOutboundPeerRequest, _grants_pb2.RegisterOutboundPeerResponse]  # type: ignore[assignment]
     GetPeerCredentials: _aio.UnaryUnaryMultiCallable[_grants_pb2.GetPeerCredentialsRequest, _grants_pb2.GetPeerCredentialsResponse]  # type: ignore[assignment]
     RotatePeerCertificate: _aio.UnaryUnaryMultiCallable[_grants_pb2.RotatePeerCertificateRequest, _grants_pb2.RotatePeerCertificateResponse]  # type: ignore[assignment]
@@ -135,6 +139,20 @@ class GrantsServicer(metaclass=_abc_1.ABCMeta):
         request: _grants_pb2.RemovePeerRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_grants_pb2.RemovePeerResponse, _abc.Awaitable[_grants_pb2.RemovePeerResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ReserveOutboundPeer(
+        self,
+        request: _grants_pb2.ReserveOutboundPeerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_grants_pb2.ReserveOutboundPeerResponse, _abc.Awaitable[_grants_pb2.ReserveOutboundPeerResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ReleaseOutboundPeer(
+        self,
+        request: _grants_pb2.ReleaseOutboundPeerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_grants_pb2.ReleaseOutboundPeerResponse, _abc.Awaitable[_grants_pb2.ReleaseOutboundPeerResponse]]: ...
 
     @_abc_1.abstractmethod
     def RegisterOutboundPeer(
