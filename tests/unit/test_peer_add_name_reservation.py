@@ -275,3 +275,16 @@ def _new_outbound(name: str) -> domain.NewOutboundPeer:
         remote_grant_id=None,
         remote_subject_user_id=None,
     )
+
+
+async def test_an_add_stopped_before_the_redeem_lets_the_name_go(
+    replicas: GrantsReplicas, serving: ServingGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def wrong_pin(target: Any) -> Any:
+        raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, "CA_PIN_MISMATCH", "no root")
+
+    monkeypatch.setattr(enrollment_admin, "fetch_pinned_root", wrong_pin)
+    with pytest.raises(ServiceError) as refused:
+        await _add(replicas, 0, secrets.token_urlsafe(32))
+    assert refused.value.reason == "CA_PIN_MISMATCH"
+    assert await replicas.peers() == [] and serving.redeemed == []

@@ -151,16 +151,21 @@ class EnrollmentAdminMixin(AdminBase):
         name = request.name or target.host
         _check_name(name)
         reservation = await self._reserve_name(name)
-        # From the reservation on, finish (store the peer, or let the name go) even if the
-        # operator's call goes away: from the redeem on, the serving gateway may spend the
-        # token and activate the grant.
-        return await self.finish_anyway(self._enroll_reserved(target, name, reservation))
-
-    async def _enroll_reserved(
-        self, target: EnrollmentURL, name: str, reservation: str
-    ) -> gateway_pb2.AddPeerResponse:
         try:
             root = await fetch_pinned_root(target)
+        except BaseException:
+            # Shielded: an operator's Ctrl-C here still lets the name go.
+            await self.finish_anyway(self._release_name(name, reservation))
+            raise
+        # From the redeem on, the serving gateway may spend the token and activate the
+        # grant: finish and store the peer (or let the name go) even if the operator's
+        # call goes away.
+        return await self.finish_anyway(self._enroll_reserved(target, root, name, reservation))
+
+    async def _enroll_reserved(
+        self, target: EnrollmentURL, root: x509.Certificate, name: str, reservation: str
+    ) -> gateway_pb2.AddPeerResponse:
+        try:
             return await self._enroll(target, root, name, reservation)
         except BaseException:
             # Whatever failed, the name is free again for the next `peer add`; a peer that
