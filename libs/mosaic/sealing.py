@@ -108,9 +108,12 @@ class SealError(Exception):
 
     message = "sealed value cannot be opened"
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, key_id: str | None = None) -> None:
         super().__init__(f"{self.message} ({reason})")
         self.reason = reason
+        # For SEAL_UNKNOWN_KEY: the hex id of the key the blob names, so an operator can
+        # tell which secret it needs (key ids are safe to show: see _KEY_ID_INFO).
+        self.key_id = key_id
 
     def __repr__(self) -> str:
         return f"SealError(reason={self.reason!r})"
@@ -419,7 +422,7 @@ class Sealer:
             return self._current
         if self._previous is not None and secrets.compare_digest(key_id, self._previous.key_id):
             return self._previous
-        raise SealError(SEAL_UNKNOWN_KEY)
+        raise SealError(SEAL_UNKNOWN_KEY, key_id=key_id.hex())
 
 
 def _blob_bytes(blob: bytes | bytearray | memoryview) -> bytes:

@@ -33,7 +33,7 @@ from mosaic.pki import (
     write_private,
     write_public,
 )
-from mosaic.sealing import Sealer, SealError, seal_context
+from mosaic.sealing import SEAL_TAMPERED, SEAL_UNKNOWN_KEY, Sealer, SealError, seal_context
 from mosaic.x509ext import sha256_fingerprint
 
 SEALED_KEYS = ("root.key.sealed", "intermediate.key.sealed")
@@ -116,14 +116,52 @@ def load_federation_intermediate(
 
 
 def _unloadable(config: InstanceConfig, exc: Exception) -> ConfigError:
+    fed = config.federation_pki_dir
+    unknown = sealed_under_unconfigured_secret(config, exc, fed / SEALED_KEYS[1])
+    if unknown is not None:
+        return unknown
     return ConfigError(
-        f"the local federation CA in {config.federation_pki_dir} cannot be loaded "
-        f"({type(exc).__name__})",
+        f"the local federation CA in {fed} cannot be loaded: {_why(exc)}",
         remediation=(
             "restore pki/federation/ and the seal secret of this home from the same "
             "backup, or re-create the instance with `mosaic init`"
         ),
     )
+
+
+def sealed_under_unconfigured_secret(
+    config: InstanceConfig, exc: Exception, path: Path
+) -> ConfigError | None:
+    """The error for a sealed file whose blob names a seal secret that is not configured
+    (typically ``seal.previous.key`` removed before `mosaic seal rotate` re-sealed it);
+    None for any other failure. The file is intact: putting that secret back mends it."""
+    if not isinstance(exc, SealError) or exc.reason != SEAL_UNKNOWN_KEY:
+        return None
+    previous = config.previous_seal_secret_file
+    return ConfigError(
+        f"{path} is sealed under a seal secret this instance no longer has configured "
+        f"(key id {exc.key_id}); neither {config.seal_secret_file} nor {previous} "
+        "holds it",
+        remediation=(
+            f"put the secret with that key id back as {previous} (where `mosaic seal rotate "
+            "--generate` moved it), restart the services, then run `mosaic seal rotate`; "
+            f"remove {previous} only after that succeeds"
+        ),
+    )
+
+
+def _why(exc: Exception) -> str:
+    """Why a key file failed to load, in words (never the file's content)."""
+    if isinstance(exc, SealError):
+        if exc.reason == SEAL_TAMPERED:
+            return "a sealed key does not open (modified, or not sealed for this place)"
+        return "a sealed key is not a sealed value this version can read"
+    if isinstance(exc, OSError):
+        name = Path(exc.filename).name if exc.filename else "a file"
+        return f"{name}: {exc.strerror or 'cannot be read'}"
+    if isinstance(exc, CABackendMisconfigured):
+        return exc.message
+    return "a key or certificate in it is not valid"
 
 
 def load_local_backend(config: InstanceConfig, sealer: Sealer) -> LocalCABackend:
@@ -170,9 +208,12 @@ def load_step_ca_backend(config: InstanceConfig, sealer: Sealer) -> CABackend:
         jwk = json.loads(sealer.open(key_file.read_bytes(), stepca_key_context()))
         root_pem = Path(step.root_file).read_bytes()
     except (OSError, SealError, ValueError) as exc:
+        unknown = sealed_under_unconfigured_secret(config, exc, key_file)
+        if unknown is not None:
+            raise unknown from None
         raise ConfigError(
             f"the step-ca provisioner key ({key_file}) or root ({step.root_file}) cannot be "
-            f"read ({type(exc).__name__})",
+            f"read: {_why(exc)}",
             remediation=(
                 "restore both files and the seal secret from the same backup, or re-run "
                 "`mosaic init --ca step-ca` with the provisioner's private JWK"

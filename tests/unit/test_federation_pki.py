@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ca_service.backends.local import issue_server_certificate, unencrypted_private_key_pem
 from ca_service.keys import (
+    load_backend,
     load_federation_intermediate,
     renew_federation_server_certificate,
     root_fingerprint,
@@ -77,8 +78,33 @@ def test_renewal_with_another_seal_secret_fails_and_changes_nothing(
     with pytest.raises(ConfigError) as err:
         renew_federation_server_certificate(config, load_sealer(config))
 
-    assert "cannot be loaded" in err.value.message and "backup" in err.value.remediation
+    assert "no longer has configured" in err.value.message
+    assert "mosaic seal rotate" in err.value.remediation
     assert _server(config) == before
+
+
+def test_ca_key_sealed_under_a_removed_previous_secret_says_to_put_it_back(
+    config: InstanceConfig,
+) -> None:
+    """`seal rotate --generate`, then seal.previous.key removed before `seal rotate`: the CA
+    key is intact, sealed under the removed secret. The error names that secret's file and
+    the steps that mend it, not a restore from backup or a new instance."""
+    old_key_id = load_sealer(config).key_id
+    previous = config.previous_seal_secret_file
+    previous.write_bytes(config.seal_secret_file.read_bytes())
+    write_private(config.seal_secret_file, generate_secret().encode() + b"\n")
+    previous.unlink()
+
+    with pytest.raises(ConfigError) as err:
+        load_backend(config, load_sealer(config))
+
+    message, remediation = err.value.message, err.value.remediation
+    assert "intermediate.key.sealed" in message and old_key_id in message
+    assert "no longer has configured" in message
+    assert str(previous) in remediation
+    assert "restart the services, then run `mosaic seal rotate`" in remediation
+    assert "SealError" not in message + remediation
+    assert "mosaic init" not in remediation and "backup" not in remediation
 
 
 def test_gateway_refuses_a_key_that_is_not_its_certificates(config: InstanceConfig) -> None:

@@ -153,6 +153,8 @@ def test_wrong_secret_fails(sealer: Sealer) -> None:
     with pytest.raises(SealError) as caught:
         Sealer(new_secret()).open(blob, CONTEXT)
     assert caught.value.reason == SEAL_UNKNOWN_KEY
+    # Names the secret the blob needs, so an operator can tell which one to put back.
+    assert caught.value.key_id == sealer.key_id
 
 
 @pytest.mark.parametrize(

@@ -68,11 +68,14 @@ def rotate(
     try:
         files = reseal_home_files(config, sealer)
     except SealError as exc:
+        needs = f" (it was sealed under key id {exc.key_id})" if exc.key_id else ""
         fail(
             ctx,
             exc.reason,
-            "a sealed file of the instance home cannot be opened with the configured secrets",
-            "configure the secret it was sealed under as secrets/seal.previous.key",
+            "a sealed file of the instance home cannot be opened with the configured "
+            f"secrets{needs}",
+            f"put the secret it was sealed under back as {config.previous_seal_secret_file}, "
+            "restart the services, then run `mosaic seal rotate` again",
         )
     previous = config.previous_seal_secret_file
     doc: dict[str, Any] = {
