@@ -109,6 +109,44 @@ def lock_home(home: Path, command: str, name: str) -> HomeLock:
     return HomeLock(fd)
 
 
+def running_holder(home: Path) -> LockHolder | None:
+    """Who holds ``home``'s lock right now, as the lock file names it; None when nobody
+    does, the holder has not said who it is, or the file cannot be read.
+
+    The lock is only probed (a shared lock taken and dropped at once) when the named
+    process still exists, so a `mosaic up` starting at that moment is not refused because
+    of an old holder's text.
+    """
+    try:
+        fd = os.open(home / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        holder = _read_holder(fd)
+        if holder is None or not _exists(holder.pid):
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return holder
+        except OSError:
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's
+    return True
+
+
 def _read_holder(fd: int) -> LockHolder | None:
     """The holder as written in the lock file; None when it is unreadable or not written
     yet (the holder writes it just after locking)."""

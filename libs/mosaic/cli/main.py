@@ -22,7 +22,7 @@ from mosaic.cli.apps import app, gateway_app
 from mosaic.cli.commands_resources import resources_app
 from mosaic.cli.commands_seal import seal_app
 from mosaic.cli.federation import federation_app
-from mosaic.cli.home_lock import LOCK_FILE, HomeBusy, lock_home
+from mosaic.cli.home_lock import LOCK_FILE, HomeBusy, lock_home, running_holder
 from mosaic.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliState, emit, fail, state, table
 from mosaic.cli.supervise import (
     CRASH_WINDOW_S,
@@ -604,7 +604,7 @@ async def _doctor_checks(config: Any) -> list[dict[str, Any]]:
                     "reachable",
                     False,
                     f"{err.code().name} at {address}",
-                    f"start it: `mosaic up` (all) or `mosaic serve {service}`",
+                    _unreachable_remediation(config, service),
                     0.0,
                 )
             ]
@@ -620,6 +620,20 @@ async def _doctor_checks(config: Any) -> list[dict[str, Any]]:
 
     results = await asyncio.gather(*(one(s) for s in START_ORDER))
     return [c for group in results for c in group]
+
+
+def _unreachable_remediation(config: Any, service: str) -> str:
+    """What to do about a service that does not answer: start it, unless a `mosaic up` of
+    this home runs already, in which case the service is still starting or keeps exiting
+    and up's output says why."""
+    holder = running_holder(config.home)
+    if holder is None or holder.command != "up" or not _process_exists(holder.pid):
+        return f"start it: `mosaic up` (all) or `mosaic serve {service}`"
+    return (
+        f"`mosaic up` (pid {holder.pid}) is running, so {service} is still starting or keeps "
+        f"exiting: its error lines and up's 'service exited' lines are in up's output "
+        f"(run doctor again in a few seconds if it was just started)"
+    )
 
 
 def _check(
