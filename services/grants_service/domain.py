@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -241,7 +242,7 @@ def validate_new_grant(
             reason,
             f"invalid grant: {listed}",
             tuple(violations),
-            remediation='fix the fields named here (DESIGN.md "Scope" describes the scope)',
+            remediation=_remediation_for(field for field, _ in violations),
         )
     assert scope is not None and subject is not None
     sensitive = sorted(scope.sensitive_resources)
@@ -258,6 +259,29 @@ def validate_new_grant(
     return NewGrant(
         subject_user_id=subject, peer_name=peer_name, scope=scope, expires_at=expires_at
     )
+
+
+# What to do about each field of CreateGrant, named as the admin CLI spells its option.
+_FIELD_REMEDIATIONS: Final = (
+    ("subject_user_id", "give --user the local user's id as a UUID"),
+    (
+        "peer_name",
+        "choose a --peer-name of 1-128 letters, digits, dots, dashes or underscores, starting "
+        "with a letter or digit",
+    ),
+    ("expires_at", "give an --expires-at in the future, or none for a grant that does not end"),
+    (
+        "scope",
+        'fix the scope fields named here (docs/ADMIN-CLI.md, "Scope", describes the scope '
+        "document)",
+    ),
+)
+
+
+def _remediation_for(fields: Iterable[str]) -> str:
+    """One remediation per kind of field at fault, in the order the request has them."""
+    named = {re.split(r"[.\[]", field, maxsplit=1)[0] for field in fields}
+    return "; ".join(text for field, text in _FIELD_REMEDIATIONS if field in named)
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,34 @@ def test_without_scope_problems_the_reason_is_the_request() -> None:
     assert exc.violations == (("subject_user_id", "must be a UUID (8-4-4-4-12 hex digits)"),)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "says", "not_says"),
+    [
+        ({"peer_name": "-bad name"}, "--peer-name of 1-128", "scope"),
+        ({"expires_at": NOW}, "--expires-at in the future", "scope"),
+        ({"subject_user_id": "nope"}, "--user", "scope"),
+        ({"scope_json": '{"resources": [], "x": 1}'}, 'docs/ADMIN-CLI.md, "Scope"', "--"),
+        ({"scope_json": "[1]"}, 'docs/ADMIN-CLI.md, "Scope"', "--"),
+    ],
+)
+def test_the_remediation_is_about_the_fields_at_fault(
+    overrides: dict[str, object], says: str, not_says: str
+) -> None:
+    """A bad --peer-name is not sent to read about scopes, and no remediation points to a
+    document that is not in the repository (DESIGN.md)."""
+    exc = refusal(**overrides)
+    assert says in exc.remediation
+    assert not_says not in exc.remediation
+    assert "DESIGN" not in exc.remediation
+
+
+def test_every_field_at_fault_gets_its_remediation_in_request_order() -> None:
+    exc = refusal(peer_name="-bad", expires_at=NOW, scope_json='{"resources": []}')
+    parts = exc.remediation.split("; ")
+    assert [p.split()[2] for p in parts[:2]] == ["--peer-name", "--expires-at"]
+    assert parts[2].startswith("fix the scope fields")
+
+
 @pytest.mark.parametrize("sensitive", [["credentials"], ["api_keys"], ["credentials", "api_keys"]])
 def test_sensitive_resources_need_allow_sensitive(sensitive: list[str]) -> None:
     scope = json.dumps({"resources": ["tasks", *sensitive]})

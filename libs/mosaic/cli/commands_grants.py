@@ -152,7 +152,7 @@ def _read_scope(ctx: typer.Context, path: Path) -> str:
             _usage(
                 ctx,
                 f"scope file {path} is larger than {MAX_SCOPE_FILE_BYTES // 2**20} MiB",
-                'pass --scope with the scope JSON document (DESIGN.md "Scope")',
+                'pass --scope with the scope JSON document (docs/ADMIN-CLI.md, "Scope")',
             )
         return data.decode("utf-8")
     except UnicodeDecodeError:  # what the file holds: refused like any invalid scope (exit 1)
@@ -192,7 +192,9 @@ def grant_create(
     ctx: typer.Context,
     user: Annotated[str, typer.Option("--user", help="Local user (UUID) whose data is shared.")],
     peer_name: Annotated[str, typer.Option("--peer-name", help="Name of the peer gateway.")],
-    scope: Annotated[Path, typer.Option("--scope", help='Scope JSON file (DESIGN.md "Scope").')],
+    scope: Annotated[
+        Path, typer.Option("--scope", help='Scope JSON file (docs/ADMIN-CLI.md, "Scope").')
+    ],
     allow_sensitive: Annotated[
         bool, typer.Option("--allow-sensitive", help="Allow credentials and api_keys.")
     ] = False,

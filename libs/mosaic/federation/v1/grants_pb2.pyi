@@ -105,7 +105,7 @@ class Grant(_message.Message):
     subject_user_id: _builtins.str
     status: Global___GrantStatus.ValueType
     scope_json: _builtins.str
-    """The scope document as JSON (see DESIGN.md "Scope")."""
+    """The scope document as JSON (docs/ADMIN-CLI.md, "Scope", describes it)."""
     revoke_reason: _builtins.str
     sensitive: _builtins.bool
     peer_name: _builtins.str
