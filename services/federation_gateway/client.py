@@ -123,7 +123,8 @@ _REMEDIATION = {
     PEER_MISCONFIGURED: "remove the peer and enroll again with a fresh enrollment URL",
     NETWORK: "check that the peer gateway is running and reachable",
     FORBIDDEN: "ask the peer's operator to check the grant",
-    NOT_FOUND: "",
+    NOT_FOUND: "check the id: `mosaic federation query PEER list RESOURCE` shows the rows "
+    "the grant lets you read",
     RATE_LIMITED: "retry after the delay given",
     INVALID_RESPONSE: "",
     UNAUTHENTICATED: "the peer no longer accepts our certificate; renew or enroll again",

@@ -141,7 +141,12 @@ ANSWER_NOT_SENT = "ANSWER_NOT_SENT"
 # Audit reason of a renewal answered again (_renewed_again).
 RENEWAL_REPEATED = "RENEWAL_REPEATED"
 
-_NOT_FOUND_MESSAGE = "no such resource"
+# One answer for a row that is missing and a row the grant does not show: the peer must
+# not learn which it was (no existence oracle).
+_NOT_FOUND_MESSAGE = "no such row"
+_NOT_FOUND_REMEDIATION = (
+    "check the id: a list or search of this resource shows the rows this grant lets you read"
+)
 _REVOKED_MESSAGE = "this certificate has been revoked"
 # Verbs that read resource-service: admitted again before they are answered (_serve).
 _READS = frozenset({"list", "get", "search"})
@@ -586,7 +591,7 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
             ),
         )
         if not _visible(view, access, request.resource, reply.item) or reply.item.id != request.id:
-            raise not_found(RESOURCE_NOT_FOUND, _NOT_FOUND_MESSAGE)
+            raise _row_not_found()
         return gateway_pb2.GetResponse(item=reply.item)
 
     async def _search(
@@ -873,7 +878,7 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
         except grpc.aio.AioRpcError as err:
             code = err.code()
             if code == grpc.StatusCode.NOT_FOUND:
-                raise not_found(RESOURCE_NOT_FOUND, _NOT_FOUND_MESSAGE) from None
+                raise _row_not_found() from None
             if code == grpc.StatusCode.INVALID_ARGUMENT:
                 remote = RemoteError.from_rpc_error(err)
                 raise invalid_argument(
@@ -946,3 +951,8 @@ def _all_visible(view: GrantView, access: Any, resource: str, items: Any) -> boo
             )
             return False
     return True
+
+
+def _row_not_found() -> ServiceError:
+    """The one NOT_FOUND a Get answers, whether the row is missing or outside the scope."""
+    return not_found(RESOURCE_NOT_FOUND, _NOT_FOUND_MESSAGE, remediation=_NOT_FOUND_REMEDIATION)

@@ -1075,6 +1075,58 @@ async def test_a_peers_invisible_format_characters_are_shown_escaped(
     assert {i["id"]: i["title"] for i in json.loads(raw)["items"]} == titles
 
 
+async def test_query_get_and_search_show_the_body_escaped_and_a_missing_row_is_no_oracle(
+    a: Instance, b: Instance
+) -> None:
+    """`query get` and `query search` used to show a row's body only with --json. The human
+    view of `get` shows it whole (its lines kept, controls and bidi characters escaped);
+    `search` shows its start. A missing row and a row outside the grant's scope get the
+    same answer, now "no such row" with a remediation instead of an empty one."""
+    owner, other = str(uuid.uuid4()), str(uuid.uuid4())
+    hostile = "first line\nsecond \x1b[2Jline \u202egnp.exe"
+    await import_rows(
+        b.home,
+        [
+            common_pb2.ResourceItem(
+                id="body-1", resource="notes", owner_user_id=owner, title="t", body=hostile
+            ),
+            common_pb2.ResourceItem(
+                id="body-2", resource="notes", owner_user_id=owner, title="long", body="zz " * 400
+            ),
+            common_pb2.ResourceItem(
+                id="body-other", resource="notes", owner_user_id=other, title="t", body="x"
+            ),
+        ],
+    )
+    cert = await grant_with_cert(b, {"resources": ["notes"]}, subject=owner)
+    await register_outbound(a, b, cert, "b-bodies")
+
+    code, out, err = await asyncio.to_thread(
+        a.cli, "federation", "query", "b-bodies", "get", "notes", "body-1", json_out=False
+    )
+    assert (code, err) == (0, ""), out
+    assert not {"\x1b", "\u202e"} & set(out), repr(out)
+    assert "first line" in out and "second \\x1b[2Jline \\u202egnp.exe" in out
+
+    code, out, err = await asyncio.to_thread(
+        a.cli, "federation", "query", "b-bodies", "search", "notes", "zz", json_out=False
+    )
+    assert (code, err) == (0, ""), out
+    assert "zz zz" in out and "(1039 more" in out  # 1199 characters, 160 shown
+
+    answers = []
+    for row_id in ("no-such-row", "body-other"):
+        code, doc, _ = await asyncio.to_thread(
+            a.cli, "federation", "query", "b-bodies", "get", "notes", row_id
+        )
+        assert code == 1, doc
+        answers.append({k: v for k, v in doc["error"].items() if k != "request_id"})
+    assert answers[0] == answers[1]
+    assert answers[0]["code"] == "NOT_FOUND"
+    assert answers[0]["message"] == "no such row"
+    assert "check the id" in answers[0]["remediation"]
+
+
 async def test_a_search_cut_to_fit_one_message_says_so_to_the_querying_operator(
     a: Instance, b: Instance
 ) -> None:

@@ -72,6 +72,32 @@ def query_doc(reply: gateway_pb2.QueryResponse) -> dict[str, Any]:
     return doc
 
 
+# A search row shows the start of its body; `get` shows the whole of it.
+BODY_EXCERPT_CHARS = 160
+
+
+def body_excerpt(body: str) -> str:
+    """The start of a row's body for a table cell: its lines joined, cut at
+    BODY_EXCERPT_CHARS. The table prints it as plain text, controls escaped."""
+    flat = " ".join(body.split())
+    if len(flat) <= BODY_EXCERPT_CHARS:
+        return flat
+    return flat[:BODY_EXCERPT_CHARS] + f"… ({len(flat) - BODY_EXCERPT_CHARS} more characters)"
+
+
+def _item_fields(item: dict[str, Any]) -> dict[str, Any]:
+    """One row for `fields`: every field, the body last and whole (its lines kept)."""
+    return {
+        "id": item["id"],
+        "resource": item["resource"],
+        "title": item["title"],
+        "owner user": item["owner_user_id"],
+        "team": item["team_id"] or "",
+        "updated": item["updated_at"],
+        "body": item["body"],
+    }
+
+
 @query_app.callback()
 def query(
     ctx: typer.Context,
@@ -111,12 +137,17 @@ def _run(ctx: typer.Context, request: gateway_pb2.QueryRequest) -> None:
         note = " (STALE: peer unreachable, cached answer)" if doc["stale"] else ""
         if "capabilities" in doc:
             fields(f"capabilities of {request.peer}{note}", doc["capabilities"])
+        elif request.WhichOneof("verb") == "get":
+            item = doc["items"][0]
+            fields(f"{request.peer}: {item['resource']} {item['id']}{note}", _item_fields(item))
         else:
+            with_body = request.WhichOneof("verb") == "search"
             table(
                 f"{request.peer}: {len(doc['items'])} row(s){note}",
-                ["id", "resource", "title", "team", "updated"],
+                ["id", "resource", "title", "team", "updated"] + (["body"] if with_body else []),
                 [
                     (i["id"], i["resource"], i["title"], i["team_id"] or "", i["updated_at"])
+                    + ((body_excerpt(i["body"]),) if with_body else ())
                     for i in doc["items"]
                 ],
             )
