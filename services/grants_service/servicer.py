@@ -594,6 +594,7 @@ def peer_proto(peer: PeerRow) -> grants_pb2.Peer:
         has_client_key=peer.has_client_key,
         remote_grant_id=str(peer.remote_grant_id or ""),
         remote_subject_user_id=str(peer.remote_subject_user_id or ""),
+        state_reason=peer.state_reason or "",
     )
 
 

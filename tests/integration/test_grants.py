@@ -772,6 +772,21 @@ async def test_grant_and_peer_transitions_and_their_refusals(instance: Instance)
         # Peer: active ↔ suspended, with "already" refusals naming the state.
         code, doc, _ = instance.cli("federation", "peer", "suspend", peer_name, "--reason", "audit")
         assert code == 0 and doc["state"] == "suspended", doc
+        # The reason is kept with the peer and shown; each grant's own serial is shown too,
+        # not only the newest one the peer carries.
+        assert doc["state_reason"] == "audit"
+        code, doc, _ = instance.cli("federation", "peer", "show", peer_name)
+        assert code == 0 and doc["state_reason"] == "audit", doc
+        assert doc["cert_serial"] == "aa02"
+        assert {g["id"]: (g["status"], g["cert_serial"]) for g in doc["grants"]} == {
+            first.id: ("active", "aa01"),
+            second.id: ("active", "aa02"),
+        }
+        code, out, _ = instance.cli("federation", "peer", "show", peer_name, json_out=False)
+        assert code == 0 and "aa01" in out and "audit" in out and "newest grant" in out, out
+        code, doc, _ = instance.cli("federation", "peer", "list", "--state", "suspended")
+        assert code == 0
+        assert [p["state_reason"] for p in doc["peers"] if p["name"] == peer_name] == ["audit"]
         # Suspending it again has nothing to do and succeeds (as resume and revoke do).
         code, doc, _ = instance.cli("federation", "peer", "suspend", peer_name)
         assert code == 0 and doc["state"] == "suspended", doc
@@ -781,7 +796,7 @@ async def test_grant_and_peer_transitions_and_their_refusals(instance: Instance)
         await expect_refusal(create_grant(gw, peer_name), failed, "PEER_SUSPENDED")
         # Enrollment of a pending grant of a suspended peer is refused and changes nothing.
         code, doc, _ = instance.cli("federation", "peer", "resume", peer_name)
-        assert code == 0 and doc["state"] == "active"
+        assert code == 0 and doc["state"] == "active" and doc["state_reason"] is None, doc
         third = (await create_grant(gw, peer_name)).grant
         code, doc, _ = instance.cli("federation", "peer", "suspend", peer_name)
         assert code == 0

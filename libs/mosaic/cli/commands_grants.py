@@ -51,6 +51,7 @@ def grant_doc(grant: grants_pb2.Grant) -> dict[str, Any]:
         "expires_at": iso(grant.expires_at, grant.HasField("expires_at")),
         "revoked_at": iso(grant.revoked_at, grant.HasField("revoked_at")),
         "revoke_reason": grant.revoke_reason or None,
+        "cert_serial": grant.cert_serial or None,
     }
 
 
@@ -61,6 +62,7 @@ def peer_doc(peer: grants_pb2.Peer) -> dict[str, Any]:
         "display_name": peer.display_name,
         "direction": _enum_word(peer.direction, grants_pb2.PeerDirection, "PEER_DIRECTION_"),
         "state": _enum_word(peer.state, grants_pb2.PeerState, "PEER_STATE_"),
+        "state_reason": peer.state_reason or None,
         "endpoint": peer.endpoint or None,
         "cert_serial": peer.cert_serial or None,
         "cert_not_after": iso(peer.cert_not_after, peer.HasField("cert_not_after")),
@@ -94,7 +96,7 @@ def _peer_rows(docs: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
             d["id"],
             d["name"],
             d["direction"],
-            d["state"],
+            d["state"] + (f" ({d['state_reason']})" if d["state_reason"] else ""),
             d["endpoint"] or "",
             d["cert_serial"] or "",
             d["cert_not_after"] or "",
@@ -346,12 +348,58 @@ def peer_list(
 
 @peer_app.command("show")
 def peer_show(ctx: typer.Context, peer: Annotated[str, typer.Argument(metavar="ID")]) -> None:
-    """Show one peer (by id or name)."""
+    """Show one peer (by id or name); for a peer we serve, each of its grants too."""
     request = grants_pb2.GetPeerRequest(id=peer)
     config = load_or_fail(ctx, state(ctx).home)
     reply = call_admin(ctx, config, lambda stub, md: stub.GetPeer(request, metadata=md))
     doc = peer_doc(reply.peer)
-    emit(ctx, doc, lambda: fields(f"peer {doc['name']}", doc))
+    grants: list[dict[str, Any]] = []
+    if reply.peer.direction == grants_pb2.PEER_DIRECTION_INBOUND:
+        # Each grant has its own certificate; the peer's cert_serial is only the newest.
+        listed = call_admin(
+            ctx,
+            config,
+            lambda stub, md: stub.ListGrants(
+                grants_pb2.ListGrantsRequest(peer_id=reply.peer.id), metadata=md
+            ),
+        )
+        grants = [grant_doc(g) for g in listed.grants]
+        doc["grants"] = [{key: g[key] for key in _PEER_GRANT_FIELDS} for g in grants]
+
+    def human() -> None:
+        newest = "cert_serial (newest grant)" if "grants" in doc else "cert_serial"
+        shown = {(newest if k == "cert_serial" else k): v for k, v in doc.items() if k != "grants"}
+        fields(f"peer {doc['name']}", shown)
+        if "grants" in doc:
+            table(
+                f"grants of peer {doc['name']} ({len(grants)}), each with its own certificate",
+                ["id", "status", "cert serial", "activated", "revoked", "revoke reason"],
+                [
+                    (
+                        g["id"],
+                        g["status"],
+                        g["cert_serial"] or "",
+                        g["activated_at"] or "",
+                        g["revoked_at"] or "",
+                        g["revoke_reason"] or "",
+                    )
+                    for g in grants
+                ],
+            )
+
+    emit(ctx, doc, human)
+
+
+_PEER_GRANT_FIELDS = (
+    "id",
+    "status",
+    "cert_serial",
+    "subject_user_id",
+    "activated_at",
+    "expires_at",
+    "revoked_at",
+    "revoke_reason",
+)
 
 
 def _set_state(ctx: typer.Context, peer: str, target: str, reason: str, done: str) -> None:

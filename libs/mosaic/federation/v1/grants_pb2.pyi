@@ -165,6 +165,7 @@ class Peer(_message.Message):
     HAS_CLIENT_KEY_FIELD_NUMBER: _builtins.int
     REMOTE_GRANT_ID_FIELD_NUMBER: _builtins.int
     REMOTE_SUBJECT_USER_ID_FIELD_NUMBER: _builtins.int
+    STATE_REASON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     display_name: _builtins.str
@@ -178,6 +179,8 @@ class Peer(_message.Message):
     remote_grant_id: _builtins.str
     """Outbound peers: the grant and subject the certificate carries."""
     remote_subject_user_id: _builtins.str
+    state_reason: _builtins.str
+    """Why the peer was last suspended or revoked, as the operator gave it; empty otherwise."""
     @_builtins.property
     def cert_not_after(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -202,10 +205,11 @@ class Peer(_message.Message):
         has_client_key: _builtins.bool = ...,
         remote_grant_id: _builtins.str = ...,
         remote_subject_user_id: _builtins.str = ...,
+        state_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cert_not_after", b"cert_not_after", "created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_bundle_pem", b"ca_bundle_pem", "cert_not_after", b"cert_not_after", "cert_pem", b"cert_pem", "cert_serial", b"cert_serial", "created_at", b"created_at", "direction", b"direction", "display_name", b"display_name", "endpoint", b"endpoint", "has_client_key", b"has_client_key", "id", b"id", "name", b"name", "remote_grant_id", b"remote_grant_id", "remote_subject_user_id", b"remote_subject_user_id", "state", b"state", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_bundle_pem", b"ca_bundle_pem", "cert_not_after", b"cert_not_after", "cert_pem", b"cert_pem", "cert_serial", b"cert_serial", "created_at", b"created_at", "direction", b"direction", "display_name", b"display_name", "endpoint", b"endpoint", "has_client_key", b"has_client_key", "id", b"id", "name", b"name", "remote_grant_id", b"remote_grant_id", "remote_subject_user_id", b"remote_subject_user_id", "state", b"state", "state_reason", b"state_reason", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
