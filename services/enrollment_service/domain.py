@@ -131,6 +131,10 @@ def refusal_for_unclaimable(view: TokenView | None, now: dt.datetime) -> RedeemR
     if view.state == "used":
         return RedeemRefused(TOKEN_ALREADY_USED)
     if view.expires_at <= now:
-        return RedeemRefused(TOKEN_EXPIRED)
+        # Only the holder of this very token gets here: its expiry tells it nothing new.
+        expired = view.expires_at.astimezone(dt.UTC).isoformat(timespec="seconds")
+        return RedeemRefused(
+            TOKEN_EXPIRED, f"{REFUSED_MESSAGE}: it expired at {expired.replace('+00:00', 'Z')}"
+        )
     # Redeeming: another attempt holds it right now (or released it a moment ago).
     return RedeemRefused(TOKEN_IN_USE)

@@ -315,7 +315,26 @@ def test_an_expired_token_is_refused(pair: Pair) -> None:
     code, doc = pair.add(token["enrollment_url"])
     assert code == 1
     _assert_refused(doc, "TOKEN_EXPIRED")
+    # It says the token expired, and when, never the token.
+    expired = dt.datetime.fromisoformat(token["expires_at"].replace("Z", "+00:00"))
+    when = expired.isoformat(timespec="seconds").replace("+00:00", "Z")
+    assert f"it expired at {when}" in doc["error"]["message"], doc
+    assert token["token"] not in json.dumps(doc)
+    assert "new enrollment URL" in doc["error"]["remediation"]
     assert pair.grant_status(grant["id"]) == "pending"
+
+
+def test_grant_token_tells_the_other_admin_to_read_the_url_from_standard_input(
+    pair: Pair,
+) -> None:
+    """The human view of `grant token` used to tell A's administrator to run `peer add URL`,
+    which puts the token in the process list and the shell history."""
+    grant = pair.grant()
+    code, out, err = pair.b.cli("federation", "grant", "token", grant["id"], json_out=False)
+    assert code == 0, (out, err)
+    flat = " ".join(out.split())  # the console wraps long lines
+    assert "mosaic federation peer add - < url.txt" in flat, out
+    assert "peer add URL" not in flat
 
 
 def test_an_unknown_token_is_refused_like_any_other(pair: Pair) -> None:

@@ -62,8 +62,9 @@ def grant_token(
         console.print()
         console.print(
             f"[yellow]This URL is a secret.[/] It can be used once, until {doc['expires_at']}. "
-            "Send it to the other gateway's administrator over a private channel; they run "
-            "`mosaic federation peer add URL`.",
+            "Send it to the other gateway's administrator over a private channel; they save "
+            "it to a file and run `mosaic federation peer add - < url.txt` (from standard "
+            "input, the token stays out of the process list and the shell history).",
             highlight=False,
         )
 
