@@ -849,6 +849,14 @@ async def test_audit_list_cli_filters_by_peer(b: Instance, main_cert: PeerCert) 
     assert code == 0, (doc, err)
     assert 1 <= len(doc["entries"]) <= 5
     assert {e["peer_id"] for e in doc["entries"]} == {main_cert.peer_id}
+    # The peer's name, not only its UUID, in the document and in the table.
+    code, shown, _ = b.cli("federation", "peer", "show", main_cert.peer_id)
+    assert code == 0
+    assert {e["peer_name"] for e in doc["entries"]} == {shown["name"]}
+    code, out, _ = b.cli(
+        "federation", "audit", "list", "--peer", main_cert.peer_id, "--limit", "5", json_out=False
+    )
+    assert code == 0 and shown["name"] in out and main_cert.peer_id not in out, out
     stamps = [e["created_at"] for e in doc["entries"]]
     assert stamps == sorted(stamps, reverse=True)
     future = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()

@@ -15,7 +15,7 @@ from google.protobuf import timestamp_pb2
 from mosaic.cli.admin import call_admin, load_or_fail
 from mosaic.cli.federation import audit_app, query_app
 from mosaic.cli.output import EXIT_USAGE, emit, fail, fields, printable, state, table
-from mosaic.federation.v1 import common_pb2, gateway_pb2
+from mosaic.federation.v1 import common_pb2, gateway_pb2, grants_pb2
 
 _PEER_KEY = "mosaic.query.peer"
 # ListRequest.page_size and SearchRequest.limit are int32 (and B caps either at the
@@ -262,12 +262,15 @@ def audit_list(
             )
     config = load_or_fail(ctx, state(ctx).home)
     reply = call_admin(ctx, config, lambda stub, md: stub.ListAudit(request, metadata=md))
+    names = _peer_names(ctx, config) if any(e.peer_id for e in reply.entries) else {}
     docs = [
         {
             "id": e.id,
             "created_at": _iso(e.created_at),
             "request_id": e.request_id,
             "peer_id": e.peer_id or None,
+            # A removed peer's rows keep its id; its name is gone with it.
+            "peer_name": names.get(e.peer_id),
             "grant_id": e.grant_id or None,
             "subject_user_id": e.subject_user_id or None,
             "verb": e.verb,
@@ -292,7 +295,7 @@ def audit_list(
                 (
                     d["created_at"],
                     d["request_id"],
-                    d["peer_id"] or "",
+                    d["peer_name"] or d["peer_id"] or "",
                     d["verb"],
                     d["resource"] or "",
                     d["status"],
@@ -303,3 +306,11 @@ def audit_list(
             ],
         ),
     )
+
+
+def _peer_names(ctx: typer.Context, config: Any) -> dict[str, str]:
+    """Peer id -> name for every peer this gateway knows, in one admin call."""
+    reply = call_admin(
+        ctx, config, lambda stub, md: stub.ListPeers(grants_pb2.ListPeersRequest(), metadata=md)
+    )
+    return {p.id: p.name for p in reply.peers}

@@ -23,7 +23,17 @@ from mosaic.cli.commands_resources import resources_app
 from mosaic.cli.commands_seal import seal_app
 from mosaic.cli.federation import federation_app
 from mosaic.cli.home_lock import LOCK_FILE, HomeBusy, lock_home, running_holder
-from mosaic.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliState, emit, fail, state, table
+from mosaic.cli.output import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliState,
+    emit,
+    fail,
+    readable,
+    state,
+    table,
+)
 from mosaic.cli.supervise import (
     CRASH_WINDOW_S,
     MAX_EXITS_IN_WINDOW,
@@ -215,7 +225,7 @@ def init(
         lambda: table(
             "instance created",
             ["field", "value"],
-            [(k, json.dumps(v) if isinstance(v, dict) else v) for k, v in doc.items()],
+            [(k, readable(v)) for k, v in doc.items()],
         ),
     )
 

@@ -123,28 +123,61 @@ def interrupted(ctx: typer.Context) -> NoReturn:
     )
 
 
+# Columns holding ids, serials and request ids: shown whole on one line, never folded, so
+# they can be copied into the next command. Other columns give way.
+WHOLE_COLUMNS = frozenset(
+    {"id", "request id", "peer id", "grant id", "subject user", "cert serial", "serial"}
+)
+
+
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """A table of ``rows``; every cell, the title and the headers printed as plain text."""
+    """A table of ``rows``; every cell, the title and the headers printed as plain text.
+    Columns named in WHOLE_COLUMNS are never wrapped or cut."""
+    cells = [[plain("" if v is None else v) for v in row] for row in rows]
     t = Table(title=plain(title), title_justify="left", show_lines=False)
-    for column in columns:
-        t.add_column(plain(column), overflow="fold")
-    for row in rows:
-        t.add_row(*[plain("" if v is None else v) for v in row])
+    for index, column in enumerate(columns):
+        if column in WHOLE_COLUMNS:
+            widest = max((c[index].cell_len for c in cells), default=0)
+            t.add_column(plain(column), no_wrap=True, min_width=max(widest, len(column)))
+        else:
+            t.add_column(plain(column), overflow="fold")
+    for row_cells in cells:
+        t.add_row(*row_cells)
     console.print(t)
 
 
 def fields(title: str, mapping: Mapping[str, Any]) -> None:
-    """One record as ``field  value`` lines (dicts and lists as JSON), as plain text."""
+    """One record as ``field  value`` lines, as plain text; a dict value as indented
+    ``key: value`` lines, a list of plain values comma-separated (see :func:`readable`)."""
     t = Table(title=plain(title), title_justify="left", show_header=False)
     t.add_column("field", style="bold")
     t.add_column("value", overflow="fold")
     for key, value in mapping.items():
-        t.add_row(
-            plain(key),
-            plain(
-                ""
-                if value is None
-                else (json.dumps(value) if isinstance(value, (dict, list)) else value)
-            ),
-        )
+        t.add_row(plain(key), plain(readable(value)))
     console.print(t)
+
+
+def readable(value: Any, indent: int = 0) -> str:
+    """A value for a person rather than a parser: a dict as one ``key: value`` line per key
+    (nested dicts indented below their key), a list of plain values as ``a, b``, an empty
+    list as ``(none)``, None as an empty string. --json keeps the exact document."""
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        pad = "  " * indent
+        lines = []
+        for key, item in value.items():
+            if isinstance(item, dict) and item:
+                lines.append(f"{pad}{key}:\n{readable(item, indent + 1)}")
+            else:
+                lines.append(f"{pad}{key}: {readable(item, indent + 1)}")
+        return "\n".join(lines)
+    if isinstance(value, list):
+        if not value:
+            return "(none)"
+        if all(not isinstance(v, (dict, list)) for v in value):
+            return ", ".join(str(v) for v in value)
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
