@@ -170,6 +170,11 @@ class InstanceConfig:
     # Per-process listener ports that differ from the port base (environment only, never
     # in instance.toml): lets several gateway replicas of one home run on one host.
     port_overrides: Mapping[str, int] = field(default_factory=dict)
+    # The ports peers are told, with `host`, when they are not the gateway's own listener
+    # ports: a load balancer in front of gateway replicas accepts peers on them. None
+    # advertises the listener's port (that of this process, overrides included).
+    public_federation_port: int | None = None
+    public_enrollment_port: int | None = None
 
     def __post_init__(self) -> None:
         named = [("host", self.host), ("bind_host", self.bind_host)]
@@ -180,6 +185,18 @@ class InstanceConfig:
                     f"{what} {value!r} is not a DNS name or an IP address",
                     remediation="give a name like gw.example.org, or an address like "
                     "192.0.2.7 or 2001:db8::7 (no brackets, no port)",
+                )
+        for what, port in (
+            ("public_federation_port", self.public_federation_port),
+            ("public_enrollment_port", self.public_enrollment_port),
+        ):
+            # bool is an int to Python; `true` in instance.toml is no port.
+            if port is not None and (type(port) is not int or not 1 <= port <= 65535):
+                raise ConfigError(
+                    f"{what} {port!r} is not a port",
+                    remediation="give the port peers reach this gateway on (its load "
+                    "balancer's), a number from 1 to 65535; or remove it to advertise the "
+                    "gateway's own listener port",
                 )
 
     # ---- derived locations -------------------------------------------------
@@ -252,12 +269,24 @@ class InstanceConfig:
         return host_port(self.internal_hosts.get(GATEWAY, "127.0.0.1"), self.ports.admin)
 
     @property
+    def advertised_federation_port(self) -> int:
+        """The federation port peers are told: the public one if set, else the listener's."""
+        return self.public_federation_port or self.ports.federation
+
+    @property
+    def advertised_enrollment_port(self) -> int:
+        """The enrollment port in enrollment URLs: the public one if set, else the listener's."""
+        return self.public_enrollment_port or self.ports.enrollment
+
+    @property
     def federation_endpoint(self) -> str:
-        return host_port(self.host, self.ports.federation)
+        """``host:port`` a peer stores at enrollment and dials for every query."""
+        return host_port(self.host, self.advertised_federation_port)
 
     @property
     def enrollment_endpoint(self) -> str:
-        return host_port(self.host, self.ports.enrollment)
+        """``host:port`` of the enrollment URLs this gateway hands out."""
+        return host_port(self.host, self.advertised_enrollment_port)
 
     def database_url(self, service: str) -> str:
         """SQLAlchemy URL for ``service``: its own SQLite file, or the shared Postgres."""
@@ -298,6 +327,11 @@ class InstanceConfig:
             }
         if self.internal_hosts:
             doc["internal_hosts"] = dict(self.internal_hosts)
+        # Written only when set, so a home without them reads as it always has.
+        if self.public_federation_port is not None:
+            doc["public_federation_port"] = self.public_federation_port
+        if self.public_enrollment_port is not None:
+            doc["public_enrollment_port"] = self.public_enrollment_port
         return doc
 
 
@@ -414,6 +448,9 @@ def _from_dict(home: Path, doc: Mapping[str, Any]) -> InstanceConfig:
                 renew_burst=int(rl.get("renew_burst", RateLimitConfig.renew_burst)),
             ),
             step_ca=StepCAConfig(**step) if step else None,
+            # Checked as they are (an integer 1..65535) by InstanceConfig, not converted.
+            public_federation_port=doc.get("public_federation_port"),
+            public_enrollment_port=doc.get("public_enrollment_port"),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(
@@ -446,18 +483,29 @@ def _apply_env(config: InstanceConfig) -> InstanceConfig:
     # honours MOSAIC_ADMIN_PORT too).
     overrides: dict[str, int] = {}
     for listener in ("admin", "federation", "enrollment", "metrics"):
-        value = env.get(f"MOSAIC_{listener.upper()}_PORT")
-        if value:
-            try:
-                port = int(value)
-            except ValueError:
-                port = 0
-            if not 1 <= port <= 65535:
-                raise ConfigError(
-                    f"MOSAIC_{listener.upper()}_PORT={value!r} is not a port",
-                    remediation="set it to a port number between 1 and 65535, or unset it",
-                )
+        port = _env_port(f"MOSAIC_{listener.upper()}_PORT")
+        if port is not None:
             overrides[listener] = port
     if overrides:
         changes["port_overrides"] = overrides
+    # MOSAIC_PUBLIC_FEDERATION_PORT / MOSAIC_PUBLIC_ENROLLMENT_PORT: what peers are told,
+    # like MOSAIC_HOST for the host (public_federation_port / public_enrollment_port).
+    for listener in ("federation", "enrollment"):
+        port = _env_port(f"MOSAIC_PUBLIC_{listener.upper()}_PORT")
+        if port is not None:
+            changes[f"public_{listener}_port"] = port
     return replace(config, **changes) if changes else config
+
+
+def _env_port(name: str) -> int | None:
+    """The port in environment variable ``name``; None when unset or empty."""
+    value = os.environ.get(name)
+    if not value:
+        return None
+    port = int(value) if value.isascii() and value.isdigit() else 0
+    if not 1 <= port <= 65535:
+        raise ConfigError(
+            f"{name}={value!r} is not a port",
+            remediation="set it to a port number between 1 and 65535, or unset it",
+        )
+    return port

@@ -141,6 +141,43 @@ def _expiry(
     return expiry_check(name, not_after, remediation)
 
 
+async def advertised_endpoints_check(config: InstanceConfig) -> common_pb2.Check:
+    """For `gateway doctor`: the endpoints this gateway process tells peers (in enrollment
+    URLs, and as the federation endpoint they store), next to the ports it listens on.
+
+    Always ok: the doctor cannot tell a load balancer's port from a mistake. A replica that
+    listens on ports of its own (MOSAIC_FEDERATION_PORT, MOSAIC_ENROLLMENT_PORT) and has no
+    public port to advertise instead gets a remediation, since every peer enrolled through
+    it would be pinned to it.
+    """
+    ports = config.ports
+    detail = (
+        f"peers are told federation {config.federation_endpoint}, "
+        f"enrollment {config.enrollment_endpoint}"
+    )
+    listening = (ports.federation, ports.enrollment)
+    if (config.advertised_federation_port, config.advertised_enrollment_port) != listening:
+        detail += f" (this gateway listens on {ports.federation} and {ports.enrollment})"
+    own_port = [
+        f"MOSAIC_{listener.upper()}_PORT"
+        for listener, public in (
+            ("federation", config.public_federation_port),
+            ("enrollment", config.public_enrollment_port),
+        )
+        if listener in config.port_overrides and public is None
+    ]
+    remediation = (
+        f"this replica advertises its own {' and '.join(own_port)}: set "
+        "public_federation_port and public_enrollment_port to the load balancer's ports "
+        '(docs/SETUP.md, "Running gateway replicas")'
+        if own_port
+        else ""
+    )
+    return common_pb2.Check(
+        name="advertised_endpoints", ok=True, detail=detail, remediation=remediation
+    )
+
+
 async def federation_client_roots(runtime: ServiceRuntime) -> bytes:
     """The roots peer client certificates must chain to, from ca-service GetTrustBundle
     (retried until ca-service answers, for at most TRUST_BUNDLE_WAIT_S).
@@ -190,6 +227,7 @@ async def main(config: InstanceConfig) -> None:
     runtime = ServiceRuntime(config, GATEWAY, migrations_dir=MIGRATIONS)
     runtime.extra_checks.append(lambda: server_certificate_check(config, key_pair[1]))
     runtime.extra_checks.append(lambda: federation_ca_check(config))
+    runtime.extra_checks.append(lambda: advertised_endpoints_check(config))
     await runtime.migrate()
     gateway = GatewayContext.build(runtime)
     if config.valkey_url:

@@ -116,6 +116,8 @@ class PeerEnrollmentServicer(gateway_pb2_grpc.PeerEnrollmentServicer):
     def __init__(self, gateway: GatewayContext) -> None:
         self._gateway = gateway
         config = gateway.runtime.config
+        # What the peer stores and dials: `host` with the public federation port if one
+        # is set (a load balancer in front of replicas), not necessarily this listener's.
         self._federation_endpoint = config.federation_endpoint
         self._server_root_pem = (config.federation_pki_dir / ROOT_CERT).read_text()
         self._enrollment = enrollment_pb2_grpc.EnrollmentStub(

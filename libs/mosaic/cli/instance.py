@@ -48,6 +48,8 @@ def create_instance(
     step_ca_private_jwk: dict[str, object] | None = None,
     step_ca_root_pem: bytes | None = None,
     rate_limit: RateLimitConfig | None = None,
+    public_federation_port: int | None = None,
+    public_enrollment_port: int | None = None,
 ) -> InstanceConfig:
     """Write a new instance home; refuse to overwrite an existing one (ConfigError) or to
     write a home another process holds (HomeBusy: a concurrent init).
@@ -92,6 +94,8 @@ def create_instance(
         valkey_url=valkey_url,
         step_ca=step_ca,
         rate_limit=rate_limit or RateLimitConfig(),
+        public_federation_port=public_federation_port,
+        public_enrollment_port=public_enrollment_port,
     )
     config.ports  # noqa: B018 - validates the port base before anything is written
     home.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -91,6 +91,20 @@ def init(
     port_base: Annotated[
         int, typer.Option(help="Every listener lies in N..N+99.")
     ] = DEFAULT_PORT_BASE,
+    public_federation_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Port peers dial for queries, if not the federation listener's "
+            "(a load balancer in front of gateway replicas)."
+        ),
+    ] = None,
+    public_enrollment_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Port in enrollment URLs, if not the enrollment listener's "
+            "(a load balancer in front of gateway replicas)."
+        ),
+    ] = None,
     ca: Annotated[str, typer.Option(help="Certificate backend: local or step-ca.")] = "local",
     db: Annotated[
         str, typer.Option(help="postgresql://… (default: SQLite files in the home).")
@@ -194,6 +208,8 @@ def init(
             step_ca=step,
             step_ca_private_jwk=jwk,
             step_ca_root_pem=root_pem,
+            public_federation_port=public_federation_port,
+            public_enrollment_port=public_enrollment_port,
         )
     except ConfigError as exc:
         fail(ctx, "CONFIG", exc.message, exc.remediation)

@@ -118,7 +118,9 @@ class EnrollmentAdminMixin(AdminBase):
         )
         reply.enrollment_url = build_enrollment_url(
             self.config.host,
-            self.config.ports.enrollment,
+            # The public port when one is set: behind a load balancer, this replica's own
+            # listener would pin the peer to this replica.
+            self.config.advertised_enrollment_port,
             reply.token,
             self._server_root_fingerprint(),
         )
