@@ -113,7 +113,7 @@ def interrupted(ctx: typer.Context) -> NoReturn:
     after the CLI stops waiting) and how to check."""
     advice = ctx.meta.get(INTERRUPTED_ADVICE)
     if advice is None:
-        fail(ctx, "INTERRUPTED", "interrupted", "", exit_code=EXIT_INTERRUPTED)
+        fail(ctx, "INTERRUPTED", "interrupted", "run the command again", exit_code=EXIT_INTERRUPTED)
     fail(
         ctx,
         "INTERRUPTED",
