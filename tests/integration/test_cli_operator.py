@@ -70,10 +70,22 @@ def silent_gateway(home: Path) -> Iterator[None]:
         yield
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt(home: Path, *args: str, json_out: bool) -> tuple[int, str, str]:
     """Run the CLI, Ctrl-C it (SIGINT) once it is waiting for the gateway."""
     argv = [*MOSAIC, "--home", str(home), *(["--json"] if json_out else []), *args]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # As from a terminal: a test run started in the background (`make test &`) ignores
+        # SIGINT, and its children would inherit that and never see the Ctrl-C.
+        preexec_fn=_sigint_default,
+    )
     try:
         # Long enough to be in the call (the silent listener holds it there), short
         # enough for the call's own deadlines (20 s and more) not to end it first.
