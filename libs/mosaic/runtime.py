@@ -34,6 +34,9 @@ CERT_EXPIRY_WARNING = dt.timedelta(days=14)
 # A database server that does not answer at start is waited for, trying again after 1 s,
 # then twice as long each time up to this.
 DATABASE_WAIT_MAX_S = 10.0
+# How long one look at a database server that does not answer takes (a host that drops
+# packets would hold a connect attempt for a minute).
+DATABASE_PING_TIMEOUT_S = 5.0
 DIAGNOSTICS_SERVICE = common_pb2.DESCRIPTOR.services_by_name["Diagnostics"].full_name
 
 ExtraCheck = Callable[[], Awaitable[common_pb2.Check]]
@@ -154,7 +157,8 @@ class ServiceRuntime:
         """Until the database server answers: it may start after this service (a host
         that boots), or be failing over. Only unavailability is waited for; a refusal
         (a wrong password, no such database) goes on to fail the migration at once.
-        SIGTERM or Ctrl-C meanwhile ends the wait: StopRequested."""
+        SIGTERM or Ctrl-C meanwhile ends the wait at once, a ping in progress included:
+        StopRequested."""
         assert self.db is not None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -163,27 +167,38 @@ class ServiceRuntime:
             signals.append(signal.SIGINT)
         for sig in signals:
             loop.add_signal_handler(sig, stop.set)
+        stopping = asyncio.ensure_future(stop.wait())
         try:
             delay = 1.0
             while True:
-                try:
-                    await self.db.ping_ms()
+                ping = asyncio.ensure_future(self.db.ping_ms())
+                await asyncio.wait(
+                    [ping, stopping], timeout=DATABASE_PING_TIMEOUT_S, return_when="FIRST_COMPLETED"
+                )
+                if not ping.done():
+                    ping.cancel()
+                    problem = f"no answer within {DATABASE_PING_TIMEOUT_S:g} s"
+                elif ping.cancelled() or ping.exception() is None:
+                    problem = ""
+                elif database_unavailable(ping.exception()):  # type: ignore[arg-type]
+                    problem = database_failure_kind(ping.exception())  # type: ignore[arg-type]
+                else:
+                    problem = ""  # a refusal: the migration says what is wrong
+                if not stop.is_set() and not problem:
                     return
-                except Exception as exc:
-                    if not database_unavailable(exc):
-                        return  # the migration says what is wrong
+                if not stop.is_set():
                     log.warning(
-                        "waiting for the database",
-                        extra={"problem": database_failure_kind(exc), "retry_in_s": delay},
+                        "waiting for the database", extra={"problem": problem, "retry_in_s": delay}
                     )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(stopping), delay)
                 if stop.is_set():
                     log.info("stopped while waiting for the database")
                     await self.db.dispose()
                     raise StopRequested
                 delay = min(delay * 2, DATABASE_WAIT_MAX_S)
         finally:
+            stopping.cancel()
             for sig in signals:
                 loop.remove_signal_handler(sig)
 

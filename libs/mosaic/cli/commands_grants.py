@@ -162,7 +162,7 @@ def _read_scope(ctx: typer.Context, path: Path) -> str:
             ctx,
             "SCOPE_INVALID",
             f"scope file {path} is not UTF-8 text",
-            'pass --scope with the scope JSON document (DESIGN.md "Scope")',
+            'pass --scope with the scope JSON document (docs/ADMIN-CLI.md, "Scope")',
         )
     except OSError as exc:  # the command line names no readable file: bad usage
         reason = exc.strerror or type(exc).__name__
