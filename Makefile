@@ -33,11 +33,15 @@ lint: venv
 	$(VENV)/bin/mypy tests scripts
 	bash scripts/check_compose.sh
 
+# Two workers (pytest-xdist), each test file on one of them: most of the suite's time is
+# spent waiting on whole process trees, so two at once fill a 2-vCPU machine.
+TEST_WORKERS ?= 2
+
 test: venv sysdeps
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+	$(VENV)/bin/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: venv
-	$(VENV)/bin/pytest -q -m "not slow"
+	$(VENV)/bin/pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 bench: venv sysdeps
 	$(PY) scripts/bench.py

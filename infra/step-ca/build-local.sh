@@ -27,8 +27,11 @@ bin="$cache/bin/step-ca"
 gocode=/usr/share/gocode
 pkg="$gocode/src/github.com/smallstep/certificates/commands/app.go"
 
-if [[ "${STEP_CA_BUILD_FORCE:-0}" != "1" && -x "$bin" && "$bin" -nt "$main_go" \
-      && "$bin" -nt "${BASH_SOURCE[0]}" ]]; then
+up_to_date() {
+    [[ "${STEP_CA_BUILD_FORCE:-0}" != "1" && -x "$bin" && "$bin" -nt "$main_go" \
+        && "$bin" -nt "${BASH_SOURCE[0]}" ]]
+}
+if up_to_date; then
     echo "$bin"
     exit 0
 fi
@@ -46,6 +49,14 @@ if (( ${#missing[@]} )); then
 fi
 
 mkdir -p "$cache/bin" "$cache/gopath" "$cache/go-build"
+# One build at a time (test workers may all ask at once); a caller that waited finds the
+# binary built and uses it.
+exec 9>"$cache/.build.lock"
+flock 9
+if up_to_date; then
+    echo "$bin"
+    exit 0
+fi
 echo "build-local.sh: building step-ca from $gocode with $(go version) ..." >&2
 start=$(date +%s)
 tmp="$bin.tmp.$$"

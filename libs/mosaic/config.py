@@ -338,17 +338,25 @@ class InstanceConfig:
 _HANDED_OUT: set[int] = set()
 
 
-def find_free_port_base(low: int = 20000, high: int = 32700) -> int:
+PORT_RANGE_ENV = "MOSAIC_PORT_RANGE"
+
+
+def find_free_port_base(low: int | None = None, high: int | None = None) -> int:
     """A port base whose whole block N..N+99 nothing on loopback listens on right now.
 
-    The default range stays below Linux's ephemeral ports (32768-60999): a listener
-    placed there can collide with the local port of some outgoing connection.
-    Used by `mosaic demo`, the benchmarks and the tests, which start instances side by side.
-    A base is handed out once per process: two instances picked before either one listens
-    must not get the same block.
+    The range is [low, high): by default MOSAIC_PORT_RANGE (``LOW-HIGH``) when set, else
+    20000-32700, below Linux's ephemeral ports (32768-60999): a listener placed there can
+    collide with the local port of some outgoing connection.
+    Used by `mosaic demo`, the benchmarks and the tests, which start instances side by side
+    (test workers each get a range of their own, so that a block one of them picked is
+    not picked by another before its instance listens). A base is handed out once per
+    process: two instances picked before either one listens must not get the same block.
     """
     import random
     import socket
+
+    if low is None or high is None:
+        low, high = _port_range()
 
     def in_use(port: int) -> bool:
         with socket.socket() as sock:
@@ -366,6 +374,23 @@ def find_free_port_base(low: int = 20000, high: int = 32700) -> int:
         "no free block of 100 ports on loopback",
         remediation="stop other instances, or pass --port-base explicitly",
     )
+
+
+def _port_range() -> tuple[int, int]:
+    text = os.environ.get(PORT_RANGE_ENV, "")
+    if not text:
+        return 20000, 32700
+    try:
+        low, high = (int(part) for part in text.split("-", 1))
+    except ValueError:
+        low = high = 0
+    if not (low >= 1024 and low + 100 <= high <= 65536):
+        raise ConfigError(
+            f"{PORT_RANGE_ENV} must be LOW-HIGH with 1024 <= LOW and LOW + 100 <= HIGH <= "
+            f"65536, got {text!r}",
+            remediation=f"set {PORT_RANGE_ENV} like 20000-32700, or unset it",
+        )
+    return low, high
 
 
 def read_home_file(

@@ -20,8 +20,24 @@ MOSAIC = [sys.executable, "-m", "mosaic.cli"]
 
 
 def free_port_base() -> int:
-    """A port base whose whole block is free right now (below the ephemeral range)."""
+    """A port base whose whole block is free right now, from this test worker's share of
+    the range (MOSAIC_PORT_RANGE, set by tests/conftest.py for the `mosaic` processes the
+    tests start too)."""
     return find_free_port_base()
+
+
+def worker_port_range(low: int = 10000, high: int = 32700) -> tuple[int, int]:
+    """[low, high) split evenly between pytest-xdist's workers (all of it without xdist):
+    a base one worker picked is not listening yet while that instance starts, and another
+    worker must not pick it meanwhile. Wider than the product's default range, below the
+    ephemeral ports, so that each worker has over a hundred blocks."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count < 2:
+        return low, high
+    share = (high - low) // count // 100 * 100
+    start = low + int(worker[2:]) * share
+    return start, start + share
 
 
 def cli(

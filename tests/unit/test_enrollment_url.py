@@ -151,6 +151,8 @@ def test_malformed_urls_are_refused_without_echoing_the_token(case: str) -> None
         ("gw", 7444, TOKEN, FP.upper()),
         ("g w", 7444, TOKEN, FP),
     ],
+    # Stable ids: the token is random, and test workers must collect the same names.
+    ids=["port 0", "short token", "uppercase fingerprint", "space in host"],
 )
 def test_build_refuses_what_would_not_parse(
     host: str, port: int, token: str, fingerprint: str
