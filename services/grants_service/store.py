@@ -411,7 +411,13 @@ class GrantsStore:
         async with self._engine.begin() as conn:
             won = await conn.execute(
                 update(_P)
-                .where(_P.c.id == peer_id, _P.c.state.in_(sorted(domain.peer_sources(target))))
+                .where(
+                    _P.c.id == peer_id,
+                    _P.c.state.in_(sorted(domain.peer_sources(target))),
+                    # A pending outbound peer is a name reserved by a `peer add` in
+                    # progress: that add makes it a peer or lets it go, nothing else.
+                    or_(_P.c.direction == "inbound", _P.c.state != "pending"),
+                )
                 .values(state=target, state_reason=reason or None, updated_at=now)
                 .returning(_P.c.id)
             )

@@ -288,3 +288,21 @@ async def test_an_add_stopped_before_the_redeem_lets_the_name_go(
         await _add(replicas, 0, secrets.token_urlsafe(32))
     assert refused.value.reason == "CA_PIN_MISMATCH"
     assert await replicas.peers() == [] and serving.redeemed == []
+
+
+@pytest.mark.parametrize("target", ["active", "suspended", "revoked"])
+async def test_a_reserved_name_cannot_be_given_a_state(
+    replicas: GrantsReplicas, target: str
+) -> None:
+    """Only the `peer add` holding it makes a reservation a peer (or lets it go): revoked
+    through the admin API it would keep the name from every later add, and the running one
+    would spend its token to be told its reservation was lost."""
+    store = replicas.stores[0]
+    now = dt.datetime.now(dt.UTC)
+    reserved = await store.reserve_outbound_peer("b", now=now)
+    with pytest.raises(domain.PeerRefused) as refused:
+        await store.set_peer_state(reserved.id, target=target, reason="", now=now)
+    assert refused.value.reason == "PEER_PENDING", refused.value
+    [peer] = await replicas.peers()
+    assert peer.state == grants_pb2.PEER_STATE_PENDING and peer.name == "b"
+    assert await store.release_outbound_peer(reserved.id) is True
