@@ -123,7 +123,7 @@ def running_holder(home: Path) -> LockHolder | None:
         return None
     try:
         holder = _read_holder(fd)
-        if holder is None or not _exists(holder.pid):
+        if holder is None or not process_exists(holder.pid):
             return None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -137,14 +137,19 @@ def running_holder(home: Path) -> LockHolder | None:
         os.close(fd)
 
 
-def _exists(pid: int) -> bool:
+def process_exists(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, killed but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass  # another user's
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: it exists
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def _read_holder(fd: int) -> LockHolder | None:

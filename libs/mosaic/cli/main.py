@@ -22,7 +22,7 @@ from mosaic.cli.apps import app, gateway_app
 from mosaic.cli.commands_resources import resources_app
 from mosaic.cli.commands_seal import seal_app
 from mosaic.cli.federation import federation_app
-from mosaic.cli.home_lock import LOCK_FILE, HomeBusy, lock_home, running_holder
+from mosaic.cli.home_lock import LOCK_FILE, HomeBusy, lock_home, process_exists, running_holder
 from mosaic.cli.output import (
     EXIT_FAILED,
     EXIT_OK,
@@ -496,7 +496,7 @@ def _ignore_sigint() -> None:
 def _refuse_busy_home(ctx: typer.Context, exc: HomeBusy) -> NoReturn:
     """The CLI error for a home another `mosaic init` or `mosaic up` holds, naming it."""
     holder, home = exc.holder, exc.home
-    if holder is not None and holder.command == "up" and not _process_exists(holder.pid):
+    if holder is not None and holder.command == "up" and not process_exists(holder.pid):
         # `up` itself was killed, and the services it started, which inherited the lock,
         # still run.
         fail(
@@ -559,21 +559,6 @@ def _orphaned_services(home: Path) -> list[tuple[str, int]]:
             if at + 1 < len(args) and Path(args[at + 1]).resolve() == home.resolve():
                 found[args[-1]] = int(entry.name)
     return [(service, found[service]) for service in reversed(START_ORDER) if service in found]
-
-
-def _process_exists(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, killed but not yet reaped, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # another user's
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc: it exists
-    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 @gateway_app.command()
@@ -653,7 +638,7 @@ def _unreachable_remediation(config: Any, service: str) -> str:
     this home runs already, in which case the service is still starting or keeps exiting
     and up's output says why."""
     holder = running_holder(config.home)
-    if holder is None or holder.command != "up" or not _process_exists(holder.pid):
+    if holder is None or holder.command != "up" or not process_exists(holder.pid):
         return f"start it: `mosaic up` (all) or `mosaic serve {service}`"
     return (
         f"`mosaic up` (pid {holder.pid}) is running, so {service} is still starting or keeps "
