@@ -16,6 +16,17 @@ log = logging.getLogger("mosaic.admin")
 
 # grants-service's refusals of RevokeGrant for a grant that no longer serves anyone.
 _NO_LONGER_USABLE = frozenset({"GRANT_ALREADY_REVOKED", "GRANT_EXPIRED"})
+# (message, remediation) of a CA that does not answer, by what the caller was doing.
+_NOTHING_REMOVED = (
+    "ca-service did not revoke the certificates; nothing was removed",
+    "run the command again once ca-service answers (`mosaic gateway doctor`); "
+    "`peer suspend` stops the peer meanwhile",
+)
+_REVOKED_BUT_NOT_AT_THE_CA = (
+    "the grant is revoked, but ca-service did not revoke its certificates",
+    "run `grant revoke` again once ca-service answers (`mosaic gateway doctor`); the grant "
+    "refuses every request meanwhile",
+)
 
 
 class GrantsAdminMixin(AdminBase):
@@ -50,8 +61,14 @@ class GrantsAdminMixin(AdminBase):
         except ServiceError as exc:
             if exc.reason in _NO_LONGER_USABLE:
                 # Revoked (or expired) before: revoking its certificates again is harmless
-                # at the CA, and retries what a CA outage then may have left undone.
-                await self._revoke_certificates([request.id], request.reason or "grant revoked")
+                # at the CA, and retries what a CA outage then may have left undone. This
+                # retry is what the operator runs to finish that: a CA that is still down
+                # is said, not taken for "revoked already, nothing to do".
+                await self._revoke_certificates(
+                    [request.id],
+                    request.reason or "grant revoked",
+                    strict=_REVOKED_BUT_NOT_AT_THE_CA,
+                )
             raise
         await self._revoke_certificates([reply.grant.id], request.reason or "grant revoked")
         return reply
@@ -80,13 +97,14 @@ class GrantsAdminMixin(AdminBase):
         return reply
 
     async def _revoke_certificates(
-        self, grant_ids: list[str], reason: str, *, strict: bool = False
+        self, grant_ids: list[str], reason: str, *, strict: tuple[str, str] | None = None
     ) -> None:
         """Revoke every certificate issued for these grants at the CA.
 
         Best effort unless ``strict``: a CA that is down must not undo a revocation that
-        already holds (a retry of the revoke does it again). ``strict`` raises instead, for
-        a caller that has not yet changed anything.
+        already holds (a retry of the revoke does it again). ``strict`` (message,
+        remediation) raises UNAVAILABLE with them instead, for a caller that has not yet
+        changed anything, or whose whole purpose is this revocation.
 
         The CA records a reason of at most MAX_REVOCATION_REASON characters; grants-service
         keeps the operator's whole text, so a longer one is shortened here, not refused.
@@ -100,13 +118,10 @@ class GrantsAdminMixin(AdminBase):
                     ca_pb2.RevokeCertificateRequest(grant_id=grant_id, reason=reason)
                 )
             except grpc.aio.AioRpcError as err:
-                if strict:
+                if strict is not None:
+                    message, remediation = strict
                     raise unavailable(
-                        DEPENDENCY_UNAVAILABLE,
-                        "ca-service did not revoke the certificates; nothing was removed",
-                        remediation="run the command again once ca-service answers (`mosaic "
-                        "gateway doctor`); `peer suspend` stops the peer meanwhile",
-                        retry_after_s=1.0,
+                        DEPENDENCY_UNAVAILABLE, message, remediation=remediation, retry_after_s=1.0
                     ) from None
                 log.warning(
                     "certificates of a revoked grant not revoked at the CA",
@@ -132,7 +147,7 @@ class GrantsAdminMixin(AdminBase):
                 self.grants.ListGrants(grants_pb2.ListGrantsRequest(peer_id=peer.peer.id))
             )
             await self._revoke_certificates(
-                [g.id for g in grants.grants], "peer removed", strict=True
+                [g.id for g in grants.grants], "peer removed", strict=_NOTHING_REMOVED
             )
         reply = await self.forward(self.grants.RemovePeer(request))
         await self._revoke_certificates(list(reply.removed_grant_ids), "peer removed")
