@@ -306,3 +306,39 @@ async def test_a_reserved_name_cannot_be_given_a_state(
     [peer] = await replicas.peers()
     assert peer.state == grants_pb2.PEER_STATE_PENDING and peer.name == "b"
     assert await store.release_outbound_peer(reserved.id) is True
+
+
+async def test_a_ctrl_c_while_the_name_is_being_reserved_lets_it_go(
+    replicas: GrantsReplicas, serving: ServingGateway
+) -> None:
+    """The operator's call went away while grants-service was committing the reservation:
+    the gateway never learned its id, and the name stayed "being added right now" until
+    it lapsed (5 minutes). The reservation now goes on and is let go at once."""
+    real = replicas.backend(0)
+    committed, answer = asyncio.Event(), asyncio.Event()
+
+    async def backend(method: str, request: Any) -> Any:
+        reply = await real(method, request)
+        if method == "ReserveOutboundPeer":
+            committed.set()  # reserved; its answer is on its way
+            await answer.wait()
+        return reply
+
+    servicer = EnrollmentAdminMixin(admin_gateway(backend))
+    request = gateway_pb2.AddPeerRequest(enrollment_url=_url(secrets.token_urlsafe(32)), name="b")
+    adding = asyncio.ensure_future(servicer.AddPeer(request, None))
+    await asyncio.wait_for(committed.wait(), WAIT_S)
+    assert [p.name for p in await replicas.peers()] == ["b"]
+    adding.cancel()  # Ctrl-C
+    with pytest.raises(asyncio.CancelledError):
+        await adding
+    answer.set()
+
+    async def released() -> None:
+        while await replicas.peers():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(released(), WAIT_S)
+    assert serving.redeemed == []  # the token was never spent
+    added = await _add(replicas, 1, secrets.token_urlsafe(32))  # the name is free at once
+    assert added.peer.state == grants_pb2.PEER_STATE_ACTIVE

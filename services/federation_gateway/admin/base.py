@@ -109,7 +109,7 @@ class AdminBase:
         with the call; ``work`` logs its own outcome. At shutdown it gets a grace to finish
         (UnfinishedWork.finish)."""
         task = self.gateway.unfinished.start(work)
-        task.add_done_callback(_retrieved)
+        task.add_done_callback(retrieved)
         return await asyncio.shield(task)
 
     async def stored_peer(self, peer: str, serial: str) -> grants_pb2.Peer | None:
@@ -132,6 +132,6 @@ class AdminBase:
             raise RemoteError.from_rpc_error(err).to_service_error() from None
 
 
-def _retrieved(task: asyncio.Task[Any]) -> None:
+def retrieved(task: asyncio.Task[Any]) -> None:
     if not task.cancelled():
         task.exception()  # logged by the work itself; its caller may be gone

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import re
 import ssl
@@ -43,6 +44,7 @@ from federation_gateway.admin.base import (
     AdminBase,
     not_stored,
     repeat_while_unknown,
+    retrieved,
 )
 from mosaic.enrollment_url import (
     EnrollmentURL,
@@ -223,7 +225,24 @@ class EnrollmentAdminMixin(AdminBase):
         """Reserve ``name`` at grants-service for this enrollment; the reservation's id.
 
         Refused (PEER_NAME_TAKEN) while another peer holds the name, or another `peer add`
-        is enrolling under it right now: either way before the token is spent."""
+        is enrolling under it right now: either way before the token is spent. When the
+        operator's call goes away (Ctrl-C) while grants-service may be committing the
+        reservation, the call goes on and a reservation it makes is let go at once,
+        rather than holding the name until it lapses."""
+        reserving = asyncio.ensure_future(self._reserve(name))
+        try:
+            return await asyncio.shield(reserving)
+        except asyncio.CancelledError:
+            reserving.add_done_callback(functools.partial(self._release_when_reserved, name))
+            raise
+
+    def _release_when_reserved(self, name: str, reserving: asyncio.Future[str]) -> None:
+        if reserving.cancelled() or reserving.exception() is not None:
+            return  # nothing was reserved (the refusal was for a caller gone already)
+        task = self.gateway.unfinished.start(self._release_name(name, reserving.result()))
+        task.add_done_callback(retrieved)
+
+    async def _reserve(self, name: str) -> str:
         try:
             reply: grants_pb2.ReserveOutboundPeerResponse = await self.grants.ReserveOutboundPeer(
                 grants_pb2.ReserveOutboundPeerRequest(name=name), timeout=STORE_TIMEOUT_S
