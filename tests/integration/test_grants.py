@@ -39,6 +39,7 @@ from mosaic.federation.v1 import (
 from mosaic.runtime import load_sealer
 from mosaic.sealing import Sealer, SealError, parse_secret, seal_context
 from tests.support.instances import Instance, cli, internal_channel_as
+from tests.support.pki import self_signed_pem
 
 pytestmark = pytest.mark.slow
 
@@ -153,24 +154,12 @@ async def expect_refusal(call: Any, code: grpc.StatusCode, reason: str) -> Remot
 def client_credentials(common_name: str) -> tuple[str, str]:
     """A throw-away client key and self-signed certificate, as PEM."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     ).decode()
-    return key_pem, cert.public_bytes(serialization.Encoding.PEM).decode()
+    return key_pem, self_signed_pem(key, common_name)
 
 
 def key_fingerprints(key_pem: str) -> list[bytes]:

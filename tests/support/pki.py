@@ -1,6 +1,9 @@
-"""Key material a test peer makes: a CSR, as A's gateway sends one to B."""
+"""Key material a test peer makes: a CSR, as A's gateway sends one to B; a throw-away
+self-signed certificate."""
 
 from __future__ import annotations
+
+import datetime as dt
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -17,3 +20,20 @@ def csr_pem(key: ec.EllipticCurvePrivateKey | None = None) -> str:
         .sign(key, hashes.SHA256())
     )
     return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def self_signed_pem(key: ec.EllipticCurvePrivateKey, common_name: str) -> str:
+    """A PEM certificate for ``key``, self-signed, valid for a day from now."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode()

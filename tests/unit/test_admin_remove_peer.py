@@ -9,7 +9,6 @@ deterministically between the two passes (a real one would have to win a race)."
 from __future__ import annotations
 
 import uuid
-from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -18,7 +17,7 @@ import pytest
 from federation_gateway.admin.grants import GrantsAdminMixin
 from mosaic.errors import ServiceError
 from mosaic.federation.v1 import ca_pb2, grants_pb2
-from tests.support.federation_fakes import FakeChannel, rpc_error
+from tests.support.federation_fakes import admin_gateway, rpc_error
 
 PEER = str(uuid.uuid4())
 GRANTS = [str(uuid.uuid4()), str(uuid.uuid4())]
@@ -60,9 +59,7 @@ class Backends:
 
 
 def _admin(backends: Backends) -> GrantsAdminMixin:
-    channel = FakeChannel(backends)
-    runtime = SimpleNamespace(config=None, channels=SimpleNamespace(get=lambda _name: channel))
-    return GrantsAdminMixin(SimpleNamespace(runtime=runtime))  # type: ignore[arg-type]
+    return GrantsAdminMixin(admin_gateway(backends))
 
 
 async def test_certificates_are_revoked_before_the_grants_are_deleted() -> None:

@@ -8,7 +8,6 @@ grants-service and ca-service are fakes behind the generated stubs."""
 from __future__ import annotations
 
 import uuid
-from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -17,7 +16,7 @@ import pytest
 from federation_gateway.admin.grants import GrantsAdminMixin
 from mosaic.errors import ServiceError
 from mosaic.federation.v1 import ca_pb2, grants_pb2
-from tests.support.federation_fakes import FakeChannel, rpc_error, service_rpc_error
+from tests.support.federation_fakes import admin_gateway, rpc_error, service_rpc_error
 
 GRANT = str(uuid.uuid4())
 
@@ -48,9 +47,7 @@ class RevokedGrant:
 
 
 def _admin(backend: RevokedGrant) -> GrantsAdminMixin:
-    channel = FakeChannel(backend)
-    runtime = SimpleNamespace(config=None, channels=SimpleNamespace(get=lambda _name: channel))
-    return GrantsAdminMixin(SimpleNamespace(runtime=runtime))  # type: ignore[arg-type]
+    return GrantsAdminMixin(admin_gateway(backend))
 
 
 async def test_revoking_again_revokes_the_certificates_and_says_revoked_already() -> None:

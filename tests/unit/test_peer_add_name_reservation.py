@@ -22,9 +22,7 @@ from typing import Any
 import grpc
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from federation_gateway.admin import enrollment as enrollment_admin
 from federation_gateway.admin.enrollment import EnrollmentAdminMixin, _Accepted
@@ -40,6 +38,7 @@ from mosaic.federation.v1 import enrollment_pb2, gateway_pb2, grants_pb2
 from mosaic.sealing import Sealer, generate_secret, parse_secret
 from mosaic.x509ext import serial_hex
 from tests.support.federation_fakes import admin_gateway, service_rpc_error
+from tests.support.pki import self_signed_pem
 
 WAIT_S = 5.0
 
@@ -126,20 +125,9 @@ def serving(monkeypatch: pytest.MonkeyPatch) -> ServingGateway:
 
 def _accept_own_key(reply: Any, key: ec.EllipticCurvePrivateKey, root: Any, target: Any) -> Any:
     """B's answer as A accepts it: a certificate for A's own key (self-signed here)."""
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "a")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-    return _Accepted(pem, pem, str(uuid.uuid4()), str(uuid.uuid4()), serial_hex(cert.serial_number))
+    pem = self_signed_pem(key, "a")
+    serial = x509.load_pem_x509_certificate(pem.encode()).serial_number
+    return _Accepted(pem, pem, str(uuid.uuid4()), str(uuid.uuid4()), serial_hex(serial))
 
 
 def _url(token: str) -> str:
