@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from tests.integration.test_federation import (
     import_rows,
     rows,
 )
-from tests.support.instances import MOSAIC, Instance, ServiceProcesses
+from tests.support.instances import Instance, ServiceProcesses
 from tests.support.postgres import PostgresServer
 from tests.support.procs import wait_until
 
@@ -177,15 +176,14 @@ def _waiting_services(inst: Instance) -> set[str]:
     }
 
 
-def _up_in_background(inst: Instance) -> None:
-    log = inst.log_path.open("ab")
-    inst.proc = subprocess.Popen(
-        [*MOSAIC, "--home", str(inst.home), "up"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+def _launch_until_every_service_waits(inst: Instance) -> None:
+    inst.launch()
+    wait_until(
+        lambda: _waiting_services(inst) == set(START_ORDER),
+        60,
+        what="every service waiting for the database",
+        abort=lambda: None if inst.proc is None or inst.proc.poll() is None else "up ended",
     )
-    log.close()
 
 
 @pytest.mark.postgres
@@ -202,13 +200,7 @@ def test_services_wait_for_a_postgres_that_is_down_at_start(tmp_path: Path) -> N
         server.pause("fast")
 
         # Stopped while waiting: a clean stop, exit 0, nothing restarted meanwhile.
-        _up_in_background(inst)
-        wait_until(
-            lambda: _waiting_services(inst) == set(START_ORDER),
-            60,
-            what="every service waiting for the database",
-            abort=lambda: None if inst.proc is None or inst.proc.poll() is None else "up ended",
-        )
+        _launch_until_every_service_waits(inst)
         waiting = [
             json.loads(line)
             for line in inst.log_text().splitlines()
@@ -223,13 +215,7 @@ def test_services_wait_for_a_postgres_that_is_down_at_start(tmp_path: Path) -> N
         # Started again, still down; then the database comes up and every service serves,
         # none of them having exited.
         inst.log_path.unlink()
-        _up_in_background(inst)
-        wait_until(
-            lambda: _waiting_services(inst) == set(START_ORDER),
-            60,
-            what="every service waiting for the database",
-            abort=lambda: None if inst.proc is None or inst.proc.poll() is None else "up ended",
-        )
+        _launch_until_every_service_waits(inst)
         time.sleep(2.5)  # a few more attempts, so that each has had time to fail
         server.resume()
         try:

@@ -101,14 +101,19 @@ class Instance:
     def cli(self, *args: str, **kw: Any) -> tuple[int, Any, str]:
         return cli(self.home, *args, **kw)
 
+    def launch(self) -> None:
+        """`mosaic up` in the background, its output to the log file; no waiting."""
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [*MOSAIC, "--home", str(self.home), "up"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
     def start(self, wait: float = 30.0) -> None:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [*MOSAIC, "--home", str(self.home), "up"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        """launch(), then wait for the doctor to say every service is ok."""
+        self.launch()
         code, doc, _ = self.cli("gateway", "doctor", "--wait", str(wait), timeout=wait + 30)
         if code != 0:
             self.stop()
