@@ -17,6 +17,7 @@ import pytest
 
 from mosaic.config import load_config
 from tests.support.instances import MOSAIC, Instance, cli
+from tests.support.procs import sigint_default
 
 URL = "mosaic-enroll://127.0.0.1:1/v1/redeem?token=" + "a" * 43 + "&ca_sha256=" + "b" * 64
 
@@ -70,10 +71,6 @@ def silent_gateway(home: Path) -> Iterator[None]:
         yield
 
 
-def _sigint_default() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def _interrupt(home: Path, *args: str, json_out: bool) -> tuple[int, str, str]:
     """Run the CLI, Ctrl-C it (SIGINT) once it is waiting for the gateway."""
     argv = [*MOSAIC, "--home", str(home), *(["--json"] if json_out else []), *args]
@@ -84,7 +81,7 @@ def _interrupt(home: Path, *args: str, json_out: bool) -> tuple[int, str, str]:
         text=True,
         # As from a terminal: a test run started in the background (`make test &`) ignores
         # SIGINT, and its children would inherit that and never see the Ctrl-C.
-        preexec_fn=_sigint_default,
+        preexec_fn=sigint_default,
     )
     try:
         # Long enough to be in the call (the silent listener holds it there), short

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.procs import sigint_default
+
 pytestmark = pytest.mark.slow
 
 DEMO = [sys.executable, "-m", "mosaic.cli", "demo"]
@@ -70,6 +72,7 @@ def test_an_interrupted_demo_stops_both_gateways_and_removes_its_homes() -> None
         # Each line as it is printed: a pipe is block-buffered, and the demo would be over
         # by the time "doctor ok" reached us.
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=sigint_default,
     )
     assert proc.stdout is not None
     output = ""

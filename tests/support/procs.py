@@ -12,6 +12,7 @@ import functools
 import os
 import pwd
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -426,3 +427,10 @@ class ManagedServer:
 
     def _cleanup(self) -> None:
         raise NotImplementedError
+
+
+def sigint_default() -> None:
+    """preexec_fn for a child a test Ctrl-Cs: SIGINT at its default, as from a terminal. A
+    test run started in the background by a non-interactive shell (`make test &`)
+    ignores SIGINT, and children inherit an ignored signal across exec."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
