@@ -9,7 +9,10 @@
    ``--concurrency`` requests in flight, ``List(page_size=20)``; warm-up first, then
    ``--requests`` measured, alternating targets for ``--rounds`` rounds. Short rounds,
    many of them: this VM's speed drifts by ±20% over tens of seconds, and alternating
-   every second or two puts both targets through the same drift.
+   every second or two puts both targets through the same drift. The gateway is driven
+   twice per round: every request for the same page (identical concurrent reads share
+   one resource-service call: the headline ratio), and each request in flight for
+   another page (every read its own: what a peer gets when nothing shares its reads).
 4. Count TLS handshakes server-side: distinct client connections (``context.peer()``)
    first seen after warm-up, per 1,000 measured requests — from the audit log's
    ``source_address`` on the gateway, and a counter in the bare server.
@@ -44,6 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 MOSAIC = [sys.executable, "-m", "mosaic.cli"]
 SUBJECT = "11111111-1111-4111-8111-111111111111"
 PAGE_SIZE = 20
+ROWS = 40  # imported for the subject: 21 distinct full pages
 
 
 # ---- the bare server (runs in its own process) -------------------------------------------
@@ -131,7 +135,7 @@ def rows() -> list[Any]:
             title=f"task number {i}",
             body=body,
         )
-        for i in range(40)
+        for i in range(ROWS)
     ]
 
 
@@ -232,9 +236,10 @@ def open_channel(port: int, material: dict[str, Any]) -> grpc.aio.Channel:
 
 
 async def drive(
-    stub: Any, request: Any, total: int, concurrency: int
+    stub: Any, requests: list[Any], total: int, concurrency: int
 ) -> tuple[float, list[float], int]:
-    """Issue ``total`` requests with ``concurrency`` in flight; (seconds, latencies, bytes)."""
+    """Issue ``total`` requests with ``concurrency`` in flight, taking ``requests`` in
+    turn; (seconds, latencies, bytes)."""
     latencies: list[float] = []
     remaining = total
     size = 0
@@ -243,6 +248,7 @@ async def drive(
         nonlocal remaining, size
         while remaining > 0:
             remaining -= 1
+            request = requests[remaining % len(requests)]
             started = time.perf_counter()
             reply = await stub.List(request, timeout=30)
             latencies.append(time.perf_counter() - started)
@@ -284,12 +290,12 @@ def source_reads(metrics_port: int) -> float:
     )
 
 
-def round_ratios(results: dict[str, dict[str, Any]]) -> list[float]:
+def round_ratios(results: dict[str, dict[str, Any]], target: str = "list") -> list[float]:
     """Gateway / bare throughput for each round, from the two targets' round times."""
     return [
         round(bare / gateway, 3)
         for gateway, bare in zip(
-            results["list"]["round_seconds"], results["bare"]["round_seconds"], strict=True
+            results[target]["round_seconds"], results["bare"]["round_seconds"], strict=True
         )
     ]
 
@@ -299,8 +305,30 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
+async def distinct_pages(material: dict[str, Any]) -> list[Any]:
+    """Full pages that start at every row in turn: the first page, then one page token
+    after each of the first rows, walked with page_size=1. Taken in turn by 16 requests
+    in flight, no two of them ask resource-service for the same rows."""
+    from mosaic.federation.v1 import gateway_pb2, gateway_pb2_grpc
+
+    pages = [gateway_pb2.ListRequest(resource="tasks", page_size=PAGE_SIZE)]
+    async with open_channel(material["federation_port"], material) as channel:
+        stub = gateway_pb2_grpc.FederationStub(channel)
+        token = ""
+        for _ in range(ROWS - PAGE_SIZE):
+            reply = await stub.List(
+                gateway_pb2.ListRequest(resource="tasks", page_size=1, page_token=token),
+                timeout=30,
+            )
+            token = reply.next_page_token
+            pages.append(
+                gateway_pb2.ListRequest(resource="tasks", page_size=PAGE_SIZE, page_token=token)
+            )
+    return pages
+
+
 async def measure(
-    targets: dict[str, int],
+    targets: dict[str, tuple[int, list[Any]]],
     material: dict[str, Any],
     *,
     requests: int,
@@ -310,10 +338,9 @@ async def measure(
     server_pids: dict[str, list[int]],
     source_metrics_port: int,
 ) -> dict[str, dict[str, Any]]:
-    from mosaic.federation.v1 import gateway_pb2, gateway_pb2_grpc
+    from mosaic.federation.v1 import gateway_pb2_grpc
 
-    request = gateway_pb2.ListRequest(resource="tasks", page_size=PAGE_SIZE)
-    channels = {name: open_channel(port, material) for name, port in targets.items()}
+    channels = {name: open_channel(port, material) for name, (port, _) in targets.items()}
     stubs = {name: gateway_pb2_grpc.FederationStub(ch) for name, ch in channels.items()}
     results: dict[str, dict[str, Any]] = {
         name: {
@@ -326,22 +353,27 @@ async def measure(
             "client_cpu": 0.0,
             "machine_idle": 0,
             "machine_total": 0,
+            "source_reads": 0.0,
         }
         for name in targets
     }
     try:
-        for stub in stubs.values():
-            await drive(stub, request, warmup, concurrency)
-        # Only the gateway's rounds reach resource-service from here on.
-        reads_before = source_reads(source_metrics_port)
+        for name, stub in stubs.items():
+            await drive(stub, targets[name][1], warmup, concurrency)
         for _ in range(rounds):
             for name, stub in stubs.items():
+                requests_in_turn = targets[name][1]
+                reads_before = source_reads(source_metrics_port)
                 window_start = time.time()
                 pids = server_pids[name]
                 before = {pid: cpu_seconds([pid]) for pid in pids}
                 client_before = time.process_time()
                 idle_before, total_before = machine_cpu()
-                seconds, latencies, size = await drive(stub, request, requests, concurrency)
+                seconds, latencies, size = await drive(
+                    stub, requests_in_turn, requests, concurrency
+                )
+                # Only the gateway's rounds reach resource-service.
+                results[name]["source_reads"] += source_reads(source_metrics_port) - reads_before
                 results[name]["client_cpu"] += time.process_time() - client_before
                 idle_after, total_after = machine_cpu()
                 results[name]["machine_idle"] += idle_after - idle_before
@@ -356,7 +388,6 @@ async def measure(
                 results[name]["latencies"] += latencies
                 results[name]["bytes"] = size
                 results[name]["window"].append((window_start, time.time()))
-        results["list"]["source_reads"] = source_reads(source_metrics_port) - reads_before
     finally:
         for channel in channels.values():
             await channel.close()
@@ -442,15 +473,27 @@ def main() -> None:
             ]
         )
         _wait_port(bare_port)
+        from mosaic.federation.v1 import gateway_pb2
+
+        same = [gateway_pb2.ListRequest(resource="tasks", page_size=PAGE_SIZE)]
+        distinct = asyncio.run(distinct_pages(material))
         results = asyncio.run(
             measure(
-                {"list": material["federation_port"], "bare": bare_port},
+                {
+                    "list": (material["federation_port"], same),
+                    "distinct": (material["federation_port"], distinct),
+                    "bare": (bare_port, same),
+                },
                 material,
                 requests=args.requests,
                 warmup=args.warmup,
                 concurrency=args.concurrency,
                 rounds=args.rounds,
-                server_pids={"list": _service_pids(up.pid), "bare": [bare.pid]},
+                server_pids={
+                    "list": _service_pids(up.pid),
+                    "distinct": _service_pids(up.pid),
+                    "bare": [bare.pid],
+                },
                 source_metrics_port=init["ports"]["metrics"]["resource-service"],
             )
         )
@@ -560,7 +603,7 @@ def _report(
             "machine_idle_fraction": round(r["machine_idle"] / max(1, r["machine_total"]), 3),
         }
 
-    gw, bare = figures("list"), figures("bare")
+    gw, bare, distinct = figures("list"), figures("bare"), figures("distinct")
     new, seen = gateway_handshakes(home, results["list"]["window"])
     stats = json.loads(stats_file.read_text())
     warm = args.warmup
@@ -583,11 +626,22 @@ def _report(
         "list_requests_per_source_read": round(
             gw["requests"] / max(1.0, results["list"]["source_reads"]), 2
         ),
+        # The same List, but each request in flight asks for another page (its own read):
+        # what a peer gets when no other request shares its read.
+        "list_distinct_rps": distinct["rps"],
+        "list_distinct_throughput_ratio_vs_bare_grpc": round(distinct["rps"] / bare["rps"], 3),
+        "list_distinct_throughput_ratio_by_round": round_ratios(results, "distinct"),
+        "list_distinct_p50_ms": distinct["p50_ms"],
+        "list_distinct_p99_ms": distinct["p99_ms"],
+        "list_distinct_requests_per_source_read": round(
+            distinct["requests"] / max(1.0, results["distinct"]["source_reads"]), 2
+        ),
         "list_server_cpu_us_per_request": gw["server_cpu_us_per_request"],
         "bare_server_cpu_us_per_request": bare["server_cpu_us_per_request"],
         "load_average_1m_at_end": round(os.getloadavg()[0], 2),
         "bare_handshakes_per_1000": round(1000 * bare_new / bare_seen, 3),
         "list": gw,
+        "list_distinct": distinct,
         "bare": bare,
         "concurrency": args.concurrency,
         "requests_per_round": args.requests,
@@ -627,6 +681,12 @@ def _print(report: dict[str, Any]) -> None:
         f"{gw['p99_ms']:>10.2f}{report['handshakes_per_1000']:>18.2f}"
         f"{gw['server_cpu_us_per_request']:>20.0f}"
     )
+    distinct = report["list_distinct"]
+    print(
+        f"{'gateway List, other pages':<28}{distinct['rps']:>10.0f}"
+        f"{distinct['p50_ms']:>10.2f}{distinct['p99_ms']:>10.2f}{'':>18}"
+        f"{distinct['server_cpu_us_per_request']:>20.0f}"
+    )
     print(
         f"{'bare grpc.aio mTLS':<28}{bare['rps']:>10.0f}{bare['p50_ms']:>10.2f}"
         f"{bare['p99_ms']:>10.2f}{report['bare_handshakes_per_1000']:>18.2f}"
@@ -638,10 +698,22 @@ def _print(report: dict[str, Any]) -> None:
         f" (by round: median {statistics.median(rounds):.3f}, "
         f"{min(rounds):.3f} to {max(rounds):.3f})"
     )
+    rounds = report["list_distinct_throughput_ratio_by_round"]
+    print(
+        "with every request in flight on another page (no shared reads, "
+        f"{report['list_distinct_requests_per_source_read']:.1f} per read): "
+        f"{report['list_distinct_throughput_ratio_vs_bare_grpc']:.3f}"
+        f" (by round: median {statistics.median(rounds):.3f}, "
+        f"{min(rounds):.3f} to {max(rounds):.3f})"
+    )
     by_process = ", ".join(
         f"{label} {us:.0f}" for label, us in gw["cpu_us_per_request_by_process"].items() if us
     )
     print(f"instance B CPU us per List request, by process: {by_process}")
+    by_process = ", ".join(
+        f"{label} {us:.0f}" for label, us in distinct["cpu_us_per_request_by_process"].items() if us
+    )
+    print(f"  the same, other pages: {by_process}")
     print(
         "List requests per resource-service read (identical concurrent reads share one): "
         f"{report['list_requests_per_source_read']:.1f}"
