@@ -112,7 +112,7 @@ ANSWER_MARGIN_S = 0.5
 # How long a read of a busy key waits before it is sent, so that more identical requests
 # can share it. A key is busy for BUSY_FOR_S after a read of it that two requests or more
 # shared: a lone request, or one peer's requests one after another, never wait. Under
-# load, about 9 requests share each read instead of 6, and the gateway serves about 13%
+# load, about 9 requests share each read instead of 6, and the gateway serves 13-23%
 # more List requests per second on the same CPUs (docs/CONTRIBUTING.md "Benchmarks").
 COALESCE_S = 0.001
 BUSY_FOR_S = 0.05
