@@ -27,6 +27,11 @@ _REVOKED_BUT_NOT_AT_THE_CA = (
     "run `grant revoke` again once ca-service answers (`mosaic gateway doctor`); the grant "
     "refuses every request meanwhile",
 )
+_PEER_REVOKED_BUT_NOT_AT_THE_CA = (
+    "the peer is revoked, but ca-service did not revoke its grants' certificates",
+    "revoke the peer again once ca-service answers (`mosaic gateway doctor`); the peer is "
+    "refused meanwhile",
+)
 
 
 class GrantsAdminMixin(AdminBase):
@@ -54,7 +59,8 @@ class GrantsAdminMixin(AdminBase):
 
         The grant's status alone already stops every request; revoking the
         certificates too puts their serials on every gateway's revoked set and, with
-        step-ca, at the CA.
+        step-ca, at the CA. A CA that does not answer then is said (UNAVAILABLE, the grant
+        revoked all the same): the operator runs the revoke again, which does the rest.
         """
         try:
             reply = await self.forward(self.grants.RevokeGrant(request))
@@ -70,7 +76,11 @@ class GrantsAdminMixin(AdminBase):
                     strict=_REVOKED_BUT_NOT_AT_THE_CA,
                 )
             raise
-        await self._revoke_certificates([reply.grant.id], request.reason or "grant revoked")
+        await self._revoke_certificates(
+            [reply.grant.id],
+            request.reason or "grant revoked",
+            strict=_REVOKED_BUT_NOT_AT_THE_CA,
+        )
         return reply
 
     async def GetPeer(
@@ -92,7 +102,9 @@ class GrantsAdminMixin(AdminBase):
                 self.grants.ListGrants(grants_pb2.ListGrantsRequest(peer_id=reply.peer.id))
             )
             await self._revoke_certificates(
-                [g.id for g in grants.grants], request.reason or "peer revoked"
+                [g.id for g in grants.grants],
+                request.reason or "peer revoked",
+                strict=_PEER_REVOKED_BUT_NOT_AT_THE_CA,
             )
         return reply
 
@@ -103,8 +115,9 @@ class GrantsAdminMixin(AdminBase):
 
         Best effort unless ``strict``: a CA that is down must not undo a revocation that
         already holds (a retry of the revoke does it again). ``strict`` (message,
-        remediation) raises UNAVAILABLE with them instead, for a caller that has not yet
-        changed anything, or whose whole purpose is this revocation.
+        remediation) raises UNAVAILABLE with them at the first failure, for a caller that
+        must not report success without the CA: one that has not yet changed anything, or
+        one that has revoked a grant or a peer (the operator runs it again to finish).
 
         The CA records a reason of at most MAX_REVOCATION_REASON characters; grants-service
         keeps the operator's whole text, so a longer one is shortened here, not refused.
@@ -118,15 +131,15 @@ class GrantsAdminMixin(AdminBase):
                     ca_pb2.RevokeCertificateRequest(grant_id=grant_id, reason=reason)
                 )
             except grpc.aio.AioRpcError as err:
+                log.warning(
+                    "certificates of a revoked grant not revoked at the CA",
+                    extra={"grant_id": grant_id, "code": err.code().name},
+                )
                 if strict is not None:
                     message, remediation = strict
                     raise unavailable(
                         DEPENDENCY_UNAVAILABLE, message, remediation=remediation, retry_after_s=1.0
                     ) from None
-                log.warning(
-                    "certificates of a revoked grant not revoked at the CA",
-                    extra={"grant_id": grant_id, "code": err.code().name},
-                )
 
     async def RemovePeer(
         self, request: grants_pb2.RemovePeerRequest, context: grpc.aio.ServicerContext
