@@ -325,6 +325,39 @@ def test_init_bad_name_and_usage(tmp_path: Path) -> None:
     assert code == 2 and doc["error"]["code"] == "USAGE"
 
 
+def test_one_renewal_at_a_time_while_the_instance_may_run(tmp_path: Path) -> None:
+    """Two `init --renew-federation-server` at once could each write the other's key under
+    its own certificate: the second is refused. A running instance (holding the home's
+    lock, as `up` does) does not stop a renewal."""
+    from mosaic.cli.home_lock import LOCK_FILE, RENEW_LOCK_FILE, lock_home
+    from tests.support.instances import cli
+
+    home = tmp_path / "h"
+    code, doc, _ = cli(home, "init", "--name", "renew")
+    assert code == 0, doc
+    cert = load_config(home).federation_pki_dir / "server.crt"
+    before = cert.read_bytes()
+
+    other = lock_home(home, "renew", "renew", lock_file=RENEW_LOCK_FILE)
+    try:
+        code, doc, _ = cli(home, "init", "--renew-federation-server")
+        assert code == 1 and doc["error"]["code"] == "HOME_BUSY", doc
+        assert f"pid {os.getpid()}" in doc["error"]["message"]
+        code, doc, _ = cli(home, "init", "--renew-internal")
+        assert code == 1 and doc["error"]["code"] == "HOME_BUSY", doc
+    finally:
+        other.release()
+    assert cert.read_bytes() == before
+
+    running = lock_home(home, "up", "renew", lock_file=LOCK_FILE)
+    try:
+        code, doc, _ = cli(home, "init", "--renew-federation-server")
+        assert code == 0, doc
+    finally:
+        running.release()
+    assert cert.read_bytes() != before
+
+
 def _served_certificate(inst: Instance) -> x509.Certificate:
     """The server certificate the gateway's enrollment listener presents, verified the way
     a peer verifies it: against the pinned federation root, for the host it dials."""

@@ -21,6 +21,9 @@ from pathlib import Path
 from mosaic.config import ConfigError
 
 LOCK_FILE = "mosaic.lock"
+# `init --renew-*` runs beside a running instance, so it cannot take LOCK_FILE; two
+# renewals at once could each write the other's key under its own certificate.
+RENEW_LOCK_FILE = "renew.lock"
 _HOLDER_MAX = 4096
 
 
@@ -57,14 +60,15 @@ class HomeLock:
             self.fd = -1
 
 
-def lock_home(home: Path, command: str, name: str) -> HomeLock:
-    """Take ``home``'s lock without waiting, for ``command`` on instance ``name``.
+def lock_home(home: Path, command: str, name: str, *, lock_file: str = LOCK_FILE) -> HomeLock:
+    """Take ``home``'s lock (``lock_file``) without waiting, for ``command`` on instance
+    ``name``.
 
     Raises HomeBusy when another process holds it, ConfigError when the lock file cannot
     be opened or locked (a home owned by another user, a file system without locks).
     The home directory must exist.
     """
-    path = home / LOCK_FILE
+    path = home / lock_file
     writable = True
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import os
@@ -10,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -22,7 +23,14 @@ from mosaic.cli.apps import app, gateway_app
 from mosaic.cli.commands_resources import resources_app
 from mosaic.cli.commands_seal import seal_app
 from mosaic.cli.federation import federation_app
-from mosaic.cli.home_lock import LOCK_FILE, HomeBusy, lock_home, process_exists, running_holder
+from mosaic.cli.home_lock import (
+    LOCK_FILE,
+    RENEW_LOCK_FILE,
+    HomeBusy,
+    lock_home,
+    process_exists,
+    running_holder,
+)
 from mosaic.cli.output import (
     EXIT_FAILED,
     EXIT_OK,
@@ -148,17 +156,20 @@ def init(
             "run one, then the other",
             exit_code=2,
         )
-    if renew_internal:
+    if renew_internal or renew_federation_server:
         config = load_or_fail(ctx, str(home))
-        issue_internal_pki(config, reuse_ca=True)
-        emit(
-            ctx,
-            {"home": str(home), "renewed": [*SERVICES, "operator"]},
-            lambda: typer.echo(f"re-issued internal certificates in {config.internal_pki_dir}"),
-        )
-        return
-    if renew_federation_server:
-        _renew_federation_server(ctx, home)
+        with _renewal_lock(ctx, home, config.name):
+            if renew_internal:
+                issue_internal_pki(config, reuse_ca=True)
+                emit(
+                    ctx,
+                    {"home": str(home), "renewed": [*SERVICES, "operator"]},
+                    lambda: typer.echo(
+                        f"re-issued internal certificates in {config.internal_pki_dir}"
+                    ),
+                )
+            else:
+                _renew_federation_server(ctx, home)
         return
     if not name:
         fail(ctx, "USAGE", "--name is required", "mosaic init --name NAME", exit_code=2)
@@ -244,6 +255,28 @@ def init(
             [(k, readable(v)) for k, v in doc.items()],
         ),
     )
+
+
+@contextlib.contextmanager
+def _renewal_lock(ctx: typer.Context, home: Path, name: str) -> Iterator[None]:
+    """One `init --renew-*` at a time per home (RENEW_LOCK_FILE; a running instance does
+    not hold it)."""
+    try:
+        lock = lock_home(home, "renew", name, lock_file=RENEW_LOCK_FILE)
+    except HomeBusy as exc:
+        pid = f" (pid {exc.holder.pid})" if exc.holder is not None else ""
+        fail(
+            ctx,
+            "HOME_BUSY",
+            f"another `mosaic init --renew-…`{pid} is renewing certificates of {home}",
+            "wait for it to finish, then check what it renewed; run it again only if needed",
+        )
+    except ConfigError as exc:
+        fail(ctx, "CONFIG", exc.message, exc.remediation)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _renew_federation_server(ctx: typer.Context, home: Path) -> None:
