@@ -10,6 +10,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -17,10 +18,11 @@ import pytest
 from mosaic.cli.commands_health import check_health
 from mosaic.config import START_ORDER, InstanceConfig, load_config
 from mosaic.errors import RemoteError
-from mosaic.federation.v1 import gateway_pb2
+from mosaic.federation.v1 import gateway_pb2, grants_pb2
 from tests.integration.test_federation import (
     MAIN_SCOPE,
     Peer,
+    admin_call,
     grant_with_cert,
     import_rows,
     rows,
@@ -162,6 +164,52 @@ async def test_after_ca_service_comes_back_requests_pass_within_the_promise(
     listed = _audit_of_peer(inst, cert.peer_id)
     assert listed[refused_id]["reason"] == "REVOCATIONS_NOT_LOADED"
     assert listed[refused_id]["peer_id"] == cert.peer_id
+
+
+async def _refusal(call: Any) -> RemoteError | None:
+    try:
+        await call
+    except grpc.aio.AioRpcError as err:
+        return RemoteError.from_rpc_error(err)
+    return None
+
+
+async def test_revokes_while_ca_service_is_down_say_so_and_their_retries_finish_them(
+    b: tuple[Instance, ServiceProcesses],
+) -> None:
+    """`grant revoke` and a peer revoke (SetPeerState) with ca-service down: the grant or
+    peer is revoked, but the operator is told the certificates are not (exit 1,
+    DEPENDENCY_UNAVAILABLE). The retry, once ca-service is back, revokes them: the peer's
+    next request is refused for its certificate, not only for its grant."""
+    inst, procs = b
+    _wait_healthy(inst)
+    by_grant = await grant_with_cert(inst, MAIN_SCOPE)
+    by_peer = await grant_with_cert(inst, MAIN_SCOPE)
+    revoke_peer = grants_pb2.SetPeerStateRequest(
+        id=by_peer.peer_id, state=grants_pb2.PEER_STATE_REVOKED
+    )
+    procs.stop("ca-service")
+    try:
+        code, doc, _ = inst.cli("federation", "grant", "revoke", by_grant.grant_id)
+        assert code == 1 and doc["error"]["code"] == "DEPENDENCY_UNAVAILABLE", doc
+        assert "the grant is revoked, but" in doc["error"]["message"]
+        refused = await _refusal(admin_call(inst, "SetPeerState", revoke_peer))
+        assert refused is not None and refused.reason == "DEPENDENCY_UNAVAILABLE", refused
+        assert "the peer is revoked, but" in refused.message
+    finally:
+        procs.start("ca-service")
+    _wait_healthy(inst)
+
+    code, doc, _ = inst.cli("federation", "grant", "revoke", by_grant.grant_id)
+    assert code == 0 and doc["status"] == "revoked", doc
+    refused = await _refusal(admin_call(inst, "SetPeerState", revoke_peer))
+    assert refused is not None and refused.reason == "PEER_ALREADY_REVOKED", refused
+    for cert in (by_grant, by_peer):
+        async with Peer(inst, cert) as peer:
+            deadline = time.monotonic() + 10  # the revocation feed reaches the gateway
+            while (result := await _list(peer)) is None or result[0].reason != "CERT_REVOKED":
+                assert time.monotonic() < deadline, result
+                await asyncio.sleep(0.1)
 
 
 # ---- a database server that is down when the instance starts ---------------------------

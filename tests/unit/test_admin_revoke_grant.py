@@ -31,16 +31,30 @@ class RevokedGrant:
         self.ca_up = ca_up
         self.fresh = fresh
         self.revoked: list[str] = []
+        self.peer_revoked = False
 
     def __call__(self, method: str, request: Any) -> Any:
         if method == "RevokeGrant" and self.fresh:
             return grants_pb2.RevokeGrantResponse(
                 grant=grants_pb2.Grant(id=GRANT, status=grants_pb2.GRANT_STATUS_REVOKED)
             )
-        if method == "SetPeerState":
+        if method == "SetPeerState":  # as grants-service: a revoked peer is final
+            if self.peer_revoked:
+                raise service_rpc_error(
+                    ServiceError(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        "PEER_ALREADY_REVOKED",
+                        "peer is revoked",
+                        remediation="a revoked peer is final; remove it and enroll again",
+                    )
+                )
+            self.peer_revoked = True
             return grants_pb2.SetPeerStateResponse(
                 peer=grants_pb2.Peer(id=PEER, state=grants_pb2.PEER_STATE_REVOKED)
             )
+        if method == "GetPeer":
+            assert request.id == "a"
+            return grants_pb2.GetPeerResponse(peer=grants_pb2.Peer(id=PEER, name="a"))
         if method == "ListGrants":
             assert request.peer_id == PEER
             return grants_pb2.ListGrantsResponse(grants=[grants_pb2.Grant(id=GRANT)])
@@ -102,16 +116,22 @@ async def test_a_revoke_with_the_ca_down_says_the_grant_is_revoked_but_not_at_th
     assert "grant revoke" in refused.value.remediation
 
 
-async def test_a_peer_revoke_with_the_ca_down_says_so() -> None:
+async def test_a_peer_revoke_with_the_ca_down_says_so_and_the_retry_finishes_it() -> None:
     backend = RevokedGrant(ca_up=False)
+    revoke = grants_pb2.SetPeerStateRequest(id="a", state=grants_pb2.PEER_STATE_REVOKED)
     with pytest.raises(ServiceError) as refused:
-        await _admin(backend).SetPeerState(
-            grants_pb2.SetPeerStateRequest(id=PEER, state=grants_pb2.PEER_STATE_REVOKED), None
-        )
+        await _admin(backend).SetPeerState(revoke, None)
     assert refused.value.reason == "DEPENDENCY_UNAVAILABLE"
     assert "the peer is revoked, but" in refused.value.message
-    backend.ca_up = True  # the retry the remediation asks for
-    await _admin(backend).SetPeerState(
-        grants_pb2.SetPeerStateRequest(id=PEER, state=grants_pb2.PEER_STATE_REVOKED), None
-    )
+    assert backend.peer_revoked
+
+    # The retry the remediation asks for: grants-service refuses it (revoked already),
+    # but the certificates are revoked at the CA first, once it answers.
+    with pytest.raises(ServiceError) as again:
+        await _admin(backend).SetPeerState(revoke, None)
+    assert again.value.reason == "DEPENDENCY_UNAVAILABLE"  # the CA still down: said again
+    backend.ca_up = True
+    with pytest.raises(ServiceError) as done:
+        await _admin(backend).SetPeerState(revoke, None)
+    assert done.value.reason == "PEER_ALREADY_REVOKED"
     assert backend.revoked == [GRANT]

@@ -86,7 +86,10 @@ def lock_home(home: Path, command: str, name: str, *, lock_file: str = LOCK_FILE
             raise ConfigError(
                 f"cannot create {path}: the instance home is on a read-only file system",
                 remediation="make the home writable once (`mosaic init` creates the lock "
-                "file) or mount it read-write",
+                "file) or mount it read-write"
+                if lock_file == LOCK_FILE
+                # A renewal writes certificates into the home: read-only, it cannot run.
+                else "mount the home read-write to renew (the renewal writes into it)",
             ) from None
         writable = False
     try:

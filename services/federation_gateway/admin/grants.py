@@ -16,6 +16,8 @@ log = logging.getLogger("mosaic.admin")
 
 # grants-service's refusals of RevokeGrant for a grant that no longer serves anyone.
 _NO_LONGER_USABLE = frozenset({"GRANT_ALREADY_REVOKED", "GRANT_EXPIRED"})
+# grants-service's refusal to revoke a revoked peer.
+_PEER_ALREADY_REVOKED = "PEER_ALREADY_REVOKED"
 # (message, remediation) of a CA that does not answer, by what the caller was doing.
 _NOTHING_REMOVED = (
     "ca-service did not revoke the certificates; nothing was removed",
@@ -96,17 +98,32 @@ class GrantsAdminMixin(AdminBase):
     async def SetPeerState(
         self, request: grants_pb2.SetPeerStateRequest, context: grpc.aio.ServicerContext
     ) -> grants_pb2.SetPeerStateResponse:
-        reply = await self.forward(self.grants.SetPeerState(request))
-        if request.state == grants_pb2.PEER_STATE_REVOKED:
-            grants = await self.forward(
-                self.grants.ListGrants(grants_pb2.ListGrantsRequest(peer_id=reply.peer.id))
-            )
-            await self._revoke_certificates(
-                [g.id for g in grants.grants],
-                request.reason or "peer revoked",
-                strict=_PEER_REVOKED_BUT_NOT_AT_THE_CA,
-            )
+        """Suspend, resume or revoke a peer. Revoking also revokes the certificates of
+        every grant of the peer at the CA; a CA that does not answer is said (the peer
+        revoked all the same), and revoking the revoked peer again, which grants-service
+        refuses as PEER_ALREADY_REVOKED, revokes them again first, as `grant revoke` does."""
+        revoking = request.state == grants_pb2.PEER_STATE_REVOKED
+        reason = request.reason or "peer revoked"
+        try:
+            reply = await self.forward(self.grants.SetPeerState(request))
+        except ServiceError as exc:
+            if revoking and exc.reason == _PEER_ALREADY_REVOKED:
+                peer = await self.forward(
+                    self.grants.GetPeer(grants_pb2.GetPeerRequest(id=request.id))
+                )
+                await self._revoke_peer_certificates(peer.peer.id, reason)
+            raise
+        if revoking:
+            await self._revoke_peer_certificates(reply.peer.id, reason)
         return reply
+
+    async def _revoke_peer_certificates(self, peer_id: str, reason: str) -> None:
+        grants = await self.forward(
+            self.grants.ListGrants(grants_pb2.ListGrantsRequest(peer_id=peer_id))
+        )
+        await self._revoke_certificates(
+            [g.id for g in grants.grants], reason, strict=_PEER_REVOKED_BUT_NOT_AT_THE_CA
+        )
 
     async def _revoke_certificates(
         self, grant_ids: list[str], reason: str, *, strict: tuple[str, str] | None = None
