@@ -26,7 +26,8 @@ proto: venv
 lint: venv
 	bash infra/scripts/ensure-system-deps.sh npm
 	$(PY) scripts/gen_protos.py --check
-	set -o pipefail; buf=$$(bash infra/scripts/ensure-buf.sh | tail -n 1) && cd protos && "$$buf" lint
+	set -o pipefail; buf=$$(bash infra/scripts/ensure-buf.sh | tail -n 1) && \
+		(cd protos && "$$buf" lint) && bash scripts/check_proto_breaking.sh "$$buf"
 	$(VENV)/bin/ruff check libs services tests scripts
 	$(VENV)/bin/ruff format --check libs services tests scripts
 	$(VENV)/bin/mypy
