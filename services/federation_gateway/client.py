@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from prometheus_client import Counter
 
 from mosaic.errors import DEPENDENCY_UNAVAILABLE, RemoteError, ServiceError
 from mosaic.federation.v1 import gateway_pb2, gateway_pb2_grpc, grants_pb2, grants_pb2_grpc
@@ -49,6 +50,22 @@ from mosaic.rpc.channels import secure_channel
 from mosaic.rpc.interceptors import response_request_id
 
 log = logging.getLogger("mosaic.gateway.client")
+
+# Calls to peers, by verb and how they ended, so a peer that is down shows on our own
+# scrape: a stale answer is OK on our Query RPC. No peer label (metrics.py: the scrape
+# names no one); the log line under the request id names the peer.
+PEER_CALLS = Counter(
+    "mosaic_federation_client_calls",
+    "Calls this gateway made to peers, by verb and result: ok, stale (the peer not "
+    "reached, a cached answer served), unreachable (not reached, nothing cached), "
+    "unavailable (the peer up but unable to answer), refused, invalid_response.",
+    ["verb", "result"],
+)
+_VERBS = ("capabilities", "list", "get", "search", "renew")
+_RESULTS = ("ok", "stale", "unreachable", "unavailable", "refused", "invalid_response")
+for _verb in _VERBS:  # every series from the start, so increase() sees the first failure
+    for _result in _RESULTS:
+        PEER_CALLS.labels(_verb, _result)
 
 CALL_DEADLINE_S = 5.0
 RENEW_DEADLINE_S = 60.0
@@ -343,6 +360,7 @@ class FederationClient:
             if error.code == NETWORK and not error.server_reason:
                 cached = self._cached(key)
                 if cached is not None:
+                    PEER_CALLS.labels(verb, "stale").inc()
                     log.info(
                         "peer unreachable; serving a stale answer",
                         extra={"peer_id": peer.peer_id},
@@ -356,12 +374,15 @@ class FederationClient:
                 self._forget_answers(peer.peer_id)
             elif error.code == NOT_FOUND:
                 self._cache.forget(key)  # the row is gone, or no longer in our scope
+            PEER_CALLS.labels(verb, _result_of(error)).inc()
             raise error from None
         try:
             _check_answer(verb, inner, answer, request_id)
-        except PeerError:
+        except PeerError as wrong:
+            PEER_CALLS.labels(verb, _result_of(wrong)).inc()
             self._forget_answers(peer.peer_id)
             raise
+        PEER_CALLS.labels(verb, "ok").inc()
         response = gateway_pb2.QueryResponse(request_id=request_id)
         getattr(response, verb).CopyFrom(answer)
         response.fetched_at.GetCurrentTime()
@@ -385,7 +406,10 @@ class FederationClient:
                     timeout=min(deadline_s, RENEW_DEADLINE_S),
                 )
         except (grpc.aio.AioRpcError, asyncio.CancelledError) as err:
-            raise _not_reached_error(peer, _call_error(err)) from None
+            error = _not_reached_error(peer, _call_error(err))
+            PEER_CALLS.labels("renew", _result_of(error)).inc()
+            raise error from None
+        PEER_CALLS.labels("renew", "ok").inc()
         return answer
 
     async def credentials(self, key: str) -> tuple[grants_pb2.Peer, str]:
@@ -619,6 +643,15 @@ class FederationClient:
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _result_of(error: PeerError) -> str:
+    """The ``result`` label of a call to the peer that failed with ``error``."""
+    if error.code == NETWORK:
+        return "unavailable" if error.server_reason else "unreachable"
+    if error.code == INVALID_RESPONSE:
+        return "invalid_response"
+    return "refused"  # B answered no: FORBIDDEN, NOT_FOUND, RATE_LIMITED, ...
 
 
 def _certificate_expired(peer_name: str, not_after: dt.datetime) -> PeerError:

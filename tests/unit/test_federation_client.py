@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from prometheus_client import REGISTRY
 
 from federation_gateway import client as client_module
 from federation_gateway.client import FederationClient, PeerError
@@ -483,6 +484,67 @@ async def test_a_cached_answer_is_served_stale_while_the_peer_is_offline(setup: 
     await setup.peer.go_offline()
     assert await _code_of(setup.client, _capabilities()) == "stale"
     assert await _code_of(setup.client, _get("row-1")) == "NETWORK"
+
+
+def _calls() -> dict[tuple[str, str], float]:
+    """mosaic_federation_client_calls_total now, by (verb, result)."""
+    return {
+        (verb, result): REGISTRY.get_sample_value(
+            "mosaic_federation_client_calls_total", {"verb": verb, "result": result}
+        )
+        or 0.0
+        for verb in ("capabilities", "get", "renew")
+        for result in ("ok", "stale", "unreachable", "unavailable", "refused", "invalid_response")
+    }
+
+
+def _moved(before: dict[tuple[str, str], float]) -> dict[tuple[str, str], float]:
+    """The series that moved since ``before``, by how much."""
+    return {key: value - before[key] for key, value in _calls().items() if value != before[key]}
+
+
+async def test_stale_answers_and_an_unreachable_peer_show_in_the_metrics(setup: Setup) -> None:
+    """A stale answer is OK on our own Query RPC: only the client's counter tells the
+    operator that B is down. Each call counts once, under how it ended."""
+    setup.peer.release.set()
+    before = _calls()
+    assert await _code_of(setup.client, _capabilities()) == "fresh"
+    assert _moved(before) == {("capabilities", "ok"): 1}
+    await setup.peer.go_offline()
+    before = _calls()
+    assert await _code_of(setup.client, _capabilities()) == "stale"
+    assert _moved(before) == {("capabilities", "stale"): 1}
+    before = _calls()
+    assert await _code_of(setup.client, _get("row-1")) == "NETWORK"
+    assert _moved(before) == {("get", "unreachable"): 1}
+    before = _calls()
+    with pytest.raises(PeerError):
+        await setup.client.renew("b", "csr")
+    assert _moved(before) == {("renew", "unreachable"): 1}
+
+
+async def test_a_peer_that_answers_no_is_counted_apart_from_one_that_is_down(
+    setup: Setup,
+) -> None:
+    """B refusing, B up but unable to answer, and B answering wrongly each have their own
+    result; none of them is a stale answer."""
+    setup.peer.release.set()
+    setup.peer.get_refusals["notes"] = permission_denied("RESOURCE_NOT_GRANTED", "not granted")
+    before = _calls()
+    assert await _code_of(setup.client, _get("row-1", "notes")) == "FORBIDDEN"
+    assert _moved(before) == {("get", "refused"): 1}
+    setup.peer.get_answers_another_row = True
+    before = _calls()
+    assert await _code_of(setup.client, _get("row-1")) == "INVALID_RESPONSE"
+    assert _moved(before) == {("get", "invalid_response"): 1}
+    setup.peer.refusal = unavailable("DEPENDENCY_UNAVAILABLE", "the database is down")
+    before = _calls()
+    assert await _code_of(setup.client, _capabilities()) == "NETWORK"
+    assert _moved(before) == {("capabilities", "unavailable"): 1}
+    before = _calls()
+    with pytest.raises(PeerError):
+        await setup.client.renew("b", "csr")
+    assert _moved(before) == {("renew", "unavailable"): 1}
 
 
 @pytest.mark.parametrize(
