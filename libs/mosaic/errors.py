@@ -8,11 +8,13 @@ Clients turn any ``grpc.aio.AioRpcError`` back into a :class:`RemoteError`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -205,23 +207,28 @@ class RemoteError(Exception):
         message: str = err.details() or ""
         out = cls(code=code, reason=code.name, message=message)
         status = _status_from_error(err)
-        if status is None:
+        if status is None or status.code != code.value[0]:
+            # No details, or details of another status than the one the call ended with
+            # (garbled, or added by something in between): the status code alone speaks.
             return out
         for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                out.reason = info.reason
-                out.metadata = dict(info.metadata)
-                out.remediation = out.metadata.pop(REMEDIATION_KEY, "")
-            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
-                out.violations = [(v.field, v.description) for v in bad.field_violations]
-            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                retry = error_details_pb2.RetryInfo()
-                detail.Unpack(retry)
-                out.retry_after_s = retry.retry_delay.ToNanoseconds() / 1e9
+            # A detail that does not parse is left out, as if it had not been sent: the
+            # status code and the details that do parse still say what happened.
+            with contextlib.suppress(DecodeError):
+                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                    info = error_details_pb2.ErrorInfo()
+                    detail.Unpack(info)
+                    out.reason = info.reason
+                    out.metadata = dict(info.metadata)
+                    out.remediation = out.metadata.pop(REMEDIATION_KEY, "")
+                elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                    bad = error_details_pb2.BadRequest()
+                    detail.Unpack(bad)
+                    out.violations = [(v.field, v.description) for v in bad.field_violations]
+                elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                    retry = error_details_pb2.RetryInfo()
+                    detail.Unpack(retry)
+                    out.retry_after_s = retry.retry_delay.ToNanoseconds() / 1e9
         return out
 
     def to_service_error(self, *, metadata: Mapping[str, str] | None = None) -> ServiceError:
@@ -239,10 +246,15 @@ class RemoteError(Exception):
 
 
 def _status_from_error(err: grpc.RpcError) -> status_pb2.Status | None:
+    """The rich status in the trailers; None when there is none, or none that parses
+    (a peer of another release, or something in between, may send anything there)."""
     trailing = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
     for key, value in trailing or ():
         if key == "grpc-status-details-bin" and isinstance(value, bytes):
-            status = status_pb2.Status.FromString(value)
+            try:
+                status = status_pb2.Status.FromString(value)
+            except DecodeError:
+                return None
             if status.code == code_pb2.OK:
                 return None
             return status

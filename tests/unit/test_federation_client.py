@@ -18,6 +18,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from google.protobuf import any_pb2
+from google.rpc import status_pb2
 from prometheus_client import REGISTRY
 
 from federation_gateway import client as client_module
@@ -101,6 +103,8 @@ class SlowPeer:
         self.started = asyncio.Event()
         self.refusal: ServiceError | None = None
         self.request_id = ""  # sent with ``refusal``, as B's interceptor does
+        # Sent with ``refusal`` instead of its grpc-status-details-bin, when set.
+        self.details_bin: bytes | None = None
         self.get_refusals: dict[str, ServiceError] = {}  # by resource
         self.get_answers_another_row = False
         self.body = ""  # of the row Get answers
@@ -116,10 +120,12 @@ class SlowPeer:
         self.started.set()
         if self.refusal is not None:
             status = self.refusal.to_status()
+            metadata = tuple(status.trailing_metadata)
+            if self.details_bin is not None:
+                metadata = (("grpc-status-details-bin", self.details_bin),)
             if self.request_id:
-                metadata = (*status.trailing_metadata, ("x-request-id", self.request_id))
-                status = status._replace(trailing_metadata=metadata)
-            await context.abort_with_status(status)
+                metadata = (*metadata, ("x-request-id", self.request_id))
+            await context.abort_with_status(status._replace(trailing_metadata=metadata))
         await self.release.wait()
         return gateway_pb2.CapabilitiesResponse(server_version="test")
 
@@ -571,6 +577,40 @@ async def test_after_the_peer_refused_us_none_of_its_answers_is_served_stale(
     await setup.peer.go_offline()
     assert await _code_of(setup.client, _capabilities()) == "NETWORK"
     assert await _code_of(setup.client, _get("row-1")) == "NETWORK"
+
+
+def _status_with_a_corrupt_error_info() -> bytes:
+    """A google.rpc.Status for PERMISSION_DENIED whose ErrorInfo detail does not parse."""
+    detail = any_pb2.Any(type_url="type.googleapis.com/google.rpc.ErrorInfo", value=b"\xff\xff\xff")
+    status = status_pb2.Status(
+        code=grpc.StatusCode.PERMISSION_DENIED.value[0], message="denied", details=[detail]
+    )
+    return status.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    "details_bin",
+    [b"\xff\xff\xff", _status_with_a_corrupt_error_info()],
+    ids=["status-does-not-parse", "error-info-does-not-parse"],
+)
+async def test_a_refusal_with_details_that_do_not_parse_is_still_typed_by_its_status(
+    setup: Setup, details_bin: bytes
+) -> None:
+    """B (another release, or something in between) refuses us with details we cannot
+    parse: the refusal still reaches the operator as FORBIDDEN with B's message, not as an
+    internal error of ours, and B's earlier answers are dropped as for any refusal."""
+    setup.peer.release.set()
+    assert await _code_of(setup.client, _capabilities()) == "fresh"
+    setup.peer.refusal = permission_denied("GRANT_REVOKED", "the grant has been revoked")
+    setup.peer.details_bin = details_bin
+    with pytest.raises(PeerError) as caught:
+        await setup.client.query(_capabilities())
+    error = caught.value
+    assert error.code == "FORBIDDEN"
+    assert error.message == "the grant has been revoked"
+    assert error.to_service_error().code == grpc.StatusCode.PERMISSION_DENIED
+    await setup.peer.go_offline()
+    assert await _code_of(setup.client, _capabilities()) == "NETWORK"
 
 
 @pytest.mark.parametrize("status", [grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN])
