@@ -11,9 +11,13 @@
 * Every call has a deadline. Failures are :class:`PeerError` with a client-side code of
   DESIGN.md's taxonomy and, when B refused, B's own reason code, message, remediation and
   retry delay. NETWORK with a reason is B up but unable to answer (UNAVAILABLE
-  REVOCATIONS_NOT_LOADED, DEPENDENCY_UNAVAILABLE, DATABASE_UNAVAILABLE, ...; and B
-  failing internally, INTERNAL or gRPC's UNKNOWN, whose reason is that code and whose
-  message gives B's request id for B's operator); without one, B was not reached.
+  REVOCATIONS_NOT_LOADED, DEPENDENCY_UNAVAILABLE, DATABASE_UNAVAILABLE, ...; B
+  failing internally, INTERNAL, gRPC's UNKNOWN or DATA_LOSS, whose reason is that code
+  and whose message gives B's request id for B's operator; B giving up on the call,
+  ABORTED or CANCELLED: retry); without one, B was not reached. B not implementing what
+  we asked (UNIMPLEMENTED: a verb an older release lacks) or refusing an argument
+  (OUT_OF_RANGE) is INVALID_ARGUMENT with that reason; any other status B answers with is
+  INVALID_RESPONSE naming it.
   Our own certificate is named instead of the network when it is the likely cause:
   UNAUTHENTICATED when it has expired (no call is made), or when B was not reached while
   its validity has not begun by our clock (B's handshake refuses it: a clock is off).
@@ -23,9 +27,11 @@
   with its original fetch time — only when B cannot be reached (NETWORK without a reason
   of B's: an answer B cannot give now, an internal failure included, is not replaced by an
   older one, which might hold what B would refuse now). A peer's answers are forgotten
-  when B refuses us (FORBIDDEN, UNAUTHENTICATED) or answers wrongly (INVALID_RESPONSE),
-  and when the peer is flushed; B failing to answer keeps them; a resource outside the grant's scope
-  forgets that resource's answers only, and a ``get`` B answers NOT_FOUND that row's.
+  when B refuses us (FORBIDDEN, UNAUTHENTICATED) or answers rows we did not ask for
+  (INVALID_RESPONSE), and when the peer is flushed; any other failure (B failing, giving
+  up, lacking a verb, a status we do not expect) says nothing about our access and keeps
+  them; a resource outside the grant's scope forgets that resource's answers only, and a
+  ``get`` B answers NOT_FOUND that row's.
 """
 
 from __future__ import annotations
@@ -108,11 +114,33 @@ _CODE_FOR_STATUS = {
     grpc.StatusCode.UNAUTHENTICATED: UNAUTHENTICATED,
     grpc.StatusCode.INVALID_ARGUMENT: INVALID_ARGUMENT,
     # B failed while answering (INTERNAL: an unexpected exception, UNKNOWN: one that got
-    # past B's own mapping): B cannot answer now, as with an outage; it withdrew nothing.
+    # past B's own mapping, DATA_LOSS: its data is damaged): B cannot answer now, as with
+    # an outage; it withdrew nothing.
     grpc.StatusCode.INTERNAL: NETWORK,
     grpc.StatusCode.UNKNOWN: NETWORK,
+    grpc.StatusCode.DATA_LOSS: NETWORK,
+    # B gave up on this one call (a conflict, a restart): the next may well succeed.
+    grpc.StatusCode.ABORTED: NETWORK,
+    grpc.StatusCode.CANCELLED: NETWORK,
+    # B does not serve what we asked: UNIMPLEMENTED, a verb (or the whole service) its
+    # release does not have; OUT_OF_RANGE, an argument past what B has (a page token).
+    grpc.StatusCode.UNIMPLEMENTED: INVALID_ARGUMENT,
+    grpc.StatusCode.OUT_OF_RANGE: INVALID_ARGUMENT,
 }
-_FAILED_TO_ANSWER = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
+_FAILED_TO_ANSWER = frozenset(
+    {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS}
+)
+_GAVE_UP = frozenset({grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED})
+# Statuses only B (or something in front of it) sends, never gRPC on our side for a peer
+# it did not reach: they are B answering, so its reason is at least the status's name.
+_ANSWERED_BY_THE_PEER = frozenset(
+    {
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.OUT_OF_RANGE,
+    }
+)
 # The status our own caller (the admin API) gets for each client-side code.
 _STATUS_FOR_CODE = {
     PEER_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
@@ -127,9 +155,11 @@ _STATUS_FOR_CODE = {
     UNAUTHENTICATED: grpc.StatusCode.FAILED_PRECONDITION,
     INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
 }
-# B refused us, or answered what it cannot have meant: the peer's cached answers are
-# dropped (a stale copy of data B withdrew must not be served when it goes offline next).
-_WITHDRAWN = frozenset({FORBIDDEN, UNAUTHENTICATED, INVALID_RESPONSE})
+# B refused us: the peer's cached answers are dropped (a stale copy of data B withdrew
+# must not be served when it goes offline next). Other failures say nothing about our
+# access (B failing, giving up, not having the verb, a status we do not expect) and keep
+# them; an answer that cannot be right (_check_answer) drops them too.
+_WITHDRAWN = frozenset({FORBIDDEN, UNAUTHENTICATED})
 # B's reasons (federation.py) for refusing a resource the grant does not cover. A grant's
 # scope never changes, so such a refusal concerns that resource alone: only its answers
 # are dropped, and what B served of other resources stays.
@@ -143,12 +173,30 @@ _REMEDIATION = {
     NOT_FOUND: "check the id: `mosaic federation query PEER list RESOURCE` shows the rows "
     "the grant lets you read",
     RATE_LIMITED: "retry after the delay given",
-    INVALID_RESPONSE: "",
+    INVALID_RESPONSE: "give the peer's operator the request id (its audit log has the "
+    "request); if it keeps happening, compare the peer's server_version "
+    "(`mosaic federation query PEER capabilities`) with this gateway's release",
     UNAUTHENTICATED: "the peer no longer accepts our certificate; renew or enroll again",
     INVALID_ARGUMENT: "check the arguments: the peer's reason and violations say which",
 }
 _FAILED_REMEDIATION = (
     "retry later; if it keeps failing, give the peer's operator the request id in the message"
+)
+_GAVE_UP_REMEDIATION = (
+    "retry shortly: the peer gave up on this call only (a conflict or a restart on its side)"
+)
+_UNIMPLEMENTED_REMEDIATION = (
+    "run `mosaic federation query PEER capabilities`: its verbs and server_version say what "
+    "the peer's gateway serves; ask the peer's operator to upgrade it for this one"
+)
+_NOTHING_IMPLEMENTED_REMEDIATION = (
+    "check that the peer's endpoint is a Mosaic federation gateway, and ask its operator "
+    "which release it runs: one this old needs an upgrade"
+)
+_UNEXPECTED_REMEDIATION = (
+    "the peer may run another release: compare its server_version "
+    "(`mosaic federation query PEER capabilities`) with this gateway's, and give its "
+    "operator the request id"
 )
 _NOT_YET_VALID_REMEDIATION = (
     "check that the peer gateway is running and reachable; if it is, a clock is off: "
@@ -356,7 +404,7 @@ class FederationClient:
                 answer = await call
                 request_id = response_request_id(await call.trailing_metadata())
         except (grpc.aio.AioRpcError, asyncio.CancelledError) as err:
-            error = _not_reached_error(peer, _call_error(err))
+            error = _not_reached_error(peer, _call_error(err, _verb_text(verb)))
             if error.code == NETWORK and not error.server_reason:
                 cached = self._cached(key)
                 if cached is not None:
@@ -369,7 +417,7 @@ class FederationClient:
             elif error.server_reason in _REFUSED_FOR_THE_RESOURCE:
                 self._cache.forget_peer(peer.peer_id, resource=key[1])
             elif error.code in _WITHDRAWN:
-                # B no longer serves us what it served before (or cannot be trusted to):
+                # B no longer serves us what it served before:
                 # nothing it answered may come back as stale should it go offline next.
                 self._forget_answers(peer.peer_id)
             elif error.code == NOT_FOUND:
@@ -406,7 +454,9 @@ class FederationClient:
                     timeout=min(deadline_s, RENEW_DEADLINE_S),
                 )
         except (grpc.aio.AioRpcError, asyncio.CancelledError) as err:
-            error = _not_reached_error(peer, _call_error(err))
+            error = _not_reached_error(
+                peer, _call_error(err, "certificate renewal (RenewCertificate)")
+            )
             PEER_CALLS.labels("renew", _result_of(error)).inc()
             raise error from None
         PEER_CALLS.labels("renew", "ok").inc()
@@ -682,25 +732,35 @@ def _not_reached_error(peer: _PeerChannel, error: PeerError) -> PeerError:
     )
 
 
-def _call_error(err: grpc.aio.AioRpcError | asyncio.CancelledError) -> PeerError:
-    """A failed call as PeerError. A CancelledError that is not our own task's (the channel
-    was closed under the call: gateway shutdown) is the peer being out of reach."""
+def _verb_text(verb: str) -> str:
+    """A query verb as the operator reads it in an error."""
+    return f"the `{verb}` verb"
+
+
+def _call_error(err: grpc.aio.AioRpcError | asyncio.CancelledError, what: str) -> PeerError:
+    """A failed call (of ``what``, for the operator) as PeerError. A CancelledError that is
+    not our own task's (the channel was closed under the call: gateway shutdown) is the
+    peer being out of reach."""
     if isinstance(err, grpc.aio.AioRpcError):
-        return _peer_error(err)
+        return _peer_error(err, what)
     task = asyncio.current_task()
     if task is None or task.cancelling():
         raise err
     return PeerError(NETWORK, "the channel to the peer was closed during the call")
 
 
-def _peer_error(err: grpc.aio.AioRpcError) -> PeerError:
+def _peer_error(err: grpc.aio.AioRpcError, what: str) -> PeerError:
     """B's refusal with B's reason, message, remediation and retry delay; a status with no
     reason of B's (gRPC's own: connection refused, handshake failed, deadline) is B not
-    reached."""
+    reached. ``what`` names the call for the operator when B does not implement it."""
     remote = RemoteError.from_rpc_error(err)
     status = err.code()
+    # A status this release does not expect from a peer (ALREADY_EXISTS, one added later)
+    # is B answering something we cannot use; it says nothing about our access.
     code = _CODE_FOR_STATUS.get(status, INVALID_RESPONSE)
     server_reason = remote.reason if remote.reason != status.name else ""
+    if not server_reason and (status in _ANSWERED_BY_THE_PEER or code == INVALID_RESPONSE):
+        server_reason = status.name
     message = remote.message or status.name
     request_id = response_request_id(err.trailing_metadata())
     remediation = remote.remediation
@@ -710,6 +770,29 @@ def _peer_error(err: grpc.aio.AioRpcError) -> PeerError:
         if request_id:
             message += f"; its operator can find request id {request_id} in its log"
         remediation = _FAILED_REMEDIATION
+    elif status == grpc.StatusCode.UNIMPLEMENTED:
+        message = f"the peer's gateway does not implement {what}: it may run an older release"
+        if remote.message:
+            message += f" ({remote.message})"
+        # Without even `capabilities`, there is nothing to compare versions with.
+        advice = (
+            _NOTHING_IMPLEMENTED_REMEDIATION
+            if what == _verb_text("capabilities")
+            else _UNIMPLEMENTED_REMEDIATION
+        )
+        remediation = remediation or advice
+    elif status in _GAVE_UP:
+        message = f"the peer gave up on the call ({status.name})"
+        if remote.message:
+            message += f": {remote.message}"
+        remediation = remediation or _GAVE_UP_REMEDIATION
+    elif code == INVALID_RESPONSE:
+        message = f"the peer answered {what} with status {status.name}, unexpected here"
+        if remote.message:
+            message += f": {remote.message}"
+        if request_id:
+            message += f" (its request id {request_id})"
+        remediation = remediation or _UNEXPECTED_REMEDIATION
     elif code == NETWORK:
         if server_reason:
             message = f"the peer is up but cannot answer now: {message}"

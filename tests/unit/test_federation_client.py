@@ -103,7 +103,8 @@ class SlowPeer:
         self.started = asyncio.Event()
         self.refusal: ServiceError | None = None
         self.request_id = ""  # sent with ``refusal``, as B's interceptor does
-        # Sent with ``refusal`` instead of its grpc-status-details-bin, when set.
+        # Sent with ``refusal`` instead of its grpc-status-details-bin, when set (b"": no
+        # details at all, as from a server without rich errors).
         self.details_bin: bytes | None = None
         self.get_refusals: dict[str, ServiceError] = {}  # by resource
         self.get_answers_another_row = False
@@ -122,7 +123,8 @@ class SlowPeer:
             status = self.refusal.to_status()
             metadata = tuple(status.trailing_metadata)
             if self.details_bin is not None:
-                metadata = (("grpc-status-details-bin", self.details_bin),)
+                details = self.details_bin
+                metadata = (("grpc-status-details-bin", details),) if details else ()
             if self.request_id:
                 metadata = (*metadata, ("x-request-id", self.request_id))
             await context.abort_with_status(status._replace(trailing_metadata=metadata))
@@ -577,6 +579,74 @@ async def test_after_the_peer_refused_us_none_of_its_answers_is_served_stale(
     await setup.peer.go_offline()
     assert await _code_of(setup.client, _capabilities()) == "NETWORK"
     assert await _code_of(setup.client, _get("row-1")) == "NETWORK"
+
+
+async def test_a_verb_the_peer_does_not_implement_is_named_and_keeps_its_answers(
+    setup: Setup,
+) -> None:
+    """An older B without the `search` verb (this B has no Search method) answers
+    UNIMPLEMENTED: the operator hears which verb B lacks and how to see what B serves, not
+    that B answered wrongly; B withdrew nothing, so its answers are still served stale."""
+    setup.peer.release.set()
+    assert await _code_of(setup.client, _capabilities()) == "fresh"
+    with pytest.raises(PeerError) as caught:
+        await setup.client.query(
+            gateway_pb2.QueryRequest(
+                peer="b", search=gateway_pb2.SearchRequest(resource="tasks", query="x")
+            )
+        )
+    error = caught.value
+    assert (error.code, error.server_reason) == ("INVALID_ARGUMENT", "UNIMPLEMENTED")
+    assert "does not implement the `search` verb" in error.message
+    ours = error.to_service_error()
+    assert ours.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "capabilities" in ours.remediation and "upgrade" in ours.remediation
+    await setup.peer.go_offline()
+    assert await _code_of(setup.client, _capabilities()) == "stale"
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "ours", "said"),
+    [
+        (grpc.StatusCode.ABORTED, "NETWORK", grpc.StatusCode.UNAVAILABLE, "gave up"),
+        (grpc.StatusCode.CANCELLED, "NETWORK", grpc.StatusCode.UNAVAILABLE, "gave up"),
+        (grpc.StatusCode.DATA_LOSS, "NETWORK", grpc.StatusCode.UNAVAILABLE, "failed to answer"),
+        (
+            grpc.StatusCode.OUT_OF_RANGE,
+            "INVALID_ARGUMENT",
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "past the end",
+        ),
+        (
+            grpc.StatusCode.ALREADY_EXISTS,
+            "INVALID_RESPONSE",
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "with status ALREADY_EXISTS",
+        ),
+    ],
+    ids=lambda value: value.name if isinstance(value, grpc.StatusCode) else None,
+)
+async def test_other_statuses_of_the_peer_are_typed_with_advice_and_keep_its_answers(
+    setup: Setup, status: grpc.StatusCode, code: str, ours: grpc.StatusCode, said: str
+) -> None:
+    """Statuses a peer of another release may answer with (here without rich details):
+    each is a typed error naming the status, with a remediation; none says anything about
+    our access, so nothing stale is served while B answers so and B's earlier answers are
+    kept for when it goes offline."""
+    setup.peer.release.set()
+    assert await _code_of(setup.client, _capabilities()) == "fresh"
+    setup.peer.refusal = ServiceError(status, status.name, "past the end")
+    setup.peer.details_bin = b""
+    with pytest.raises(PeerError) as caught:
+        await setup.client.query(_capabilities())
+    error = caught.value
+    assert (error.code, error.server_reason) == (code, status.name)
+    assert said in error.message
+    service_error = error.to_service_error()
+    assert service_error.code == ours
+    assert service_error.remediation
+    await setup.peer.go_offline()
+    assert await _code_of(setup.client, _capabilities()) == "stale"
 
 
 def _status_with_a_corrupt_error_info() -> bytes:
