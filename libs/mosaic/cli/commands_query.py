@@ -24,9 +24,37 @@ _MAX_LIMIT = 2**31 - 1
 
 
 def _iso(ts: timestamp_pb2.Timestamp, present: bool = True) -> str | None:
+    """ISO 8601 UTC with a Z; None when unset, or when not a time at all: a peer's row may
+    carry any seconds and nanos (past year 9999, negative nanos), and --json must still
+    print its one document."""
     if not present:
         return None
-    return ts.ToDatetime(tzinfo=dt.UTC).isoformat().replace("+00:00", "Z")
+    try:
+        return ts.ToDatetime(tzinfo=dt.UTC).isoformat().replace("+00:00", "Z")
+    except (ValueError, OverflowError):
+        return None
+
+
+def _updated_text(item: common_pb2.ResourceItem) -> str:
+    """A row's updated_at for the human view: empty when unset, and what the peer sent
+    when it is not a valid time (the JSON document has null)."""
+    if not item.HasField("updated_at"):
+        return ""
+    ts = item.updated_at
+    iso = _iso(ts)
+    return iso if iso is not None else f"invalid time (seconds={ts.seconds}, nanos={ts.nanos})"
+
+
+def _items(reply: gateway_pb2.QueryResponse) -> list[common_pb2.ResourceItem]:
+    """The rows of a list, get or search answer (none for capabilities)."""
+    verb = reply.WhichOneof("result")
+    if verb == "get":
+        return [reply.get.item]
+    if verb == "list":
+        return list(reply.list.items)
+    if verb == "search":
+        return list(reply.search.items)
+    return []
 
 
 def item_doc(item: common_pb2.ResourceItem) -> dict[str, Any]:
@@ -85,7 +113,7 @@ def body_excerpt(body: str) -> str:
     return flat[:BODY_EXCERPT_CHARS] + f"… ({len(flat) - BODY_EXCERPT_CHARS} more characters)"
 
 
-def _item_fields(item: dict[str, Any]) -> dict[str, Any]:
+def _item_fields(item: dict[str, Any], updated: str) -> dict[str, Any]:
     """One row for `fields`: every field, the body last and whole (its lines kept)."""
     return {
         "id": item["id"],
@@ -93,7 +121,7 @@ def _item_fields(item: dict[str, Any]) -> dict[str, Any]:
         "title": item["title"],
         "owner user": item["owner_user_id"],
         "team": item["team_id"] or "",
-        "updated": item["updated_at"],
+        "updated": updated,
         "body": item["body"],
     }
 
@@ -131,24 +159,29 @@ def _check_limit(ctx: typer.Context, limit: int) -> None:
 
 def _run(ctx: typer.Context, request: gateway_pb2.QueryRequest) -> None:
     request.peer = ctx.meta[_PEER_KEY]
-    doc = query_doc(_query(ctx, request))
+    reply = _query(ctx, request)
+    doc = query_doc(reply)
 
     def human() -> None:
         note = " (STALE: peer unreachable, cached answer)" if doc["stale"] else ""
+        updated = [_updated_text(i) for i in _items(reply)]
         if "capabilities" in doc:
             fields(f"capabilities of {request.peer}{note}", doc["capabilities"])
         elif request.WhichOneof("verb") == "get":
             item = doc["items"][0]
-            fields(f"{request.peer}: {item['resource']} {item['id']}{note}", _item_fields(item))
+            fields(
+                f"{request.peer}: {item['resource']} {item['id']}{note}",
+                _item_fields(item, updated[0]),
+            )
         else:
             with_body = request.WhichOneof("verb") == "search"
             table(
                 f"{request.peer}: {len(doc['items'])} row(s){note}",
                 ["id", "resource", "title", "team", "updated"] + (["body"] if with_body else []),
                 [
-                    (i["id"], i["resource"], i["title"], i["team_id"] or "", i["updated_at"])
+                    (i["id"], i["resource"], i["title"], i["team_id"] or "", when)
                     + ((body_excerpt(i["body"]),) if with_body else ())
-                    for i in doc["items"]
+                    for i, when in zip(doc["items"], updated, strict=True)
                 ],
             )
             if doc.get("next_page_token"):
