@@ -581,8 +581,7 @@ class FederationClient:
             raise PeerError(PEER_NOT_FOUND, f"{key[:64]!r} is a peer we serve, not one we query")
         if peer.state != grants_pb2.PEER_STATE_ACTIVE:
             self._forget_answers(peer.id)
-            state = grants_pb2.PeerState.Name(peer.state).removeprefix("PEER_STATE_").lower()
-            raise PeerError(PEER_INACTIVE, f"peer {peer.name} is {state}")
+            raise PeerError(PEER_INACTIVE, f"peer {peer.name} is {_state_word(peer.state)}")
         return peer, reply.client_key_pem
 
     def _build(self, peer: grants_pb2.Peer, client_key_pem: str) -> _PeerChannel:
@@ -689,6 +688,15 @@ class FederationClient:
                 await found.channel.close()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+def _state_word(state: grants_pb2.PeerState.ValueType) -> str:
+    """A peer state as the operator reads it; ``unknown (N)`` for one a newer
+    grants-service added (still not active: the peer is not queried)."""
+    try:
+        return grants_pb2.PeerState.Name(state).removeprefix("PEER_STATE_").lower()
+    except ValueError:
+        return f"unknown ({state})"
 
 
 def _utcnow() -> dt.datetime:

@@ -1,6 +1,6 @@
 """The CLI shows values that a peer gateway or a service of another release may send, and
-that no release of ours sends: a row's updated_at that is not a valid time. No traceback,
-exit 0, and --json still prints its one JSON document.
+that no release of ours sends: a row's updated_at that is not a valid time, an enum value
+added later. No traceback, exit 0, and --json still prints its one JSON document.
 
 The admin API is faked (the commands' call_admin answers from the test): making a real
 gateway relay such a value would need a peer of another release."""
@@ -14,9 +14,9 @@ import pytest
 from google.protobuf import timestamp_pb2
 from typer.testing import CliRunner
 
-from mosaic.cli import commands_query
+from mosaic.cli import commands_grants, commands_query
 from mosaic.cli.main import app
-from mosaic.federation.v1 import common_pb2, gateway_pb2
+from mosaic.federation.v1 import common_pb2, gateway_pb2, grants_pb2
 
 VALID = timestamp_pb2.Timestamp(seconds=1_793_520_000)  # 2026-11-01T08:00:00Z
 NOT_A_TIME = {
@@ -91,3 +91,36 @@ def test_a_row_dated_outside_what_a_time_can_be_reads_as_such_in_the_table(
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "invalid time (seconds=253402300800, nanos=0)" in result.stdout
+
+
+def test_grant_and_peer_enum_values_added_later_read_as_unknown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A newer grants-service's grant status, peer state or direction: shown by number,
+    in the JSON document and in the table."""
+    admin = FakeAdmin(
+        ListGrants=grants_pb2.ListGrantsResponse(
+            grants=[grants_pb2.Grant(id="g-1", status=grants_pb2.GrantStatus.ValueType(7))]
+        ),
+        ListPeers=grants_pb2.ListPeersResponse(
+            peers=[
+                grants_pb2.Peer(
+                    id="p-1",
+                    name="b",
+                    direction=grants_pb2.PeerDirection.ValueType(5),
+                    state=grants_pb2.PeerState.ValueType(9),
+                )
+            ]
+        ),
+    )
+    _answering(monkeypatch, admin, commands_grants)
+    grants = CliRunner().invoke(app, ["--json", "federation", "grant", "list"])
+    assert grants.exit_code == 0, grants.output
+    assert json.loads(grants.stdout)["grants"][0]["status"] == "unknown (7)"
+    peers = CliRunner().invoke(app, ["--json", "federation", "peer", "list"])
+    assert peers.exit_code == 0, peers.output
+    peer = json.loads(peers.stdout)["peers"][0]
+    assert (peer["direction"], peer["state"]) == ("unknown (5)", "unknown (9)")
+    table = CliRunner().invoke(app, ["federation", "peer", "list"])
+    assert table.exit_code == 0, table.output
+    assert "unknown (5)" in table.stdout and "unknown (9)" in table.stdout

@@ -212,6 +212,7 @@ class FakeGrants:
         self._tls = tls
         self._port = port
         self.current = 0  # which of tls.clients is the peer's certificate now
+        self.state: grants_pb2.PeerState.ValueType = grants_pb2.PEER_STATE_ACTIVE
         self.calls = 0
         self.hold: asyncio.Event | None = None
         self.fetching = asyncio.Event()
@@ -230,7 +231,7 @@ class FakeGrants:
                 id=PEER_ID,
                 name="b",
                 direction=grants_pb2.PEER_DIRECTION_OUTBOUND,
-                state=grants_pb2.PEER_STATE_ACTIVE,
+                state=self.state,
                 endpoint=f"127.0.0.1:{self._port}",
                 cert_pem=client.cert_pem.decode(),
                 cert_serial=f"serial-{self.current}",
@@ -453,6 +454,19 @@ async def test_querying_a_peer_we_serve_does_not_advise_removing_it(setup: Setup
     assert caught.value.code == "PEER_NOT_FOUND"
     assert "a peer we serve, not one we query" in caught.value.message
     assert "remove" not in (caught.value.to_service_error().remediation or "")
+
+
+async def test_a_peer_state_added_by_a_newer_grants_service_is_inactive_not_a_crash(
+    setup: Setup,
+) -> None:
+    """A state this release has no name for is not active: the peer is not queried, and
+    the operator reads the state's number rather than an internal error."""
+    setup.grants.state = grants_pb2.PeerState.ValueType(7)
+    with pytest.raises(PeerError) as caught:
+        await setup.client.query(_capabilities())
+    assert caught.value.code == "PEER_INACTIVE"
+    assert caught.value.message == "peer b is unknown (7)"
+    assert setup.client.builds == 0
 
 
 async def test_keys_that_are_not_peers_leave_no_lock_behind(setup: Setup) -> None:

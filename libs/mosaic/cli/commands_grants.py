@@ -34,7 +34,12 @@ def iso(ts: timestamp_pb2.Timestamp, present: bool) -> str | None:
 
 
 def _enum_word(value: int, enum: Any, prefix: str) -> str:
-    return str(enum.Name(value)).removeprefix(prefix).lower()
+    """The value's name without ``prefix``, lower case; ``unknown (N)`` for a value this
+    release does not know (one a newer grants-service added)."""
+    try:
+        return str(enum.Name(value)).removeprefix(prefix).lower()
+    except ValueError:
+        return f"unknown ({value})"
 
 
 def grant_doc(grant: grants_pb2.Grant) -> dict[str, Any]:
