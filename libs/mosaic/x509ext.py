@@ -142,8 +142,10 @@ def grant_identity(cert: x509.Certificate) -> GrantIdentity:
         raise InvalidGrantExtension(
             f"certificate carries extension {exc.oid.dotted_string} more than once"
         ) from None
-    except ValueError:
-        raise InvalidGrantExtension("certificate extensions do not parse") from None
+    except ValueError as exc:
+        # cryptography's reason (an ASN.1 parse error, no certificate content beyond the
+        # tags it met) is kept: it is what tells an operator which template went wrong.
+        raise InvalidGrantExtension(f"certificate extensions do not parse: {exc}") from None
 
     return GrantIdentity(
         grant_id=_read_uuid_extension(extensions, GRANT_ID_OID, "grant id"),

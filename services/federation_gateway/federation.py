@@ -5,7 +5,8 @@ Every request, whatever its verb, goes through the same gate in this order (chea
 first; each refusal has its own reason code):
 
 1. identity — the verified client certificate's grant id and subject (parsed once per
-   certificate); none → UNAUTHENTICATED ``CERT_NO_GRANT``;
+   certificate); none → UNAUTHENTICATED ``CERT_NO_GRANT`` (why, and the serial, go to
+   B's log at WARNING and the audit row's ``detail``, never to the peer);
 2. revocations — the in-memory revoked-serial set must be loaded (else UNAVAILABLE
    ``REVOCATIONS_NOT_LOADED``, fail closed) and must not hold the serial (``CERT_REVOKED``);
 3. grant and peer — grant active and unexpired, peer active, inbound and bound to the
@@ -95,7 +96,7 @@ from mosaic.repeats import served_certificate
 from mosaic.rpc.interceptors import MalformedRequest, malformed_request_error
 from mosaic.scope import RESOURCES
 from mosaic.search import query_problem
-from mosaic.x509ext import InvalidGrantExtension, grant_identity, serial_hex
+from mosaic.x509ext import grant_identity, serial_hex
 
 log = logging.getLogger("mosaic.gateway.federation")
 
@@ -198,15 +199,39 @@ class CertIdentity:
     subject_uuid: uuid.UUID
 
 
+@dataclass(frozen=True, slots=True)
+class UnusableCertificate:
+    """Why a client certificate (that TLS verified) carries no grant this gateway can read:
+    for B's log and the audit row's detail, never for the peer (it gets CERT_NO_GRANT)."""
+
+    # Lowercase hex, as `mosaic` prints serials; "" when the certificate did not parse.
+    serial: str
+    problem: str
+
+    def detail(self) -> str:
+        serial = self.serial or "(unreadable)"
+        return f"certificate serial {serial}: {self.problem}"
+
+
+# The longest problem text kept (an ASN.1 parser's message can quote tags at length).
+_MAX_PROBLEM = 400
+
+
 @functools.lru_cache(maxsize=4096)
-def certificate_identity(pem: bytes) -> CertIdentity | None:
-    """Parse once per distinct certificate; None when it carries no valid grant."""
+def certificate_identity(pem: bytes) -> CertIdentity | UnusableCertificate:
+    """Parse once per distinct certificate; UnusableCertificate (saying why) when it carries
+    no valid grant."""
     try:
         cert = x509.load_pem_x509_certificate(pem)
+    except ValueError as exc:
+        return UnusableCertificate("", f"the certificate does not parse: {exc}"[:_MAX_PROBLEM])
+    # serial_hex refuses a serial RFC 5280 does not allow; the log still wants it.
+    serial = format(cert.serial_number, "x")
+    try:
         identity = grant_identity(cert)
         serial = serial_hex(cert.serial_number)
-    except (ValueError, InvalidGrantExtension):
-        return None
+    except ValueError as exc:  # InvalidGrantExtension (a ValueError), or a serial out of range
+        return UnusableCertificate(serial[:64], str(exc)[:_MAX_PROBLEM])
     return CertIdentity(
         serial=serial,
         grant_id=identity.grant_id,
@@ -420,7 +445,19 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
                 grpc.StatusCode.UNAUTHENTICATED, CERT_MISSING, "a client certificate is required"
             )
         identity = certificate_identity(pems[0])
-        if identity is None:
+        if isinstance(identity, UnusableCertificate):
+            # The peer learns no more than before; the operator learns which certificate
+            # and why (a template change, an extension cryptography cannot parse).
+            record.detail = identity.detail()
+            log.warning(
+                "client certificate carries no usable grant",
+                extra={
+                    "reason": CERT_NO_GRANT,
+                    "serial": identity.serial,
+                    "problem": identity.problem,
+                    "source_address": record.source_address or "",
+                },
+            )
             raise ServiceError(
                 grpc.StatusCode.UNAUTHENTICATED,
                 CERT_NO_GRANT,
