@@ -9,6 +9,7 @@ with the request's own context (FIELD-NOTES: "grpc.aio and mTLS").
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import re
 import time
@@ -265,12 +266,70 @@ def response_request_id(metadata: Any) -> str:
     return ""
 
 
+# The access log's refusals: the first of each (method, code, reason) is logged at INFO,
+# then the others within REFUSAL_LOG_WINDOW_S of it only at DEBUG, counted; at the
+# window's end one INFO line says how many were not logged (``suppressed``). A caller
+# refused again and again (a peer over its rate limit, a guesser of tokens, a revoked
+# peer) then costs two lines per window and kind of refusal, not one per request; the
+# metrics and, on the gateway, the audit log still have every request.
+REFUSAL_LOG_WINDOW_S = 5.0
+REFUSALS_SUPPRESSED = "rpc refusals not logged"
+
+_RefusalKey = tuple[str, str, str]
+
+
+class _RefusalLog:
+    """Which refusals the access log shows one by one (see REFUSAL_LOG_WINDOW_S)."""
+
+    def __init__(self) -> None:
+        # The windows open now, by kind of refusal: how many were not logged in each.
+        self._suppressed: dict[_RefusalKey, int] = {}
+
+    def admit(self, key: _RefusalKey) -> bool:
+        """Whether to log this refusal at INFO; else it is counted for the summary."""
+        if key in self._suppressed:
+            self._suppressed[key] += 1
+            return False
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not under grpc.aio: nothing to close the window, log all
+            return True
+        self._suppressed[key] = 0
+        # An empty context: the summary is no one request's, so it carries no request id.
+        loop.call_later(REFUSAL_LOG_WINDOW_S, self._close, key, context=contextvars.Context())
+        return True
+
+    def _close(self, key: _RefusalKey) -> None:
+        suppressed = self._suppressed.pop(key, 0)
+        if suppressed:
+            method, code, reason = key
+            log.info(
+                REFUSALS_SUPPRESSED,
+                extra={
+                    "method": method,
+                    "code": code,
+                    "reason": reason,
+                    "suppressed": suppressed,
+                    "window_s": REFUSAL_LOG_WINDOW_S,
+                },
+            )
+
+
+_refusals = _RefusalLog()
+
+
 def _completed(
     method: str, stats: MethodStats, code: grpc.StatusCode, started: float, reason: str = ""
 ) -> None:
-    """A call ended with ``code``: count it, and log it (errors at INFO, successes at DEBUG)."""
+    """A call ended with ``code``: count it, and log it (successes at DEBUG; refusals at
+    INFO, each kind at most once per REFUSAL_LOG_WINDOW_S and the rest at DEBUG)."""
     stats.observe(code, started)
-    level = logging.DEBUG if code == grpc.StatusCode.OK else logging.INFO
+    if code == grpc.StatusCode.OK:
+        level = logging.DEBUG
+    elif _refusals.admit((method, code.name, reason)):
+        level = logging.INFO
+    else:
+        level = logging.DEBUG
     if log.isEnabledFor(level):
         log.log(
             level,
