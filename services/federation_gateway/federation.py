@@ -215,6 +215,22 @@ class UnusableCertificate:
 
 # The longest problem text kept (an ASN.1 parser's message can quote tags at length).
 _MAX_PROBLEM = 400
+# Each unusable certificate is logged at most once per this many seconds (every refusal
+# still has its audit row, with the detail); at most this many are remembered.
+UNUSABLE_LOG_EVERY_S = 60.0
+_UNUSABLE_REMEMBERED = 1024
+_unusable_logged: dict[UnusableCertificate, float] = {}
+
+
+def _first_in_a_while(unusable: UnusableCertificate) -> bool:
+    now = time.monotonic()
+    last = _unusable_logged.get(unusable)
+    if last is not None and now - last < UNUSABLE_LOG_EVERY_S:
+        return False
+    if len(_unusable_logged) >= _UNUSABLE_REMEMBERED:
+        _unusable_logged.clear()
+    _unusable_logged[unusable] = now
+    return True
 
 
 @functools.lru_cache(maxsize=4096)
@@ -449,15 +465,16 @@ class FederationServicer(gateway_pb2_grpc.FederationServicer):
             # The peer learns no more than before; the operator learns which certificate
             # and why (a template change, an extension cryptography cannot parse).
             record.detail = identity.detail()
-            log.warning(
-                "client certificate carries no usable grant",
-                extra={
-                    "reason": CERT_NO_GRANT,
-                    "serial": identity.serial,
-                    "problem": identity.problem,
-                    "source_address": record.source_address or "",
-                },
-            )
+            if _first_in_a_while(identity):  # a peer retrying in a loop: not every time
+                log.warning(
+                    "client certificate carries no usable grant",
+                    extra={
+                        "reason": CERT_NO_GRANT,
+                        "serial": identity.serial,
+                        "problem": identity.problem,
+                        "source_address": record.source_address or "",
+                    },
+                )
             raise ServiceError(
                 grpc.StatusCode.UNAUTHENTICATED,
                 CERT_NO_GRANT,

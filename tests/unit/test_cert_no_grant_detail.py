@@ -84,6 +84,7 @@ def lines() -> object:
     logger = logging.getLogger("mosaic.gateway.federation")
     logger.addHandler(handler)
     federation.certificate_identity.cache_clear()
+    federation._unusable_logged.clear()
     try:
         yield handler
     finally:
@@ -124,6 +125,19 @@ async def test_the_operator_learns_why_and_the_peer_does_not(
     assert warning["reason"] == "CERT_NO_GRANT"
     assert warning["serial"] == serial
     assert problem in str(warning["problem"])
+
+
+async def test_a_peer_retrying_with_it_is_logged_once_and_audited_every_time(
+    lines: _Lines,
+) -> None:
+    audit = RecordingAudit()
+    servicer = gated_servicer(lambda method, request: None, audit=audit)
+    context = PeerContext(_pem(_printable_string_grant()))
+    for _ in range(20):
+        with pytest.raises(ServiceError):
+            await servicer.Capabilities(gateway_pb2.CapabilitiesRequest(), context)
+    assert len([line for line in lines.lines if line["level"] == "warning"]) == 1
+    assert len(audit.rows) == 20 and all(row.detail for row in audit.rows)
 
 
 async def test_a_good_certificate_is_still_read() -> None:
