@@ -4,6 +4,7 @@ self-signed certificate."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -22,18 +23,26 @@ def csr_pem(key: ec.EllipticCurvePrivateKey | None = None) -> str:
     return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def self_signed_pem(key: ec.EllipticCurvePrivateKey, common_name: str) -> str:
-    """A PEM certificate for ``key``, self-signed, valid for a day from now."""
+def self_signed_pem(
+    key: ec.EllipticCurvePrivateKey,
+    common_name: str,
+    *,
+    serial: int | None = None,
+    extensions: Sequence[x509.ExtensionType] = (),
+) -> str:
+    """A PEM certificate for ``key``, self-signed, valid for a day from now, with
+    ``serial`` (random by default) and ``extensions`` (non-critical)."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = dt.datetime.now(dt.UTC)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
+        .serial_number(x509.random_serial_number() if serial is None else serial)
         .not_valid_before(now)
         .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
     )
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
+    for extension in extensions:
+        builder = builder.add_extension(extension, critical=False)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()

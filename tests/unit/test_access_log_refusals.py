@@ -6,7 +6,6 @@ ServerInterceptor's wrapper, as a listener runs it."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -15,41 +14,20 @@ import grpc
 import pytest
 
 from mosaic.errors import ServiceError
-from mosaic.logs import JsonFormatter
 from mosaic.rpc import interceptors
 from mosaic.rpc.interceptors import REFUSALS_SUPPRESSED, ServerInterceptor
+from tests.support.logs import JsonLines, captured
 
 METHOD = "/mosaic.federation.v1.PeerEnrollment/Redeem"
 WINDOW_S = 0.3
 
 
-class _Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.setFormatter(JsonFormatter("federation-gateway"))
-        self.lines: list[dict[str, Any]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(json.loads(self.format(record)))
-
-    def info(self) -> list[dict[str, Any]]:
-        return [line for line in self.lines if line["level"] == "info"]
-
-
 @pytest.fixture
-def lines(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Lines]:
+def lines(monkeypatch: pytest.MonkeyPatch) -> Iterator[JsonLines]:
     monkeypatch.setattr(interceptors, "REFUSAL_LOG_WINDOW_S", WINDOW_S)
     monkeypatch.setattr(interceptors, "_refusals", interceptors._RefusalLog())
-    handler = _Lines()
-    logger = logging.getLogger("mosaic.rpc")
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
+    with captured("mosaic.rpc", logging.INFO) as handler:
         yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
 
 
 class _Context:
@@ -81,7 +59,7 @@ async def _call(wrapped: Any) -> None:
 
 
 async def test_a_burst_of_refusals_is_a_bounded_number_of_lines_with_the_count(
-    lines: _Lines,
+    lines: JsonLines,
 ) -> None:
     limited = grpc.StatusCode.RESOURCE_EXHAUSTED
     refusals = [_refusal(grpc.StatusCode.UNAUTHENTICATED, "TOKEN_UNKNOWN") for _ in range(5)]
@@ -91,7 +69,7 @@ async def test_a_burst_of_refusals_is_a_bounded_number_of_lines_with_the_count(
         await _call(wrapped)
 
     # The first of each kind of refusal is logged at once, as before, under its request id.
-    first = lines.info()
+    first = lines.at("info")
     assert [(line["msg"], line["reason"]) for line in first] == [
         ("rpc", "TOKEN_UNKNOWN"),
         ("rpc", "RATE_LIMITED"),
@@ -99,20 +77,20 @@ async def test_a_burst_of_refusals_is_a_bounded_number_of_lines_with_the_count(
     assert all(line.get("request_id") for line in first)
 
     await asyncio.sleep(WINDOW_S * 2)  # the windows close
-    summaries = [line for line in lines.info() if line["msg"] == REFUSALS_SUPPRESSED]
+    summaries = [line for line in lines.at("info") if line["msg"] == REFUSALS_SUPPRESSED]
     assert sorted((s["reason"], s["code"], s["suppressed"]) for s in summaries) == [
         ("RATE_LIMITED", "RESOURCE_EXHAUSTED", 994),
         ("TOKEN_UNKNOWN", "UNAUTHENTICATED", 4),
     ]
     assert all(s["method"] == METHOD and "request_id" not in s for s in summaries)
-    assert len(lines.info()) == 4
+    assert len(lines.at("info")) == 4
 
     # The next window starts with a refusal logged at once again.
     await _call(_handler([_refusal(limited, "RATE_LIMITED")]))
-    assert [line["msg"] for line in lines.info()[4:]] == ["rpc"]
+    assert [line["msg"] for line in lines.at("info")[4:]] == ["rpc"]
 
 
-async def test_at_debug_every_refusal_is_still_logged(lines: _Lines) -> None:
+async def test_at_debug_every_refusal_is_still_logged(lines: JsonLines) -> None:
     logging.getLogger("mosaic.rpc").setLevel(logging.DEBUG)
     wrapped = _handler(
         [_refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED") for _ in range(50)]
@@ -120,10 +98,10 @@ async def test_at_debug_every_refusal_is_still_logged(lines: _Lines) -> None:
     for _ in range(50):
         await _call(wrapped)
     assert len([line for line in lines.lines if line["msg"] == "rpc"]) == 50
-    assert len(lines.info()) == 1
+    assert len(lines.at("info")) == 1
 
 
-async def test_a_refusal_whose_window_saw_no_other_leaves_no_summary(lines: _Lines) -> None:
+async def test_a_refusal_whose_window_saw_no_other_leaves_no_summary(lines: JsonLines) -> None:
     await _call(_handler([_refusal(grpc.StatusCode.PERMISSION_DENIED, "CERT_REVOKED")]))
     await asyncio.sleep(WINDOW_S * 2)
-    assert [line["msg"] for line in lines.info()] == ["rpc"]
+    assert [line["msg"] for line in lines.at("info")] == ["rpc"]

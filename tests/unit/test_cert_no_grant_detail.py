@@ -5,22 +5,18 @@ stranger. Driven through the whole gate (federation_fakes) with real certificate
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import logging
 import uuid
+from collections.abc import Iterator
 
 import grpc
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509.oid import ExtensionOID
 
 from federation_gateway import federation
 from mosaic.errors import ServiceError
 from mosaic.federation.v1 import gateway_pb2
-from mosaic.logs import JsonFormatter
 from mosaic.x509ext import GRANT_ID_OID, grant_extensions
 from tests.support.federation_fakes import (
     GRANT_ID,
@@ -29,27 +25,15 @@ from tests.support.federation_fakes import (
     RecordingAudit,
     gated_servicer,
 )
+from tests.support.logs import JsonLines, captured
+from tests.support.pki import self_signed_pem
 
 SERIAL = 0x5EED_CAFE_0123
 
 
 def _pem(extensions: list[x509.ExtensionType]) -> bytes:
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "peer-a")])
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(SERIAL)
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(hours=1))
-    )
-    for extension in extensions:
-        builder = builder.add_extension(extension, critical=False)
-    cert = builder.sign(key, hashes.SHA256())
-    return cert.public_bytes(serialization.Encoding.PEM)
+    return self_signed_pem(key, "peer-a", serial=SERIAL, extensions=extensions).encode()
 
 
 def _printable_string_grant() -> list[x509.ExtensionType]:
@@ -66,29 +50,12 @@ def _unparseable_key_usage() -> list[x509.ExtensionType]:
     ]
 
 
-class _Lines(logging.Handler):
-    """B's log as the service writes it: JSON lines."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.setFormatter(JsonFormatter("federation-gateway"))
-        self.lines: list[dict[str, object]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(json.loads(self.format(record)))
-
-
 @pytest.fixture
-def lines() -> object:
-    handler = _Lines()
-    logger = logging.getLogger("mosaic.gateway.federation")
-    logger.addHandler(handler)
+def lines() -> Iterator[JsonLines]:
     federation.certificate_identity.cache_clear()
     federation._unusable_logged.clear()
-    try:
+    with captured("mosaic.gateway.federation") as handler:
         yield handler
-    finally:
-        logger.removeHandler(handler)
 
 
 @pytest.mark.parametrize(
@@ -100,7 +67,7 @@ def lines() -> object:
     ids=["grant-id-printable-string", "malformed-key-usage"],
 )
 async def test_the_operator_learns_why_and_the_peer_does_not(
-    extensions: object, problem: str, lines: _Lines
+    extensions: object, problem: str, lines: JsonLines
 ) -> None:
     audit = RecordingAudit()
     servicer = gated_servicer(lambda method, request: None, audit=audit)
@@ -121,14 +88,14 @@ async def test_the_operator_learns_why_and_the_peer_does_not(
     assert row.detail.startswith(f"certificate serial {serial}: ")
     assert problem in row.detail
 
-    [warning] = [line for line in lines.lines if line["level"] == "warning"]
+    [warning] = lines.at("warning")
     assert warning["reason"] == "CERT_NO_GRANT"
     assert warning["serial"] == serial
     assert problem in str(warning["problem"])
 
 
 async def test_a_peer_retrying_with_it_is_logged_once_and_audited_every_time(
-    lines: _Lines,
+    lines: JsonLines,
 ) -> None:
     audit = RecordingAudit()
     servicer = gated_servicer(lambda method, request: None, audit=audit)
@@ -136,7 +103,7 @@ async def test_a_peer_retrying_with_it_is_logged_once_and_audited_every_time(
     for _ in range(20):
         with pytest.raises(ServiceError):
             await servicer.Capabilities(gateway_pb2.CapabilitiesRequest(), context)
-    assert len([line for line in lines.lines if line["level"] == "warning"]) == 1
+    assert len(lines.at("warning")) == 1
     assert len(audit.rows) == 20 and all(row.detail for row in audit.rows)
 
 
