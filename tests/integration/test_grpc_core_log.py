@@ -51,14 +51,22 @@ def _not_json(lines: list[str]) -> list[str]:
     return bad
 
 
-def _serve_each(inst: Instance) -> list[str]:
-    """Every service its own `mosaic serve` (as compose runs them), one handshake without
-    a client certificate, then stopped: the gateway's log lines (stdout and stderr)."""
+def _serve_each(
+    inst: Instance, monkeypatch: pytest.MonkeyPatch, verbosity: str | None = None
+) -> list[str]:
+    """Every service its own `mosaic serve` (as compose runs them), with GRPC_VERBOSITY set
+    to ``verbosity`` (unset: the operator set nothing), one handshake without a client
+    certificate, then stopped: the gateway's log lines (stdout and stderr). Only the
+    services get ``verbosity``: the CLI calls here would write gRPC's lines into the
+    test run's own output."""
     log = inst.log_path.parent / f"{inst.name}-{GATEWAY}.log"
     log.unlink(missing_ok=True)
     procs = ServiceProcesses(inst)
     try:
-        procs.start(*START_ORDER)
+        with monkeypatch.context() as env:
+            if verbosity is not None:
+                env.setenv("GRPC_VERBOSITY", verbosity)
+            procs.start(*START_ORDER)
         code, doc, _ = inst.cli("gateway", "doctor", "--wait", "40", timeout=90)
         assert code == 0, doc
         _handshake_without_client_certificate(inst)
@@ -87,11 +95,10 @@ def test_under_serve_no_line_is_other_than_json_unless_the_operator_asks(
 ) -> None:
     inst = Instance(tmp_path, "s")
     monkeypatch.delenv("GRPC_VERBOSITY", raising=False)
-    lines = _serve_each(inst)
+    lines = _serve_each(inst, monkeypatch)
     assert lines and _not_json(lines) == []
 
     # GRPC_VERBOSITY set by the operator is theirs: how they see B's side of a handshake
     # that fails (RUNBOOK.md, "Logs").
-    monkeypatch.setenv("GRPC_VERBOSITY", "INFO")
-    lines = _serve_each(inst)
+    lines = _serve_each(inst, monkeypatch, "INFO")
     assert any("Handshake failed" in line for line in _not_json(lines)), lines[-20:]
