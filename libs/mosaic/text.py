@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from typing import Final
+from typing import Any, Final
 
 __all__ = [
     "CONTROL_CHARACTERS",
     "MAX_KEY_IN_PATH",
     "control_character_problem",
+    "enum_word",
     "escape_unshown",
     "key_path",
 ]
@@ -98,3 +99,13 @@ def key_path(parent: str, key: str) -> str:
         return f"{parent}.{key}" if parent else key
     shown = key if len(key) <= MAX_KEY_IN_PATH else key[:MAX_KEY_IN_PATH] + "..."
     return f"{parent}[{json.dumps(shown)}]"
+
+
+def enum_word(value: int, enum: Any, prefix: str) -> str:
+    """A protobuf enum value as an operator reads it: its name without ``prefix``, lower
+    case; ``unknown (N)`` for a value this release does not know (a newer service, or a
+    peer of a newer release, added it)."""
+    try:
+        return str(enum.Name(value)).removeprefix(prefix).lower()
+    except ValueError:
+        return f"unknown ({value})"

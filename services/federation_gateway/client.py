@@ -54,6 +54,7 @@ from mosaic.errors import DEPENDENCY_UNAVAILABLE, RemoteError, ServiceError
 from mosaic.federation.v1 import gateway_pb2, gateway_pb2_grpc, grants_pb2, grants_pb2_grpc
 from mosaic.rpc.channels import secure_channel
 from mosaic.rpc.interceptors import response_request_id
+from mosaic.text import enum_word
 
 log = logging.getLogger("mosaic.gateway.client")
 
@@ -581,7 +582,8 @@ class FederationClient:
             raise PeerError(PEER_NOT_FOUND, f"{key[:64]!r} is a peer we serve, not one we query")
         if peer.state != grants_pb2.PEER_STATE_ACTIVE:
             self._forget_answers(peer.id)
-            raise PeerError(PEER_INACTIVE, f"peer {peer.name} is {_state_word(peer.state)}")
+            state = enum_word(peer.state, grants_pb2.PeerState, "PEER_STATE_")
+            raise PeerError(PEER_INACTIVE, f"peer {peer.name} is {state}")
         return peer, reply.client_key_pem
 
     def _build(self, peer: grants_pb2.Peer, client_key_pem: str) -> _PeerChannel:
@@ -688,15 +690,6 @@ class FederationClient:
                 await found.channel.close()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
-
-
-def _state_word(state: grants_pb2.PeerState.ValueType) -> str:
-    """A peer state as the operator reads it; ``unknown (N)`` for one a newer
-    grants-service added (still not active: the peer is not queried)."""
-    try:
-        return grants_pb2.PeerState.Name(state).removeprefix("PEER_STATE_").lower()
-    except ValueError:
-        return f"unknown ({state})"
 
 
 def _utcnow() -> dt.datetime:

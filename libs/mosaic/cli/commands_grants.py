@@ -15,6 +15,7 @@ from mosaic.cli.admin import AlreadyDone, call_admin, load_or_fail
 from mosaic.cli.federation import grant_app, peer_app
 from mosaic.cli.output import EXIT_USAGE, emit, fail, fields, state, table
 from mosaic.federation.v1 import grants_pb2
+from mosaic.text import enum_word
 
 GRANT_STATUSES = ("pending", "active", "revoked", "expired")
 PEER_STATES = ("pending", "active", "suspended", "revoked")
@@ -33,22 +34,13 @@ def iso(ts: timestamp_pb2.Timestamp, present: bool) -> str | None:
     return ts.ToDatetime(tzinfo=dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-def _enum_word(value: int, enum: Any, prefix: str) -> str:
-    """The value's name without ``prefix``, lower case; ``unknown (N)`` for a value this
-    release does not know (one a newer grants-service added)."""
-    try:
-        return str(enum.Name(value)).removeprefix(prefix).lower()
-    except ValueError:
-        return f"unknown ({value})"
-
-
 def grant_doc(grant: grants_pb2.Grant) -> dict[str, Any]:
     return {
         "id": grant.id,
         "peer_id": grant.peer_id,
         "peer_name": grant.peer_name,
         "subject_user_id": grant.subject_user_id,
-        "status": _enum_word(grant.status, grants_pb2.GrantStatus, "GRANT_STATUS_"),
+        "status": enum_word(grant.status, grants_pb2.GrantStatus, "GRANT_STATUS_"),
         "scope": json.loads(grant.scope_json) if grant.scope_json else None,
         "sensitive": grant.sensitive,
         "created_at": iso(grant.created_at, grant.HasField("created_at")),
@@ -65,8 +57,8 @@ def peer_doc(peer: grants_pb2.Peer) -> dict[str, Any]:
         "id": peer.id,
         "name": peer.name,
         "display_name": peer.display_name,
-        "direction": _enum_word(peer.direction, grants_pb2.PeerDirection, "PEER_DIRECTION_"),
-        "state": _enum_word(peer.state, grants_pb2.PeerState, "PEER_STATE_"),
+        "direction": enum_word(peer.direction, grants_pb2.PeerDirection, "PEER_DIRECTION_"),
+        "state": enum_word(peer.state, grants_pb2.PeerState, "PEER_STATE_"),
         "state_reason": peer.state_reason or None,
         "endpoint": peer.endpoint or None,
         "cert_serial": peer.cert_serial or None,

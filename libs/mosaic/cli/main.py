@@ -55,6 +55,7 @@ from mosaic.config import (
     SERVICES,
     START_ORDER,
     ConfigError,
+    InstanceConfig,
     StepCAConfig,
     resolve_home,
 )
@@ -169,7 +170,7 @@ def init(
                     ),
                 )
             else:
-                _renew_federation_server(ctx, home)
+                _renew_federation_server(ctx, home, config)
         return
     if not name:
         fail(ctx, "USAGE", "--name is required", "mosaic init --name NAME", exit_code=2)
@@ -279,11 +280,10 @@ def _renewal_lock(ctx: typer.Context, home: Path, name: str) -> Iterator[None]:
         lock.release()
 
 
-def _renew_federation_server(ctx: typer.Context, home: Path) -> None:
+def _renew_federation_server(ctx: typer.Context, home: Path, config: InstanceConfig) -> None:
     from ca_service.keys import renew_federation_server_certificate, root_fingerprint
     from mosaic.runtime import load_sealer
 
-    config = load_or_fail(ctx, str(home))
     try:
         cert = renew_federation_server_certificate(config, load_sealer(config))
     except ConfigError as exc:
