@@ -86,14 +86,12 @@ def query_doc(reply: gateway_pb2.QueryResponse) -> dict[str, Any]:
             "grant_id": caps.grant_id,
             "subject_user_id": caps.subject_user_id,
         }
-    elif verb == "list":
-        doc["items"] = [item_doc(i) for i in reply.list.items]
-        doc["next_page_token"] = reply.list.next_page_token or None
-    elif verb == "get":
-        doc["items"] = [item_doc(reply.get.item)]
-    elif verb == "search":
-        doc["items"] = [item_doc(i) for i in reply.search.items]
-        doc["truncated"] = reply.search.truncated
+    elif verb is not None:  # list, get or search
+        doc["items"] = [item_doc(i) for i in _items(reply)]
+        if verb == "list":
+            doc["next_page_token"] = reply.list.next_page_token or None
+        elif verb == "search":
+            doc["truncated"] = reply.search.truncated
     doc["stale"] = reply.stale
     doc["fetched_at"] = _iso(reply.fetched_at, reply.HasField("fetched_at"))
     doc["request_id"] = reply.request_id
